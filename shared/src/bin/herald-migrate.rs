@@ -1,0 +1,133 @@
+//! Applies Herald's migrations or reports their status; small enough to build in seconds.
+
+use std::process::ExitCode;
+
+use herald_shared::{DbConfig, db};
+
+const HELP: &str = "\
+herald-migrate: apply or inspect Herald's database migrations
+
+USAGE:
+    herald-migrate [run]      create the database if missing, then apply pending migrations
+    herald-migrate status     report server, extensions, applied and pending migrations
+                              (exit 0 when current, 3 when migrations are pending)
+
+ENVIRONMENT:
+    DATABASE_URL (required), DB_MAX_CONNECTIONS, DB_MIN_CONNECTIONS, DB_ACQUIRE_TIMEOUT";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.as_slice() {
+        [] => "run",
+        [one] => one.as_str(),
+        _ => {
+            eprintln!("herald-migrate: expected at most one command\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        "-h" | "--help" | "help" => {
+            println!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        "run" | "status" => match execute(command).await {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("herald-migrate: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        other => {
+            eprintln!("herald-migrate: unknown command {other:?}\n\n{HELP}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn execute(command: &str) -> Result<ExitCode, String> {
+    let mut config = DbConfig::from_env().map_err(|e| e.to_string())?;
+    // A one-shot command needs no idle connections kept open.
+    config.min_connections = 0;
+    let database = config
+        .pg_connect_options()
+        .get_database()
+        .unwrap_or("(default)")
+        .to_owned();
+    if command == "run"
+        && db::create_database_if_missing(&config)
+            .await
+            .map_err(|e| e.to_string())?
+    {
+        println!("created database {database}");
+    }
+    let pool = db::connect(&config)
+        .await
+        .map_err(|e| format!("cannot connect to database {database}: {e}"))?;
+    if command == "run" {
+        let before = db::migration_status(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let pending: Vec<_> = before.pending().map(|m| m.version).collect();
+        db::migrate(&pool).await.map_err(|e| e.to_string())?;
+        if pending.is_empty() {
+            println!("database {database} is up to date; nothing to apply");
+        } else {
+            for version in pending {
+                println!("applied {version}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    report(&pool, &database).await
+}
+
+async fn report(pool: &sqlx::PgPool, database: &str) -> Result<ExitCode, String> {
+    let err = |e: db::DbError| e.to_string();
+    let status = db::migration_status(pool).await.map_err(err)?;
+    println!(
+        "server:     PostgreSQL {}",
+        db::server_version(pool).await.map_err(err)?
+    );
+    println!("database:   {database}");
+    println!(
+        "uuidv7:     {}",
+        db::uuid_v7_provider(pool).await.map_err(err)?
+    );
+    let extensions = db::installed_extensions(pool).await.map_err(err)?;
+    let names: Vec<String> = extensions
+        .iter()
+        .map(|e| format!("{} {}", e.name, e.version))
+        .collect();
+    println!(
+        "extensions: {}",
+        if names.is_empty() {
+            "(none)".into()
+        } else {
+            names.join(", ")
+        }
+    );
+    println!("migrations:");
+    for m in &status.migrations {
+        let state = match (m.applied, m.checksum_mismatch) {
+            (true, false) => "applied ",
+            (true, true) => "EDITED  ",
+            (false, _) => "pending ",
+        };
+        println!("  {state} {} {}", m.version, m.description);
+    }
+    for version in &status.unknown_applied {
+        println!("  unknown  {version} (applied by a newer Herald)");
+    }
+    if let Some(version) = status.dirty {
+        println!("  FAILED   {version} (a failed attempt is recorded; fix it by hand)");
+    }
+    let applied = status.migrations.iter().filter(|m| m.applied).count();
+    let pending = status.pending().count();
+    println!("summary:    {applied} applied, {pending} pending");
+    Ok(if status.is_current() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}

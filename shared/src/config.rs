@@ -1,0 +1,208 @@
+//! Typed configuration read from environment variables, validated once at start-up.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+
+use crate::secret::Secret;
+
+/// A configuration problem, always naming the environment variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set (or is empty).
+    #[error("{var} is required but not set")]
+    Missing {
+        /// The variable's name.
+        var: &'static str,
+    },
+    /// A variable is set to a value that cannot be used.
+    #[error("{var} is invalid: {reason}")]
+    Invalid {
+        /// The variable's name.
+        var: &'static str,
+        /// Why the value was rejected (never the value itself when it may be secret).
+        reason: String,
+    },
+}
+
+/// Reads variables from some source: the process environment in production, a map in tests.
+pub trait Env {
+    /// The value of `name`, if set and not empty.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// Reads a required variable.
+pub fn required(env: &impl Env, var: &'static str) -> Result<String, ConfigError> {
+    env.get(var).ok_or(ConfigError::Missing { var })
+}
+
+/// Parses an optional variable, falling back to `default` when it is unset.
+pub fn parse_or<T>(env: &impl Env, var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match env.get(var) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e| ConfigError::Invalid {
+            var,
+            reason: format!("{e} (got {raw:?})"),
+        }),
+    }
+}
+
+/// Database connection settings shared by every binary.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// `DATABASE_URL`: a `postgres://` URL; it may hold a password, hence the wrapper.
+    pub url: Secret,
+    /// `DB_MAX_CONNECTIONS` (default 10).
+    pub max_connections: u32,
+    /// `DB_MIN_CONNECTIONS` (default 2).
+    pub min_connections: u32,
+    /// `DB_ACQUIRE_TIMEOUT` in seconds (default 30).
+    pub acquire_timeout: Duration,
+}
+
+impl DbConfig {
+    /// Loads and validates the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    /// Loads and validates the settings from any variable source.
+    pub fn from_source(env: &impl Env) -> Result<Self, ConfigError> {
+        let url = Secret::new(required(env, "DATABASE_URL")?);
+        // Parse now so that a malformed URL fails at start-up, not at the first query.
+        url.expose()
+            .parse::<PgConnectOptions>()
+            .map_err(|e| ConfigError::Invalid {
+                var: "DATABASE_URL",
+                reason: format!("not a usable postgres:// URL ({})", redact_url_error(&e)),
+            })?;
+        let max_connections: u32 = parse_or(env, "DB_MAX_CONNECTIONS", 10)?;
+        let min_connections: u32 = parse_or(env, "DB_MIN_CONNECTIONS", 2)?;
+        let acquire_secs: u64 = parse_or(env, "DB_ACQUIRE_TIMEOUT", 30)?;
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                var: "DB_MAX_CONNECTIONS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if min_connections > max_connections {
+            return Err(ConfigError::Invalid {
+                var: "DB_MIN_CONNECTIONS",
+                reason: format!(
+                    "{min_connections} is more than DB_MAX_CONNECTIONS ({max_connections})"
+                ),
+            });
+        }
+        if acquire_secs == 0 {
+            return Err(ConfigError::Invalid {
+                var: "DB_ACQUIRE_TIMEOUT",
+                reason: "must be at least 1 second".into(),
+            });
+        }
+        Ok(Self {
+            url,
+            max_connections,
+            min_connections,
+            acquire_timeout: Duration::from_secs(acquire_secs),
+        })
+    }
+
+    /// Connection options for the configured database.
+    pub fn pg_connect_options(&self) -> PgConnectOptions {
+        // Validated in `from_source`; a failure here would be a bug, so fall back loudly.
+        self.url
+            .expose()
+            .parse()
+            .unwrap_or_else(|_| PgConnectOptions::new())
+    }
+}
+
+/// sqlx echoes the URL in some parse errors; keep only the kind of failure.
+fn redact_url_error(err: &sqlx::Error) -> &'static str {
+    match err {
+        sqlx::Error::Configuration(_) => "malformed URL or unknown option",
+        _ => "unreadable URL",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "postgres://herald:pw@127.0.0.1:5433/herald";
+
+    #[test]
+    fn defaults_apply_when_only_the_url_is_set() {
+        let config = DbConfig::from_source(&[("DATABASE_URL", URL)]).expect("valid");
+        assert_eq!(config.max_connections, 10);
+        assert_eq!(config.min_connections, 2);
+        assert_eq!(config.acquire_timeout, Duration::from_secs(30));
+        assert_eq!(config.pg_connect_options().get_port(), 5433);
+    }
+
+    #[test]
+    fn a_missing_url_names_the_variable() {
+        let err = DbConfig::from_source(&[("DB_MAX_CONNECTIONS", "5")]).expect_err("missing");
+        assert_eq!(err.to_string(), "DATABASE_URL is required but not set");
+    }
+
+    #[test]
+    fn a_bad_number_names_the_variable_and_the_value() {
+        let err = DbConfig::from_source(&[("DATABASE_URL", URL), ("DB_MAX_CONNECTIONS", "ten")])
+            .expect_err("bad number");
+        let text = err.to_string();
+        assert!(text.starts_with("DB_MAX_CONNECTIONS is invalid"), "{text}");
+        assert!(text.contains("\"ten\""), "{text}");
+    }
+
+    #[test]
+    fn min_above_max_is_rejected() {
+        let err = DbConfig::from_source(&[
+            ("DATABASE_URL", URL),
+            ("DB_MAX_CONNECTIONS", "3"),
+            ("DB_MIN_CONNECTIONS", "4"),
+        ])
+        .expect_err("min > max");
+        assert!(err.to_string().starts_with("DB_MIN_CONNECTIONS is invalid"));
+    }
+
+    #[test]
+    fn a_zero_acquire_timeout_is_rejected() {
+        let err = DbConfig::from_source(&[("DATABASE_URL", URL), ("DB_ACQUIRE_TIMEOUT", "0")])
+            .expect_err("zero timeout");
+        assert!(err.to_string().starts_with("DB_ACQUIRE_TIMEOUT is invalid"));
+    }
+
+    #[test]
+    fn a_malformed_url_is_rejected_without_echoing_it() {
+        let err = DbConfig::from_source(&[("DATABASE_URL", "mysql://u:secretpw@h/db")])
+            .expect_err("wrong scheme");
+        let text = err.to_string();
+        assert!(text.starts_with("DATABASE_URL is invalid"), "{text}");
+        assert!(!text.contains("secretpw"), "{text}");
+    }
+}
