@@ -93,6 +93,15 @@ impl DbConfig {
     /// Loads and validates the settings from any variable source.
     pub fn from_source(env: &impl Env) -> Result<Self, ConfigError> {
         let url = Secret::new(required(env, "DATABASE_URL")?);
+        let scheme_ok = ["postgres://", "postgresql://"]
+            .iter()
+            .any(|s| url.expose().starts_with(s));
+        if !scheme_ok {
+            return Err(ConfigError::Invalid {
+                var: "DATABASE_URL",
+                reason: "must start with postgres:// or postgresql://".into(),
+            });
+        }
         // Parse now so that a malformed URL fails at start-up, not at the first query.
         url.expose()
             .parse::<PgConnectOptions>()

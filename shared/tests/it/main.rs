@@ -1,0 +1,12 @@
+//! Integration tests against a real PostgreSQL: each `#[sqlx::test]` gets its own database on the
+//! server named by `DATABASE_URL` (scripts/test.sh runs them on PostgreSQL 15 and 17).
+
+mod catalog;
+mod helpers;
+mod migrations;
+mod scripts;
+mod search;
+mod seeds;
+mod suppressions;
+mod triggers;
+mod uuid_v7;

@@ -1,0 +1,1 @@
+//! Script tests (filled in below).
