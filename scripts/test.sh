@@ -71,7 +71,7 @@ for entry in "${servers[@]}"; do
     label="${entry%%|*}"
     url="${entry#*|}"
     psql_bin="$(any_psql)"
-    printf 'SELECT 1 FROM pg_database WHERE datname = :'"'"'db'"'"' \\gset\n\\if :{?1}\n\\else\nCREATE DATABASE :"db";\n\\endif\n' |
+    printf '%s\n' "SELECT format('CREATE DATABASE %I', :'db') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \\gexec" |
         "$psql_bin" -X -q -v ON_ERROR_STOP=1 -v db="$(url_db "$url")" "$(url_with_db "$url" postgres)" ||
         die "cannot prepare the test database on $label"
     version="$("$psql_bin" -XAtqc 'SHOW server_version' "$url" | awk '{print $1}')"
