@@ -54,6 +54,10 @@ log "building the tests (the first build takes several minutes)"
 build_tests
 
 # Servers: label|url of the master database sqlx::test creates its test databases from.
+# Leave the embedded server as we found it: stop it at exit if this run started it.
+if ! "$HERALD_ROOT/scripts/pg-embedded.sh" status >/dev/null 2>&1; then
+    trap '"$HERALD_ROOT/scripts/pg-embedded.sh" stop' EXIT
+fi
 "$HERALD_ROOT/scripts/pg-embedded.sh" start
 servers=("embedded|$(url_with_db "$PG_EMBEDDED_URL" herald_test)")
 pg15_url="${HERALD_TEST_PG15_URL:-postgres://${USER:-$(id -un)}@127.0.0.1:5432/herald_test}"

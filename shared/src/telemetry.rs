@@ -2,9 +2,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global `tracing` subscriber; `RUST_LOG` filters (default `info`).
+/// Installs the global `tracing` subscriber; `RUST_LOG` filters (default `info,sqlx=warn`).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // sqlx logs server notices such as "relation already exists, skipping" at info.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
@@ -30,5 +32,46 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+/// An error and its causes on one line, leaving out causes whose text the previous message
+/// already contains (sqlx and thiserror wrappers often repeat their source).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Repeats(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner detail")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("context")]
+    struct Context(#[source] Inner);
+
+    #[test]
+    fn repeated_causes_are_printed_once_and_new_ones_are_kept() {
+        assert_eq!(error_chain(&Repeats(Inner)), "outer: inner detail");
+        assert_eq!(error_chain(&Context(Inner)), "context: inner detail");
     }
 }

@@ -1,5 +1,7 @@
 //! Herald's worker: `herald-worker [run]` drains the queues; `herald-worker migrate` applies migrations.
 
+use std::process::ExitCode;
+
 use anyhow::{Context, bail};
 use herald_shared::{DbConfig, db, telemetry};
 
@@ -11,8 +13,18 @@ USAGE:
     herald-worker migrate   create the database if missing and apply pending migrations";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     telemetry::init();
+    match dispatch().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("herald-worker: {}", telemetry::error_chain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch() -> anyhow::Result<()> {
     match std::env::args().nth(1).as_deref() {
         None | Some("run") => run().await,
         Some("migrate") => migrate().await,

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use herald_shared::{DbConfig, db};
+use herald_shared::{DbConfig, db, telemetry::error_chain};
 
 const HELP: &str = "\
 herald-migrate: apply or inspect Herald's database migrations
@@ -46,7 +46,7 @@ async fn main() -> ExitCode {
 }
 
 async fn execute(command: &str) -> Result<ExitCode, String> {
-    let mut config = DbConfig::from_env().map_err(|e| e.to_string())?;
+    let mut config = DbConfig::from_env().map_err(|e| error_chain(&e))?;
     // A one-shot command needs no idle connections kept open.
     config.min_connections = 0;
     let database = config
@@ -57,19 +57,19 @@ async fn execute(command: &str) -> Result<ExitCode, String> {
     if command == "run"
         && db::create_database_if_missing(&config)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| error_chain(&e))?
     {
         println!("created database {database}");
     }
     let pool = db::connect(&config)
         .await
-        .map_err(|e| format!("cannot connect to database {database}: {e}"))?;
+        .map_err(|e| format!("cannot connect to database {database}: {}", error_chain(&e)))?;
     if command == "run" {
         let before = db::migration_status(&pool)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
         let pending: Vec<_> = before.pending().map(|m| m.version).collect();
-        db::migrate(&pool).await.map_err(|e| e.to_string())?;
+        db::migrate(&pool).await.map_err(|e| error_chain(&e))?;
         if pending.is_empty() {
             println!("database {database} is up to date; nothing to apply");
         } else {
@@ -83,7 +83,7 @@ async fn execute(command: &str) -> Result<ExitCode, String> {
 }
 
 async fn report(pool: &sqlx::PgPool, database: &str) -> Result<ExitCode, String> {
-    let err = |e: db::DbError| e.to_string();
+    let err = |e: db::DbError| error_chain(&e);
     let status = db::migration_status(pool).await.map_err(err)?;
     println!(
         "server:     PostgreSQL {}",
