@@ -300,10 +300,7 @@ async fn check_constraints_accept_exactly_the_listed_values(pool: PgPool) {
     ];
     for (sql, what) in violations {
         let err = sqlx::query(sql).execute(&pool).await.expect_err(what);
-        let code = err
-            .as_database_error()
-            .and_then(|e| e.code())
-            .map(|c| c.to_string());
+        let code = crate::helpers::sqlstate(&err);
         assert_eq!(code.as_deref(), Some("23514"), "{what}: {err}");
     }
 }

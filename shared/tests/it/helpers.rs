@@ -147,3 +147,10 @@ pub fn expected(block: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The SQLSTATE of a database error, e.g. `23505` for a unique violation.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.to_string())
+}

@@ -53,6 +53,14 @@ impl ScriptDb {
         cmd.output().expect("script runs")
     }
 
+    /// A connection to the server's `postgres` database, for creating and dropping ours.
+    async fn maintenance(&self) -> PgConnection {
+        let (base, _) = self.url.rsplit_once('/').expect("url");
+        PgConnection::connect(&format!("{base}/postgres"))
+            .await
+            .expect("maintenance connection")
+    }
+
     async fn connect(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.expect("connect")
     }
@@ -95,10 +103,7 @@ impl ScriptDb {
     }
 
     async fn drop_db(self) {
-        let (base, _) = self.url.rsplit_once('/').expect("url");
-        let mut conn = PgConnection::connect(&format!("{base}/postgres"))
-            .await
-            .expect("maintenance connection");
+        let mut conn = self.maintenance().await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             self.name

@@ -66,9 +66,6 @@ async fn the_system_user_cannot_be_deleted_while_it_owns_phrases(pool: PgPool) {
         .execute(&pool)
         .await
         .expect_err("RESTRICT");
-    let code = err
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.to_string());
+    let code = crate::helpers::sqlstate(&err);
     assert_eq!(code.as_deref(), Some("23503"), "{err}");
 }

@@ -14,10 +14,7 @@ async fn a_mixed_case_address_cannot_be_inserted_beside_its_lower_case_twin(pool
     .execute(&pool)
     .await
     .expect_err("case-insensitive duplicate");
-    let code = err
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.to_string());
+    let code = crate::helpers::sqlstate(&err);
     assert_eq!(code.as_deref(), Some("23505"), "{err}");
 }
 
