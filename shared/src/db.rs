@@ -19,6 +19,9 @@ pub enum DbError {
     /// Applying or reading migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Applying apalis-postgres's own migrations (schema `apalis`) failed.
+    #[error("job queue migration error: {0}")]
+    Queue(#[from] apalis_postgres::Error),
     /// The database schema is behind (or ahead of) this binary.
     #[error(
         "database schema is not current ({0}); run `herald-worker migrate` or scripts/setup-db.sh"
@@ -47,11 +50,33 @@ pub async fn create_database_if_missing(config: &DbConfig) -> Result<bool, DbErr
     Ok(true)
 }
 
-/// Applies every pending migration. On error the caller should exit: sqlx keeps its advisory
-/// lock on the failed connection, so a retry on the same pool would hang.
+/// Applies every pending migration: the application's, then apalis-postgres's job queue schema
+/// (`apalis`, with its own bookkeeping table). On error the caller should exit: sqlx keeps its
+/// advisory lock on the failed connection, so a retry on the same pool would hang.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
+    apalis_postgres::PostgresStorage::setup(pool).await?;
     Ok(())
+}
+
+/// True when apalis-postgres's migrations are all applied.
+pub async fn queue_schema_current(pool: &PgPool) -> Result<bool, DbError> {
+    let table_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('apalis._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !table_exists {
+        return Ok(false);
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM apalis._sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
+    let migrator = apalis_postgres::PostgresStorage::migrations();
+    Ok(migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .all(|m| applied.contains(&m.version)))
 }
 
 /// One migration as known to the binary and to the database.
@@ -150,7 +175,12 @@ pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, DbError>
 pub async fn ensure_current(pool: &PgPool) -> Result<(), DbError> {
     let status = migration_status(pool).await?;
     if status.is_current() {
-        return Ok(());
+        if queue_schema_current(pool).await? {
+            return Ok(());
+        }
+        return Err(DbError::NotCurrent(
+            "the job queue schema (apalis) is not set up".into(),
+        ));
     }
     let pending = status.pending().count();
     let edited = status

@@ -1,10 +1,14 @@
 //! Herald's shared library: configuration, database access and the schema's query functions.
 
+pub mod address;
 pub mod config;
 pub mod db;
+pub mod email;
+pub mod jobs;
 pub mod phrases;
 pub mod secret;
 pub mod telemetry;
+pub mod tokens;
 
 pub use config::{ConfigError, DbConfig};
 pub use secret::Secret;

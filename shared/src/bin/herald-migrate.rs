@@ -77,6 +77,7 @@ async fn execute(command: &str) -> Result<ExitCode, String> {
                 println!("applied {version}");
             }
         }
+        println!("job queue schema is current");
         return Ok(ExitCode::SUCCESS);
     }
     report(&pool, &database).await
@@ -122,10 +123,19 @@ async fn report(pool: &sqlx::PgPool, database: &str) -> Result<ExitCode, String>
     if let Some(version) = status.dirty {
         println!("  FAILED   {version} (a failed attempt is recorded; fix it by hand)");
     }
+    let queue = db::queue_schema_current(pool).await.map_err(err)?;
+    println!(
+        "job queue:  {}",
+        if queue {
+            "current (schema apalis)"
+        } else {
+            "NOT SET UP"
+        }
+    );
     let applied = status.migrations.iter().filter(|m| m.applied).count();
     let pending = status.pending().count();
     println!("summary:    {applied} applied, {pending} pending");
-    Ok(if status.is_current() {
+    Ok(if status.is_current() && queue {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

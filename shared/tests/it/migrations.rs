@@ -12,14 +12,14 @@ fn versions() -> Vec<i64> {
 }
 
 #[test]
-fn the_five_migrations_have_the_spec_file_stems_and_are_reversible() {
+fn the_spec_migrations_come_first_with_their_file_stems_and_all_are_reversible() {
     let stems: Vec<String> = MIGRATOR
         .iter()
         .filter(|m| m.migration_type.is_up_migration())
         .map(|m| format!("{}_{}", m.version, m.description.replace(' ', "_")))
         .collect();
     assert_eq!(
-        stems,
+        stems[..5],
         [
             "20250914134643_initial_schema",
             "20250914134654_add_refresh_tokens_and_user_active",
@@ -32,7 +32,7 @@ fn the_five_migrations_have_the_spec_file_stems_and_are_reversible() {
         .iter()
         .filter(|m| m.migration_type.is_down_migration())
         .count();
-    assert_eq!(downs, 5, "every migration needs a .down.sql");
+    assert_eq!(downs, stems.len(), "every migration needs a .down.sql");
 }
 
 #[sqlx::test(migrations = false)]
@@ -89,7 +89,7 @@ async fn each_down_migration_undoes_exactly_its_own_up_migration(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn status_reports_pending_migrations_without_creating_the_bookkeeping_table(pool: PgPool) {
     let status = db::migration_status(&pool).await.expect("status");
-    assert_eq!(status.pending().count(), 5);
+    assert_eq!(status.pending().count(), versions().len());
     assert!(!status.is_current());
     let table: Option<String> =
         sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations')::text")

@@ -18,6 +18,8 @@ async fn every_updated_at_table_has_the_trigger_and_no_trigger_lacks_the_column(
     assert_eq!(
         with_column,
         [
+            "email_deliveries",
+            "email_sending_control",
             "email_suppressions",
             "incident_timers",
             "phrase_suggestions",
@@ -52,7 +54,8 @@ async fn every_updated_at_table_has_the_trigger_and_no_trigger_lacks_the_column(
     .await
     .expect("count");
     assert_eq!(
-        any_use, 7,
+        any_use,
+        expected.len() as i64,
         "no other trigger may call update_updated_at_column"
     );
 }
@@ -66,6 +69,8 @@ async fn the_updated_at_trigger_stamps_every_update_on_every_table(pool: PgPool)
          , r AS (INSERT INTO refresh_tokens (user_id, token_hash, expires_at)
                  SELECT id, 'hash', now() + interval '7 days' FROM u)
          , s AS (INSERT INTO phrase_suggestions (user_id, phrase_text) SELECT id, 'idea' FROM u)
+         , d AS (INSERT INTO email_deliveries (job_id, recipient, template, category)
+                 VALUES ('01JOB', 'a@example.com', 'welcome', 'transactional'))
          INSERT INTO email_suppressions (email, suppression_type) VALUES ('x@example.com', 'manual')",
     )
     .execute(&pool)

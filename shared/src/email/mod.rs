@@ -1,0 +1,300 @@
+//! The email job: its payload, enqueueing it with its ledger row, and the shared sending state.
+
+pub mod templates;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgConnection;
+use ulid::Ulid;
+use uuid::Uuid;
+
+use crate::address;
+use crate::jobs::{self, EnqueueOptions, JobError};
+
+/// The apalis queue (`job_type`) of email jobs. Never rename it: queued jobs would be orphaned.
+pub const EMAIL_QUEUE: &str = "herald.email";
+
+/// Transactional mail (accounts, receipts) or marketing mail (newsletters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// Sent even to addresses that unsubscribed from marketing.
+    #[default]
+    Transactional,
+    /// Carries List-Unsubscribe headers; suppressed by unsubscribes too.
+    Marketing,
+}
+
+impl Category {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transactional => "transactional",
+            Self::Marketing => "marketing",
+        }
+    }
+}
+
+/// What to send. Verification and reset jobs carry the user, never a token: the worker issues the
+/// token when it sends, so no raw token is ever stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EmailContent {
+    /// A named template rendered with `data`.
+    Template {
+        /// Template name.
+        name: String,
+        /// Variables (a JSON object).
+        data: Value,
+    },
+    /// Content given by the caller, used as is.
+    Raw {
+        /// Subject line.
+        subject: String,
+        /// Plain-text part.
+        text: Option<String>,
+        /// HTML part.
+        html: Option<String>,
+    },
+    /// The email-verification message with a fresh 24-hour token.
+    Verification {
+        /// The user to verify.
+        user_id: Uuid,
+    },
+    /// The password-reset message with a fresh one-hour token.
+    PasswordReset {
+        /// The user who asked.
+        user_id: Uuid,
+    },
+}
+
+impl EmailContent {
+    /// The ledger's `template` column.
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Template { name, .. } => name,
+            Self::Raw { .. } => "raw",
+            Self::Verification { .. } => templates::VERIFICATION,
+            Self::PasswordReset { .. } => templates::PASSWORD_RESET,
+        }
+    }
+}
+
+/// The payload of an email job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailJob {
+    /// Recipient address (validated).
+    pub to: String,
+    /// Transactional or marketing.
+    pub category: Category,
+    /// What to send.
+    pub content: EmailContent,
+}
+
+/// Enqueues an email job and its ledger row on the caller's transaction; returns the job id.
+#[tracing::instrument(skip_all, fields(to = %address::mask(&job.to), template = job.content.label()))]
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    job: &EmailJob,
+    options: EnqueueOptions,
+) -> Result<Ulid, JobError> {
+    let id = jobs::enqueue(&mut *conn, EMAIL_QUEUE, job, options).await?;
+    sqlx::query!(
+        "INSERT INTO email_deliveries (job_id, recipient, template, category)
+         VALUES ($1, $2, $3, $4)",
+        id.to_string(),
+        address::normalize(&job.to),
+        job.content.label(),
+        job.category.as_str()
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+/// Whether `email` is suppressed for `category` (case-insensitive).
+pub async fn is_suppressed(
+    conn: &mut PgConnection,
+    email: &str,
+    category: Category,
+) -> Result<bool, sqlx::Error> {
+    let marketing = category == Category::Marketing;
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (
+               SELECT 1 FROM email_suppressions
+               WHERE email = lower(btrim($1))
+                 AND (suppress_transactional OR ($2 AND suppress_marketing))
+           ) AS "suppressed!""#,
+        email,
+        marketing
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// The ledger row of an email job.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Job id (ULID).
+    pub job_id: String,
+    /// `pending`, `sending`, `sent`, `suppressed` or `failed`.
+    pub status: String,
+    /// The id SES gave the message, once accepted.
+    pub ses_message_id: Option<String>,
+    /// SES calls made.
+    pub attempts: i32,
+    /// Resends after an attempt whose outcome was unknown.
+    pub uncertain_resends: i32,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Token issued for the current attempt.
+    pub token_id: Option<Uuid>,
+}
+
+/// Loads a job's ledger row.
+pub async fn delivery(
+    conn: &mut PgConnection,
+    job_id: &str,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as!(
+        Delivery,
+        "SELECT job_id, status, ses_message_id, attempts, uncertain_resends, last_error, token_id
+         FROM email_deliveries WHERE job_id = $1",
+        job_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Loads and locks a job's ledger row for the duration of the caller's transaction.
+pub async fn lock_delivery(
+    conn: &mut PgConnection,
+    job_id: &str,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as!(
+        Delivery,
+        "SELECT job_id, status, ses_message_id, attempts, uncertain_resends, last_error, token_id
+         FROM email_deliveries WHERE job_id = $1 FOR UPDATE",
+        job_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records that an SES call is about to start (committed before the call).
+pub async fn mark_sending(
+    conn: &mut PgConnection,
+    job_id: &str,
+    uncertain: bool,
+    token_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE email_deliveries
+         SET status = 'sending', attempts = attempts + 1, sending_started_at = now(),
+             uncertain_resends = uncertain_resends + CASE WHEN $2 THEN 1 ELSE 0 END, token_id = $3
+         WHERE job_id = $1",
+        job_id,
+        uncertain,
+        token_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records SES's acceptance.
+pub async fn mark_sent(
+    conn: &mut PgConnection,
+    job_id: &str,
+    ses_message_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE email_deliveries
+         SET status = 'sent', ses_message_id = $2, sent_at = now(), last_error = NULL
+         WHERE job_id = $1",
+        job_id,
+        ses_message_id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a final outcome without an SES message: `suppressed` or `failed`, or `pending` again
+/// for a retry later.
+pub async fn mark_outcome(
+    conn: &mut PgConnection,
+    job_id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE email_deliveries SET status = $2, last_error = $3 WHERE job_id = $1",
+        job_id,
+        status,
+        error
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The pause every worker honours, if one is in force.
+#[derive(Debug, Clone)]
+pub struct Pause {
+    /// Until when.
+    pub until: DateTime<Utc>,
+    /// Why (SES's error code).
+    pub reason: Option<String>,
+}
+
+/// The pause in force now, if any.
+pub async fn current_pause(conn: &mut PgConnection) -> Result<Option<Pause>, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT paused_until, pause_reason FROM email_sending_control
+         WHERE paused_until > now()"
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|r| {
+        r.paused_until.map(|until| Pause {
+            until,
+            reason: r.pause_reason,
+        })
+    }))
+}
+
+/// Pauses sending for every worker until `until` (never shortens a longer pause).
+pub async fn pause_sending(
+    conn: &mut PgConnection,
+    until: DateTime<Utc>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE email_sending_control
+         SET paused_until = GREATEST(coalesce(paused_until, now()), $1), pause_reason = $2",
+        until,
+        reason
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reserves the next send slot of the shared rate limiter: slots are `1/rate` seconds apart across
+/// every worker process. Returns when the caller may send (now or later).
+pub async fn reserve_send_slot(
+    conn: &mut PgConnection,
+    per_second: f64,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    let spacing_us = (1_000_000.0 / per_second.max(0.001)).round() as i64;
+    sqlx::query_scalar!(
+        r#"UPDATE email_sending_control
+           SET next_send_slot = GREATEST(next_send_slot, clock_timestamp()) + make_interval(secs => $1::float8 / 1000000)
+           RETURNING next_send_slot - make_interval(secs => $1::float8 / 1000000) AS "slot!""#,
+        spacing_us as f64
+    )
+    .fetch_one(conn)
+    .await
+}
