@@ -1,10 +1,10 @@
-//! Herald's HTTP API binary. This first version only checks its database and waits for shutdown;
-//! the routes arrive with the email pipeline.
+//! `herald-api`: loads its configuration, connects, serves until SIGINT/SIGTERM.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use herald_shared::{DbConfig, db, telemetry};
+use herald_api::{ApiConfig, Application};
+use herald_shared::{db, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -19,13 +19,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let config = DbConfig::from_env()?;
-    let pool = db::connect(&config)
+    let config = ApiConfig::from_env()?;
+    let pool = db::connect(&config.db)
         .await
         .context("connecting to the database")?;
     db::ensure_current(&pool).await?;
-    tracing::info!("api started; no HTTP routes are served yet");
-    telemetry::shutdown_signal().await;
+    let app = Application::build(config, pool.clone())
+        .await
+        .context("binding API_ADDR")?;
+    let addr = app.local_addr()?;
+    // Scripts and tests read this line to learn the port when API_ADDR asks for port 0.
+    println!("herald-api listening on http://{addr}");
+    tracing::info!(%addr, "api listening");
+    app.serve(telemetry::shutdown_signal()).await?;
     pool.close().await;
+    tracing::info!("api stopped");
     Ok(())
 }

@@ -17,6 +17,11 @@ PG_EMBEDDED_URL="postgres://$PG_EMBEDDED_USER@127.0.0.1:$PG_EMBEDDED_PORT/$PG_EM
 # postgres refuses to run as root; when we are root the server runs as this system user.
 PG_EMBEDDED_OS_USER="${HERALD_PG_OS_USER:-herald-pg}"
 
+# The local SES/SQS/SNS emulator (moto in server mode).
+EMULATOR_PORT="${HERALD_EMULATOR_PORT:-4566}"
+EMULATOR_URL="http://127.0.0.1:$EMULATOR_PORT"
+EMULATOR_HOME="$HERALD_LOCAL/moto"
+
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { printf '[%s] error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 

@@ -1,15 +1,16 @@
-//! Herald's worker: `herald-worker [run]` drains the queues; `herald-worker migrate` applies migrations.
+//! `herald-worker [run]` drains the queues; `herald-worker migrate` applies migrations.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use herald_shared::{DbConfig, db, telemetry};
+use herald_worker::WorkerConfig;
 
 const HELP: &str = "\
 herald-worker: Herald's background worker
 
 USAGE:
-    herald-worker [run]     check the schema is current, then run until SIGINT/SIGTERM
+    herald-worker [run]     check the schema is current, then send email jobs until SIGINT/SIGTERM
     herald-worker migrate   create the database if missing and apply pending migrations";
 
 #[tokio::main]
@@ -50,15 +51,15 @@ async fn migrate() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let config = DbConfig::from_env()?;
-    let pool = db::connect(&config)
+    let config = WorkerConfig::from_env()?;
+    let pool = db::connect(&config.db)
         .await
         .context("connecting to the database")?;
     db::ensure_current(&pool).await?;
-    // The job queues, the feedback consumer and the schedules are registered here by later work.
-    tracing::info!("worker started; no job queues are registered yet");
-    telemetry::shutdown_signal().await;
-    tracing::info!("shutdown signal received; stopping");
+    let ctx = herald_worker::email_context(&config, pool.clone()).await;
+    tracing::info!(queue = herald_shared::email::EMAIL_QUEUE, "worker started");
+    herald_worker::run(config, pool.clone(), ctx, telemetry::shutdown_signal()).await?;
     pool.close().await;
+    tracing::info!("worker stopped");
     Ok(())
 }

@@ -1,0 +1,127 @@
+//! The API's one error type: JSON `{"error": {"code", "message"}}` with a stable code.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every way a request can fail, each with its HTTP status and stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or wrong bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The resource does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The body is not valid JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// The body is JSON but not what the route takes (unknown or missing fields, bad values).
+    #[error("{0}")]
+    Validation(String),
+    /// The Content-Type is not application/json.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The body is larger than the limit.
+    #[error("the body is larger than 256 KiB")]
+    PayloadTooLarge,
+    /// The named template does not exist.
+    #[error("{0}")]
+    UnknownTemplate(String),
+    /// The template needs data the request lacks.
+    #[error("{0}")]
+    TemplateData(String),
+    /// The recipient is suppressed for this category.
+    #[error("the recipient is suppressed for {0} email")]
+    RecipientSuppressed(&'static str),
+    /// The Idempotency-Key was used with another body.
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyConflict,
+    /// The user's address is already verified.
+    #[error("the user's email address is already verified")]
+    AlreadyVerified,
+    /// The job is not in a state that allows the action.
+    #[error("{0}")]
+    InvalidJobState(String),
+    /// The service cannot serve yet (database down or schema behind).
+    #[error("{0}")]
+    NotReady(String),
+    /// Anything else; the cause is logged, never returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The status and the stable code.
+    pub fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::UnknownTemplate(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_template"),
+            Self::TemplateData(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template_data_invalid"),
+            Self::RecipientSuppressed(_) => (StatusCode::CONFLICT, "recipient_suppressed"),
+            Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict"),
+            Self::AlreadyVerified => (StatusCode::CONFLICT, "already_verified"),
+            Self::InvalidJobState(_) => (StatusCode::CONFLICT, "invalid_job_state"),
+            Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// Wraps an internal failure; the text is logged, not shown.
+    pub fn internal(err: impl std::error::Error + 'static) -> Self {
+        Self::Internal(herald_shared::telemetry::error_chain(&err))
+    }
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A stable code and a human-readable message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code, e.g. `recipient_suppressed`.
+    pub code: String,
+    /// Explanation for people.
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let Self::Internal(cause) = &self {
+            tracing::error!(error = %cause, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::internal(err)
+    }
+}
+
+impl From<herald_shared::jobs::JobError> for ApiError {
+    fn from(err: herald_shared::jobs::JobError) -> Self {
+        Self::internal(err)
+    }
+}

@@ -1,0 +1,35 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A status word.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    /// `ok` or `ready`.
+    pub status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "The process is alive", body = StatusBody)))]
+pub async fn health() -> Json<StatusBody> {
+    Json(StatusBody { status: "ok" })
+}
+
+/// Readiness: the database answers and its migrations are current.
+#[utoipa::path(get, path = "/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready to serve", body = StatusBody),
+        (status = 503, description = "Database unreachable or schema not current", body = crate::error::ErrorBody)))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
+    herald_shared::db::ensure_current(&state.pool)
+        .await
+        .map_err(|e| ApiError::NotReady(herald_shared::telemetry::error_chain(&e)))?;
+    Ok(Json(StatusBody { status: "ready" }))
+}

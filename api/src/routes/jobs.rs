@@ -1,0 +1,140 @@
+//! Job status, retry and cancel.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use herald_shared::email::{self, EMAIL_QUEUE};
+use herald_shared::jobs::{self, JobStatus};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+
+/// A job as the API reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    /// Job id (ULID).
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[schema(value_type = String, example = "succeeded")]
+    pub status: JobStatus,
+    /// Runs so far.
+    pub attempts: i32,
+    /// Runs allowed.
+    pub max_attempts: i32,
+    /// When it runs next (or ran last).
+    pub run_at: DateTime<Utc>,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// For email jobs that finished: `{"outcome": "sent"|"suppressed", "ses_message_id"}`.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+}
+
+fn parse_id(id: &str) -> Result<String, ApiError> {
+    id.parse::<ulid::Ulid>()
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::NotFound("job"))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<JobView, ApiError> {
+    let id = parse_id(id)?;
+    let mut conn = state.pool.acquire().await?;
+    let row = jobs::find(&mut conn, &id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let mut result = None;
+    let mut last_error = row.last_error();
+    if row.queue == EMAIL_QUEUE
+        && let Some(d) = email::delivery(&mut conn, &id).await?
+    {
+        if matches!(d.status.as_str(), "sent" | "suppressed") {
+            result = Some(json!({"outcome": d.status, "ses_message_id": d.ses_message_id}));
+        }
+        if d.last_error.is_some() {
+            last_error = d.last_error;
+        }
+    }
+    Ok(JobView {
+        status: row.status(),
+        id: row.id,
+        queue: row.queue,
+        attempts: row.attempts,
+        max_attempts: row.max_attempts,
+        run_at: row.run_at,
+        last_error,
+        result,
+    })
+}
+
+/// A job's status.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id (ULID)")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown or malformed id", body = ErrorBody)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(load(&state, &id).await?))
+}
+
+/// Puts a failed job back in the queue with a fresh budget of attempts.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id (ULID)")),
+    responses(
+        (status = 200, description = "Queued again", body = JobView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 409, description = "The job has not failed", body = ErrorBody)))]
+pub async fn retry_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut tx = state.pool.begin().await?;
+    jobs::find(&mut tx, &id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    let budget = i32::try_from(state.config.email_max_attempts).unwrap_or(i32::MAX);
+    if !jobs::retry(&mut tx, &id, budget).await? {
+        return Err(ApiError::InvalidJobState(
+            "only a failed job can be retried".into(),
+        ));
+    }
+    email::mark_outcome(&mut tx, &id, "pending", None).await?;
+    tx.commit().await?;
+    Ok(Json(load(&state, &id).await?))
+}
+
+/// Cancels a job that has not started.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Job id (ULID)")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 409, description = "The job is not waiting", body = ErrorBody)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut conn = state.pool.acquire().await?;
+    jobs::find(&mut conn, &id)
+        .await?
+        .ok_or(ApiError::NotFound("job"))?;
+    if !jobs::cancel(&mut conn, &id).await? {
+        return Err(ApiError::InvalidJobState(
+            "only a queued job can be cancelled".into(),
+        ));
+    }
+    drop(conn);
+    Ok(Json(load(&state, &id).await?))
+}

@@ -1,0 +1,6 @@
+//! The HTTP routes, one module per resource.
+
+pub mod emails;
+pub mod health;
+pub mod jobs;
+pub mod users;

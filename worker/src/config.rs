@@ -1,0 +1,160 @@
+//! The worker's configuration, from environment variables.
+
+use std::time::Duration;
+
+use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or, required};
+use herald_shared::{DbConfig, address};
+
+/// Everything `herald-worker` reads at start-up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Database settings.
+    pub db: DbConfig,
+    /// `EMAIL_FROM`: the verified SES sender.
+    pub email_from: String,
+    /// `FRONTEND_URL`: base of verification, reset and unsubscribe links.
+    pub frontend_url: String,
+    /// `SES_CONFIGURATION_SET` (optional): where SES publishes events.
+    pub ses_configuration_set: Option<String>,
+    /// `SES_MAX_SEND_RATE` (emails/s, optional): overrides the account's quota.
+    pub ses_max_send_rate: Option<f64>,
+    /// `SES_DEFAULT_SEND_RATE` (default 1): used when the quota cannot be read (moto answers 404).
+    pub ses_default_send_rate: f64,
+    /// `SES_TIMEOUT_SECS` (default 15): one SES call's deadline.
+    pub ses_timeout: Duration,
+    /// `EMAIL_BACKOFF_BASE_MS` (default 5000): first retry delay; doubles per attempt, with jitter.
+    pub backoff_base: Duration,
+    /// `EMAIL_BACKOFF_MAX_SECS` (default 3600): the longest retry delay.
+    pub backoff_max: Duration,
+    /// `EMAIL_PAUSE_SECS` (default 900): how long every worker stops sending after SES pauses the account.
+    pub pause: Duration,
+    /// `WORKER_CONCURRENCY` (default 16): emails in flight per process.
+    pub concurrency: usize,
+    /// `WORKER_BATCH_SIZE` (default 20): jobs fetched per round trip.
+    pub batch_size: usize,
+    /// `WORKER_HEARTBEAT_SECS` (default 5).
+    pub heartbeat: Duration,
+    /// `WORKER_MISSED_HEARTBEATS` (default 3): a worker silent this many beats is dead and its
+    /// jobs go back to the queue.
+    pub missed_heartbeats: usize,
+    /// `WORKER_POLL_INTERVAL_MS` (default 1000): polling beside LISTEN/NOTIFY, for delayed jobs.
+    pub poll_interval: Duration,
+    /// `SHUTDOWN_TIMEOUT` seconds (default 30): how long in-flight jobs may take after a signal.
+    pub shutdown_timeout: Duration,
+}
+
+fn positive<T: PartialOrd + Default + Copy>(var: &'static str, v: T) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid {
+            var,
+            reason: "must be greater than 0".into(),
+        })
+    }
+}
+
+impl WorkerConfig {
+    /// Loads and validates the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    /// Loads and validates the configuration from any variable source.
+    pub fn from_source(env: &impl Env) -> Result<Self, ConfigError> {
+        let email_from =
+            address::validate(&required(env, "EMAIL_FROM")?).map_err(|e| ConfigError::Invalid {
+                var: "EMAIL_FROM",
+                reason: e.to_string(),
+            })?;
+        let frontend_url = required(env, "FRONTEND_URL")?
+            .trim_end_matches('/')
+            .to_owned();
+        if !(frontend_url.starts_with("https://") || frontend_url.starts_with("http://")) {
+            return Err(ConfigError::Invalid {
+                var: "FRONTEND_URL",
+                reason: "must be an http:// or https:// URL".into(),
+            });
+        }
+        let ses_max_send_rate = match env.get("SES_MAX_SEND_RATE") {
+            None => None,
+            Some(_) => Some(positive(
+                "SES_MAX_SEND_RATE",
+                parse_or(env, "SES_MAX_SEND_RATE", 0.0_f64)?,
+            )?),
+        };
+        let ms = |var, default| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(positive(
+                var,
+                parse_or(env, var, default)?,
+            )?))
+        };
+        let secs = |var, default| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(positive(
+                var,
+                parse_or(env, var, default)?,
+            )?))
+        };
+        Ok(Self {
+            db: DbConfig::from_source(env)?,
+            email_from,
+            frontend_url,
+            ses_configuration_set: env.get("SES_CONFIGURATION_SET"),
+            ses_max_send_rate,
+            ses_default_send_rate: positive(
+                "SES_DEFAULT_SEND_RATE",
+                parse_or(env, "SES_DEFAULT_SEND_RATE", 1.0_f64)?,
+            )?,
+            ses_timeout: secs("SES_TIMEOUT_SECS", 15)?,
+            backoff_base: ms("EMAIL_BACKOFF_BASE_MS", 5000)?,
+            backoff_max: secs("EMAIL_BACKOFF_MAX_SECS", 3600)?,
+            pause: secs("EMAIL_PAUSE_SECS", 900)?,
+            concurrency: positive(
+                "WORKER_CONCURRENCY",
+                parse_or(env, "WORKER_CONCURRENCY", 16_usize)?,
+            )?,
+            batch_size: positive(
+                "WORKER_BATCH_SIZE",
+                parse_or(env, "WORKER_BATCH_SIZE", 20_usize)?,
+            )?,
+            heartbeat: secs("WORKER_HEARTBEAT_SECS", 5)?,
+            missed_heartbeats: positive(
+                "WORKER_MISSED_HEARTBEATS",
+                parse_or(env, "WORKER_MISSED_HEARTBEATS", 3_usize)?,
+            )?,
+            poll_interval: ms("WORKER_POLL_INTERVAL_MS", 1000)?,
+            shutdown_timeout: secs("SHUTDOWN_TIMEOUT", 30)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: [(&str, &str); 3] = [
+        ("EMAIL_FROM", "noreply@example.com"),
+        ("FRONTEND_URL", "https://app.example.com"),
+        ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
+    ];
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = WorkerConfig::from_source(&BASE).expect("valid");
+        assert_eq!(c.ses_max_send_rate, None);
+        assert_eq!(c.heartbeat, Duration::from_secs(5));
+        assert_eq!(c.missed_heartbeats, 3);
+        assert_eq!(c.backoff_base, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn bad_numbers_name_their_variable() {
+        let mut env: Vec<(&str, &str)> = BASE.to_vec();
+        env.push(("WORKER_CONCURRENCY", "0"));
+        let env: [(&str, &str); 4] = env.try_into().expect("4");
+        let err = WorkerConfig::from_source(&env).expect_err("zero");
+        assert!(err.to_string().starts_with("WORKER_CONCURRENCY"), "{err}");
+        let err = WorkerConfig::from_source(&[("EMAIL_FROM", "x")]).expect_err("from");
+        assert!(err.to_string().starts_with("EMAIL_FROM"), "{err}");
+    }
+}

@@ -1,0 +1,337 @@
+//! The email job handler: ledger first, then suppression, rendering, the rate limit and SES.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BoxDynError, Data, TaskId};
+use chrono::Utc;
+use herald_shared::email::{self, Category, EmailContent, EmailJob, templates};
+use herald_shared::tokens::{self, TokenKind};
+use herald_shared::{address, jobs};
+use rand::Rng;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tracing::Instrument;
+
+use crate::ses::{OutgoingEmail, SendError, SesSender};
+
+/// What every email job needs, shared by the process's workers.
+#[derive(Debug)]
+pub struct EmailContext {
+    /// Database pool.
+    pub pool: PgPool,
+    /// SES client.
+    pub sender: SesSender,
+    /// Base of links.
+    pub frontend_url: String,
+    /// Emails per second across every worker process.
+    pub send_rate: f64,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How long to stop after SES pauses the account.
+    pub pause: Duration,
+}
+
+/// Why a run failed; apalis records the text in `last_result`.
+#[derive(Debug, thiserror::Error)]
+pub enum JobFailure {
+    /// SES failed; the job may run again later (or has failed for good, see the ledger).
+    #[error("{0}")]
+    Send(#[from] SendError),
+    /// Sending is paused for every worker; this job waits without using an attempt.
+    #[error("sending paused until {0}")]
+    Paused(chrono::DateTime<Utc>),
+    /// The database failed; the job runs again (at once, as apalis does for failures).
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Queue bookkeeping failed.
+    #[error("{0}")]
+    Job(#[from] jobs::JobError),
+    /// Issuing a token failed.
+    #[error("{0}")]
+    Token(#[from] tokens::TokenError),
+    /// The job cannot be rendered (unknown user, template error): final.
+    #[error("cannot build the email: {0}")]
+    Content(String),
+}
+
+/// The delay before attempt `attempt + 1`: base × 2^(attempt−1), capped, with equal jitter
+/// (half fixed, half random) so that workers hit by one throttle do not retry in step.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(2_u32.saturating_pow(attempt.saturating_sub(1).min(30)));
+    let capped = exp.min(max);
+    let half = capped / 2;
+    let jitter = rand::rng().random_range(0..=half.as_millis().min(u128::from(u64::MAX)) as u64);
+    half + Duration::from_millis(jitter)
+}
+
+/// Handles one email job. `Ok` carries the outcome apalis stores; `Err` makes apalis record a
+/// failed run, after this handler has set when (or whether) the job runs again.
+pub async fn handle(
+    job: EmailJob,
+    task_id: TaskId,
+    ctx: Data<Arc<EmailContext>>,
+) -> Result<Value, BoxDynError> {
+    let id = task_id.to_string();
+    let span = tracing::info_span!("email_job", job_id = %id, to = %address::mask(&job.to));
+    run(&ctx, &id, &job)
+        .instrument(span)
+        .await
+        .map_err(|e| Box::new(e) as BoxDynError)
+}
+
+async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobFailure> {
+    // Wait for our slot first, so that the ledger's 'sending' window before the SES call is short.
+    let slot = {
+        let mut conn = ctx.pool.acquire().await?;
+        email::reserve_send_slot(&mut conn, ctx.send_rate).await?
+    };
+    let wait = (slot - Utc::now()).to_std().unwrap_or_default();
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+
+    let mut tx = ctx.pool.begin().await?;
+    let delivery = match email::lock_delivery(&mut tx, id).await? {
+        Some(d) => d,
+        None => {
+            // A job pushed without its ledger row (another producer): create the row now.
+            sqlx::query!(
+                "INSERT INTO email_deliveries (job_id, recipient, template, category)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING",
+                id,
+                address::normalize(&job.to),
+                job.content.label(),
+                job.category.as_str()
+            )
+            .execute(&mut *tx)
+            .await?;
+            email::lock_delivery(&mut tx, id)
+                .await?
+                .ok_or_else(|| JobFailure::Content("ledger row vanished".into()))?
+        }
+    };
+    match delivery.status.as_str() {
+        // SES accepted it on an earlier run whose result was lost: never send twice.
+        "sent" => {
+            tx.commit().await?;
+            tracing::info!(job_id = id, "already sent; not sending again");
+            return Ok(json!({"outcome": "sent", "ses_message_id": delivery.ses_message_id}));
+        }
+        "suppressed" => {
+            tx.commit().await?;
+            return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
+        }
+        _ => {}
+    }
+    if let Some(pause) = email::current_pause(&mut tx).await? {
+        jobs::reschedule_running(&mut tx, id, pause.until, true).await?;
+        let reason = format!(
+            "sending paused until {} ({})",
+            pause.until,
+            pause.reason.unwrap_or_default()
+        );
+        email::mark_outcome(&mut tx, id, "pending", Some(&reason)).await?;
+        tx.commit().await?;
+        return Err(JobFailure::Paused(pause.until));
+    }
+    if email::is_suppressed(&mut tx, &job.to, job.category).await? {
+        email::mark_outcome(&mut tx, id, "suppressed", None).await?;
+        tx.commit().await?;
+        tracing::info!(job_id = id, to = %address::mask(&job.to), "recipient suppressed; not sent");
+        return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
+    }
+    let uncertain = delivery.status == "sending";
+    if uncertain {
+        tracing::warn!(
+            job_id = id,
+            "an earlier attempt died during its SES call; sending again"
+        );
+    }
+    let kind = match job.content {
+        EmailContent::Verification { .. } => Some(TokenKind::Verification),
+        EmailContent::PasswordReset { .. } => Some(TokenKind::PasswordReset),
+        _ => None,
+    };
+    if let (Some(kind), Some(old)) = (kind, delivery.token_id) {
+        tokens::revoke(&mut tx, kind, old).await?;
+    }
+    let (outgoing, token_id) = match build(ctx, id, job, &mut tx).await {
+        Ok(built) => built,
+        Err(JobFailure::Content(reason)) => {
+            email::mark_outcome(&mut tx, id, "failed", Some(&reason)).await?;
+            jobs::finish_after_this_run(&mut tx, id).await?;
+            tx.commit().await?;
+            return Err(JobFailure::Content(reason));
+        }
+        Err(other) => return Err(other),
+    };
+    let row = jobs::find(&mut tx, id)
+        .await?
+        .ok_or_else(|| JobFailure::Content("job vanished".into()))?;
+    let last_attempt = row.attempts + 1 >= row.max_attempts;
+    email::mark_sending(&mut tx, id, uncertain, token_id).await?;
+    tx.commit().await?;
+
+    let result = ctx.sender.send(&outgoing).await;
+    let mut conn = ctx.pool.acquire().await?;
+    match result {
+        Ok(message_id) => {
+            record_sent(ctx, id, &message_id).await?;
+            tracing::info!(job_id = id, ses_message_id = %message_id, "email sent");
+            Ok(json!({"outcome": "sent", "ses_message_id": message_id}))
+        }
+        Err(SendError::Retryable(reason)) if !last_attempt => {
+            let delay = backoff(
+                ctx.backoff_base,
+                ctx.backoff_max,
+                delivery.attempts as u32 + 1,
+            );
+            let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            jobs::reschedule_running(&mut conn, id, next, false).await?;
+            email::mark_outcome(&mut conn, id, "pending", Some(&reason)).await?;
+            tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
+            Err(SendError::Retryable(reason).into())
+        }
+        Err(SendError::Paused(reason)) => {
+            let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
+            email::pause_sending(&mut conn, until, &reason).await?;
+            jobs::reschedule_running(&mut conn, id, until, true).await?;
+            email::mark_outcome(&mut conn, id, "pending", Some(&reason)).await?;
+            tracing::warn!(job_id = id, error = %reason, %until, "SES paused sending; every worker stops until then");
+            Err(SendError::Paused(reason).into())
+        }
+        Err(err) => {
+            // Permanent, or retryable with no attempts left.
+            let reason = err.to_string();
+            email::mark_outcome(&mut conn, id, "failed", Some(&reason)).await?;
+            jobs::finish_after_this_run(&mut conn, id).await?;
+            tracing::warn!(job_id = id, error = %reason, "email failed for good");
+            Err(err.into())
+        }
+    }
+}
+
+/// Records SES's acceptance, trying a few times: losing this write is what could cause a resend.
+async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(), JobFailure> {
+    let mut delay = Duration::from_millis(200);
+    let mut tries = 0;
+    loop {
+        let attempt = async {
+            let mut conn = ctx.pool.acquire().await?;
+            email::mark_sent(&mut conn, id, message_id).await
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(err) if tries < 5 => {
+                tries += 1;
+                tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot record the sent email yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Renders the message; verification and reset emails get a fresh token, stored as a hash.
+async fn build(
+    ctx: &EmailContext,
+    id: &str,
+    job: &EmailJob,
+    tx: &mut sqlx::PgConnection,
+) -> Result<(OutgoingEmail, Option<uuid::Uuid>), JobFailure> {
+    let content_error = |e: templates::TemplateError| JobFailure::Content(e.to_string());
+    let (rendered, token_id) = match &job.content {
+        EmailContent::Template { name, data } => {
+            (templates::render(name, data).map_err(content_error)?, None)
+        }
+        EmailContent::Raw {
+            subject,
+            text,
+            html,
+        } => (
+            templates::Rendered {
+                subject: subject.clone(),
+                text: text.clone().unwrap_or_default(),
+                html: html.clone().unwrap_or_default(),
+            },
+            None,
+        ),
+        EmailContent::Verification { user_id } | EmailContent::PasswordReset { user_id } => {
+            let (kind, template, path) = match job.content {
+                EmailContent::Verification { .. } => (
+                    TokenKind::Verification,
+                    templates::VERIFICATION,
+                    "verify-email",
+                ),
+                _ => (
+                    TokenKind::PasswordReset,
+                    templates::PASSWORD_RESET,
+                    "reset-password",
+                ),
+            };
+            let name = sqlx::query_scalar!(
+                "SELECT display_name FROM users WHERE id = $1 AND active",
+                user_id
+            )
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| {
+                JobFailure::Content("the user no longer exists or is inactive".into())
+            })?;
+            let (token_id, token) = tokens::issue(tx, kind, *user_id, Utc::now()).await?;
+            let link = format!("{}/{path}?token={}", ctx.frontend_url, token.raw);
+            let rendered = templates::render(template, &json!({"name": name, "link": link}))
+                .map_err(content_error)?;
+            (rendered, Some(token_id))
+        }
+    };
+    let mut headers = Vec::new();
+    if job.category == Category::Marketing {
+        // RFC 8058 one-click unsubscribe; the frontend resolves the job id to the address.
+        headers.push((
+            "List-Unsubscribe".to_owned(),
+            format!("<{}/unsubscribe?job={id}>", ctx.frontend_url),
+        ));
+        headers.push((
+            "List-Unsubscribe-Post".to_owned(),
+            "List-Unsubscribe=One-Click".to_owned(),
+        ));
+    }
+    let email = OutgoingEmail {
+        to: job.to.clone(),
+        subject: rendered.subject,
+        text: Some(rendered.text).filter(|t| !t.is_empty()),
+        html: Some(rendered.html).filter(|h| !h.is_empty()),
+        headers,
+        job_id: id.to_owned(),
+    };
+    Ok((email, token_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(60);
+        for attempt in 1..=8_u32 {
+            let full = (base * 2_u32.pow(attempt - 1)).min(max);
+            for _ in 0..50 {
+                let d = backoff(base, max, attempt);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                    full / 2
+                );
+            }
+        }
+        assert!(backoff(base, max, 100) <= max);
+    }
+}

@@ -1,0 +1,97 @@
+//! Herald's worker: email jobs from apalis-postgres, sent through SES.
+
+pub mod config;
+pub mod email_job;
+pub mod ses;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use apalis::prelude::*;
+use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
+use herald_shared::email::{EMAIL_QUEUE, EmailJob};
+use sqlx::PgPool;
+
+pub use config::WorkerConfig;
+use email_job::EmailContext;
+use ses::SesSender;
+
+/// Builds the email context: the SES client and the sending rate every process shares.
+pub async fn email_context(config: &WorkerConfig, pool: PgPool) -> Arc<EmailContext> {
+    let aws = ses::aws_config(config.ses_timeout).await;
+    let sender = SesSender::new(
+        aws_sdk_sesv2::Client::new(&aws),
+        config.email_from.clone(),
+        config.ses_configuration_set.clone(),
+    );
+    let send_rate = match config.ses_max_send_rate {
+        Some(rate) => rate,
+        None => match sender.max_send_rate().await {
+            Some(rate) => rate,
+            None => {
+                tracing::warn!(
+                    rate = config.ses_default_send_rate,
+                    "using SES_DEFAULT_SEND_RATE"
+                );
+                config.ses_default_send_rate
+            }
+        },
+    };
+    tracing::info!(emails_per_second = send_rate, "send rate limit");
+    Arc::new(EmailContext {
+        pool,
+        sender,
+        frontend_url: config.frontend_url.clone(),
+        send_rate,
+        backoff_base: config.backoff_base,
+        backoff_max: config.backoff_max,
+        pause: config.pause,
+    })
+}
+
+/// Runs the email workers until `shutdown` resolves, then lets in-flight jobs finish within
+/// `SHUTDOWN_TIMEOUT`. A worker that fails (a backend error) is restarted under a new name.
+pub async fn run(
+    config: WorkerConfig,
+    pool: PgPool,
+    ctx: Arc<EmailContext>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MonitorError> {
+    let queue_config = QueueConfig::default()
+        .queue(EMAIL_QUEUE)
+        .batch_size(config.batch_size)
+        .heartbeat_interval(config.heartbeat)
+        .missed_heartbeats(config.missed_heartbeats);
+    let concurrency = config.concurrency;
+    let poll_interval = config.poll_interval;
+    Monitor::new()
+        .should_restart(|worker, error| {
+            tracing::error!(worker = worker.name(), error = %error, "worker stopped with an error; restarting");
+            // Keep a database outage from turning into a busy restart loop.
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            true
+        })
+        .shutdown_timeout(config.shutdown_timeout)
+        .register(move |_restarts| {
+            let backend = PostgresStorage::<EmailJob>::new(&pool)
+                .with_config(queue_config.clone())
+                .poll_with_strategy(
+                    Strategy::new()
+                        .stream(Pubsub::new(pool.clone(), EMAIL_QUEUE.to_owned()))
+                        .interval(poll_interval),
+                );
+            // A fresh name per start: a restarted worker under an old name would strand the
+            // jobs its predecessor had locked.
+            WorkerBuilder::new(format!("herald-email-{}", ulid::Ulid::generate()))
+                .backend(backend)
+                .concurrency(concurrency)
+                .data(ctx.clone())
+                .build(email_job::handle)
+        })
+        .run_with_signal(async move {
+            shutdown.await;
+            tracing::info!("shutdown signal: no new jobs; finishing those in flight");
+            Ok(())
+        })
+        .await
+}
