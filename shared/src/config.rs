@@ -51,6 +51,14 @@ impl<const N: usize> Env for [(&str, &str); N] {
     }
 }
 
+impl Env for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name)
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
 /// Reads a required variable.
 pub fn required(env: &impl Env, var: &'static str) -> Result<String, ConfigError> {
     env.get(var).ok_or(ConfigError::Missing { var })

@@ -157,11 +157,20 @@ where
     match err {
         SdkError::ServiceError(s) => {
             let e = s.err();
-            format!(
-                "{}: {}",
-                e.code().unwrap_or("unknown"),
-                e.message().unwrap_or_default()
-            )
+            // Real responses carry a code; errors built in tests may not, so fall back to the variant.
+            let code = e.code().map(str::to_owned).unwrap_or_else(|| {
+                let debug = format!("{e:?}");
+                debug
+                    .split(['(', ' ', '{'])
+                    .next()
+                    .unwrap_or("unknown")
+                    .to_owned()
+            });
+            let message = e
+                .message()
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string());
+            format!("{code}: {message}")
         }
         other => herald_shared::telemetry::error_chain(other),
     }

@@ -1,0 +1,166 @@
+//! Shared set-up: queue schema, configuration, enqueueing, waiting for outcomes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_shared::email::{self, Category, EmailContent, EmailJob};
+use herald_shared::jobs::{self, EnqueueOptions, JobStatus};
+use herald_worker::WorkerConfig;
+use herald_worker::email_job::EmailContext;
+use herald_worker::ses::SesSender;
+use sqlx::{ConnectOptions, PgPool};
+use tokio::sync::oneshot;
+
+pub const FROM: &str = "noreply@herald.test";
+
+/// Creates apalis's schema in a `#[sqlx::test]` database (which has only the app's migrations).
+pub async fn setup_queue(pool: &PgPool) {
+    apalis_postgres::PostgresStorage::setup(pool)
+        .await
+        .expect("apalis schema");
+}
+
+/// A worker configuration for tests: fast polling and heartbeats, overridable.
+pub fn worker_config(pool: &PgPool, extra: &[(&str, &str)]) -> WorkerConfig {
+    let url = pool.connect_options().to_url_lossy().to_string();
+    let mut env: HashMap<String, String> = [
+        ("DATABASE_URL", url.as_str()),
+        ("EMAIL_FROM", FROM),
+        ("FRONTEND_URL", "https://app.example.com"),
+        ("WORKER_POLL_INTERVAL_MS", "100"),
+        ("WORKER_HEARTBEAT_SECS", "1"),
+        ("WORKER_MISSED_HEARTBEATS", "2"),
+        ("SHUTDOWN_TIMEOUT", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    WorkerConfig::from_source(&env).expect("test worker config")
+}
+
+/// The email context with a given SES client.
+pub fn context(
+    pool: &PgPool,
+    client: aws_sdk_sesv2::Client,
+    config: &WorkerConfig,
+) -> Arc<EmailContext> {
+    Arc::new(EmailContext {
+        pool: pool.clone(),
+        sender: SesSender::new(client, FROM.to_owned(), None),
+        frontend_url: config.frontend_url.clone(),
+        send_rate: 1000.0,
+        backoff_base: config.backoff_base,
+        backoff_max: config.backoff_max,
+        pause: config.pause,
+    })
+}
+
+/// A running in-process worker; dropping the handle does not stop it, `stop` does.
+pub struct RunningWorker {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub fn start(config: WorkerConfig, pool: &PgPool, ctx: Arc<EmailContext>) -> Self {
+        let (tx, rx) = oneshot::channel::<()>();
+        let pool = pool.clone();
+        let task = tokio::spawn(async move {
+            herald_worker::run(config, pool, ctx, async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("worker ran");
+        });
+        Self {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("worker stops within 15 s")
+            .expect("worker task");
+    }
+}
+
+/// Enqueues `n` raw emails to distinct recipients; returns their job ids.
+pub async fn enqueue(pool: &PgPool, n: usize, tag: &str, category: Category) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut tx = pool.begin().await.expect("tx");
+    for i in 0..n {
+        let job = EmailJob {
+            to: format!("{tag}-{i}@example.com"),
+            category,
+            content: EmailContent::Raw {
+                subject: format!("Message {i}"),
+                text: Some("Hello".into()),
+                html: None,
+            },
+        };
+        let options = EnqueueOptions {
+            max_attempts: 8,
+            run_at: None,
+        };
+        ids.push(
+            email::enqueue(&mut tx, &job, options)
+                .await
+                .expect("enqueue")
+                .to_string(),
+        );
+    }
+    tx.commit().await.expect("commit");
+    ids
+}
+
+/// Herald status of a job.
+pub async fn status(pool: &PgPool, id: &str) -> JobStatus {
+    let mut conn = pool.acquire().await.expect("conn");
+    jobs::find(&mut conn, id)
+        .await
+        .expect("find")
+        .expect("job exists")
+        .status()
+}
+
+/// Waits until every job has one of the final statuses, or panics after `limit`.
+pub async fn wait_until_final(pool: &PgPool, ids: &[String], limit: Duration) -> Vec<JobStatus> {
+    let start = Instant::now();
+    loop {
+        let mut all = Vec::new();
+        for id in ids {
+            all.push(status(pool, id).await);
+        }
+        if all.iter().all(|s| {
+            matches!(
+                s,
+                JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+            )
+        }) {
+            return all;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "jobs not final after {limit:?}: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ledger row of a job.
+pub async fn delivery(pool: &PgPool, id: &str) -> email::Delivery {
+    let mut conn = pool.acquire().await.expect("conn");
+    email::delivery(&mut conn, id)
+        .await
+        .expect("query")
+        .expect("ledger row")
+}

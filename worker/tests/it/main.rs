@@ -1,0 +1,6 @@
+//! Worker tests: the retry policy against a mocked SES (aws-smithy-mocks) with real apalis workers
+//! and a real database, and end-to-end runs of the real binaries against moto.
+
+mod e2e;
+mod helpers;
+mod retry_policy;
