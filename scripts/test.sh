@@ -10,6 +10,7 @@ Usage: scripts/test.sh [--no-lint]
 Runs cargo fmt --check and clippy (-D warnings), then the whole test suite once per PostgreSQL
 server: the embedded PostgreSQL 17 (started here) and the PostgreSQL on 127.0.0.1:5432 when one
 answers (PostgreSQL 15 on our machines). Every #[sqlx::test] gets its own database on that server.
+The SES/SQS emulator (moto, scripts/emulator.sh) is started for the end-to-end tests.
 Prints which server versions were tested; exits non-zero on any failure.
 
 Options:
@@ -53,11 +54,23 @@ fi
 log "building the tests (the first build takes several minutes)"
 build_tests
 
+# The SES/SQS emulator the end-to-end tests send to.
+"$HERALD_ROOT/scripts/emulator.sh" start
+export HERALD_TEST_AWS_ENDPOINT="$EMULATOR_URL"
+
 # Servers: label|url of the master database sqlx::test creates its test databases from.
-# Leave the embedded server as we found it: stop it at exit if this run started it.
-if ! "$HERALD_ROOT/scripts/pg-embedded.sh" status >/dev/null 2>&1; then
-    trap '"$HERALD_ROOT/scripts/pg-embedded.sh" stop' EXIT
-fi
+# Leave the services as we found them: stop at exit what this run started.
+cleanup=()
+on_exit() {
+    local c
+    for c in "${cleanup[@]}"; do
+        "$HERALD_ROOT/scripts/$c" stop || true
+    done
+}
+trap on_exit EXIT
+for service in pg-embedded.sh emulator.sh; do
+    "$HERALD_ROOT/scripts/$service" status >/dev/null 2>&1 || cleanup+=("$service")
+done
 "$HERALD_ROOT/scripts/pg-embedded.sh" start
 servers=("embedded|$(url_with_db "$PG_EMBEDDED_URL" herald_test)")
 pg15_url="${HERALD_TEST_PG15_URL:-postgres://${USER:-$(id -un)}@127.0.0.1:5432/herald_test}"
