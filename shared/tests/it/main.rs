@@ -3,6 +3,7 @@
 
 mod catalog;
 mod helpers;
+mod jobs;
 mod migrations;
 mod scripts;
 mod search;

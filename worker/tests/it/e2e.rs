@@ -12,18 +12,28 @@ use sqlx::{Connection, PgConnection, PgPool};
 const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
 
 fn emulator() -> String {
-    let url = std::env::var("HERALD_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".into());
+    let url = std::env::var("HERALD_TEST_AWS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:4566".into());
     let probe = std::net::TcpStream::connect_timeout(
-        &url.trim_start_matches("http://").parse().expect("emulator host:port"),
+        &url.trim_start_matches("http://")
+            .parse()
+            .expect("emulator host:port"),
         Duration::from_secs(2),
     );
-    assert!(probe.is_ok(), "the SES/SQS emulator is not running at {url}: start it with scripts/emulator.sh start");
+    assert!(
+        probe.is_ok(),
+        "the SES/SQS emulator is not running at {url}: start it with scripts/emulator.sh start"
+    );
     url
 }
 
 fn binary(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_herald-worker")).with_file_name(name);
-    assert!(path.exists(), "{} is missing: build the workspace (cargo build --workspace)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (cargo build --workspace)",
+        path.display()
+    );
     path
 }
 
@@ -33,7 +43,11 @@ fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos();
-    format!("{prefix}{}x{nanos}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{nanos}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A fresh, migrated database plus the running binaries, all stopped and dropped on `finish`.
@@ -54,11 +68,15 @@ impl Stack {
         let (base, _) = master.rsplit_once('/').expect("URL with a database");
         let db_name = unique("herald_e2e_");
         let db_url = format!("{base}/{db_name}");
-        let mut admin = PgConnection::connect(&format!("{base}/postgres")).await.expect("admin");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db_name}\"")))
-            .execute(&mut admin)
+        let mut admin = PgConnection::connect(&format!("{base}/postgres"))
             .await
-            .expect("create db");
+            .expect("admin");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{db_name}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create db");
         let pool = PgPool::connect(&db_url).await.expect("pool");
         herald_shared::db::migrate(&pool).await.expect("migrate");
         let logs = tempfile::tempdir().expect("log dir");
@@ -103,10 +121,16 @@ impl Stack {
         let mut cmd = Command::new(binary("herald-api"));
         self.env(&mut cmd, &[]);
         let log = std::fs::File::create(self.logs.path().join("api.log")).expect("log");
-        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().expect("spawn api");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn api");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("api prints its address");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("api prints its address");
         let url = line
             .trim()
             .strip_prefix("herald-api listening on ")
@@ -120,9 +144,11 @@ impl Stack {
         let mut cmd = Command::new(binary("herald-worker"));
         self.env(&mut cmd, extra);
         let n = self.workers.len();
-        let log = std::fs::File::create(self.logs.path().join(format!("worker-{n}.log"))).expect("log");
+        let log =
+            std::fs::File::create(self.logs.path().join(format!("worker-{n}.log"))).expect("log");
         let out = log.try_clone().expect("log");
-        self.workers.push(cmd.stdout(out).stderr(log).spawn().expect("spawn worker"));
+        self.workers
+            .push(cmd.stdout(out).stderr(log).spawn().expect("spawn worker"));
     }
 
     /// SIGKILLs the newest worker.
@@ -136,7 +162,9 @@ impl Stack {
     pub fn logs(&self) -> String {
         let mut all = String::new();
         for entry in std::fs::read_dir(self.logs.path()).expect("logs") {
-            all.push_str(&std::fs::read_to_string(entry.expect("entry").path()).unwrap_or_default());
+            all.push_str(
+                &std::fs::read_to_string(entry.expect("entry").path()).unwrap_or_default(),
+            );
         }
         all
     }
@@ -171,10 +199,16 @@ impl Stack {
         let start = Instant::now();
         loop {
             let job = self.job(id).await;
-            if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            if matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
                 return job;
             }
-            assert!(start.elapsed() < limit, "job {id} not final after {limit:?}: {job}");
+            assert!(
+                start.elapsed() < limit,
+                "job {id} not final after {limit:?}: {job}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -216,7 +250,10 @@ async fn moto_messages() -> Vec<Value> {
         .json()
         .await
         .expect("json");
-    data["ses"]["Message"].as_array().cloned().unwrap_or_default()
+    data["ses"]["Message"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn moto_message(id: &str) -> Option<Value> {
@@ -230,7 +267,10 @@ async fn moto_messages_to(address: &str) -> usize {
         .filter(|m| {
             m["destinations"]["ToAddresses"]
                 .as_array()
-                .is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|s| s.eq_ignore_ascii_case(address))))
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x.as_str().is_some_and(|s| s.eq_ignore_ascii_case(address)))
+                })
         })
         .count()
 }
@@ -241,17 +281,35 @@ async fn a_posted_email_reaches_the_emulator_rendered_and_its_job_shows_the_same
     stack.spawn_worker(&[]);
     let to = format!("{}@example.com", unique("ada"));
     let (status, body) = stack
-        .post("/v1/emails", json!({"to": to, "template": "welcome", "data": {"name": "Ada"}}))
+        .post(
+            "/v1/emails",
+            json!({"to": to, "template": "welcome", "data": {"name": "Ada"}}),
+        )
         .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "queued");
-    let job = stack.wait_final(body["job_id"].as_str().expect("id"), Duration::from_secs(30)).await;
+    let job = stack
+        .wait_final(
+            body["job_id"].as_str().expect("id"),
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["outcome"], "sent");
-    let message_id = job["result"]["ses_message_id"].as_str().expect("message id");
-    let message = moto_message(message_id).await.expect("moto has the message");
+    let message_id = job["result"]["ses_message_id"]
+        .as_str()
+        .expect("message id");
+    let message = moto_message(message_id)
+        .await
+        .expect("moto has the message");
     assert_eq!(message["subject"], "Welcome, Ada!");
-    assert!(message["body"].as_str().unwrap_or_default().contains("Hello Ada,"), "{message}");
+    assert!(
+        message["body"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Hello Ada,"),
+        "{message}"
+    );
     assert_eq!(message["destinations"]["ToAddresses"][0], to.as_str());
     assert_eq!(message["source"], "noreply@herald.test");
     stack.finish().await;
@@ -268,14 +326,22 @@ async fn a_suppressed_recipient_is_refused_and_a_late_suppression_stops_the_send
         .expect("suppress");
     // Mixed case still matches.
     let (status, body) = stack
-        .post("/v1/emails", json!({"to": gone.to_uppercase(), "subject": "Hi", "text": "Hello"}))
+        .post(
+            "/v1/emails",
+            json!({"to": gone.to_uppercase(), "subject": "Hi", "text": "Hello"}),
+        )
         .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "recipient_suppressed");
 
     // Queued while no worker runs, suppressed before one picks it up.
     let late = format!("{}@example.com", unique("late"));
-    let (status, body) = stack.post("/v1/emails", json!({"to": late, "subject": "Hi", "text": "Hello"})).await;
+    let (status, body) = stack
+        .post(
+            "/v1/emails",
+            json!({"to": late, "subject": "Hi", "text": "Hello"}),
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     sqlx::query("INSERT INTO email_suppressions (email, suppression_type, suppress_transactional) VALUES ($1, 'complaint', true)")
         .bind(late.to_uppercase())
@@ -283,19 +349,34 @@ async fn a_suppressed_recipient_is_refused_and_a_late_suppression_stops_the_send
         .await
         .expect("suppress");
     stack.spawn_worker(&[]);
-    let job = stack.wait_final(body["job_id"].as_str().expect("id"), Duration::from_secs(30)).await;
+    let job = stack
+        .wait_final(
+            body["job_id"].as_str().expect("id"),
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["outcome"], "suppressed");
     assert_eq!(job["result"]["ses_message_id"], Value::Null);
-    assert_eq!(moto_messages_to(&late).await, 0, "nothing may reach SES for a suppressed address");
+    assert_eq!(
+        moto_messages_to(&late).await,
+        0,
+        "nothing may reach SES for a suppressed address"
+    );
     stack.finish().await;
 }
 
 /// Pulls the token out of the link in an email body.
 fn token_in(body: &str, path: &str) -> String {
     let marker = format!("https://app.example.com/{path}?token=");
-    let start = body.find(&marker).unwrap_or_else(|| panic!("no {path} link in {body}")) + marker.len();
-    body[start..].chars().take_while(char::is_ascii_hexdigit).collect()
+    let start = body
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {path} link in {body}"))
+        + marker.len();
+    body[start..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect()
 }
 
 async fn assert_token_stored_nowhere(stack: &Stack, token: &str) {
@@ -326,11 +407,23 @@ async fn the_verification_email_links_a_token_whose_hash_alone_is_stored() {
     .fetch_one(&stack.pool)
     .await
     .expect("user");
-    let (status, body) = stack.post(&format!("/v1/users/{user_id}/verification-email"), json!({})).await;
+    let (status, body) = stack
+        .post(
+            &format!("/v1/users/{user_id}/verification-email"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
-    let job = stack.wait_final(body["job_id"].as_str().expect("id"), Duration::from_secs(30)).await;
+    let job = stack
+        .wait_final(
+            body["job_id"].as_str().expect("id"),
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let message = moto_message(job["result"]["ses_message_id"].as_str().expect("id")).await.expect("sent");
+    let message = moto_message(job["result"]["ses_message_id"].as_str().expect("id"))
+        .await
+        .expect("sent");
     let token = token_in(message["body"].as_str().expect("body"), "verify-email");
     assert_eq!(token.len(), 64, "32 random bytes, hex");
     let stored: Vec<(String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
@@ -346,14 +439,24 @@ async fn the_verification_email_links_a_token_whose_hash_alone_is_stored() {
     assert_token_stored_nowhere(&stack, &token).await;
 
     // Unknown and already-verified users.
-    let (status, _) = stack.post(&format!("/v1/users/{}/verification-email", uuid::Uuid::nil()), json!({})).await;
+    let (status, _) = stack
+        .post(
+            &format!("/v1/users/{}/verification-email", uuid::Uuid::nil()),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 404);
     sqlx::query("INSERT INTO user_roles (user_id, role_id) SELECT $1, id FROM roles WHERE name = 'email-verified'")
         .bind(user_id)
         .execute(&stack.pool)
         .await
         .expect("verify");
-    let (status, body) = stack.post(&format!("/v1/users/{user_id}/verification-email"), json!({})).await;
+    let (status, body) = stack
+        .post(
+            &format!("/v1/users/{user_id}/verification-email"),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "already_verified");
     stack.finish().await;
@@ -372,71 +475,103 @@ async fn a_reset_answers_alike_for_unknown_addresses_and_sends_only_to_real_acco
     .await
     .expect("user");
     let nobody = format!("{}@example.com", unique("nobody"));
-    let (status_unknown, body_unknown) = stack.post("/v1/password-resets", json!({"email": nobody})).await;
-    let (status_known, body_known) = stack.post("/v1/password-resets", json!({"email": email.to_uppercase()})).await;
+    let (status_unknown, body_unknown) = stack
+        .post("/v1/password-resets", json!({"email": nobody}))
+        .await;
+    let (status_known, body_known) = stack
+        .post(
+            "/v1/password-resets",
+            json!({"email": email.to_uppercase()}),
+        )
+        .await;
     assert_eq!((status_unknown, status_known), (202, 202));
-    assert_eq!(body_unknown, body_known, "the answer must not reveal whether the account exists");
+    assert_eq!(
+        body_unknown, body_known,
+        "the answer must not reveal whether the account exists"
+    );
 
-    let job_id: String = sqlx::query_scalar("SELECT job_id FROM email_deliveries WHERE recipient = $1")
-        .bind(email.to_lowercase())
-        .fetch_one(&stack.pool)
-        .await
-        .expect("one job for the real account");
+    let job_id: String =
+        sqlx::query_scalar("SELECT job_id FROM email_deliveries WHERE recipient = $1")
+            .bind(email.to_lowercase())
+            .fetch_one(&stack.pool)
+            .await
+            .expect("one job for the real account");
     let job = stack.wait_final(&job_id, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let message = moto_message(job["result"]["ses_message_id"].as_str().expect("id")).await.expect("sent");
-    let token = token_in(message["body"].as_str().expect("body"), "reset-password");
-    let stored: String = sqlx::query_scalar("SELECT token_hash::text FROM password_reset_tokens WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_one(&stack.pool)
+    let message = moto_message(job["result"]["ses_message_id"].as_str().expect("id"))
         .await
-        .expect("token");
+        .expect("sent");
+    let token = token_in(message["body"].as_str().expect("body"), "reset-password");
+    let stored: String =
+        sqlx::query_scalar("SELECT token_hash::text FROM password_reset_tokens WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(&stack.pool)
+            .await
+            .expect("token");
     assert_eq!(stored, herald_shared::tokens::sha256_hex(&token));
     assert_token_stored_nowhere(&stack, &token).await;
 
-    let jobs_for_nobody: i64 = sqlx::query_scalar("SELECT count(*) FROM email_deliveries WHERE recipient = $1")
-        .bind(&nobody)
-        .fetch_one(&stack.pool)
-        .await
-        .expect("count");
+    let jobs_for_nobody: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM email_deliveries WHERE recipient = $1")
+            .bind(&nobody)
+            .fetch_one(&stack.pool)
+            .await
+            .expect("count");
     assert_eq!(jobs_for_nobody, 0);
     assert_eq!(moto_messages_to(&nobody).await, 0);
     stack.finish().await;
 }
 
 #[tokio::test]
-async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emails_are_not_resent() {
+async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emails_are_not_resent()
+{
     let mut stack = Stack::start().await;
     let tag = unique("kill");
     let mut ids = Vec::new();
     for i in 0..30 {
         let (status, body) = stack
-            .post("/v1/emails", json!({"to": format!("{tag}-{i}@example.com"), "subject": "Hi", "text": "Hello"}))
+            .post(
+                "/v1/emails",
+                json!({"to": format!("{tag}-{i}@example.com"), "subject": "Hi", "text": "Hello"}),
+            )
             .await;
         assert_eq!(status, 202, "{body}");
         ids.push(body["job_id"].as_str().expect("id").to_owned());
     }
     // Slow sending so the kill lands mid-batch.
-    let slow = [("SES_MAX_SEND_RATE", "10"), ("WORKER_BATCH_SIZE", "10"), ("WORKER_CONCURRENCY", "4")];
+    let slow = [
+        ("SES_MAX_SEND_RATE", "10"),
+        ("WORKER_BATCH_SIZE", "10"),
+        ("WORKER_CONCURRENCY", "4"),
+    ];
     stack.spawn_worker(&slow);
     let start = Instant::now();
     loop {
-        let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM email_deliveries WHERE status = 'sent'")
-            .fetch_one(&stack.pool)
-            .await
-            .expect("count");
+        let sent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM email_deliveries WHERE status = 'sent'")
+                .fetch_one(&stack.pool)
+                .await
+                .expect("count");
         if sent >= 5 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the first worker sent nothing");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the first worker sent nothing"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stack.kill_worker();
-    let stranded: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')")
-        .fetch_one(&stack.pool)
-        .await
-        .expect("count");
-    assert!(stranded > 0, "the kill should land while the worker holds jobs");
+    let stranded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .expect("count");
+    assert!(
+        stranded > 0,
+        "the kill should land while the worker holds jobs"
+    );
     stack.spawn_worker(&[]);
     for id in &ids {
         let job = stack.wait_final(id, Duration::from_secs(60)).await;
@@ -444,10 +579,11 @@ async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emai
     }
     // Each recipient got exactly one email, except where the ledger records an uncertain resend
     // (killed between SES accepting and the ledger write): that window is documented and counted.
-    let uncertain: i64 = sqlx::query_scalar("SELECT coalesce(sum(uncertain_resends), 0) FROM email_deliveries")
-        .fetch_one(&stack.pool)
-        .await
-        .expect("sum");
+    let uncertain: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(uncertain_resends), 0) FROM email_deliveries")
+            .fetch_one(&stack.pool)
+            .await
+            .expect("sum");
     let mut total = 0;
     for i in 0..30 {
         let n = moto_messages_to(&format!("{tag}-{i}@example.com")).await;
@@ -458,6 +594,8 @@ async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emai
         total as i64 <= 30 + uncertain,
         "{total} emails for 30 jobs with {uncertain} recorded uncertain resends"
     );
-    eprintln!("kill test: {stranded} jobs were locked by the killed worker; {total} emails for 30 jobs; {uncertain} uncertain resends");
+    eprintln!(
+        "kill test: {stranded} jobs were locked by the killed worker; {total} emails for 30 jobs; {uncertain} uncertain resends"
+    );
     stack.finish().await;
 }

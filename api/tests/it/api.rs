@@ -1,0 +1,353 @@
+use std::collections::BTreeSet;
+
+use herald_api::{ApiConfig, Application};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+const TOKEN: &str = "api-test-token-0123456789abcdef0123";
+
+struct TestApp {
+    url: String,
+    http: reqwest::Client,
+    pool: PgPool,
+}
+
+impl TestApp {
+    async fn spawn(pool: PgPool, with_queue_schema: bool) -> Self {
+        if with_queue_schema {
+            apalis_postgres::PostgresStorage::setup(&pool)
+                .await
+                .expect("apalis schema");
+        }
+        let config = ApiConfig::from_source(&[
+            ("API_TOKEN", TOKEN),
+            ("API_ADDR", "127.0.0.1:0"),
+            ("FRONTEND_URL", "https://app.example.com"),
+            ("EMAIL_FROM", "noreply@herald.test"),
+            ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
+        ])
+        .expect("config");
+        let app = Application::build(config, pool.clone())
+            .await
+            .expect("bind");
+        let url = format!("http://{}", app.local_addr().expect("addr"));
+        tokio::spawn(app.serve(std::future::pending()));
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            pool,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.url),
+            )
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("POST", path, Some(&body.to_string()), &[]).await
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn health_is_open_and_every_v1_route_needs_the_bearer_token(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let health = app
+        .http
+        .get(format!("{}/health", app.url))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+    for (method, path) in [
+        ("POST", "/v1/emails"),
+        ("GET", "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+        ("POST", "/v1/password-resets"),
+    ] {
+        for auth in [
+            None,
+            Some("Bearer wrong-token-wrong-token-wrong-token"),
+            Some(TOKEN),
+        ] {
+            let mut req = app
+                .http
+                .request(method.parse().expect("m"), format!("{}{path}", app.url));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let res = req.send().await.expect("request");
+            // The bare token without "Bearer " is refused too.
+            assert_eq!(res.status(), 401, "{method} {path} with {auth:?}");
+            let body: Value = res.json().await.expect("json");
+            assert_eq!(code(&body), "unauthorized");
+        }
+    }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn ready_reports_503_until_the_job_queue_schema_exists(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone(), false).await;
+    let res = app
+        .http
+        .get(format!("{}/ready", app.url))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(code(&body), "not_ready");
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
+    let res = app
+        .http
+        .get(format!("{}/ready", app.url))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(res.status(), 200);
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn bad_bodies_get_json_errors_with_stable_codes(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let cases: Vec<(Option<&str>, &[(&str, &str)], u16, &str)> = vec![
+        (
+            Some(r#"{"to":"a@example.com","subject":"s","text":"t","bcc":"x@y.z"}"#),
+            &[],
+            422,
+            "validation_failed",
+        ),
+        (
+            Some(r#"{"to":"a@example.com","#),
+            &[],
+            400,
+            "malformed_json",
+        ),
+        (
+            Some(r#"{"to":"not-an-address","subject":"s","text":"t"}"#),
+            &[],
+            422,
+            "validation_failed",
+        ),
+        (
+            Some(r#"{"to":"a@example.com","template":"nope","data":{}}"#),
+            &[],
+            422,
+            "unknown_template",
+        ),
+        (
+            Some(
+                r#"{"to":"a@example.com","template":"verification","data":{"name":"x","link":"y"}}"#,
+            ),
+            &[],
+            422,
+            "unknown_template",
+        ),
+        (
+            Some(r#"{"to":"a@example.com","template":"welcome","data":{}}"#),
+            &[],
+            422,
+            "template_data_invalid",
+        ),
+        (
+            Some(r#"{"to":"a@example.com","subject":"s"}"#),
+            &[],
+            422,
+            "validation_failed",
+        ),
+        (
+            Some(r#"{"to":"a@example.com","category":"spam","subject":"s","text":"t"}"#),
+            &[],
+            422,
+            "validation_failed",
+        ),
+    ];
+    for (body, headers, status, expected) in cases {
+        let (got, json) = app.send("POST", "/v1/emails", body, headers).await;
+        assert_eq!((got, code(&json)), (status, expected), "{body:?} -> {json}");
+    }
+    let big = format!(
+        r#"{{"to":"a@example.com","subject":"s","text":"{}"}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let (got, json) = app.send("POST", "/v1/emails", Some(&big), &[]).await;
+    assert_eq!((got, code(&json)), (413, "payload_too_large"));
+    let res = app
+        .http
+        .post(format!("{}/v1/emails", app.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 415);
+    let (got, json) = app.send("GET", "/v1/nothing-here", None, &[]).await;
+    assert_eq!((got, code(&json)), (404, "not_found"));
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_same_idempotency_key_and_body_give_the_same_job_and_another_body_conflicts(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool, true).await;
+    let body = r#"{"to":"idem@example.com","subject":"Hello","text":"Once"}"#;
+    let key = [("Idempotency-Key", "order-42")];
+    let (s1, first) = app.send("POST", "/v1/emails", Some(body), &key).await;
+    let (s2, second) = app.send("POST", "/v1/emails", Some(body), &key).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first["job_id"], second["job_id"]);
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(jobs, 1, "a replay must not enqueue again");
+    let other = r#"{"to":"idem@example.com","subject":"Hello","text":"Twice"}"#;
+    let (s3, conflict) = app.send("POST", "/v1/emails", Some(other), &key).await;
+    assert_eq!((s3, code(&conflict)), (409, "idempotency_conflict"));
+    // Without a key, the same body is a new job.
+    let (_, third) = app.send("POST", "/v1/emails", Some(body), &[]).await;
+    assert_ne!(third["job_id"], first["job_id"]);
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn jobs_can_be_read_cancelled_and_retried_only_from_the_right_state(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let send_at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (_, queued) = app
+        .post("/v1/emails", json!({"to": "later@example.com", "subject": "s", "text": "t", "category": "marketing", "send_at": send_at}))
+        .await;
+    let id = queued["job_id"].as_str().expect("id").to_owned();
+    let (status, job) = app.send("GET", &format!("/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["queue"], "herald.email");
+    assert_eq!(job["attempts"], 0);
+    assert_eq!(job["max_attempts"], 8);
+    assert_eq!(job["result"], Value::Null);
+    let run_at: chrono::DateTime<chrono::Utc> = job["run_at"]
+        .as_str()
+        .expect("run_at")
+        .parse()
+        .expect("time");
+    assert!(
+        run_at > chrono::Utc::now() + chrono::Duration::minutes(59),
+        "send_at is honoured: {run_at}"
+    );
+
+    for bad in ["not-a-ulid", "01ARZ3NDEKTSV4RRFFQ69G5FAV"] {
+        let (status, body) = app.send("GET", &format!("/v1/jobs/{bad}"), None, &[]).await;
+        assert_eq!((status, code(&body)), (404, "not_found"));
+    }
+    let (status, body) = app
+        .send("POST", &format!("/v1/jobs/{id}/retry"), None, &[])
+        .await;
+    assert_eq!((status, code(&body)), (409, "invalid_job_state"));
+    let (status, body) = app
+        .send("POST", &format!("/v1/jobs/{id}/cancel"), None, &[])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    let (status, body) = app
+        .send("POST", &format!("/v1/jobs/{id}/cancel"), None, &[])
+        .await;
+    assert_eq!((status, code(&body)), (409, "invalid_job_state"));
+
+    // A job that failed for good can be retried with a fresh budget.
+    let (_, other) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "x@example.com", "subject": "s", "text": "t"}),
+        )
+        .await;
+    let other = other["job_id"].as_str().expect("id");
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Failed', attempts = 8, max_attempts = 8 WHERE id = $1",
+    )
+    .bind(other)
+    .execute(&app.pool)
+    .await
+    .expect("fail it");
+    let (_, job) = app
+        .send("GET", &format!("/v1/jobs/{other}"), None, &[])
+        .await;
+    assert_eq!(job["status"], "failed");
+    let (status, job) = app
+        .send("POST", &format!("/v1/jobs/{other}/retry"), None, &[])
+        .await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["status"], "queued");
+    assert_eq!(job["attempts"], 0);
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", app.url))
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("item").keys() {
+            documented.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "GET /health",
+        "GET /ready",
+        "POST /v1/emails",
+        "GET /v1/jobs/{id}",
+        "POST /v1/jobs/{id}/retry",
+        "POST /v1/jobs/{id}/cancel",
+        "POST /v1/users/{user_id}/verification-email",
+        "POST /v1/password-resets",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(documented, expected);
+    // Every documented route exists in the router: none falls through to the 404 fallback route.
+    for entry in &documented {
+        let (method, path) = entry.split_once(' ').expect("entry");
+        let path = path
+            .replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+            .replace("{user_id}", &uuid::Uuid::nil().to_string());
+        let (status, body) = app.send(method, &path, Some("{}"), &[]).await;
+        assert_ne!(
+            body["error"]["message"], "route not found",
+            "{entry} -> {status}"
+        );
+        assert_ne!(status, 405, "{entry}");
+    }
+}

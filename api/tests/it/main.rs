@@ -1,0 +1,3 @@
+//! API tests: the real router on a real database (one per test), over HTTP.
+
+mod api;
