@@ -155,10 +155,7 @@ async fn bad_bodies_get_json_errors_with_stable_codes(pool: PgPool) {
             "unknown_template",
         ),
         (
-            Some(
-                r#"{"to":"a@example.com","template":"verification","data":{"name":"x","link":"y"}}"#,
-            ),
-            &[],
+            r#"{"to":"a@example.com","template":"verification","data":{"name":"x","link":"y"}}"#,
             422,
             "unknown_template",
         ),
