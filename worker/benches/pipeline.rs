@@ -5,6 +5,7 @@
 //! - API `POST /v1/emails` rate and p50/p99 latency vs raw concurrent apalis pushes;
 //! - email-job drain rate (SES stub) vs a raw apalis no-op drain, same batch size and concurrency;
 //! - idle pick-up latency (commit to SES call) vs raw apalis (push to handler).
+//!
 //! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_PICKUPS (30), BENCH_BATCH (100),
 //! BENCH_CONCURRENCY (32), BENCH_CLIENTS (16).
 
