@@ -367,6 +367,7 @@ async fn main() {
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,
         pause: config.pause,
+        slots: Default::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let start = Instant::now();

@@ -46,6 +46,7 @@ pub async fn email_context(config: &WorkerConfig, pool: PgPool) -> Arc<EmailCont
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,
         pause: config.pause,
+        slots: Default::default(),
     })
 }
 

@@ -282,18 +282,20 @@ pub async fn pause_sending(
     Ok(())
 }
 
-/// Reserves the next send slot of the shared rate limiter: slots are `1/rate` seconds apart across
-/// every worker process. Returns when the caller may send (now or later).
-pub async fn reserve_send_slot(
+/// Reserves `count` consecutive send slots of the shared rate limiter: slots are `1/rate` seconds
+/// apart across every worker process. Returns the first slot's time (now or later).
+pub async fn reserve_send_slots(
     conn: &mut PgConnection,
     per_second: f64,
+    count: u32,
 ) -> Result<DateTime<Utc>, sqlx::Error> {
-    let spacing_us = (1_000_000.0 / per_second.max(0.001)).round() as i64;
+    let spacing_us = (1_000_000.0 / per_second.max(0.001)).round();
+    let block_us = spacing_us * f64::from(count.max(1));
     sqlx::query_scalar!(
         r#"UPDATE email_sending_control
            SET next_send_slot = GREATEST(next_send_slot, clock_timestamp()) + make_interval(secs => $1::float8 / 1000000)
            RETURNING next_send_slot - make_interval(secs => $1::float8 / 1000000) AS "slot!""#,
-        spacing_us as f64
+        block_us
     )
     .fetch_one(conn)
     .await

@@ -56,6 +56,7 @@ pub fn context(
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,
         pause: config.pause,
+        slots: Default::default(),
     })
 }
 
