@@ -207,15 +207,17 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     email::mark_sending(&mut tx, id, uncertain, token_id).await?;
     tx.commit().await?;
 
-    let result = ctx.sender.send(&outgoing).await;
-    let mut conn = ctx.pool.acquire().await?;
-    match result {
+    let error = match ctx.sender.send(&outgoing).await {
         Ok(message_id) => {
             record_sent(ctx, id, &message_id).await?;
             tracing::info!(job_id = id, ses_message_id = %message_id, "email sent");
-            Ok(json!({"outcome": "sent", "ses_message_id": message_id}))
+            return Ok(json!({"outcome": "sent", "ses_message_id": message_id}));
         }
-        Err(SendError::Retryable(reason)) if !last_attempt => {
+        Err(error) => error,
+    };
+    let mut conn = ctx.pool.acquire().await?;
+    match error {
+        SendError::Retryable(reason) if !last_attempt => {
             let delay = backoff(
                 ctx.backoff_base,
                 ctx.backoff_max,
@@ -227,7 +229,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
             tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
             Err(SendError::Retryable(reason).into())
         }
-        Err(SendError::Paused(reason)) => {
+        SendError::Paused(reason) => {
             let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
             email::pause_sending(&mut conn, until, &reason).await?;
             jobs::reschedule_running(&mut conn, id, until, true).await?;
@@ -235,7 +237,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
             tracing::warn!(job_id = id, error = %reason, %until, "SES paused sending; every worker stops until then");
             Err(SendError::Paused(reason).into())
         }
-        Err(err) => {
+        err => {
             // Permanent, or retryable with no attempts left.
             let reason = err.to_string();
             email::mark_outcome(&mut conn, id, "failed", Some(&reason)).await?;
@@ -247,6 +249,8 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
 }
 
 /// Records SES's acceptance, trying a few times: losing this write is what could cause a resend.
+/// A write the database refuses for good (not a lost connection) still marks the email sent, so
+/// that a retry never sends it again.
 async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(), JobFailure> {
     let mut delay = Duration::from_millis(200);
     let mut tries = 0;
@@ -257,6 +261,14 @@ async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(
         };
         match attempt.await {
             Ok(()) => return Ok(()),
+            Err(sqlx::Error::Database(err)) => {
+                tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot store the SES message id; marking the email sent without it");
+                let note =
+                    format!("SES accepted message {message_id}, which could not be stored: {err}");
+                let mut conn = ctx.pool.acquire().await?;
+                email::mark_outcome(&mut conn, id, "sent", Some(&note)).await?;
+                return Ok(());
+            }
             Err(err) if tries < 5 => {
                 tries += 1;
                 tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot record the sent email yet; retrying");

@@ -57,7 +57,7 @@ pub struct Stack {
     db_name: String,
     pub api_url: String,
     api: Child,
-    workers: Vec<Child>,
+    pub workers: Vec<Child>,
     logs: tempfile::TempDir,
     http: reqwest::Client,
 }
@@ -597,5 +597,70 @@ async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emai
     eprintln!(
         "kill test: {stranded} jobs were locked by the killed worker; {total} emails for 30 jobs; {uncertain} uncertain resends"
     );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_jobs_finish_and_exits_zero() {
+    let mut stack = Stack::start().await;
+    let tag = unique("term");
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (_, body) = stack
+            .post(
+                "/v1/emails",
+                json!({"to": format!("{tag}-{i}@example.com"), "subject": "Hi", "text": "Hello"}),
+            )
+            .await;
+        ids.push(body["job_id"].as_str().expect("id").to_owned());
+    }
+    stack.spawn_worker(&[
+        ("SES_MAX_SEND_RATE", "4"),
+        ("WORKER_CONCURRENCY", "4"),
+        ("SHUTDOWN_TIMEOUT", "10"),
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut worker = stack.workers.pop().expect("worker");
+    let pid = worker.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the worker did not stop within SHUTDOWN_TIMEOUT"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Running'")
+            .fetch_one(&stack.pool)
+            .await
+            .expect("count");
+    assert_eq!(running, 0, "in-flight jobs finish before the worker exits");
+    // A new worker finishes the rest; nobody gets two emails.
+    stack.spawn_worker(&[]);
+    for id in &ids {
+        assert_eq!(
+            stack.wait_final(id, Duration::from_secs(30)).await["status"],
+            "succeeded"
+        );
+    }
+    for i in 0..12 {
+        assert_eq!(
+            moto_messages_to(&format!("{tag}-{i}@example.com")).await,
+            1,
+            "recipient {i}"
+        );
+    }
     stack.finish().await;
 }

@@ -19,6 +19,8 @@ use crate::helpers::{
 };
 
 type Calls = Arc<Mutex<Vec<Instant>>>;
+/// Header or tag names and values of one request.
+type Pairs = Vec<(String, String)>;
 
 /// A mocked SES whose answer to each call is chosen by `decide(call_index, first_call_time)`.
 fn mocked_ses(
@@ -184,4 +186,151 @@ async fn a_sending_pause_stops_every_worker_without_using_attempts(pool: PgPool)
     .await
     .expect("budget");
     assert_eq!(lost, 0, "a pause must not use up attempts");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_send_rate_holds_across_worker_processes_together(pool: PgPool) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    let client = mocked_ses(calls.clone(), |_, _| None);
+    let config = worker_config(&pool, &[("WORKER_CONCURRENCY", "8")]);
+    let ids = enqueue(&pool, 11, "rate", Category::Transactional).await;
+    // Two workers with their own contexts, as two processes would have, sharing 5 emails/s.
+    let mut first_ctx = context(&pool, client.clone(), &config);
+    let mut second_ctx = context(&pool, client, &config);
+    Arc::get_mut(&mut first_ctx).expect("unique").send_rate = 5.0;
+    Arc::get_mut(&mut second_ctx).expect("unique").send_rate = 5.0;
+    let first = RunningWorker::start(config.clone(), &pool, first_ctx);
+    let second = RunningWorker::start(config.clone(), &pool, second_ctx);
+    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(30)).await;
+    first.stop().await;
+    second.stop().await;
+    assert!(
+        outcome.iter().all(|s| *s == JobStatus::Succeeded),
+        "{outcome:?}"
+    );
+    let mut calls = calls.lock().expect("lock").clone();
+    calls.sort();
+    assert_eq!(calls.len(), 11);
+    // 11 sends at 5/s need at least 2 s between the first and the last; allow scheduling slack.
+    let span = calls[10] - calls[0];
+    assert!(
+        span >= Duration::from_millis(1900),
+        "11 sends took only {span:?} at 5/s"
+    );
+    for pair in calls.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(150),
+            "two sends {:?} apart at 5/s",
+            pair[1] - pair[0]
+        );
+    }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn marketing_mail_carries_one_click_unsubscribe_headers_and_the_job_tag(pool: PgPool) {
+    setup_queue(&pool).await;
+    let seen: Arc<Mutex<Vec<(Pairs, Pairs)>>> = Arc::default();
+    let record = seen.clone();
+    let rule = mock!(Client::send_email).then_compute_response(move |req| {
+        let simple = req.content().and_then(|c| c.simple());
+        let headers = simple
+            .map(|m| {
+                m.headers()
+                    .iter()
+                    .map(|h| (h.name().to_owned(), h.value().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let tags = req
+            .email_tags()
+            .iter()
+            .map(|t| (t.name().to_owned(), t.value().to_owned()))
+            .collect();
+        let mut record = record.lock().expect("lock");
+        record.push((headers, tags));
+        MockResponse::Output(
+            SendEmailOutput::builder()
+                .message_id(format!("m-{}", record.len()))
+                .build(),
+        )
+    });
+    let client = mock_client!(aws_sdk_sesv2, RuleMode::MatchAny, [&rule], |c| c
+        .retry_config(RetryConfig::disabled()));
+    let config = worker_config(&pool, &[]);
+    let mut ids = enqueue(&pool, 1, "news", Category::Marketing).await;
+    ids.extend(enqueue(&pool, 1, "receipt", Category::Transactional).await);
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
+    worker.stop().await;
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2);
+    let marketing = seen
+        .iter()
+        .find(|(h, _)| !h.is_empty())
+        .expect("one message has headers");
+    let unsubscribe = marketing
+        .0
+        .iter()
+        .find(|(n, _)| n == "List-Unsubscribe")
+        .expect("List-Unsubscribe");
+    assert!(
+        unsubscribe
+            .1
+            .starts_with("<https://app.example.com/unsubscribe?job="),
+        "{}",
+        unsubscribe.1
+    );
+    assert!(marketing.0.contains(&(
+        "List-Unsubscribe-Post".into(),
+        "List-Unsubscribe=One-Click".into()
+    )));
+    assert_eq!(
+        seen.iter().filter(|(h, _)| h.is_empty()).count(),
+        1,
+        "transactional mail has no unsubscribe headers"
+    );
+    for (_, tags) in &seen {
+        let tag = tags
+            .iter()
+            .find(|(n, _)| n == "herald_job_id")
+            .expect("job tag");
+        assert!(ids.contains(&tag.1), "tag {} names a job", tag.1);
+    }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn an_accepted_email_whose_message_id_cannot_be_stored_is_still_never_resent(pool: PgPool) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    // Two acceptances with the same id: the ledger's unique constraint refuses the second.
+    let rule = {
+        let calls = calls.clone();
+        mock!(Client::send_email).then_compute_response(move |_| {
+            calls.lock().expect("lock").push(Instant::now());
+            MockResponse::Output(SendEmailOutput::builder().message_id("same-id").build())
+        })
+    };
+    let client = mock_client!(aws_sdk_sesv2, RuleMode::MatchAny, [&rule], |c| c
+        .retry_config(RetryConfig::disabled()));
+    let config = worker_config(&pool, &[("WORKER_CONCURRENCY", "1")]);
+    let ids = enqueue(&pool, 2, "dup", Category::Transactional).await;
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.stop().await;
+    assert_eq!(outcome, [JobStatus::Succeeded, JobStatus::Succeeded]);
+    assert_eq!(
+        calls.lock().expect("lock").len(),
+        2,
+        "each job called SES once"
+    );
+    let mut notes = Vec::new();
+    for id in &ids {
+        let d = delivery(&pool, id).await;
+        assert_eq!(d.status, "sent");
+        notes.extend(d.last_error);
+    }
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("could not be stored"), "{notes:?}");
 }
