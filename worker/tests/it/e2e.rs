@@ -242,6 +242,20 @@ impl Drop for Stack {
     }
 }
 
+/// Inserts an active user and returns its id and address.
+async fn create_user(stack: &Stack, prefix: &str, name: &str) -> (uuid::Uuid, String) {
+    let email = format!("{}@example.com", unique(prefix));
+    let id = sqlx::query_scalar(
+        "INSERT INTO users (email, password_hash, display_name, slug) VALUES ($1, 'x', $2, $1) RETURNING id",
+    )
+    .bind(&email)
+    .bind(name)
+    .fetch_one(&stack.pool)
+    .await
+    .expect("user");
+    (id, email)
+}
+
 /// Messages moto recorded, by SES message id.
 async fn moto_messages() -> Vec<Value> {
     let data: Value = reqwest::get(format!("{}/moto-api/data.json", emulator()))
@@ -399,14 +413,7 @@ async fn assert_token_stored_nowhere(stack: &Stack, token: &str) {
 async fn the_verification_email_links_a_token_whose_hash_alone_is_stored() {
     let mut stack = Stack::start().await;
     stack.spawn_worker(&[]);
-    let email = format!("{}@example.com", unique("verify"));
-    let user_id: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO users (email, password_hash, display_name, slug) VALUES ($1, 'x', 'Vera', $1) RETURNING id",
-    )
-    .bind(&email)
-    .fetch_one(&stack.pool)
-    .await
-    .expect("user");
+    let (user_id, _) = create_user(&stack, "verify", "Vera").await;
     let (status, body) = stack
         .post(
             &format!("/v1/users/{user_id}/verification-email"),
@@ -466,14 +473,7 @@ async fn the_verification_email_links_a_token_whose_hash_alone_is_stored() {
 async fn a_reset_answers_alike_for_unknown_addresses_and_sends_only_to_real_accounts() {
     let mut stack = Stack::start().await;
     stack.spawn_worker(&[]);
-    let email = format!("{}@example.com", unique("reset"));
-    let user_id: uuid::Uuid = sqlx::query_scalar(
-        "INSERT INTO users (email, password_hash, display_name, slug) VALUES ($1, 'x', 'Rhea', $1) RETURNING id",
-    )
-    .bind(&email)
-    .fetch_one(&stack.pool)
-    .await
-    .expect("user");
+    let (user_id, email) = create_user(&stack, "reset", "Rhea").await;
     let nobody = format!("{}@example.com", unique("nobody"));
     let (status_unknown, body_unknown) = stack
         .post("/v1/password-resets", json!({"email": nobody}))
