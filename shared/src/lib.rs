@@ -7,6 +7,7 @@ pub mod email;
 pub mod jobs;
 pub mod phrases;
 pub mod secret;
+pub mod suppressions;
 pub mod telemetry;
 pub mod tokens;
 

@@ -41,6 +41,16 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// `SHUTDOWN_TIMEOUT` seconds (default 30): how long in-flight jobs may take after a signal.
     pub shutdown_timeout: Duration,
+    /// `SQS_FEEDBACK_QUEUE_URL` (optional): the queue SES feedback arrives on; unset, no consumer runs.
+    pub sqs_feedback_queue_url: Option<String>,
+    /// `FEEDBACK_CONCURRENCY` (default 2): concurrent long polls of the feedback queue.
+    pub feedback_concurrency: usize,
+    /// `SNS_ALLOWED_TOPIC_ARNS` (comma-separated, optional): only these topics' messages are applied.
+    pub sns_allowed_topic_arns: Vec<String>,
+    /// `SOFT_BOUNCE_THRESHOLD` (default 3): soft bounces that make a bounce suppression…
+    pub soft_bounce_threshold: i64,
+    /// `SOFT_BOUNCE_WINDOW_DAYS` (default 30): …within this many days.
+    pub soft_bounce_window_days: i64,
 }
 
 fn positive<T: PartialOrd + Default + Copy>(var: &'static str, v: T) -> Result<T, ConfigError> {
@@ -124,6 +134,29 @@ impl WorkerConfig {
             )?,
             poll_interval: ms("WORKER_POLL_INTERVAL_MS", 1000)?,
             shutdown_timeout: secs("SHUTDOWN_TIMEOUT", 30)?,
+            sqs_feedback_queue_url: env.get("SQS_FEEDBACK_QUEUE_URL"),
+            feedback_concurrency: positive(
+                "FEEDBACK_CONCURRENCY",
+                parse_or(env, "FEEDBACK_CONCURRENCY", 2_usize)?,
+            )?,
+            sns_allowed_topic_arns: env
+                .get("SNS_ALLOWED_TOPIC_ARNS")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            soft_bounce_threshold: positive(
+                "SOFT_BOUNCE_THRESHOLD",
+                parse_or(env, "SOFT_BOUNCE_THRESHOLD", 3_i64)?,
+            )?,
+            soft_bounce_window_days: positive(
+                "SOFT_BOUNCE_WINDOW_DAYS",
+                parse_or(env, "SOFT_BOUNCE_WINDOW_DAYS", 30_i64)?,
+            )?,
         })
     }
 }

@@ -2,10 +2,12 @@
 
 pub mod config;
 pub mod email_job;
+pub mod feedback;
 pub mod ses;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
@@ -47,6 +49,30 @@ pub async fn email_context(config: &WorkerConfig, pool: PgPool) -> Arc<EmailCont
         backoff_max: config.backoff_max,
         pause: config.pause,
         slots: Default::default(),
+    })
+}
+
+/// The feedback consumer, if `SQS_FEEDBACK_QUEUE_URL` is set.
+pub async fn feedback_consumer(
+    config: &WorkerConfig,
+    pool: PgPool,
+) -> Option<feedback::FeedbackConsumer> {
+    let queue_url = config.sqs_feedback_queue_url.clone()?;
+    let wait_seconds = 20;
+    // A long poll lasts 20 s, longer than an SES call's deadline.
+    let aws = ses::aws_config(Duration::from_secs(wait_seconds as u64 + 10)).await;
+    Some(feedback::FeedbackConsumer {
+        sqs: aws_sdk_sqs::Client::new(&aws),
+        queue_url,
+        pool,
+        policy: Arc::new(feedback::Policy {
+            soft_bounce_threshold: config.soft_bounce_threshold,
+            soft_bounce_window: chrono::Duration::days(config.soft_bounce_window_days),
+            allowed_topics: config.sns_allowed_topic_arns.clone(),
+        }),
+        concurrency: config.feedback_concurrency,
+        wait_seconds,
+        stats: Arc::default(),
     })
 }
 

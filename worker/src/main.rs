@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use herald_shared::{DbConfig, db, telemetry};
 use herald_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
 
 const HELP: &str = "\
 herald-worker: Herald's background worker
@@ -57,8 +58,29 @@ async fn run() -> anyhow::Result<()> {
         .context("connecting to the database")?;
     db::ensure_current(&pool).await?;
     let ctx = herald_worker::email_context(&config, pool.clone()).await;
+    let token = CancellationToken::new();
+    let consumer = match herald_worker::feedback_consumer(&config, pool.clone()).await {
+        Some(consumer) => Some(tokio::spawn(consumer.run(token.clone()))),
+        None => {
+            tracing::warn!(
+                "SQS_FEEDBACK_QUEUE_URL is not set: bounces and complaints are not read"
+            );
+            None
+        }
+    };
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            telemetry::shutdown_signal().await;
+            token.cancel();
+        }
+    });
     tracing::info!(queue = herald_shared::email::EMAIL_QUEUE, "worker started");
-    herald_worker::run(config, pool.clone(), ctx, telemetry::shutdown_signal()).await?;
+    herald_worker::run(config, pool.clone(), ctx, token.clone().cancelled_owned()).await?;
+    token.cancel();
+    if let Some(consumer) = consumer {
+        let _ = consumer.await;
+    }
     pool.close().await;
     tracing::info!("worker stopped");
     Ok(())

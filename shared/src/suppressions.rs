@@ -1,0 +1,181 @@
+//! The suppression list: raising (never lowering) suppressions, removing them, reading them.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// One row of `email_suppressions`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suppression {
+    /// Row id.
+    pub id: Uuid,
+    /// Address, normalised (trimmed, lower case).
+    pub email: String,
+    /// `bounce`, `complaint`, `unsubscribe` or `manual`.
+    pub suppression_type: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Transactional mail is not sent.
+    pub suppress_transactional: bool,
+    /// Marketing mail is not sent.
+    pub suppress_marketing: bool,
+    /// Soft bounces counted for this address.
+    pub bounce_count: i32,
+    /// The last bounce.
+    pub last_bounce_at: Option<DateTime<Utc>>,
+    /// When first suppressed.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A suppression to add or strengthen.
+#[derive(Debug, Clone)]
+pub struct Raise<'a> {
+    /// Address (normalised here).
+    pub email: &'a str,
+    /// The type this event implies.
+    pub suppression_type: &'a str,
+    /// Why.
+    pub reason: Option<&'a str>,
+    /// Suppress transactional mail.
+    pub transactional: bool,
+    /// Suppress marketing mail.
+    pub marketing: bool,
+    /// Soft bounces counted so far (0 if not a bounce).
+    pub bounce_count: i32,
+    /// Time of the bounce, if one.
+    pub bounce_at: Option<DateTime<Utc>>,
+}
+
+/// Adds a suppression or strengthens the existing one: categories are only ever added, and the
+/// type (and its reason) changes only to a stronger one (`suppression_rank`: unsubscribe < bounce <
+/// complaint < manual). Returns the row as it now is.
+pub async fn raise(conn: &mut PgConnection, s: &Raise<'_>) -> Result<Suppression, sqlx::Error> {
+    sqlx::query_as!(
+        Suppression,
+        r#"INSERT INTO email_suppressions AS e
+               (email, suppression_type, reason, suppress_transactional, suppress_marketing,
+                bounce_count, last_bounce_at)
+           VALUES (lower(btrim($1)), $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (email) DO UPDATE SET
+               suppression_type = CASE WHEN suppression_rank(EXCLUDED.suppression_type) > suppression_rank(e.suppression_type)
+                                       THEN EXCLUDED.suppression_type ELSE e.suppression_type END,
+               reason = CASE WHEN suppression_rank(EXCLUDED.suppression_type) > suppression_rank(e.suppression_type)
+                             THEN EXCLUDED.reason ELSE e.reason END,
+               suppress_transactional = e.suppress_transactional OR EXCLUDED.suppress_transactional,
+               suppress_marketing = e.suppress_marketing OR EXCLUDED.suppress_marketing,
+               bounce_count = GREATEST(e.bounce_count, EXCLUDED.bounce_count),
+               last_bounce_at = GREATEST(e.last_bounce_at, EXCLUDED.last_bounce_at)
+           RETURNING id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
+                     bounce_count, last_bounce_at, created_at, updated_at"#,
+        s.email,
+        s.suppression_type,
+        s.reason,
+        s.transactional,
+        s.marketing,
+        s.bounce_count,
+        s.bounce_at
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Records a soft bounce on an existing suppression row (no row is created).
+pub async fn note_soft_bounce(
+    conn: &mut PgConnection,
+    email: &str,
+    count: i32,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE email_suppressions
+         SET bounce_count = GREATEST(bounce_count, $2), last_bounce_at = GREATEST(last_bounce_at, $3)
+         WHERE email = lower(btrim($1))",
+        email,
+        count,
+        at
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The suppression of an address (case-insensitive).
+pub async fn find(
+    conn: &mut PgConnection,
+    email: &str,
+) -> Result<Option<Suppression>, sqlx::Error> {
+    sqlx::query_as!(
+        Suppression,
+        "SELECT id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
+                bounce_count, last_bounce_at, created_at, updated_at
+         FROM email_suppressions WHERE email = lower(btrim($1))",
+        email
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Removes an address's suppression; returns it if there was one.
+pub async fn remove(
+    conn: &mut PgConnection,
+    email: &str,
+) -> Result<Option<Suppression>, sqlx::Error> {
+    sqlx::query_as!(
+        Suppression,
+        "DELETE FROM email_suppressions WHERE email = lower(btrim($1))
+         RETURNING id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
+                   bounce_count, last_bounce_at, created_at, updated_at",
+        email
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// A page of suppressions in id (creation) order, after `after`, optionally filtered.
+pub async fn list(
+    conn: &mut PgConnection,
+    email: Option<&str>,
+    suppression_type: Option<&str>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Suppression>, sqlx::Error> {
+    sqlx::query_as!(
+        Suppression,
+        "SELECT id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
+                bounce_count, last_bounce_at, created_at, updated_at
+         FROM email_suppressions
+         WHERE ($1::text IS NULL OR email = lower(btrim($1)))
+           AND ($2::text IS NULL OR suppression_type = $2)
+           AND ($3::uuid IS NULL OR id > $3)
+         ORDER BY id
+         LIMIT $4",
+        email,
+        suppression_type,
+        after,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Records an addition or removal made through the API as a feedback event.
+pub async fn record_admin_event(
+    conn: &mut PgConnection,
+    event_type: &str,
+    email: &str,
+    detail: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO email_feedback_events (event_type, recipient, occurred_at, raw)
+         VALUES ($1, lower(btrim($2)), now(), $3)",
+        event_type,
+        email,
+        detail
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}

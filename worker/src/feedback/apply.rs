@@ -1,0 +1,245 @@
+//! Applies parsed feedback to the database, in one transaction per queue message.
+
+use chrono::{DateTime, Utc};
+use herald_shared::suppressions::{self, Raise};
+use sqlx::{PgConnection, PgPool};
+
+use super::parse::{self, Body, Kind, ParseError, RecipientEvent};
+
+/// The suppression policy's settings.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Soft bounces within the window that make a `bounce` suppression (default 3).
+    pub soft_bounce_threshold: i64,
+    /// The window (default 30 days).
+    pub soft_bounce_window: chrono::Duration,
+    /// SNS topics whose messages are applied; empty means any.
+    pub allowed_topics: Vec<String>,
+}
+
+/// What happened to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A subscription message: nothing to apply, delete it.
+    Control(String),
+    /// Applied; `new` events were recorded, `duplicates` had been seen before.
+    Applied {
+        /// Events recorded and applied now.
+        new: usize,
+        /// Events already recorded by an earlier delivery of the same message.
+        duplicates: usize,
+    },
+    /// From a topic not in `SNS_ALLOWED_TOPIC_ARNS`: not applied, left for the dead-letter queue.
+    TopicNotAllowed(String),
+}
+
+/// Why a message was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// It cannot be read: a poison message.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The database failed: leave the message for redelivery.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Parses and applies one queue message body. Nothing is committed unless all of it is.
+pub async fn apply(
+    pool: &PgPool,
+    policy: &Policy,
+    body: &str,
+    sqs_message_id: Option<&str>,
+) -> Result<Outcome, ApplyError> {
+    let (topic_arn, events, raw) = match parse::parse(body)? {
+        Body::Control { kind, .. } => return Ok(Outcome::Control(kind)),
+        Body::Feedback {
+            topic_arn,
+            events,
+            raw,
+        } => (topic_arn, events, raw),
+    };
+    if let Some(topic) = &topic_arn
+        && !policy.allowed_topics.is_empty()
+        && !policy.allowed_topics.contains(topic)
+    {
+        return Ok(Outcome::TopicNotAllowed(topic.clone()));
+    }
+    let mut tx = pool.begin().await?;
+    let (mut new, mut duplicates) = (0, 0);
+    for event in &events {
+        if record(&mut tx, event, &raw, sqs_message_id).await? {
+            apply_event(&mut tx, policy, event).await?;
+            new += 1;
+        } else {
+            duplicates += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(Outcome::Applied { new, duplicates })
+}
+
+/// Stores the event; false if the same event was stored before.
+async fn record(
+    conn: &mut PgConnection,
+    e: &RecipientEvent,
+    raw: &serde_json::Value,
+    sqs_message_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query_scalar!(
+        "INSERT INTO email_feedback_events
+             (event_type, recipient, ses_message_id, feedback_id, bounce_type, bounce_sub_type,
+              complaint_type, sqs_message_id, occurred_at, raw, dedupe_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (dedupe_key) DO NOTHING
+         RETURNING id",
+        e.kind.as_str(),
+        e.recipient,
+        e.ses_message_id,
+        e.feedback_id,
+        e.bounce_type,
+        e.bounce_sub_type,
+        e.complaint_type,
+        sqs_message_id,
+        e.occurred_at,
+        raw,
+        e.dedupe_key
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(inserted.is_some())
+}
+
+async fn apply_event(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    e: &RecipientEvent,
+) -> Result<(), sqlx::Error> {
+    match e.kind {
+        Kind::Bounce => {
+            let permanent = e.bounce_type.as_deref() == Some("Permanent");
+            update_ledger(conn, e, "bounce").await?;
+            if permanent {
+                let reason = format!(
+                    "hard bounce ({})",
+                    e.bounce_sub_type.as_deref().unwrap_or("unknown sub-type")
+                );
+                suppressions::raise(
+                    conn,
+                    &Raise {
+                        email: &e.recipient,
+                        suppression_type: "bounce",
+                        reason: Some(&reason),
+                        transactional: true,
+                        marketing: true,
+                        bounce_count: 0,
+                        bounce_at: Some(e.occurred_at),
+                    },
+                )
+                .await?;
+                tracing::info!(to = %herald_shared::address::mask(&e.recipient), "hard bounce: address suppressed");
+            } else {
+                let count = soft_bounces(
+                    conn,
+                    &e.recipient,
+                    e.occurred_at - policy.soft_bounce_window,
+                )
+                .await?;
+                let count_i32 = i32::try_from(count).unwrap_or(i32::MAX);
+                suppressions::note_soft_bounce(conn, &e.recipient, count_i32, e.occurred_at)
+                    .await?;
+                if count >= policy.soft_bounce_threshold {
+                    let reason = format!(
+                        "{count} soft bounces within {} days",
+                        policy.soft_bounce_window.num_days()
+                    );
+                    suppressions::raise(
+                        conn,
+                        &Raise {
+                            email: &e.recipient,
+                            suppression_type: "bounce",
+                            reason: Some(&reason),
+                            transactional: true,
+                            marketing: true,
+                            bounce_count: count_i32,
+                            bounce_at: Some(e.occurred_at),
+                        },
+                    )
+                    .await?;
+                    tracing::info!(to = %herald_shared::address::mask(&e.recipient), count, "soft bounces reached the threshold: address suppressed");
+                }
+            }
+        }
+        Kind::Complaint => {
+            update_ledger(conn, e, "complaint").await?;
+            if e.complaint_type.as_deref() != Some("not-spam") {
+                let reason = format!(
+                    "complaint ({})",
+                    e.complaint_type.as_deref().unwrap_or("unspecified")
+                );
+                suppressions::raise(
+                    conn,
+                    &Raise {
+                        email: &e.recipient,
+                        suppression_type: "complaint",
+                        reason: Some(&reason),
+                        transactional: true,
+                        marketing: true,
+                        bounce_count: 0,
+                        bounce_at: None,
+                    },
+                )
+                .await?;
+                tracing::info!(to = %herald_shared::address::mask(&e.recipient), "complaint: address suppressed");
+            }
+        }
+        Kind::Delivery => update_ledger(conn, e, "delivery").await?,
+        Kind::Other(_) => {}
+    }
+    Ok(())
+}
+
+/// Soft (transient or undetermined) bounces recorded for an address since `since`.
+async fn soft_bounces(
+    conn: &mut PgConnection,
+    email: &str,
+    since: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let n = sqlx::query_scalar!(
+        r#"SELECT count(DISTINCT coalesce(feedback_id, dedupe_key)) AS "n!" FROM email_feedback_events
+           WHERE recipient = $1 AND event_type = 'bounce'
+             AND coalesce(bounce_type, '') <> 'Permanent' AND occurred_at >= $2"#,
+        email,
+        since
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
+}
+
+/// Notes delivery, bounce or complaint on the ledger row of the SES message, if it is ours.
+async fn update_ledger(
+    conn: &mut PgConnection,
+    e: &RecipientEvent,
+    what: &str,
+) -> Result<(), sqlx::Error> {
+    let Some(message_id) = &e.ses_message_id else {
+        return Ok(());
+    };
+    sqlx::query!(
+        "UPDATE email_deliveries SET
+             delivered_at = CASE WHEN $2 = 'delivery' THEN coalesce(delivered_at, $3) ELSE delivered_at END,
+             bounced_at = CASE WHEN $2 = 'bounce' THEN coalesce(bounced_at, $3) ELSE bounced_at END,
+             bounce_type = CASE WHEN $2 = 'bounce' AND coalesce(bounce_type, '') <> 'Permanent'
+                                THEN $4 ELSE bounce_type END,
+             complained_at = CASE WHEN $2 = 'complaint' THEN coalesce(complained_at, $3) ELSE complained_at END
+         WHERE ses_message_id = $1",
+        message_id,
+        what,
+        e.occurred_at,
+        e.bounce_type
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
