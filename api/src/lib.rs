@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use config::ApiConfig;
 use error::ApiError;
-use routes::{emails, health, jobs, users};
+use routes::{emails, health, jobs, suppressions, users};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -39,6 +39,7 @@ pub struct AppState {
         emails::send_email,
         jobs::get_job, jobs::retry_job, jobs::cancel_job,
         users::verification_email, users::password_reset,
+        suppressions::list, suppressions::get, suppressions::add, suppressions::remove,
     ),
     modifiers(&BearerAuth)
 )]
@@ -77,6 +78,14 @@ pub fn router(state: AppState) -> Router {
             post(users::verification_email),
         )
         .route("/v1/password-resets", post(users::password_reset))
+        .route(
+            "/v1/suppressions",
+            get(suppressions::list).post(suppressions::add),
+        )
+        .route(
+            "/v1/suppressions/{email}",
+            get(suppressions::get).delete(suppressions::remove),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

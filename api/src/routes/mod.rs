@@ -3,4 +3,5 @@
 pub mod emails;
 pub mod health;
 pub mod jobs;
+pub mod suppressions;
 pub mod users;

@@ -318,6 +318,10 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "POST /v1/jobs/{id}/cancel",
         "POST /v1/users/{user_id}/verification-email",
         "POST /v1/password-resets",
+        "GET /v1/suppressions",
+        "POST /v1/suppressions",
+        "GET /v1/suppressions/{email}",
+        "DELETE /v1/suppressions/{email}",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -328,7 +332,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         let (method, path) = entry.split_once(' ').expect("entry");
         let path = path
             .replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
-            .replace("{user_id}", &uuid::Uuid::nil().to_string());
+            .replace("{user_id}", &uuid::Uuid::nil().to_string())
+            .replace("{email}", "nobody@example.com");
         let (status, body) = app.send(method, &path, Some("{}"), &[]).await;
         assert_ne!(
             body["error"]["message"], "route not found",
@@ -336,4 +341,124 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         );
         assert_ne!(status, 405, "{entry}");
     }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn suppressions_can_be_added_raised_read_paged_and_removed_with_events(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let (status, unsub) = app
+        .post(
+            "/v1/suppressions",
+            json!({"email": "Reader@Example.com", "type": "unsubscribe", "reason": "footer link"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{unsub}");
+    assert_eq!(unsub["email"], "reader@example.com");
+    assert_eq!(
+        (
+            unsub["suppress_transactional"].as_bool(),
+            unsub["suppress_marketing"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+    // Manual is stronger: the row is raised, and a later unsubscribe does not lower it again.
+    let (_, manual) = app
+        .post(
+            "/v1/suppressions",
+            json!({"email": "reader@example.com", "type": "manual"}),
+        )
+        .await;
+    assert_eq!(manual["type"], "manual");
+    assert_eq!(manual["suppress_transactional"], true);
+    let (_, again) = app
+        .post(
+            "/v1/suppressions",
+            json!({"email": "READER@example.com", "type": "unsubscribe"}),
+        )
+        .await;
+    assert_eq!(again["type"], "manual");
+    assert_eq!(again["suppress_transactional"], true);
+    assert_eq!(again["id"], unsub["id"]);
+
+    let (status, bad) = app
+        .post(
+            "/v1/suppressions",
+            json!({"email": "x@example.com", "type": "bounce"}),
+        )
+        .await;
+    assert_eq!((status, code(&bad)), (422, "validation_failed"));
+    let (status, bad) = app
+        .post(
+            "/v1/suppressions",
+            json!({"email": "nope", "type": "manual"}),
+        )
+        .await;
+    assert_eq!((status, code(&bad)), (422, "validation_failed"));
+
+    for i in 0..3 {
+        app.post(
+            "/v1/suppressions",
+            json!({"email": format!("u{i}@example.com"), "type": "unsubscribe"}),
+        )
+        .await;
+    }
+    let (_, one) = app
+        .send("GET", "/v1/suppressions/READER@EXAMPLE.COM", None, &[])
+        .await;
+    assert_eq!(one["type"], "manual");
+    let (_, page) = app
+        .send(
+            "GET",
+            "/v1/suppressions?type=unsubscribe&limit=2",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let (_, rest) = app
+        .send(
+            "GET",
+            &format!("/v1/suppressions?type=unsubscribe&limit=2&cursor={cursor}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rest["next_cursor"], Value::Null);
+    let (_, by_email) = app
+        .send("GET", "/v1/suppressions?email=U1@example.com", None, &[])
+        .await;
+    assert_eq!(by_email["items"][0]["email"], "u1@example.com");
+    let (status, bad) = app.send("GET", "/v1/suppressions?limit=0", None, &[]).await;
+    assert_eq!((status, code(&bad)), (422, "validation_failed"));
+
+    let (status, _) = app
+        .send("DELETE", "/v1/suppressions/Reader@example.com", None, &[])
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = app
+        .send("GET", "/v1/suppressions/reader@example.com", None, &[])
+        .await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    let (status, _) = app
+        .send("DELETE", "/v1/suppressions/reader@example.com", None, &[])
+        .await;
+    assert_eq!(status, 404);
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type::text, recipient::text FROM email_feedback_events WHERE recipient = 'reader@example.com' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("events");
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "suppression_added",
+            "suppression_added",
+            "suppression_added",
+            "suppression_removed"
+        ]
+    );
 }
