@@ -11,7 +11,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
 
-fn emulator() -> String {
+pub fn emulator() -> String {
     let url = std::env::var("HERALD_TEST_AWS_ENDPOINT")
         .unwrap_or_else(|_| "http://127.0.0.1:4566".into());
     let probe = std::net::TcpStream::connect_timeout(
@@ -37,7 +37,7 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

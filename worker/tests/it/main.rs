@@ -2,5 +2,6 @@
 //! and a real database, and end-to-end runs of the real binaries against moto.
 
 mod e2e;
+mod feedback;
 mod helpers;
 mod retry_policy;

@@ -1,0 +1,570 @@
+//! The feedback consumer against moto's SQS and SNS (queue with a DLQ, maxReceiveCount 2, subscribed
+//! to a topic), and the policy through `apply` on a real database.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use herald_worker::feedback::{FeedbackConsumer, FeedbackStats, Outcome, Policy, apply};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::e2e::{emulator, unique};
+use crate::helpers::setup_queue;
+
+fn policy(allowed: &[&str]) -> Policy {
+    Policy {
+        soft_bounce_threshold: 3,
+        soft_bounce_window: chrono::Duration::days(30),
+        allowed_topics: allowed.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+fn bounce(kind: &str, feedback_id: &str, message_id: &str, recipients: &[&str], at: &str) -> Value {
+    json!({
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": kind, "bounceSubType": "General", "feedbackId": feedback_id, "timestamp": at,
+            "bouncedRecipients": recipients.iter().map(|r| json!({"emailAddress": r, "status": "5.1.1"})).collect::<Vec<_>>()
+        },
+        "mail": {"messageId": message_id, "timestamp": at, "source": "noreply@herald.test", "destination": recipients}
+    })
+}
+
+fn complaint(feedback_id: &str, recipient: &str, kind: Option<&str>) -> Value {
+    let mut c = json!({"complainedRecipients": [{"emailAddress": recipient}], "timestamp": "2026-11-26T10:00:00Z", "feedbackId": feedback_id});
+    if let Some(k) = kind {
+        c["complaintFeedbackType"] = json!(k);
+    }
+    json!({"eventType": "Complaint", "complaint": c, "mail": {"messageId": format!("m-{feedback_id}")}})
+}
+
+async fn suppression(pool: &PgPool, email: &str) -> Option<(String, bool, bool, i32)> {
+    sqlx::query_as("SELECT suppression_type::text, suppress_transactional, suppress_marketing, bounce_count FROM email_suppressions WHERE email = lower($1)")
+        .bind(email)
+        .fetch_optional(pool)
+        .await
+        .expect("query")
+}
+
+/// moto's SQS and SNS, with a fresh queue, DLQ and topic.
+struct Moto {
+    sqs: aws_sdk_sqs::Client,
+    http: reqwest::Client,
+    queue_url: String,
+    dlq_url: String,
+    topic_arn: String,
+}
+
+impl Moto {
+    async fn new() -> Self {
+        let endpoint = emulator();
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .load()
+            .await;
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let name = unique("fb");
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .expect("dlq")
+            .queue_url
+            .expect("url");
+        let dlq_arn = Self::arn(&sqs, &dlq_url).await;
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .attributes(QueueAttributeName::VisibilityTimeout, "1")
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}).to_string(),
+            )
+            .send()
+            .await
+            .expect("queue")
+            .queue_url
+            .expect("url");
+        let queue_arn = Self::arn(&sqs, &queue_url).await;
+        let http = reqwest::Client::new();
+        let created = Self::sns(&http, &[("Action", "CreateTopic"), ("Name", &name)]).await;
+        let topic_arn = between(&created, "<TopicArn>", "</TopicArn>");
+        Self::sns(
+            &http,
+            &[
+                ("Action", "Subscribe"),
+                ("TopicArn", &topic_arn),
+                ("Protocol", "sqs"),
+                ("Endpoint", &queue_arn),
+            ],
+        )
+        .await;
+        Self {
+            sqs,
+            http,
+            queue_url,
+            dlq_url,
+            topic_arn,
+        }
+    }
+
+    async fn arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+        sqs.get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("attributes")
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+            .expect("arn")
+    }
+
+    /// SNS's query API, which moto serves without checking signatures.
+    async fn sns(http: &reqwest::Client, form: &[(&str, &str)]) -> String {
+        let res = http
+            .post(emulator())
+            .header("content-type", "application/x-www-form-urlencoded")
+            // moto routes by the credential scope's service name; it does not check the signature.
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20261126/us-east-1/sns/aws4_request, SignedHeaders=host, Signature=00",
+            )
+            .body(
+                form.iter()
+                    .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            )
+            .send()
+            .await
+            .expect("sns");
+        assert!(res.status().is_success(), "SNS {form:?} failed");
+        res.text().await.expect("body")
+    }
+
+    async fn publish(&self, message: &Value) {
+        Self::sns(
+            &self.http,
+            &[
+                ("Action", "Publish"),
+                ("TopicArn", &self.topic_arn),
+                ("Message", &message.to_string()),
+            ],
+        )
+        .await;
+    }
+
+    async fn put_raw(&self, body: &str) {
+        self.sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .expect("send");
+    }
+
+    fn consumer(&self, pool: &PgPool, policy: Policy) -> FeedbackConsumer {
+        FeedbackConsumer {
+            sqs: self.sqs.clone(),
+            queue_url: self.queue_url.clone(),
+            pool: pool.clone(),
+            policy: Arc::new(policy),
+            concurrency: 1,
+            wait_seconds: 1,
+            stats: Arc::new(FeedbackStats::default()),
+        }
+    }
+
+    async fn dlq_bodies(&self) -> Vec<String> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("dlq");
+        out.messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.body)
+            .collect()
+    }
+}
+
+fn between(text: &str, start: &str, end: &str) -> String {
+    let from = text.find(start).expect("start tag") + start.len();
+    let to = text[from..].find(end).expect("end tag") + from;
+    text[from..to].to_owned()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn sns_and_bare_feedback_suppress_every_recipient_once_even_when_delivered_twice(
+    pool: PgPool,
+) {
+    setup_queue(&pool).await;
+    let moto = Moto::new().await;
+    sqlx::query("INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id) VALUES ('j1', 'ann@example.com', 'raw', 'transactional', 'sent', 'ses-1')")
+        .execute(&pool)
+        .await
+        .expect("ledger");
+    let hard = bounce(
+        "Permanent",
+        "fb-hard",
+        "ses-1",
+        &["Ann@Example.com", "BOB@example.org"],
+        "2026-11-26T10:00:00Z",
+    );
+    moto.publish(&hard).await;
+    moto.publish(&hard).await; // the same notification twice
+    moto.put_raw(&complaint("fb-c", "Carol@Example.net", Some("abuse")).to_string())
+        .await;
+    let consumer = moto.consumer(&pool, policy(&[]));
+    let stats = consumer.stats.clone();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(token.clone()));
+    eventually(
+        "three messages applied",
+        Duration::from_secs(20),
+        async || {
+            stats.applied.load(Ordering::Relaxed) + stats.duplicates.load(Ordering::Relaxed) >= 5
+        },
+    )
+    .await;
+    token.cancel();
+    task.await.expect("consumer");
+
+    assert_eq!(
+        suppression(&pool, "ann@example.com").await,
+        Some(("bounce".into(), true, true, 0))
+    );
+    assert_eq!(
+        suppression(&pool, "bob@example.org").await,
+        Some(("bounce".into(), true, true, 0))
+    );
+    assert_eq!(
+        suppression(&pool, "carol@example.net").await,
+        Some(("complaint".into(), true, true, 0))
+    );
+    assert_eq!(
+        stats.applied.load(Ordering::Relaxed),
+        3,
+        "two bounce recipients and one complaint"
+    );
+    assert_eq!(
+        stats.duplicates.load(Ordering::Relaxed),
+        2,
+        "the second delivery changed nothing"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM email_feedback_events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(events, 3);
+    let (bounced, kind): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) = sqlx::query_as(
+        "SELECT bounced_at, bounce_type::text FROM email_deliveries WHERE ses_message_id = 'ses-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("ledger");
+    assert!(bounced.is_some());
+    assert_eq!(kind.as_deref(), Some("Permanent"));
+    let left = moto
+        .sqs
+        .receive_message()
+        .queue_url(&moto.queue_url)
+        .send()
+        .await
+        .expect("receive")
+        .messages
+        .unwrap_or_default();
+    assert!(left.is_empty(), "applied messages are deleted");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn poison_messages_end_in_the_dead_letter_queue_while_the_consumer_keeps_working(
+    pool: PgPool,
+) {
+    setup_queue(&pool).await;
+    let moto = Moto::new().await;
+    let garbage = [
+        "this is not json",
+        r#"{"Type":"Notification","Message":"{broken"}"#,
+        r#"{"notificationType":"Bounce"}"#,
+    ];
+    for g in garbage {
+        moto.put_raw(g).await;
+    }
+    moto.put_raw(&json!({"Type": "SubscriptionConfirmation", "TopicArn": moto.topic_arn, "SubscribeURL": "https://example.invalid"}).to_string()).await;
+    let consumer = moto.consumer(&pool, policy(&[]));
+    let stats = consumer.stats.clone();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(token.clone()));
+    // A good message after the poison ones is still applied.
+    moto.publish(&bounce(
+        "Permanent",
+        "fb-good",
+        "ses-2",
+        &["dave@example.com"],
+        "2026-11-26T10:00:00Z",
+    ))
+    .await;
+    eventually("the good message", Duration::from_secs(20), async || {
+        suppression(&pool, "dave@example.com").await.is_some()
+    })
+    .await;
+    let mut in_dlq: Vec<String> = Vec::new();
+    eventually(
+        "the poison messages in the DLQ",
+        Duration::from_secs(30),
+        async || {
+            in_dlq = moto.dlq_bodies().await;
+            in_dlq.len() >= garbage.len()
+        },
+    )
+    .await;
+    token.cancel();
+    task.await.expect("consumer");
+    for g in garbage {
+        assert!(
+            in_dlq.iter().any(|b| b == g),
+            "{g:?} is not in the DLQ: {in_dlq:?}"
+        );
+    }
+    assert!(
+        stats.poison.load(Ordering::Relaxed) >= 3,
+        "each poison message is counted"
+    );
+    assert_eq!(
+        stats.control.load(Ordering::Relaxed),
+        1,
+        "the subscription message is deleted, not retried"
+    );
+    assert!(
+        !in_dlq
+            .iter()
+            .any(|b| b.contains("SubscriptionConfirmation"))
+    );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_message_from_a_topic_not_allowed_is_not_applied(pool: PgPool) {
+    setup_queue(&pool).await;
+    let moto = Moto::new().await;
+    moto.publish(&bounce(
+        "Permanent",
+        "fb-x",
+        "ses-3",
+        &["eve@example.com"],
+        "2026-11-26T10:00:00Z",
+    ))
+    .await;
+    let consumer = moto.consumer(
+        &pool,
+        policy(&["arn:aws:sns:us-east-1:123456789012:the-real-topic"]),
+    );
+    let stats = consumer.stats.clone();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(token.clone()));
+    eventually("the rejection", Duration::from_secs(20), async || {
+        stats.rejected_topic.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    token.cancel();
+    task.await.expect("consumer");
+    assert_eq!(suppression(&pool, "eve@example.com").await, None);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM email_feedback_events")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(events, 0);
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn soft_bounces_are_counted_and_suppress_at_the_threshold_within_the_window(pool: PgPool) {
+    let p = policy(&[]);
+    let old = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
+    // An old soft bounce is outside the window and does not count.
+    apply(
+        &pool,
+        &p,
+        &bounce("Transient", "s0", "m0", &["Soft@Example.com"], &old).to_string(),
+        None,
+    )
+    .await
+    .expect("old");
+    for (i, kind) in ["Transient", "Undetermined"].iter().enumerate() {
+        let now = chrono::Utc::now().to_rfc3339();
+        apply(
+            &pool,
+            &p,
+            &bounce(
+                kind,
+                &format!("s{}", i + 1),
+                "m",
+                &["soft@example.com"],
+                &now,
+            )
+            .to_string(),
+            None,
+        )
+        .await
+        .expect("soft");
+        assert_eq!(
+            suppression(&pool, "soft@example.com").await,
+            None,
+            "{} soft bounces do not suppress",
+            i + 1
+        );
+    }
+    // Delivered twice, the second soft bounce is not counted twice.
+    let now = chrono::Utc::now().to_rfc3339();
+    let again = apply(
+        &pool,
+        &p,
+        &bounce("Undetermined", "s2", "m", &["soft@example.com"], &now).to_string(),
+        None,
+    )
+    .await
+    .expect("dup");
+    assert_eq!(
+        again,
+        Outcome::Applied {
+            new: 0,
+            duplicates: 1
+        }
+    );
+    assert_eq!(suppression(&pool, "soft@example.com").await, None);
+    apply(
+        &pool,
+        &p,
+        &bounce("Transient", "s3", "m", &["SOFT@example.com"], &now).to_string(),
+        None,
+    )
+    .await
+    .expect("third");
+    assert_eq!(
+        suppression(&pool, "soft@example.com").await,
+        Some(("bounce".into(), true, true, 3))
+    );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn complaints_suppress_except_not_spam_and_suppressions_are_raised_never_lowered(
+    pool: PgPool,
+) {
+    let p = policy(&[]);
+    apply(
+        &pool,
+        &p,
+        &complaint("c1", "fan@example.com", Some("not-spam")).to_string(),
+        None,
+    )
+    .await
+    .expect("not-spam");
+    assert_eq!(suppression(&pool, "fan@example.com").await, None);
+    apply(
+        &pool,
+        &p,
+        &complaint("c2", "angry@example.com", None).to_string(),
+        None,
+    )
+    .await
+    .expect("complaint");
+    assert_eq!(
+        suppression(&pool, "angry@example.com").await,
+        Some(("complaint".into(), true, true, 0))
+    );
+    // A later hard bounce does not lower a complaint to a bounce.
+    apply(
+        &pool,
+        &p,
+        &bounce(
+            "Permanent",
+            "b1",
+            "m",
+            &["angry@example.com"],
+            "2026-11-26T11:00:00Z",
+        )
+        .to_string(),
+        None,
+    )
+    .await
+    .expect("bounce");
+    assert_eq!(
+        suppression(&pool, "angry@example.com").await,
+        Some(("complaint".into(), true, true, 0))
+    );
+    // An unsubscribe (marketing only) becomes transactional too after a hard bounce.
+    sqlx::query("INSERT INTO email_suppressions (email, suppression_type) VALUES ('reader@example.com', 'unsubscribe')")
+        .execute(&pool)
+        .await
+        .expect("unsubscribe");
+    assert_eq!(
+        suppression(&pool, "reader@example.com").await,
+        Some(("unsubscribe".into(), false, true, 0))
+    );
+    let bridge = json!({"source": "aws.ses", "detail-type": "Email Bounced",
+        "detail": {"eventType": "Bounce", "bounce": {"bounceType": "Permanent", "bounceSubType": "NoEmail", "feedbackId": "b2",
+            "timestamp": "2026-11-26T12:00:00Z", "bouncedRecipients": [{"emailAddress": "Reader@example.com"}]},
+            "mail": {"messageId": "m-b2"}}});
+    apply(&pool, &p, &bridge.to_string(), None)
+        .await
+        .expect("eventbridge bounce");
+    assert_eq!(
+        suppression(&pool, "reader@example.com").await,
+        Some(("bounce".into(), true, true, 0))
+    );
+    // Deliveries are noted on the ledger.
+    sqlx::query("INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id) VALUES ('j9', 'ok@example.com', 'raw', 'transactional', 'sent', 'ses-ok')")
+        .execute(&pool)
+        .await
+        .expect("ledger");
+    let delivery = json!({"notificationType": "Delivery", "delivery": {"recipients": ["ok@example.com"], "timestamp": "2026-11-26T10:00:01Z"}, "mail": {"messageId": "ses-ok"}});
+    apply(&pool, &p, &delivery.to_string(), Some("sqs-1"))
+        .await
+        .expect("delivery");
+    let delivered: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT delivered_at FROM email_deliveries WHERE job_id = 'j9'")
+            .fetch_one(&pool)
+            .await
+            .expect("ledger");
+    assert!(delivered.is_some());
+}
