@@ -664,3 +664,95 @@ async fn sigterm_lets_in_flight_jobs_finish_and_exits_zero() {
     }
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn a_hard_bounce_for_a_sent_email_marks_the_ledger_and_blocks_the_next_send() {
+    let mut stack = Stack::start().await;
+    // A feedback queue of this test's own on moto.
+    let endpoint = emulator();
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique("e2e-fb"))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    stack.spawn_worker(&[("SQS_FEEDBACK_QUEUE_URL", &queue_url)]);
+
+    let to = format!("{}@example.com", unique("bouncy"));
+    let (_, body) = stack
+        .post(
+            "/v1/emails",
+            json!({"to": to, "subject": "Hi", "text": "Hello"}),
+        )
+        .await;
+    let job = stack
+        .wait_final(
+            body["job_id"].as_str().expect("id"),
+            Duration::from_secs(30),
+        )
+        .await;
+    let message_id = job["result"]["ses_message_id"]
+        .as_str()
+        .expect("sent")
+        .to_owned();
+
+    let bounce = json!({"notificationType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "bounceSubType": "NoEmail", "feedbackId": unique("fb"),
+                   "timestamp": chrono::Utc::now().to_rfc3339(), "bouncedRecipients": [{"emailAddress": to.to_uppercase()}]},
+        "mail": {"messageId": message_id, "timestamp": chrono::Utc::now().to_rfc3339(), "source": "noreply@herald.test", "destination": [to]}});
+    let envelope = json!({"Type": "Notification", "MessageId": unique("sns"), "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
+        "Message": bounce.to_string(), "Timestamp": chrono::Utc::now().to_rfc3339()});
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body(envelope.to_string())
+        .send()
+        .await
+        .expect("send");
+
+    let start = Instant::now();
+    loop {
+        let row: Option<(Option<String>, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+            "SELECT bounce_type::text, bounced_at FROM email_deliveries WHERE ses_message_id = $1",
+        )
+        .bind(&message_id)
+        .fetch_optional(&stack.pool)
+        .await
+        .expect("ledger");
+        if let Some((Some(kind), Some(_))) = row {
+            assert_eq!(kind, "Permanent");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the bounce never reached the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = stack
+        .post(
+            "/v1/emails",
+            json!({"to": to, "subject": "Again", "text": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "recipient_suppressed");
+    stack.finish().await;
+}

@@ -568,3 +568,46 @@ async fn complaints_suppress_except_not_spam_and_suppressions_are_raised_never_l
             .expect("ledger");
     assert!(delivered.is_some());
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_database_outage_leaves_the_message_for_redelivery(pool: PgPool) {
+    setup_queue(&pool).await;
+    let moto = Moto::new().await;
+    moto.publish(&bounce(
+        "Permanent",
+        "fb-outage",
+        "ses-9",
+        &["frank@example.com"],
+        "2026-11-26T10:00:00Z",
+    ))
+    .await;
+    // A pool whose database cannot be reached.
+    let down = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/nowhere")
+        .expect("lazy pool");
+    let broken = moto.consumer(&down, policy(&[]));
+    let broken_stats = broken.stats.clone();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(broken.run(token.clone()));
+    eventually("a database error", Duration::from_secs(20), async || {
+        broken_stats.db_errors.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    token.cancel();
+    task.await.expect("consumer");
+    assert_eq!(suppression(&pool, "frank@example.com").await, None);
+
+    // The database is back: the same message is redelivered and applied.
+    let healthy = moto.consumer(&pool, policy(&[]));
+    let token = CancellationToken::new();
+    let task = tokio::spawn(healthy.run(token.clone()));
+    eventually(
+        "the redelivered message",
+        Duration::from_secs(20),
+        async || suppression(&pool, "frank@example.com").await.is_some(),
+    )
+    .await;
+    token.cancel();
+    task.await.expect("consumer");
+}
