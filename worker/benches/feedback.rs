@@ -1,0 +1,138 @@
+//! How fast SES feedback is applied in-process (parse + database work), without SQS transport.
+//!
+//! `DATABASE_URL=postgres://… cargo bench -p herald-worker --bench feedback`; creates and drops its
+//! own database. BENCH_FEEDBACK (5000 messages), BENCH_FEEDBACK_CONCURRENCY (8).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use herald_worker::feedback::{Outcome, Policy, apply, parse};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An SNS-wrapped notification: mostly deliveries, some soft and hard bounces, a few complaints.
+fn message(i: usize) -> String {
+    let to = format!("user{}@example.com", i % 2000);
+    let at = chrono::Utc::now().to_rfc3339();
+    let mail = json!({"messageId": format!("ses-{i}"), "timestamp": at, "source": "noreply@herald.test", "destination": [to]});
+    let ses = match i % 10 {
+        0..=5 => json!({"notificationType": "Delivery", "mail": mail,
+            "delivery": {"timestamp": at, "recipients": [to], "processingTimeMillis": 500, "smtpResponse": "250 ok"}}),
+        6 | 7 => json!({"notificationType": "Bounce", "mail": mail,
+            "bounce": {"bounceType": "Transient", "bounceSubType": "MailboxFull", "feedbackId": format!("fb-{i}"), "timestamp": at,
+                       "bouncedRecipients": [{"emailAddress": to, "status": "4.2.2"}]}}),
+        8 => json!({"notificationType": "Bounce", "mail": mail,
+            "bounce": {"bounceType": "Permanent", "bounceSubType": "General", "feedbackId": format!("fb-{i}"), "timestamp": at,
+                       "bouncedRecipients": [{"emailAddress": to, "status": "5.1.1"}]}}),
+        _ => json!({"notificationType": "Complaint", "mail": mail,
+            "complaint": {"feedbackId": format!("fb-{i}"), "timestamp": at, "complaintFeedbackType": "abuse",
+                          "complainedRecipients": [{"emailAddress": to}]}}),
+    };
+    json!({"Type": "Notification", "MessageId": format!("sns-{i}"), "TopicArn": "arn:aws:sns:us-east-1:1:t",
+           "Message": ses.to_string(), "Timestamp": at, "SignatureVersion": "1", "Signature": "x"})
+    .to_string()
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_usize("BENCH_FEEDBACK", 5000);
+    let concurrency = env_usize("BENCH_FEEDBACK_CONCURRENCY", 8);
+    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL: the server to benchmark on");
+    let (base, _) = master.rsplit_once('/').expect("URL with a database");
+    let db = format!("herald_bench_feedback_{}", std::process::id());
+    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("admin");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut admin)
+        .await
+        .expect("create");
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&format!("{base}/{db}"))
+        .await
+        .expect("pool");
+    herald_shared::db::migrate(&pool).await.expect("migrate");
+    let version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&pool)
+        .await
+        .expect("version");
+    let policy = Arc::new(Policy {
+        soft_bounce_threshold: 3,
+        soft_bounce_window: chrono::Duration::days(30),
+        allowed_topics: Vec::new(),
+    });
+
+    let bodies: Vec<String> = (0..n).map(message).collect();
+    let start = Instant::now();
+    for b in &bodies {
+        parse::parse(b).expect("parse");
+    }
+    let parse_rate = n as f64 / start.elapsed().as_secs_f64();
+
+    // Sequential: one message at a time, as one poller sees them.
+    let half = n / 2;
+    let start = Instant::now();
+    for b in &bodies[..half] {
+        apply(&pool, &policy, b, None).await.expect("apply");
+    }
+    let sequential = half as f64 / start.elapsed().as_secs_f64();
+
+    // Concurrent: like several pollers.
+    let rest: Arc<Vec<String>> = Arc::new(bodies[half..].to_vec());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (pool, policy, rest) = (pool.clone(), policy.clone(), rest.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut applied = 0;
+            for b in rest.iter().skip(w).step_by(concurrency) {
+                if let Outcome::Applied { new, .. } =
+                    apply(&pool, &policy, b, None).await.expect("apply")
+                {
+                    applied += new;
+                }
+            }
+            applied
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += t.await.expect("task");
+    }
+    let concurrent = rest.len() as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(applied, rest.len(), "every message applied once");
+
+    // Duplicates: the same messages again change nothing.
+    let start = Instant::now();
+    for b in bodies.iter().take(1000.min(n)) {
+        assert!(matches!(
+            apply(&pool, &policy, b, None).await.expect("apply"),
+            Outcome::Applied { new: 0, .. }
+        ));
+    }
+    let duplicate_rate = 1000.min(n) as f64 / start.elapsed().as_secs_f64();
+
+    println!(
+        "Feedback application benchmark: PostgreSQL {version}, {n} SNS-wrapped notifications (60% delivery, 30% bounce, 10% complaint)"
+    );
+    println!("| measure | messages/s |\n|---|---|");
+    println!("| parse only | {parse_rate:.0} |");
+    println!("| parse + apply, 1 at a time | {sequential:.0} |");
+    println!("| parse + apply, {concurrency} concurrent | {concurrent:.0} |");
+    println!("| redelivered duplicates, 1 at a time | {duplicate_rate:.0} |");
+    pool.close().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+}
