@@ -611,3 +611,62 @@ async fn a_database_outage_leaves_the_message_for_redelivery(pool: PgPool) {
     token.cancel();
     task.await.expect("consumer");
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn soft_bounces_complaints_and_eventbridge_events_through_the_queue_follow_the_policy(
+    pool: PgPool,
+) {
+    setup_queue(&pool).await;
+    let moto = Moto::new().await;
+    sqlx::query("INSERT INTO email_suppressions (email, suppression_type) VALUES ('reader@example.com', 'unsubscribe')")
+        .execute(&pool)
+        .await
+        .expect("unsubscribe");
+    let now = chrono::Utc::now().to_rfc3339();
+    for i in 0..3 {
+        moto.publish(&bounce(
+            "Transient",
+            &format!("soft-{i}"),
+            "m-soft",
+            &["Soft@Example.com"],
+            &now,
+        ))
+        .await;
+    }
+    moto.publish(&complaint("c-ns", "fan@example.com", Some("not-spam")))
+        .await;
+    moto.publish(&complaint("c-abuse", "Angry@Example.com", Some("abuse")))
+        .await;
+    let bridge = json!({"source": "aws.ses", "detail-type": "Email Bounced",
+        "detail": {"eventType": "Bounce", "bounce": {"bounceType": "Permanent", "bounceSubType": "General", "feedbackId": "eb-1",
+            "timestamp": now, "bouncedRecipients": [{"emailAddress": "READER@example.com"}]}, "mail": {"messageId": "m-eb"}}});
+    moto.put_raw(&bridge.to_string()).await;
+    let consumer = moto.consumer(&pool, policy(&[]));
+    let stats = consumer.stats.clone();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(token.clone()));
+    eventually("six events", Duration::from_secs(30), async || {
+        stats.applied.load(Ordering::Relaxed) >= 6
+    })
+    .await;
+    token.cancel();
+    task.await.expect("consumer");
+    assert_eq!(
+        suppression(&pool, "soft@example.com").await,
+        Some(("bounce".into(), true, true, 3))
+    );
+    assert_eq!(
+        suppression(&pool, "fan@example.com").await,
+        None,
+        "not-spam is not a complaint"
+    );
+    assert_eq!(
+        suppression(&pool, "angry@example.com").await,
+        Some(("complaint".into(), true, true, 0))
+    );
+    assert_eq!(
+        suppression(&pool, "reader@example.com").await,
+        Some(("bounce".into(), true, true, 0)),
+        "the unsubscribe was raised"
+    );
+}
