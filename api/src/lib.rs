@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use config::ApiConfig;
 use error::ApiError;
-use routes::{emails, health, jobs, suppressions, users};
+use routes::{emails, health, jobs, schedules, suppressions, users};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -40,6 +40,7 @@ pub struct AppState {
         jobs::get_job, jobs::retry_job, jobs::cancel_job,
         users::verification_email, users::password_reset,
         suppressions::list, suppressions::get, suppressions::add, suppressions::remove,
+        schedules::list,
     ),
     modifiers(&BearerAuth)
 )]
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
             post(users::verification_email),
         )
         .route("/v1/password-resets", post(users::password_reset))
+        .route("/v1/schedules", get(schedules::list))
         .route(
             "/v1/suppressions",
             get(suppressions::list).post(suppressions::add),

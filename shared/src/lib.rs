@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod jobs;
+pub mod maintenance;
 pub mod phrases;
 pub mod secret;
 pub mod suppressions;

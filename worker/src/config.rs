@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or, required};
+use herald_shared::maintenance::{self, Settings, TaskSchedule};
 use herald_shared::{DbConfig, address};
 
 /// Everything `herald-worker` reads at start-up.
@@ -51,6 +52,10 @@ pub struct WorkerConfig {
     pub soft_bounce_threshold: i64,
     /// `SOFT_BOUNCE_WINDOW_DAYS` (default 30): …within this many days.
     pub soft_bounce_window_days: i64,
+    /// `EXPIRE_TOKENS_CRON`, `REFRESH_SEARCH_CRON`, `PRUNE_CRON` (UTC).
+    pub schedules: Vec<TaskSchedule>,
+    /// Batch sizes and retention of the maintenance jobs.
+    pub maintenance: Settings,
 }
 
 fn positive<T: PartialOrd + Default + Copy>(var: &'static str, v: T) -> Result<T, ConfigError> {
@@ -157,6 +162,8 @@ impl WorkerConfig {
                 "SOFT_BOUNCE_WINDOW_DAYS",
                 parse_or(env, "SOFT_BOUNCE_WINDOW_DAYS", 30_i64)?,
             )?,
+            schedules: maintenance::schedules_from(env)?,
+            maintenance: Settings::from_source(env)?,
         })
     }
 }

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod email_job;
 pub mod feedback;
+pub mod maintenance;
 pub mod ses;
 
 use std::future::Future;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
 use herald_shared::email::{EMAIL_QUEUE, EmailJob};
+use herald_shared::maintenance::{MAINTENANCE_QUEUE, MaintenanceJob};
 use sqlx::PgPool;
 
 pub use config::WorkerConfig;
@@ -91,6 +93,12 @@ pub async fn run(
         .missed_heartbeats(config.missed_heartbeats);
     let concurrency = config.concurrency;
     let poll_interval = config.poll_interval;
+    let maintenance_ctx = Arc::new(maintenance::MaintenanceContext {
+        pool: pool.clone(),
+        settings: config.maintenance.clone(),
+    });
+    let maintenance_config = queue_config.clone().queue(MAINTENANCE_QUEUE).batch_size(1);
+    let maintenance_pool = pool.clone();
     Monitor::new()
         .should_restart(|worker, error| {
             tracing::error!(worker = worker.name(), error = %error, "worker stopped with an error; restarting");
@@ -114,6 +122,22 @@ pub async fn run(
                 .concurrency(concurrency)
                 .data(ctx.clone())
                 .build(email_job::handle)
+        })
+        .register(move |_restarts| {
+            let pool = &maintenance_pool;
+            let backend = PostgresStorage::<MaintenanceJob>::new(pool)
+                .with_config(maintenance_config.clone())
+                .poll_with_strategy(
+                    Strategy::new()
+                        .stream(Pubsub::new(pool.clone(), MAINTENANCE_QUEUE.to_owned()))
+                        .interval(poll_interval),
+                );
+            // One maintenance job at a time per process: they are heavy, not urgent.
+            WorkerBuilder::new(format!("herald-maintenance-{}", ulid::Ulid::generate()))
+                .backend(backend)
+                .concurrency(1)
+                .data(maintenance_ctx.clone())
+                .build(maintenance::handle)
         })
         .run_with_signal(async move {
             shutdown.await;

@@ -75,12 +75,18 @@ async fn run() -> anyhow::Result<()> {
             token.cancel();
         }
     });
+    let ticker = tokio::spawn(herald_worker::maintenance::run_ticker(
+        pool.clone(),
+        config.schedules.clone(),
+        token.clone(),
+    ));
     tracing::info!(queue = herald_shared::email::EMAIL_QUEUE, "worker started");
     herald_worker::run(config, pool.clone(), ctx, token.clone().cancelled_owned()).await?;
     token.cancel();
     if let Some(consumer) = consumer {
         let _ = consumer.await;
     }
+    let _ = ticker.await;
     pool.close().await;
     tracing::info!("worker stopped");
     Ok(())

@@ -3,5 +3,6 @@
 pub mod emails;
 pub mod health;
 pub mod jobs;
+pub mod schedules;
 pub mod suppressions;
 pub mod users;

@@ -322,6 +322,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "POST /v1/suppressions",
         "GET /v1/suppressions/{email}",
         "DELETE /v1/suppressions/{email}",
+        "GET /v1/schedules",
     ]
     .into_iter()
     .map(str::to_owned)

@@ -22,6 +22,7 @@ async fn every_updated_at_table_has_the_trigger_and_no_trigger_lacks_the_column(
             "email_sending_control",
             "email_suppressions",
             "incident_timers",
+            "maintenance_schedules",
             "phrase_suggestions",
             "phrases",
             "refresh_tokens",
@@ -69,6 +70,7 @@ async fn the_updated_at_trigger_stamps_every_update_on_every_table(pool: PgPool)
          , r AS (INSERT INTO refresh_tokens (user_id, token_hash, expires_at)
                  SELECT id, 'hash', now() + interval '7 days' FROM u)
          , s AS (INSERT INTO phrase_suggestions (user_id, phrase_text) SELECT id, 'idea' FROM u)
+         , m AS (INSERT INTO maintenance_schedules (name, cron) VALUES ('test', '* * * * *'))
          , d AS (INSERT INTO email_deliveries (job_id, recipient, template, category)
                  VALUES ('01JOB', 'a@example.com', 'welcome', 'transactional'))
          INSERT INTO email_suppressions (email, suppression_type) VALUES ('x@example.com', 'manual')",

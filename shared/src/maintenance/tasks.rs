@@ -1,0 +1,340 @@
+//! The maintenance jobs. Each works in batches so that no statement holds its locks for long, and
+//! reports what it did, including its longest statement.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::Settings;
+
+/// Timing shared by the reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    /// Statements run.
+    pub statements: u64,
+    /// The longest single statement, milliseconds.
+    pub longest_statement_ms: f64,
+    /// The whole job, milliseconds.
+    pub total_ms: f64,
+}
+
+impl Timing {
+    fn note(&mut self, took: Duration) {
+        self.statements += 1;
+        self.longest_statement_ms = self.longest_statement_ms.max(took.as_secs_f64() * 1000.0);
+    }
+}
+
+/// Runs one batch statement until it affects fewer rows than `batch`; returns the rows affected.
+async fn in_batches<F, Fut>(
+    timing: &mut Timing,
+    batch: i64,
+    mut statement: F,
+) -> Result<u64, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
+{
+    let mut total = 0;
+    loop {
+        let started = Instant::now();
+        let n = statement().await?;
+        timing.note(started.elapsed());
+        total += n;
+        if n < batch as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// What `expire_tokens` deleted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExpiryReport {
+    /// Expired refresh tokens.
+    pub refresh_tokens: u64,
+    /// Expired verification tokens.
+    pub verification_tokens: u64,
+    /// Expired reset tokens, and used ones past their retention.
+    pub password_reset_tokens: u64,
+    /// Batch size used.
+    pub batch_size: i64,
+    /// Timing.
+    pub timing: Timing,
+}
+
+/// Deletes expired refresh, verification and reset tokens (and reset tokens used long ago).
+#[tracing::instrument(skip_all)]
+pub async fn expire_tokens(pool: &PgPool, s: &Settings) -> Result<ExpiryReport, sqlx::Error> {
+    let started = Instant::now();
+    let now = Utc::now();
+    let used_before = now - s.used_reset_token_retention;
+    let b = s.expiry_batch_size;
+    let mut r = ExpiryReport {
+        batch_size: b,
+        ..Default::default()
+    };
+    r.refresh_tokens = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM refresh_tokens WHERE expires_at < $1
+                             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM refresh_tokens t USING doomed WHERE t.id = doomed.id",
+            now,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    r.verification_tokens = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM verification_tokens WHERE expires_at < $1
+                             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM verification_tokens t USING doomed WHERE t.id = doomed.id",
+            now,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    let expired = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE expires_at < $1
+                             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
+            now,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    // Used tokens are few (one per reset) and short-lived, so no index serves this pass.
+    let used = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE used_at < $1
+                             LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
+            used_before,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    r.password_reset_tokens = expired + used;
+    r.timing.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(r)
+}
+
+/// What `refresh_search_index` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SearchReport {
+    /// Users whose vector was missing or stale, now recomputed.
+    pub users_fixed: u64,
+    /// Phrases whose vector was missing or stale, now recomputed.
+    pub phrases_fixed: u64,
+    /// Both tables were analysed.
+    pub analyzed: bool,
+    /// Search indexes rebuilt concurrently (only with `REINDEX_SEARCH_CONCURRENTLY`).
+    pub reindexed: Vec<String>,
+    /// Timing.
+    pub timing: Timing,
+}
+
+const SEARCH_INDEXES: [&str; 6] = [
+    "idx_users_search_vector",
+    "idx_phrases_search_vector",
+    "idx_users_display_name_trgm",
+    "idx_users_email_trgm",
+    "idx_users_slug_trgm",
+    "idx_phrases_phrase_text_trgm",
+];
+
+/// Recomputes missing or stale search vectors (only those rows), then runs ANALYZE.
+#[tracing::instrument(skip_all)]
+pub async fn refresh_search_index(
+    pool: &PgPool,
+    s: &Settings,
+) -> Result<SearchReport, sqlx::Error> {
+    let started = Instant::now();
+    let b = s.search_batch_size;
+    let mut r = SearchReport::default();
+    // Walk each table once in id order; every batch starts after the last row it fixed.
+    let mut cursor = uuid::Uuid::nil();
+    loop {
+        let t = Instant::now();
+        let ids = sqlx::query_scalar!(
+            "WITH stale AS (SELECT id FROM users
+                            WHERE id > $1
+                              AND search_vector IS DISTINCT FROM users_compute_search_vector(display_name, email, slug)
+                            ORDER BY id LIMIT $2)
+             UPDATE users u SET search_vector = users_compute_search_vector(u.display_name, u.email, u.slug)
+             FROM stale WHERE u.id = stale.id RETURNING u.id",
+            cursor,
+            b
+        )
+        .fetch_all(pool)
+        .await?;
+        r.timing.note(t.elapsed());
+        r.users_fixed += ids.len() as u64;
+        match ids.iter().max() {
+            Some(max) if ids.len() as i64 == b => cursor = *max,
+            _ => break,
+        }
+    }
+    let mut cursor = uuid::Uuid::nil();
+    loop {
+        let t = Instant::now();
+        let ids = sqlx::query_scalar!(
+            "WITH stale AS (SELECT id FROM phrases
+                            WHERE id > $1
+                              AND search_vector IS DISTINCT FROM phrases_compute_search_vector(phrase_text)
+                            ORDER BY id LIMIT $2)
+             UPDATE phrases p SET search_vector = phrases_compute_search_vector(p.phrase_text)
+             FROM stale WHERE p.id = stale.id RETURNING p.id",
+            cursor,
+            b
+        )
+        .fetch_all(pool)
+        .await?;
+        r.timing.note(t.elapsed());
+        r.phrases_fixed += ids.len() as u64;
+        match ids.iter().max() {
+            Some(max) if ids.len() as i64 == b => cursor = *max,
+            _ => break,
+        }
+    }
+    for table in ["ANALYZE users", "ANALYZE phrases"] {
+        let t = Instant::now();
+        sqlx::query(table).execute(pool).await?;
+        r.timing.note(t.elapsed());
+    }
+    r.analyzed = true;
+    if s.reindex_concurrently {
+        for index in SEARCH_INDEXES {
+            let t = Instant::now();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "REINDEX INDEX CONCURRENTLY {index}"
+            )))
+            .execute(pool)
+            .await?;
+            r.timing.note(t.elapsed());
+            r.reindexed.push(index.to_owned());
+        }
+    }
+    r.timing.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(r)
+}
+
+/// What `prune` deleted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PruneReport {
+    /// Succeeded and cancelled jobs past `JOB_RETENTION_DAYS`.
+    pub finished_jobs: u64,
+    /// Jobs failed for good past `FAILED_JOB_RETENTION_DAYS`.
+    pub failed_jobs: u64,
+    /// Feedback events past `EVENT_RETENTION_DAYS`.
+    pub feedback_events: u64,
+    /// Finished send-ledger rows past `EVENT_RETENTION_DAYS`.
+    pub deliveries: u64,
+    /// Idempotency keys past `JOB_RETENTION_DAYS`.
+    pub idempotency_keys: u64,
+    /// Batch size used.
+    pub batch_size: i64,
+    /// Timing.
+    pub timing: Timing,
+}
+
+/// Deletes finished jobs, old feedback events, ledger rows and idempotency keys, in batches.
+#[tracing::instrument(skip_all)]
+pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Error> {
+    let started = Instant::now();
+    let now = Utc::now();
+    let (jobs_before, failed_before, events_before) = (
+        now - s.job_retention,
+        now - s.failed_job_retention,
+        now - s.event_retention,
+    );
+    let b = s.prune_batch_size;
+    let mut r = PruneReport {
+        batch_size: b,
+        ..Default::default()
+    };
+    r.finished_jobs = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM apalis.jobs
+                             WHERE status IN ('Done', 'Killed') AND done_at < $1
+                             LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM apalis.jobs j USING doomed WHERE j.id = doomed.id",
+            jobs_before,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    r.failed_jobs = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM apalis.jobs
+                             WHERE status = 'Failed' AND attempts >= max_attempts AND done_at < $1
+                             LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM apalis.jobs j USING doomed WHERE j.id = doomed.id",
+            failed_before,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    r.feedback_events = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM email_feedback_events WHERE created_at < $1
+                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM email_feedback_events e USING doomed WHERE e.id = doomed.id",
+            events_before,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    r.deliveries = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT id FROM email_deliveries
+                             WHERE created_at < $1 AND status IN ('sent', 'suppressed', 'failed')
+                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM email_deliveries d USING doomed WHERE d.id = doomed.id",
+            events_before,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    r.idempotency_keys = in_batches(&mut r.timing, b, || async {
+        Ok(sqlx::query!(
+            "WITH doomed AS (SELECT idempotency_key FROM api_idempotency_keys WHERE created_at < $1
+                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM api_idempotency_keys k USING doomed WHERE k.idempotency_key = doomed.idempotency_key",
+            jobs_before,
+            b
+        )
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await?;
+    r.timing.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(r)
+}
