@@ -4,6 +4,7 @@
 mod catalog;
 mod helpers;
 mod jobs;
+mod maintenance;
 mod migrations;
 mod scripts;
 mod search;
