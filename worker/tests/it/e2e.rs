@@ -756,3 +756,91 @@ async fn a_hard_bounce_for_a_sent_email_marks_the_ledger_and_blocks_the_next_sen
     assert_eq!(body["error"]["code"], "recipient_suppressed");
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn three_workers_on_a_one_second_schedule_run_exactly_one_job_per_tick() {
+    let mut stack = Stack::start().await;
+    let schedule = [
+        ("EXPIRE_TOKENS_CRON", "* * * * * *"),
+        // The other schedules stay out of the way: midnight on 1 January.
+        ("REFRESH_SEARCH_CRON", "0 0 0 1 1 *"),
+        ("PRUNE_CRON", "0 0 0 1 1 *"),
+    ];
+    for _ in 0..3 {
+        stack.spawn_worker(&schedule);
+    }
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Let the last tick's job finish, then stop the ticks.
+    let cutoff = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for mut w in stack.workers.drain(..) {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT idempotency_key, status, attempts FROM apalis.jobs
+         WHERE job_type = 'herald.maintenance' AND idempotency_key LIKE 'expire_tokens@%' ORDER BY idempotency_key",
+    )
+    .fetch_all(&stack.pool)
+    .await
+    .expect("jobs");
+    let ticks: Vec<chrono::DateTime<chrono::Utc>> = rows
+        .iter()
+        .map(|(key, _, _)| {
+            key.trim_start_matches("expire_tokens@")
+                .parse()
+                .expect("tick time")
+        })
+        .collect();
+    assert!(
+        ticks.len() >= 5,
+        "about one tick a second for 7 s, got {}",
+        ticks.len()
+    );
+    let mut distinct = ticks.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ticks.len(), "one job per tick");
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::seconds(1),
+            "no tick is missed: {ticks:?}"
+        );
+    }
+    for ((key, status, attempts), tick) in rows.iter().zip(&ticks) {
+        if *tick < cutoff {
+            assert_eq!((status.as_str(), *attempts), ("Done", 1), "{key} ran once");
+        }
+    }
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/schedules", stack.api_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("schedules");
+    let body: Value = res.json().await.expect("json");
+    let expire = body["schedules"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "expire_tokens"))
+        .cloned()
+        .expect("expire_tokens is listed");
+    assert_eq!(expire["cron"], "* * * * * *");
+    assert!(expire["next_tick_at"].is_string());
+    let last = &expire["last_run"];
+    assert!(last["job_id"].is_string(), "{expire}");
+    if last["status"] == "succeeded" {
+        assert!(last["result"]["Ok"]["refresh_tokens"].is_number(), "{last}");
+    }
+    let reports: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = 'herald.maintenance' AND status = 'Done'
+           AND last_result -> 'Ok' ? 'verification_tokens'",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .expect("reports");
+    assert!(
+        reports >= 4,
+        "finished ticks store their report ({reports})"
+    );
+    stack.finish().await;
+}
