@@ -4,4 +4,5 @@
 mod e2e;
 mod feedback;
 mod helpers;
+mod maintenance;
 mod retry_policy;
