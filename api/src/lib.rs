@@ -28,6 +28,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// The database pool.
     pub pool: PgPool,
+    /// Metrics (the database-backed gauges; the API updates no counters of its own).
+    pub metrics: Arc<herald_shared::metrics::Metrics>,
 }
 
 /// The OpenAPI document of every route.
@@ -63,6 +65,21 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
 
+/// Prometheus metrics (unauthenticated, like most scrape targets; keep the port internal).
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    match state.metrics.render(&state.pool).await {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot read the database for /metrics");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("route")
 }
@@ -96,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
@@ -116,6 +134,7 @@ impl Application {
         let state = AppState {
             config: Arc::new(config),
             pool,
+            metrics: Arc::default(),
         };
         Ok(Self {
             listener,

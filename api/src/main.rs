@@ -8,7 +8,10 @@ use herald_shared::{db, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
+    if let Err(err) = telemetry::init() {
+        eprintln!("herald-api: {err}");
+        return ExitCode::FAILURE;
+    }
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -6,6 +6,7 @@ pub mod db;
 pub mod email;
 pub mod jobs;
 pub mod maintenance;
+pub mod metrics;
 pub mod phrases;
 pub mod secret;
 pub mod suppressions;

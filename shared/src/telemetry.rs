@@ -2,13 +2,35 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global `tracing` subscriber; `RUST_LOG` filters (default `info,sqlx=warn`).
-pub fn init() {
+/// Installs the global `tracing` subscriber: `LOG_FORMAT` `pretty` (default, for people) or `json`
+/// (one object per line, for log pipelines); `RUST_LOG` filters (default `info,sqlx=warn`).
+pub fn init() -> Result<(), crate::ConfigError> {
+    use crate::config::{Env, ProcessEnv};
     // sqlx logs server notices such as "relation already exists, skipping" at info.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // A second call (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    match ProcessEnv.get("LOG_FORMAT").as_deref().map(str::trim) {
+        None | Some("pretty") => {
+            let _ = builder.try_init();
+        }
+        Some("json") => {
+            let _ = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .try_init();
+        }
+        Some(_) => {
+            let _ = builder.try_init();
+            return Err(crate::ConfigError::Invalid {
+                var: "LOG_FORMAT",
+                reason: "must be json or pretty".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

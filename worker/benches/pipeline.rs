@@ -368,6 +368,7 @@ async fn main() {
         backoff_max: config.backoff_max,
         pause: config.pause,
         slots: Default::default(),
+        metrics: Default::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let start = Instant::now();

@@ -56,6 +56,8 @@ pub struct WorkerConfig {
     pub schedules: Vec<TaskSchedule>,
     /// Batch sizes and retention of the maintenance jobs.
     pub maintenance: Settings,
+    /// `METRICS_ADDR` (default 127.0.0.1:9100; port 0 picks one): where `/metrics` is served.
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 fn positive<T: PartialOrd + Default + Copy>(var: &'static str, v: T) -> Result<T, ConfigError> {
@@ -164,6 +166,11 @@ impl WorkerConfig {
             )?,
             schedules: maintenance::schedules_from(env)?,
             maintenance: Settings::from_source(env)?,
+            metrics_addr: parse_or(
+                env,
+                "METRICS_ADDR",
+                std::net::SocketAddr::from(([127, 0, 0, 1], 9100)),
+            )?,
         })
     }
 }

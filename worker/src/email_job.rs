@@ -6,6 +6,7 @@ use std::time::Duration;
 use apalis::prelude::{BoxDynError, Data, TaskId};
 use chrono::Utc;
 use herald_shared::email::{self, Category, EmailContent, EmailJob, templates};
+use herald_shared::metrics::{Metrics, Outcome as EmailOutcome, QueueOutcome};
 use herald_shared::tokens::{self, TokenKind};
 use herald_shared::{address, jobs};
 use rand::Rng;
@@ -34,6 +35,8 @@ pub struct EmailContext {
     pub pause: Duration,
     /// Send slots this process reserved and has not used yet.
     pub slots: SendSlots,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A block of reserved send slots. Reserving 50 ms worth at a time keeps the shared limiter's row
@@ -111,10 +114,21 @@ pub async fn handle(
 ) -> Result<Value, BoxDynError> {
     let id = task_id.to_string();
     let span = tracing::info_span!("email_job", job_id = %id, to = %address::mask(&job.to));
-    run(&ctx, &id, &job)
-        .instrument(span)
-        .await
-        .map_err(|e| Box::new(e) as BoxDynError)
+    let started = std::time::Instant::now();
+    let result = run(&ctx, &id, &job).instrument(span).await;
+    let outcome = if result.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    ctx.metrics
+        .job_duration
+        .get_or_create(&QueueOutcome {
+            queue: email::EMAIL_QUEUE.into(),
+            outcome: outcome.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result.map_err(|e| Box::new(e) as BoxDynError)
 }
 
 async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobFailure> {
@@ -122,6 +136,10 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     let slot = ctx.slots.next(&ctx.pool, ctx.send_rate).await?;
     let wait = (slot - Utc::now()).to_std().unwrap_or_default();
     if !wait.is_zero() {
+        ctx.metrics.rate_limiter_waits.inc();
+        ctx.metrics
+            .rate_limiter_wait_seconds
+            .inc_by(wait.as_secs_f64());
         tokio::time::sleep(wait).await;
     }
 
@@ -172,6 +190,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     if email::is_suppressed(&mut tx, &job.to, job.category).await? {
         email::mark_outcome(&mut tx, id, "suppressed", None).await?;
         tx.commit().await?;
+        count(ctx, "suppressed");
         tracing::info!(job_id = id, to = %address::mask(&job.to), "recipient suppressed; not sent");
         return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
     }
@@ -210,24 +229,23 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     let error = match ctx.sender.send(&outgoing).await {
         Ok(message_id) => {
             record_sent(ctx, id, &message_id).await?;
+            count(ctx, "sent");
             tracing::info!(job_id = id, ses_message_id = %message_id, "email sent");
             return Ok(json!({"outcome": "sent", "ses_message_id": message_id}));
         }
         Err(error) => error,
     };
+    if let SendError::Retryable(reason) = &error
+        && ["Throttl", "TooManyRequests", "LimitExceeded"]
+            .iter()
+            .any(|t| reason.contains(t))
+    {
+        ctx.metrics.ses_throttles.inc();
+    }
     let mut conn = ctx.pool.acquire().await?;
     match error {
         SendError::Retryable(reason) if !last_attempt => {
-            let delay = backoff(
-                ctx.backoff_base,
-                ctx.backoff_max,
-                delivery.attempts as u32 + 1,
-            );
-            let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            jobs::reschedule_running(&mut conn, id, next, false).await?;
-            email::mark_outcome(&mut conn, id, "pending", Some(&reason)).await?;
-            tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
-            Err(SendError::Retryable(reason).into())
+            retry_later(ctx, &mut conn, id, &delivery, reason).await
         }
         SendError::Paused(reason) => {
             let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
@@ -242,10 +260,40 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
             let reason = err.to_string();
             email::mark_outcome(&mut conn, id, "failed", Some(&reason)).await?;
             jobs::finish_after_this_run(&mut conn, id).await?;
+            count(ctx, "failed");
             tracing::warn!(job_id = id, error = %reason, "email failed for good");
             Err(err.into())
         }
     }
+}
+
+fn count(ctx: &EmailContext, outcome: &str) {
+    ctx.metrics
+        .emails
+        .get_or_create(&EmailOutcome {
+            outcome: outcome.into(),
+        })
+        .inc();
+}
+
+/// Schedules the next attempt after a retryable failure.
+async fn retry_later(
+    ctx: &EmailContext,
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    delivery: &email::Delivery,
+    reason: String,
+) -> Result<Value, JobFailure> {
+    let delay = backoff(
+        ctx.backoff_base,
+        ctx.backoff_max,
+        delivery.attempts as u32 + 1,
+    );
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    jobs::reschedule_running(conn, id, next, false).await?;
+    email::mark_outcome(conn, id, "pending", Some(&reason)).await?;
+    tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
+    Err(SendError::Retryable(reason).into())
 }
 
 /// Records SES's acceptance, trying a few times: losing this write is what could cause a resend.

@@ -14,6 +14,7 @@ use apalis::prelude::*;
 use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
 use herald_shared::email::{EMAIL_QUEUE, EmailJob};
 use herald_shared::maintenance::{MAINTENANCE_QUEUE, MaintenanceJob};
+use herald_shared::metrics::Metrics;
 use sqlx::PgPool;
 
 pub use config::WorkerConfig;
@@ -21,7 +22,11 @@ use email_job::EmailContext;
 use ses::SesSender;
 
 /// Builds the email context: the SES client and the sending rate every process shares.
-pub async fn email_context(config: &WorkerConfig, pool: PgPool) -> Arc<EmailContext> {
+pub async fn email_context(
+    config: &WorkerConfig,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+) -> Arc<EmailContext> {
     let aws = ses::aws_config(config.ses_timeout).await;
     let sender = SesSender::new(
         aws_sdk_sesv2::Client::new(&aws),
@@ -51,6 +56,7 @@ pub async fn email_context(config: &WorkerConfig, pool: PgPool) -> Arc<EmailCont
         backoff_max: config.backoff_max,
         pause: config.pause,
         slots: Default::default(),
+        metrics,
     })
 }
 
@@ -58,6 +64,7 @@ pub async fn email_context(config: &WorkerConfig, pool: PgPool) -> Arc<EmailCont
 pub async fn feedback_consumer(
     config: &WorkerConfig,
     pool: PgPool,
+    metrics: Arc<Metrics>,
 ) -> Option<feedback::FeedbackConsumer> {
     let queue_url = config.sqs_feedback_queue_url.clone()?;
     let wait_seconds = 20;
@@ -75,6 +82,7 @@ pub async fn feedback_consumer(
         concurrency: config.feedback_concurrency,
         wait_seconds,
         stats: Arc::default(),
+        metrics,
     })
 }
 
@@ -96,6 +104,7 @@ pub async fn run(
     let maintenance_ctx = Arc::new(maintenance::MaintenanceContext {
         pool: pool.clone(),
         settings: config.maintenance.clone(),
+        metrics: ctx.metrics.clone(),
     });
     let maintenance_config = queue_config.clone().queue(MAINTENANCE_QUEUE).batch_size(1);
     let maintenance_pool = pool.clone();
@@ -145,4 +154,48 @@ pub async fn run(
             Ok(())
         })
         .await
+}
+
+/// Serves `/metrics` on `addr` until `shutdown` resolves; returns the bound address first.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::http::{StatusCode, header};
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (pool, metrics) = (pool.clone(), metrics.clone());
+            async move {
+                match metrics.render(&pool).await {
+                    Ok(body) => (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        body,
+                    ),
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot read the database for /metrics");
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            String::new(),
+                        )
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %err, "metrics server stopped");
+        }
+    });
+    Ok((bound, task))
 }

@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use herald_shared::{DbConfig, db, telemetry};
+use std::sync::Arc;
+
+use herald_shared::metrics::Metrics;
 use herald_worker::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +19,10 @@ USAGE:
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
+    if let Err(err) = telemetry::init() {
+        eprintln!("herald-worker: {err}");
+        return ExitCode::FAILURE;
+    }
     match dispatch().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -57,17 +63,29 @@ async fn run() -> anyhow::Result<()> {
         .await
         .context("connecting to the database")?;
     db::ensure_current(&pool).await?;
-    let ctx = herald_worker::email_context(&config, pool.clone()).await;
+    let metrics = Arc::new(Metrics::default());
+    let ctx = herald_worker::email_context(&config, pool.clone(), metrics.clone()).await;
     let token = CancellationToken::new();
-    let consumer = match herald_worker::feedback_consumer(&config, pool.clone()).await {
-        Some(consumer) => Some(tokio::spawn(consumer.run(token.clone()))),
-        None => {
-            tracing::warn!(
-                "SQS_FEEDBACK_QUEUE_URL is not set: bounces and complaints are not read"
-            );
-            None
-        }
-    };
+    let (metrics_addr, metrics_server) = herald_worker::serve_metrics(
+        config.metrics_addr,
+        pool.clone(),
+        metrics.clone(),
+        token.clone().cancelled_owned(),
+    )
+    .await
+    .context("binding METRICS_ADDR")?;
+    // Scripts and tests read this line to learn the port when METRICS_ADDR asks for port 0.
+    println!("herald-worker metrics on http://{metrics_addr}/metrics");
+    let consumer =
+        match herald_worker::feedback_consumer(&config, pool.clone(), metrics.clone()).await {
+            Some(consumer) => Some(tokio::spawn(consumer.run(token.clone()))),
+            None => {
+                tracing::warn!(
+                    "SQS_FEEDBACK_QUEUE_URL is not set: bounces and complaints are not read"
+                );
+                None
+            }
+        };
     tokio::spawn({
         let token = token.clone();
         async move {
@@ -87,6 +105,7 @@ async fn run() -> anyhow::Result<()> {
         let _ = consumer.await;
     }
     let _ = ticker.await;
+    let _ = metrics_server.await;
     pool.close().await;
     tracing::info!("worker stopped");
     Ok(())

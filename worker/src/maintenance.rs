@@ -19,6 +19,8 @@ pub struct MaintenanceContext {
     pub pool: PgPool,
     /// Batch sizes and retention.
     pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<herald_shared::metrics::Metrics>,
 }
 
 /// Runs one maintenance job; a failed run is retried 30 s later (up to 3 runs).
@@ -28,7 +30,20 @@ pub async fn handle(
     ctx: Data<Arc<MaintenanceContext>>,
 ) -> Result<Value, BoxDynError> {
     let id = task_id.to_string();
+    let started = std::time::Instant::now();
     let result = run(&ctx, job.task).await;
+    let outcome = if result.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    ctx.metrics
+        .job_duration
+        .get_or_create(&herald_shared::metrics::QueueOutcome {
+            queue: maintenance::MAINTENANCE_QUEUE.into(),
+            outcome: outcome.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(report) => {
             tracing::info!(job_id = %id, task = job.task.name(), tick = %job.tick, report = %report, "maintenance done");

@@ -28,6 +28,8 @@ pub enum Outcome {
         new: usize,
         /// Events already recorded by an earlier delivery of the same message.
         duplicates: usize,
+        /// The type of each new event (`bounce`, `complaint`, `delivery`, …).
+        kinds: Vec<String>,
     },
     /// From a topic not in `SNS_ALLOWED_TOPIC_ARNS`: not applied, left for the dead-letter queue.
     TopicNotAllowed(String),
@@ -66,17 +68,22 @@ pub async fn apply(
         return Ok(Outcome::TopicNotAllowed(topic.clone()));
     }
     let mut tx = pool.begin().await?;
-    let (mut new, mut duplicates) = (0, 0);
+    let (mut new, mut duplicates, mut kinds) = (0, 0, Vec::new());
     for event in &events {
         if record(&mut tx, event, &raw, sqs_message_id).await? {
             apply_event(&mut tx, policy, event).await?;
             new += 1;
+            kinds.push(event.kind.as_str().to_owned());
         } else {
             duplicates += 1;
         }
     }
     tx.commit().await?;
-    Ok(Outcome::Applied { new, duplicates })
+    Ok(Outcome::Applied {
+        new,
+        duplicates,
+        kinds,
+    })
 }
 
 /// Stores the event; false if the same event was stored before.

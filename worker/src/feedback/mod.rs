@@ -47,6 +47,8 @@ pub struct FeedbackConsumer {
     pub wait_seconds: i32,
     /// Counters.
     pub stats: Arc<FeedbackStats>,
+    /// Metrics.
+    pub metrics: Arc<herald_shared::metrics::Metrics>,
 }
 
 impl FeedbackConsumer {
@@ -106,8 +108,18 @@ impl FeedbackConsumer {
             .unwrap_or_default();
         let body = message.body().unwrap_or_default();
         let delete = match apply(&self.pool, &self.policy, body, message.message_id()).await {
-            Ok(Outcome::Applied { new, duplicates }) => {
+            Ok(Outcome::Applied {
+                new,
+                duplicates,
+                kinds,
+            }) => {
                 self.stats.applied.fetch_add(new as u64, Ordering::Relaxed);
+                for kind in kinds {
+                    self.metrics
+                        .feedback_events
+                        .get_or_create(&herald_shared::metrics::TypeLabel { r#type: kind })
+                        .inc();
+                }
                 self.stats
                     .duplicates
                     .fetch_add(duplicates as u64, Ordering::Relaxed);
@@ -135,6 +147,7 @@ impl FeedbackConsumer {
             }
             Err(ApplyError::Parse(err)) => {
                 self.stats.poison.fetch_add(1, Ordering::Relaxed);
+                self.metrics.poison_messages.inc();
                 tracing::warn!(sqs_message_id = id, receives, error = %err, "poison feedback message; left for the dead-letter queue");
                 false
             }

@@ -256,6 +256,26 @@ async fn create_user(stack: &Stack, prefix: &str, name: &str) -> (uuid::Uuid, St
     (id, email)
 }
 
+/// An SQS client for moto.
+pub async fn moto_sqs() -> aws_sdk_sqs::Client {
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(emulator())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&aws)
+}
+
 /// Messages moto recorded, by SES message id.
 async fn moto_messages() -> Vec<Value> {
     let data: Value = reqwest::get(format!("{}/moto-api/data.json", emulator()))
@@ -669,23 +689,7 @@ async fn sigterm_lets_in_flight_jobs_finish_and_exits_zero() {
 async fn a_hard_bounce_for_a_sent_email_marks_the_ledger_and_blocks_the_next_send() {
     let mut stack = Stack::start().await;
     // A feedback queue of this test's own on moto.
-    let endpoint = emulator();
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let sqs = moto_sqs().await;
     let queue_url = sqs
         .create_queue()
         .queue_name(unique("e2e-fb"))
@@ -841,6 +845,170 @@ async fn three_workers_on_a_one_second_schedule_run_exactly_one_job_per_tick() {
     assert!(
         reports >= 4,
         "finished ticks store their report ({reports})"
+    );
+    stack.finish().await;
+}
+
+/// The worker's metrics address, from the line it prints at start.
+fn metrics_url(stack: &Stack) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some(line) = stack
+            .logs()
+            .lines()
+            .find(|l| l.starts_with("herald-worker metrics on "))
+        {
+            return line
+                .trim_start_matches("herald-worker metrics on ")
+                .trim()
+                .to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the worker never printed its metrics address"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+}
+
+#[tokio::test]
+async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_address() {
+    let mut stack = Stack::start().await;
+    let sqs = moto_sqs().await;
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique("metrics-fb"))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    stack.spawn_worker(&[
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("SQS_FEEDBACK_QUEUE_URL", &queue_url),
+        ("SES_MAX_SEND_RATE", "4"),
+        ("EXPIRE_TOKENS_CRON", "* * * * * *"),
+    ]);
+    let tag = unique("metric");
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let (_, body) = stack
+            .post(
+                "/v1/emails",
+                json!({"to": format!("{tag}-{i}@example.com"), "subject": "Hi", "text": "Hello"}),
+            )
+            .await;
+        jobs.push(body["job_id"].as_str().expect("id").to_owned());
+    }
+    let mut sent_to = Vec::new();
+    for id in &jobs {
+        let job = stack.wait_final(id, Duration::from_secs(30)).await;
+        sent_to.push(
+            job["result"]["ses_message_id"]
+                .as_str()
+                .expect("sent")
+                .to_owned(),
+        );
+    }
+    let bounce = json!({"notificationType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "bounceSubType": "General", "feedbackId": unique("fb"),
+                   "timestamp": chrono::Utc::now().to_rfc3339(), "bouncedRecipients": [{"emailAddress": format!("{tag}-0@example.com")}]},
+        "mail": {"messageId": sent_to[0], "timestamp": chrono::Utc::now().to_rfc3339()}});
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body(bounce.to_string())
+        .send()
+        .await
+        .expect("bounce");
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body("{ not json")
+        .send()
+        .await
+        .expect("poison");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let url = metrics_url(&stack);
+    let worker = reqwest::get(&url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert!(value(&worker, r#"herald_emails_total{outcome="sent"}"#) >= 3.0);
+    assert!(
+        value(&worker, r#"herald_rate_limiter_waits_total"#) >= 1.0,
+        "3 sends at 4/s wait"
+    );
+    assert!(value(&worker, r#"herald_rate_limiter_wait_seconds_total"#) > 0.0);
+    assert_eq!(value(&worker, r#"herald_ses_throttles_total"#), 0.0);
+    assert!(
+        value(
+            &worker,
+            r#"herald_job_duration_seconds_count{queue="herald.email",outcome="succeeded"}"#
+        ) >= 3.0
+    );
+    assert_eq!(
+        value(&worker, r#"herald_feedback_events_total{type="bounce"}"#),
+        1.0
+    );
+    assert!(value(&worker, r#"herald_feedback_poison_messages_total"#) >= 1.0);
+    assert_eq!(value(&worker, r#"herald_suppressions{type="bounce"}"#), 1.0);
+    assert!(
+        value(
+            &worker,
+            r#"herald_queue_jobs{queue="herald.email",state="succeeded"}"#
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            &worker,
+            r#"herald_queue_oldest_waiting_seconds{queue="herald.email"}"#
+        ) >= 0.0
+    );
+    assert!(
+        value(
+            &worker,
+            r#"herald_schedule_last_success_timestamp_seconds{schedule="expire_tokens"}"#
+        ) > 1.7e9
+    );
+    assert!(worker.contains(r#"herald_emails_total{outcome="suppressed"}"#));
+    assert!(worker.contains(r#"herald_emails_total{outcome="failed"}"#));
+
+    let api = reqwest::get(format!("{}/metrics", stack.api_url))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(value(&api, r#"herald_suppressions{type="bounce"}"#), 1.0);
+    assert!(
+        value(
+            &api,
+            r#"herald_queue_jobs{queue="herald.email",state="succeeded"}"#
+        ) >= 3.0
+    );
+
+    let logs = stack.logs();
+    for i in 0..3 {
+        let full = format!("{tag}-{i}@example.com");
+        assert!(
+            !logs.contains(&full),
+            "a full address is in the logs: {full}"
+        );
+    }
+    assert!(
+        logs.contains("***@example.com"),
+        "recipients are logged masked"
     );
     stack.finish().await;
 }

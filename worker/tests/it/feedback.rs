@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::e2e::{emulator, unique};
+use crate::e2e::{emulator, moto_sqs, unique};
 use crate::helpers::setup_queue;
 
 fn policy(allowed: &[&str]) -> Policy {
@@ -60,23 +60,7 @@ struct Moto {
 
 impl Moto {
     async fn new() -> Self {
-        let endpoint = emulator();
-        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
-            .load()
-            .await;
-        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let sqs = moto_sqs().await;
         let name = unique("fb");
         let dlq_url = sqs
             .create_queue()
@@ -189,6 +173,7 @@ impl Moto {
             concurrency: 1,
             wait_seconds: 1,
             stats: Arc::new(FeedbackStats::default()),
+            metrics: Arc::default(),
         }
     }
 
@@ -468,7 +453,8 @@ async fn soft_bounces_are_counted_and_suppress_at_the_threshold_within_the_windo
         again,
         Outcome::Applied {
             new: 0,
-            duplicates: 1
+            duplicates: 1,
+            kinds: vec![]
         }
     );
     assert_eq!(suppression(&pool, "soft@example.com").await, None);

@@ -57,6 +57,7 @@ pub fn context(
         backoff_max: config.backoff_max,
         pause: config.pause,
         slots: Default::default(),
+        metrics: Default::default(),
     })
 }
 
