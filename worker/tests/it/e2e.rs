@@ -98,6 +98,8 @@ impl Stack {
         cmd.env("DATABASE_URL", &self.db_url)
             .env("API_TOKEN", TOKEN)
             .env("API_ADDR", "127.0.0.1:0")
+            // Tests run in parallel: every worker takes a free port for its metrics.
+            .env("METRICS_ADDR", "127.0.0.1:0")
             .env("FRONTEND_URL", "https://app.example.com")
             .env("EMAIL_FROM", "noreply@herald.test")
             .env("AWS_ENDPOINT_URL", emulator())
