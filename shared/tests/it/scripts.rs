@@ -102,6 +102,17 @@ impl ScriptDb {
             .expect("suppression");
     }
 
+    async fn drop_db_and_role(self, role: &str) {
+        let mut conn = self.maintenance().await;
+        self.drop_db().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS \"{role}\""
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop role");
+    }
+
     async fn drop_db(self) {
         let mut conn = self.maintenance().await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -328,4 +339,63 @@ fn every_script_explains_itself_with_help() {
             "{script}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_app_role_reads_and_writes_data_but_cannot_change_the_schema() {
+    let db = ScriptDb::new();
+    let role = format!("{}_app", db.name.replace("herald_script_", "h"));
+    let out = db.run("setup-db.sh", &["--app-role", &role], &[]);
+    let all = assert_ok(&out);
+    assert!(
+        all.contains(&format!("role {role} can read and write data")),
+        "{all}"
+    );
+    // Running it again is harmless.
+    assert_ok(&db.run("setup-db.sh", &["--app-role", &role], &[]));
+    let bad = db.run(
+        "setup-db.sh",
+        &["--app-role", "Robert'); DROP TABLE users;--"],
+        &[],
+    );
+    assert!(!bad.status.success(), "odd role names are refused");
+
+    let (base, _) = db.url.rsplit_once('/').expect("url");
+    let host = base.rsplit_once('@').map_or(base, |(_, h)| h);
+    let as_app = format!("postgres://{role}@{host}/{}", db.name);
+    let mut app = PgConnection::connect(&as_app)
+        .await
+        .expect("the app role can log in");
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, suppression_type) VALUES ('a@b.cd', 'manual')",
+    )
+    .execute(&mut app)
+    .await
+    .expect("DML is allowed");
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
+        .fetch_one(&mut app)
+        .await
+        .expect("read apalis");
+    assert_eq!(jobs, 0);
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM public._sqlx_migrations")
+        .fetch_one(&mut app)
+        .await
+        .expect("the readiness check reads the bookkeeping");
+    assert!(applied >= 5);
+    for ddl in [
+        "CREATE TABLE public.intruder (id int)",
+        "DROP TABLE users",
+        "ALTER TABLE users ADD COLUMN x int",
+        "CREATE TABLE apalis.intruder (id int)",
+        "DELETE FROM public._sqlx_migrations",
+    ] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut app)
+            .await
+            .expect_err(ddl);
+        let code = crate::helpers::sqlstate(&err);
+        assert!(matches!(code.as_deref(), Some("42501")), "{ddl}: {err}");
+    }
+    drop(app);
+    db.drop_db_and_role(&role).await;
 }
