@@ -49,27 +49,6 @@ fi
 log "database $(url_db "$DATABASE_URL") is ready"
 
 if [ -n "$app_role" ]; then
-    major="$(server_major "$DATABASE_URL")"
-    # MAINTAIN (PostgreSQL 17+) lets the role ANALYZE and REINDEX the search tables it repairs.
-    maintain=""
-    [ "$major" -ge 17 ] && maintain="GRANT MAINTAIN ON public.users, public.phrases TO :\"role\";"
-    "$(any_psql)" -X -q -v ON_ERROR_STOP=1 -v role="$app_role" -v password="${APP_DB_PASSWORD:-}" \
-        -v db="$(url_db "$DATABASE_URL")" "$DATABASE_URL" <<SQL || die "could not set up role $app_role"
-SELECT format('CREATE ROLE %I LOGIN', :'role')
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
-ALTER ROLE :"role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
-SELECT format('ALTER ROLE %I PASSWORD %L', :'role', :'password') WHERE :'password' <> '' \gexec
-GRANT CONNECT, TEMPORARY ON DATABASE :"db" TO :"role";
-REVOKE CREATE ON SCHEMA public FROM :"role";
-GRANT USAGE ON SCHEMA public, apalis TO :"role";
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, apalis TO :"role";
-REVOKE INSERT, UPDATE, DELETE ON public._sqlx_migrations, apalis._sqlx_migrations FROM :"role";
-GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, apalis TO :"role";
-GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public, apalis TO :"role";
-ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"role";
-ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO :"role";
-ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT EXECUTE ON FUNCTIONS TO :"role";
-$maintain
-SQL
+    "$bin" app-role "$app_role" >&2 || die "could not set up role $app_role"
     log "role $app_role can read and write data but not change the schema; point the API and worker at it"
 fi

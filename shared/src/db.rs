@@ -240,3 +240,78 @@ pub async fn server_version(pool: &PgPool) -> Result<String, DbError> {
         .fetch_one(pool)
         .await?)
 }
+
+/// Creates or updates the login role the API and worker use: data rights only (no DDL), read-only
+/// on the migration bookkeeping, MAINTAIN on the search tables on PostgreSQL 17+. Run it as the
+/// owner after migrating. `role` must be a plain lower-case SQL name.
+pub async fn grant_app_role(
+    pool: &PgPool,
+    role: &str,
+    password: Option<&str>,
+) -> Result<(), DbError> {
+    let valid = !role.is_empty()
+        && role.len() <= 63
+        && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && role
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(DbError::NotCurrent(format!(
+            "{role:?} is not a plain lower-case role name"
+        )));
+    }
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await?;
+    let major: i32 =
+        sqlx::query_scalar("SELECT current_setting('server_version_num')::int / 10000")
+            .fetch_one(pool)
+            .await?;
+    let mut tx = pool.begin().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut *tx)
+            .await?;
+    let mut statements = Vec::new();
+    if !exists {
+        statements.push(format!("CREATE ROLE \"{role}\" LOGIN"));
+    }
+    statements.extend([
+        format!("ALTER ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"),
+        format!("GRANT CONNECT, TEMPORARY ON DATABASE \"{}\" TO \"{role}\"", database.replace('"', "\"\"")),
+        format!("REVOKE CREATE ON SCHEMA public FROM \"{role}\""),
+        format!("GRANT USAGE ON SCHEMA public, apalis TO \"{role}\""),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, apalis TO \"{role}\""),
+        format!("REVOKE INSERT, UPDATE, DELETE ON public._sqlx_migrations, apalis._sqlx_migrations FROM \"{role}\""),
+        format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, apalis TO \"{role}\""),
+        format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public, apalis TO \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT EXECUTE ON FUNCTIONS TO \"{role}\""),
+    ]);
+    if major >= 17 {
+        // Lets the role ANALYZE and REINDEX the tables the search repair job maintains.
+        statements.push(format!(
+            "GRANT MAINTAIN ON public.users, public.phrases TO \"{role}\""
+        ));
+    }
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let Some(password) = password.filter(|p| !p.is_empty()) {
+        let alter: String =
+            sqlx::query_scalar("SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)")
+                .bind(role)
+                .bind(password)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query(sqlx::AssertSqlSafe(alter))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -11,6 +11,9 @@ USAGE:
     herald-migrate [run]      create the database if missing, then apply pending migrations
     herald-migrate status     report server, extensions, applied and pending migrations
                               (exit 0 when current, 3 when migrations are pending)
+    herald-migrate app-role NAME
+                              create or update the data-only login role for the API and worker
+                              (password: APP_DB_PASSWORD, if set); run as the owner, after `run`
 
 ENVIRONMENT:
     DATABASE_URL (required), DB_MAX_CONNECTIONS, DB_MIN_CONNECTIONS, DB_ACQUIRE_TIMEOUT";
@@ -21,6 +24,15 @@ async fn main() -> ExitCode {
     let command = match args.as_slice() {
         [] => "run",
         [one] => one.as_str(),
+        [cmd, role] if cmd == "app-role" => {
+            return match app_role(role).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("herald-migrate: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {
             eprintln!("herald-migrate: expected at most one command\n\n{HELP}");
             return ExitCode::from(2);
@@ -43,6 +55,18 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn app_role(role: &str) -> Result<(), String> {
+    let mut config = DbConfig::from_env().map_err(|e| error_chain(&e))?;
+    config.min_connections = 0;
+    let pool = db::connect(&config).await.map_err(|e| error_chain(&e))?;
+    let password = std::env::var("APP_DB_PASSWORD").ok();
+    db::grant_app_role(&pool, role, password.as_deref())
+        .await
+        .map_err(|e| error_chain(&e))?;
+    println!("role {role} can read and write data but not change the schema");
+    Ok(())
 }
 
 async fn execute(command: &str) -> Result<ExitCode, String> {
