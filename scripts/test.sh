@@ -58,6 +58,10 @@ build_tests
 "$HERALD_ROOT/scripts/emulator.sh" start
 export HERALD_TEST_AWS_ENDPOINT="$EMULATOR_URL"
 
+# No Docker engine runs here: check the compose file and Dockerfiles as far as that allows.
+log "checking docker-compose.yml and docker/ (no engine needed)"
+"$EMULATOR_HOME/venv/bin/python" "$HERALD_ROOT/scripts/check-docker.py" || die "the Docker files are inconsistent"
+
 # Servers: label|url of the master database sqlx::test creates its test databases from.
 # Leave the services as we found them: stop at exit what this run started.
 cleanup=()
