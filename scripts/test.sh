@@ -58,6 +58,18 @@ build_tests
 "$HERALD_ROOT/scripts/emulator.sh" start
 export HERALD_TEST_AWS_ENDPOINT="$EMULATOR_URL"
 
+# Headless Chromium for the dashboard test (Debian's package; nothing is downloaded at run time).
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing chromium for the dashboard test (Debian package, once)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
+            die "could not install chromium"
+    else
+        die "the dashboard test needs Chromium: sudo apt-get install chromium"
+    fi
+fi
+export HERALD_CHROMIUM="$(command -v chromium)"
+
 # No Docker engine runs here: check the compose file and Dockerfiles as far as that allows.
 log "checking docker-compose.yml and docker/ (no engine needed)"
 "$EMULATOR_HOME/venv/bin/python" "$HERALD_ROOT/scripts/check-docker.py" || die "the Docker files are inconsistent"

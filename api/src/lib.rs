@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use config::ApiConfig;
 use error::ApiError;
-use routes::{emails, health, jobs, schedules, suppressions, users};
+use routes::{admin, emails, health, jobs, schedules, suppressions, users};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -114,6 +114,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics))
+        .route("/admin", get(admin::page))
+        .route("/admin/login", get(admin::login))
+        .route("/admin/jobs/{id}/retry", post(admin::retry))
         .merge(v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

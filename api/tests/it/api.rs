@@ -4,16 +4,16 @@ use herald_api::{ApiConfig, Application};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-const TOKEN: &str = "api-test-token-0123456789abcdef0123";
+pub const TOKEN: &str = "api-test-token-0123456789abcdef0123";
 
-struct TestApp {
-    url: String,
-    http: reqwest::Client,
-    pool: PgPool,
+pub struct TestApp {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
 }
 
 impl TestApp {
-    async fn spawn(pool: PgPool, with_queue_schema: bool) -> Self {
+    pub async fn spawn(pool: PgPool, with_queue_schema: bool) -> Self {
         if with_queue_schema {
             apalis_postgres::PostgresStorage::setup(&pool)
                 .await
@@ -39,7 +39,7 @@ impl TestApp {
         }
     }
 
-    async fn send(
+    pub async fn send(
         &self,
         method: &str,
         path: &str,
@@ -66,7 +66,7 @@ impl TestApp {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.send("POST", path, Some(&body.to_string()), &[]).await
     }
 }

@@ -1,3 +1,4 @@
 //! API tests: the real router on a real database (one per test), over HTTP.
 
+mod admin;
 mod api;
