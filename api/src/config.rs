@@ -20,6 +20,8 @@ pub struct ApiConfig {
     pub email_max_attempts: u32,
     /// Database settings.
     pub db: DbConfig,
+    /// The compliance guard's thresholds and windows (for `GET /v1/compliance` and metrics).
+    pub compliance: herald_shared::compliance::Settings,
 }
 
 impl ApiConfig {
@@ -68,6 +70,7 @@ impl ApiConfig {
             email_from,
             email_max_attempts,
             db: DbConfig::from_source(env)?,
+            compliance: herald_shared::compliance::Settings::from_source(env)?,
         })
     }
 }

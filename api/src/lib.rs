@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use config::ApiConfig;
 use error::ApiError;
-use routes::{admin, emails, health, jobs, schedules, suppressions, users};
+use routes::{admin, compliance, emails, health, jobs, schedules, suppressions, users};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -43,6 +43,7 @@ pub struct AppState {
         users::verification_email, users::password_reset,
         suppressions::list, suppressions::get, suppressions::add, suppressions::remove,
         schedules::list,
+        compliance::get, compliance::resume,
     ),
     modifiers(&BearerAuth)
 )]
@@ -97,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/password-resets", post(users::password_reset))
         .route("/v1/schedules", get(schedules::list))
+        .route("/v1/compliance", get(compliance::get))
+        .route("/v1/compliance/resume", post(compliance::resume))
         .route(
             "/v1/suppressions",
             get(suppressions::list).post(suppressions::add),
@@ -134,10 +137,13 @@ impl Application {
     /// Binds the configured address (port 0 picks one) and builds the router.
     pub async fn build(config: ApiConfig, pool: PgPool) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        let config_compliance = config.compliance.clone();
         let state = AppState {
             config: Arc::new(config),
             pool,
-            metrics: Arc::default(),
+            metrics: Arc::new(herald_shared::metrics::Metrics::with_compliance(
+                config_compliance,
+            )),
         };
         Ok(Self {
             listener,

@@ -1,6 +1,7 @@
 //! Herald's shared library: configuration, database access and the schema's query functions.
 
 pub mod address;
+pub mod compliance;
 pub mod config;
 pub mod db;
 pub mod email;

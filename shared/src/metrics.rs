@@ -54,6 +54,22 @@ pub struct TypeLabel {
     pub r#type: String,
 }
 
+/// `window`, `category`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowCategory {
+    /// `24h`, `7d`, …
+    pub window: String,
+    /// `all`, `transactional` or `marketing`.
+    pub category: String,
+}
+
+/// One label: `category`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    /// `transactional` or `marketing`.
+    pub category: String,
+}
+
 /// One label: `schedule`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScheduleLabel {
@@ -90,6 +106,11 @@ pub struct Metrics {
     oldest_waiting: Family<QueueLabel, Gauge<f64, AtomicU64>>,
     suppressions: Family<TypeLabel, Gauge>,
     schedule_last_success: Family<ScheduleLabel, Gauge<f64, AtomicU64>>,
+    bounce_rate: Family<WindowCategory, Gauge<f64, AtomicU64>>,
+    complaint_rate: Family<WindowCategory, Gauge<f64, AtomicU64>>,
+    rate_sends: Family<WindowCategory, Gauge>,
+    paused: Family<CategoryLabel, Gauge>,
+    compliance: crate::compliance::Settings,
 }
 
 impl Default for Metrics {
@@ -107,6 +128,11 @@ impl Default for Metrics {
             oldest_waiting: Family::default(),
             suppressions: Family::default(),
             schedule_last_success: Family::default(),
+            bounce_rate: Family::default(),
+            complaint_rate: Family::default(),
+            rate_sends: Family::default(),
+            paused: Family::default(),
+            compliance: crate::compliance::Settings::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,6 +190,26 @@ impl Default for Metrics {
             "Unix time the schedule's job last succeeded",
             m.schedule_last_success.clone(),
         );
+        registry.register(
+            "compliance_bounce_rate",
+            "Permanent bounces over sends, by window and category",
+            m.bounce_rate.clone(),
+        );
+        registry.register(
+            "compliance_complaint_rate",
+            "Complaints over sends, by window and category",
+            m.complaint_rate.clone(),
+        );
+        registry.register(
+            "compliance_sends",
+            "Sends the compliance rates are computed over",
+            m.rate_sends.clone(),
+        );
+        registry.register(
+            "compliance_paused",
+            "1 while the compliance guard pauses the category",
+            m.paused.clone(),
+        );
         // Known label sets start at zero so that every family is visible from the first scrape.
         for outcome in ["sent", "suppressed", "failed"] {
             let _ = m.emails.get_or_create(&Outcome {
@@ -175,6 +221,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics whose compliance rates use these windows and minimum sample.
+    pub fn with_compliance(compliance: crate::compliance::Settings) -> Self {
+        Self {
+            compliance,
+            ..Self::default()
+        }
+    }
+
     /// Reads the database-backed gauges, then renders everything in the Prometheus text format.
     pub async fn render(&self, pool: &PgPool) -> Result<String, sqlx::Error> {
         self.refresh(pool).await?;
@@ -272,6 +326,26 @@ impl Metrics {
                     schedule: task.name().into(),
                 })
                 .set(at);
+        }
+
+        let mut conn = pool.acquire().await?;
+        for rate in crate::compliance::rates(&mut conn, &self.compliance).await? {
+            let label = WindowCategory {
+                window: rate.window,
+                category: rate.category,
+            };
+            self.bounce_rate.get_or_create(&label).set(rate.bounce_rate);
+            self.complaint_rate
+                .get_or_create(&label)
+                .set(rate.complaint_rate);
+            self.rate_sends.get_or_create(&label).set(rate.sends);
+        }
+        for pause in crate::compliance::pauses(&mut conn).await? {
+            self.paused
+                .get_or_create(&CategoryLabel {
+                    category: pause.category,
+                })
+                .set(i64::from(pause.paused));
         }
         Ok(())
     }

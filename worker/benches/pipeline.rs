@@ -369,6 +369,7 @@ async fn main() {
         pause: config.pause,
         slots: Default::default(),
         metrics: Default::default(),
+        compliance_recheck: std::time::Duration::from_millis(500),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let start = Instant::now();

@@ -58,6 +58,10 @@ pub struct WorkerConfig {
     pub maintenance: Settings,
     /// `METRICS_ADDR` (default 127.0.0.1:9100; port 0 picks one): where `/metrics` is served.
     pub metrics_addr: std::net::SocketAddr,
+    /// The compliance guard's thresholds and windows.
+    pub compliance: herald_shared::compliance::Settings,
+    /// `COMPLIANCE_PAUSE_RECHECK_SECS` (default 60): how often a job held by a compliance pause looks again.
+    pub compliance_recheck: Duration,
 }
 
 fn positive<T: PartialOrd + Default + Copy>(var: &'static str, v: T) -> Result<T, ConfigError> {
@@ -171,6 +175,8 @@ impl WorkerConfig {
                 "METRICS_ADDR",
                 std::net::SocketAddr::from(([127, 0, 0, 1], 9100)),
             )?,
+            compliance: herald_shared::compliance::Settings::from_source(env)?,
+            compliance_recheck: secs("COMPLIANCE_PAUSE_RECHECK_SECS", 60)?,
         })
     }
 }

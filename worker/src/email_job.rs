@@ -37,6 +37,8 @@ pub struct EmailContext {
     pub slots: SendSlots,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// How often a job held by a compliance pause looks again.
+    pub compliance_recheck: Duration,
 }
 
 /// A block of reserved send slots. Reserving 50 ms worth at a time keeps the shared limiter's row
@@ -186,6 +188,19 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         email::mark_outcome(&mut tx, id, "pending", Some(&reason)).await?;
         tx.commit().await?;
         return Err(JobFailure::Paused(pause.until));
+    }
+    if herald_shared::compliance::is_paused(&mut tx, job.category).await? {
+        // Held, not failed: the job looks again later and is sent once sending resumes.
+        let until =
+            Utc::now() + chrono::Duration::from_std(ctx.compliance_recheck).unwrap_or_default();
+        jobs::reschedule_running(&mut tx, id, until, true).await?;
+        let reason = format!(
+            "{} sending is paused by the compliance guard",
+            job.category.as_str()
+        );
+        email::mark_outcome(&mut tx, id, "pending", Some(&reason)).await?;
+        tx.commit().await?;
+        return Err(JobFailure::Paused(until));
     }
     if email::is_suppressed(&mut tx, &job.to, job.category).await? {
         email::mark_outcome(&mut tx, id, "suppressed", None).await?;

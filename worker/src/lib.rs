@@ -57,6 +57,7 @@ pub async fn email_context(
         pause: config.pause,
         slots: Default::default(),
         metrics,
+        compliance_recheck: config.compliance_recheck,
     })
 }
 
@@ -105,6 +106,7 @@ pub async fn run(
         pool: pool.clone(),
         settings: config.maintenance.clone(),
         metrics: ctx.metrics.clone(),
+        compliance: config.compliance.clone(),
     });
     let maintenance_config = queue_config.clone().queue(MAINTENANCE_QUEUE).batch_size(1);
     let maintenance_pool = pool.clone();

@@ -21,6 +21,8 @@ pub struct MaintenanceContext {
     pub settings: Settings,
     /// Metrics.
     pub metrics: Arc<herald_shared::metrics::Metrics>,
+    /// The compliance guard's settings.
+    pub compliance: herald_shared::compliance::Settings,
 }
 
 /// Runs one maintenance job; a failed run is retried 30 s later (up to 3 runs).
@@ -78,6 +80,12 @@ async fn run(ctx: &MaintenanceContext, task: Task) -> Result<Value, sqlx::Error>
         Task::Prune => to_value(serde_json::to_value(
             tasks::prune(&ctx.pool, &ctx.settings).await?,
         )),
+        Task::CheckCompliance => {
+            let mut conn = ctx.pool.acquire().await?;
+            to_value(serde_json::to_value(
+                herald_shared::compliance::check(&mut conn, &ctx.compliance).await?,
+            ))
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per resource.
 
 pub mod admin;
+pub mod compliance;
 pub mod emails;
 pub mod health;
 pub mod jobs;

@@ -323,6 +323,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "GET /v1/suppressions/{email}",
         "DELETE /v1/suppressions/{email}",
         "GET /v1/schedules",
+        "GET /v1/compliance",
+        "POST /v1/compliance/resume",
     ]
     .into_iter()
     .map(str::to_owned)

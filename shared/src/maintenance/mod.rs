@@ -27,11 +27,18 @@ pub enum Task {
     RefreshSearchIndex,
     /// Delete finished jobs and old events.
     Prune,
+    /// Recompute the bounce and complaint rates; pause or resume sending.
+    CheckCompliance,
 }
 
 impl Task {
     /// Every task.
-    pub const ALL: [Task; 3] = [Task::ExpireTokens, Task::RefreshSearchIndex, Task::Prune];
+    pub const ALL: [Task; 4] = [
+        Task::ExpireTokens,
+        Task::RefreshSearchIndex,
+        Task::Prune,
+        Task::CheckCompliance,
+    ];
 
     /// The schedule's name.
     pub fn name(self) -> &'static str {
@@ -39,6 +46,7 @@ impl Task {
             Self::ExpireTokens => "expire_tokens",
             Self::RefreshSearchIndex => "refresh_search_index",
             Self::Prune => "prune",
+            Self::CheckCompliance => "check_compliance",
         }
     }
 
@@ -47,6 +55,7 @@ impl Task {
             Self::ExpireTokens => "EXPIRE_TOKENS_CRON",
             Self::RefreshSearchIndex => "REFRESH_SEARCH_CRON",
             Self::Prune => "PRUNE_CRON",
+            Self::CheckCompliance => "COMPLIANCE_CHECK_CRON",
         }
     }
 
@@ -55,6 +64,7 @@ impl Task {
             Self::ExpireTokens => "*/15 * * * *",
             Self::RefreshSearchIndex => "0 * * * *",
             Self::Prune => "0 3 * * *",
+            Self::CheckCompliance => "* * * * *",
         }
     }
 }
@@ -330,7 +340,7 @@ mod tests {
     #[test]
     fn defaults_parse_and_bad_expressions_name_their_variable() {
         let s = schedules_from(&[("PRUNE_CRON", "30 2 * * *")]).expect("valid");
-        assert_eq!(s.len(), 3);
+        assert_eq!(s.len(), 4);
         let prune = &s[2];
         let next = prune
             .next_after("2026-11-26T10:00:00Z".parse().expect("time"))

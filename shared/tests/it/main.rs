@@ -2,6 +2,7 @@
 //! server named by `DATABASE_URL` (scripts/test.sh runs them on PostgreSQL 15 and 17).
 
 mod catalog;
+mod compliance;
 mod helpers;
 mod jobs;
 mod maintenance;

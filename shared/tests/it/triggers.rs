@@ -18,6 +18,7 @@ async fn every_updated_at_table_has_the_trigger_and_no_trigger_lacks_the_column(
     assert_eq!(
         with_column,
         [
+            "compliance_pauses",
             "email_deliveries",
             "email_sending_control",
             "email_suppressions",

@@ -58,6 +58,7 @@ pub fn context(
         pause: config.pause,
         slots: Default::default(),
         metrics: Default::default(),
+        compliance_recheck: std::time::Duration::from_millis(500),
     })
 }
 

@@ -18,6 +18,7 @@ async fn a_worker_starting_after_downtime_runs_one_catch_up_for_the_latest_misse
         ("EXPIRE_TOKENS_CRON", "0 * * * *"),
         ("REFRESH_SEARCH_CRON", "0 0 0 1 1 *"),
         ("PRUNE_CRON", "0 0 0 1 1 *"),
+        ("COMPLIANCE_CHECK_CRON", "0 0 0 1 1 *"),
     ];
     let schedules = maintenance::schedules_from(&env).expect("schedules");
     // Every worker was down for the last three hourly ticks.
@@ -67,6 +68,11 @@ async fn a_worker_starting_after_downtime_runs_one_catch_up_for_the_latest_misse
             .expect("schedules");
     assert_eq!(
         registered,
-        ["expire_tokens", "prune", "refresh_search_index"]
+        [
+            "check_compliance",
+            "expire_tokens",
+            "prune",
+            "refresh_search_index"
+        ]
     );
 }
