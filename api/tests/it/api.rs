@@ -465,3 +465,62 @@ async fn suppressions_can_be_added_raised_read_paged_and_removed_with_events(poo
         ]
     );
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn compliance_reports_rates_and_pauses_and_resume_lifts_them(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    sqlx::query("UPDATE compliance_pauses SET paused = true, reason = 'bounce rate too high', paused_at = now()")
+        .execute(&app.pool)
+        .await
+        .expect("pause");
+    let (status, body) = app.send("GET", "/v1/compliance", None, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let rates = body["rates"].as_array().expect("rates");
+    assert_eq!(
+        rates.len(),
+        6,
+        "two windows × (all, transactional, marketing)"
+    );
+    assert!(
+        rates
+            .iter()
+            .any(|r| r["window"] == "24h" && r["category"] == "all")
+    );
+    assert!(
+        rates
+            .iter()
+            .any(|r| r["window"] == "7d" && r["category"] == "marketing")
+    );
+    assert_eq!(body["thresholds"]["bounce_threshold"], 0.04);
+    assert_eq!(body["thresholds"]["complaint_threshold"], 0.0008);
+    assert!(
+        body["pauses"]
+            .as_array()
+            .expect("pauses")
+            .iter()
+            .all(|p| p["paused"] == true)
+    );
+
+    let (status, bad) = app
+        .post("/v1/compliance/resume", json!({"category": "everything"}))
+        .await;
+    assert_eq!((status, code(&bad)), (422, "validation_failed"));
+    let (status, body) = app
+        .post("/v1/compliance/resume", json!({"category": "marketing"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let pauses = body["pauses"].as_array().expect("pauses");
+    let by = |c: &str| pauses.iter().find(|p| p["category"] == c).expect("row")["paused"].clone();
+    assert_eq!(
+        (by("marketing"), by("transactional")),
+        (json!(false), json!(true))
+    );
+    let (_, body) = app.post("/v1/compliance/resume", json!({})).await;
+    assert!(
+        body["pauses"]
+            .as_array()
+            .expect("pauses")
+            .iter()
+            .all(|p| p["paused"] == false)
+    );
+}

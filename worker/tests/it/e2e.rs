@@ -985,6 +985,32 @@ async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_addr
     );
     assert!(worker.contains(r#"herald_emails_total{outcome="suppressed"}"#));
     assert!(worker.contains(r#"herald_emails_total{outcome="failed"}"#));
+    assert_eq!(
+        value(
+            &worker,
+            r#"herald_compliance_sends{window="24h",category="transactional"}"#
+        ),
+        3.0
+    );
+    assert!(
+        (value(
+            &worker,
+            r#"herald_compliance_bounce_rate{window="24h",category="all"}"#
+        ) - 1.0 / 3.0)
+            .abs()
+            < 1e-6
+    );
+    assert_eq!(
+        value(
+            &worker,
+            r#"herald_compliance_complaint_rate{window="7d",category="marketing"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&worker, r#"herald_compliance_paused{category="marketing"}"#),
+        0.0
+    );
 
     let api = reqwest::get(format!("{}/metrics", stack.api_url))
         .await

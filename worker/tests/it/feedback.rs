@@ -656,3 +656,67 @@ async fn soft_bounces_complaints_and_eventbridge_events_through_the_queue_follow
         "the unsubscribe was raised"
     );
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id, sent_at)
+         SELECT 'j' || g, 'r' || g || '@example.com', 'raw', 'transactional', 'sent', 'ses-' || g, now() - interval '1 hour'
+         FROM generate_series(1, 300) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("sends");
+    let settings = herald_shared::compliance::Settings {
+        min_sends: 100,
+        ..Default::default()
+    };
+    let rate = async |pool: &PgPool| {
+        let mut conn = pool.acquire().await.expect("conn");
+        let rates = herald_shared::compliance::rates(&mut conn, &settings)
+            .await
+            .expect("rates");
+        let all = rates
+            .iter()
+            .find(|r| r.window == "24h" && r.category == "all")
+            .expect("all")
+            .clone();
+        (all.bounces, all.sends)
+    };
+    let p = policy(&[]);
+    let hard = bounce(
+        "Permanent",
+        "fb-1",
+        "ses-7",
+        &["r7@example.com"],
+        "2026-11-26T10:00:00Z",
+    )
+    .to_string();
+    apply(&pool, &p, &hard, None).await.expect("first");
+    assert_eq!(rate(&pool).await, (1, 300));
+    apply(&pool, &p, &hard, None)
+        .await
+        .expect("the same event again");
+    assert_eq!(
+        rate(&pool).await,
+        (1, 300),
+        "a duplicate event does not move the rate"
+    );
+    // SES reporting the same message's bounce again under another feedback id: still one message.
+    let again = bounce(
+        "Permanent",
+        "fb-2",
+        "ses-7",
+        &["r7@example.com"],
+        "2026-11-26T10:05:00Z",
+    )
+    .to_string();
+    apply(&pool, &p, &again, None)
+        .await
+        .expect("another report");
+    assert_eq!(
+        rate(&pool).await,
+        (1, 300),
+        "bounces count once per message"
+    );
+}

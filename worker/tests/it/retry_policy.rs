@@ -334,3 +334,69 @@ async fn an_accepted_email_whose_message_id_cannot_be_stored_is_still_never_rese
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].contains("could not be stored"), "{notes:?}");
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_compliance_pause_holds_marketing_on_every_worker_until_resume(pool: PgPool) {
+    setup_queue(&pool).await;
+    sqlx::query("UPDATE compliance_pauses SET paused = true, reason = 'test', paused_at = now() WHERE category = 'marketing'")
+        .execute(&pool)
+        .await
+        .expect("pause marketing");
+    let calls: Calls = Arc::default();
+    let client = mocked_ses(calls.clone(), |_, _| None);
+    let config = worker_config(&pool, &[]);
+    let marketing = enqueue(&pool, 3, "news", Category::Marketing).await;
+    let transactional = enqueue(&pool, 2, "receipt", Category::Transactional).await;
+    let ctx = context(&pool, client, &config);
+    let first = RunningWorker::start(config.clone(), &pool, ctx.clone());
+    let second = RunningWorker::start(config.clone(), &pool, ctx);
+
+    let outcome = wait_until_final(&pool, &transactional, Duration::from_secs(20)).await;
+    assert!(
+        outcome.iter().all(|s| *s == JobStatus::Succeeded),
+        "{outcome:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &marketing {
+        assert_eq!(
+            status(&pool, id).await,
+            JobStatus::Queued,
+            "marketing waits while paused"
+        );
+        let d = delivery(&pool, id).await;
+        assert!(
+            d.last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("compliance"),
+            "{:?}",
+            d.last_error
+        );
+    }
+    assert_eq!(
+        calls.lock().expect("lock").len(),
+        2,
+        "only transactional mail reached SES"
+    );
+
+    let mut conn = pool.acquire().await.expect("conn");
+    herald_shared::compliance::resume(&mut conn, &[Category::Marketing])
+        .await
+        .expect("resume");
+    drop(conn);
+    let outcome = wait_until_final(&pool, &marketing, Duration::from_secs(20)).await;
+    first.stop().await;
+    second.stop().await;
+    assert!(
+        outcome.iter().all(|s| *s == JobStatus::Succeeded),
+        "held jobs are sent after resume: {outcome:?}"
+    );
+    assert_eq!(calls.lock().expect("lock").len(), 5);
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE max_attempts - attempts < 8 - 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("budget");
+    assert_eq!(lost, 0, "waiting out a pause uses no attempts");
+}
