@@ -4,11 +4,14 @@
 //! `DATABASE_URL=postgres://… cargo bench -p herald-worker --bench expiry`; creates and drops its own
 //! database. BENCH_TOKENS (1000000), EXPIRY_BATCH_SIZE (5000).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::BenchDb;
 use std::time::Instant;
 
 use herald_shared::maintenance::{Settings, tasks};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 async fn load(pool: &PgPool, n: i64) {
     sqlx::query("TRUNCATE verification_tokens")
@@ -56,26 +59,8 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let batch = std::env::var("EXPIRY_BATCH_SIZE").unwrap_or_else(|_| "5000".into());
-    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL: the server to benchmark on");
-    let (base, _) = master.rsplit_once('/').expect("URL with a database");
-    let db = format!("herald_bench_expiry_{}", std::process::id());
-    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .expect("admin");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .expect("create");
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&format!("{base}/{db}"))
-        .await
-        .expect("pool");
-    herald_shared::db::migrate(&pool).await.expect("migrate");
-    let version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&pool)
-        .await
-        .expect("version");
+    let db = BenchDb::create("expiry", 4).await;
+    let (pool, version) = (db.pool.clone(), db.version.clone());
     let settings =
         Settings::from_source(&[("EXPIRY_BATCH_SIZE", batch.as_str())]).expect("settings");
 
@@ -121,10 +106,5 @@ async fn main() {
         report.timing.longest_statement_ms / (single.as_secs_f64() * 1000.0)
     );
     println!("| statements | {} | 1 | |", report.timing.statements);
-    pool.close().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    db.drop_db().await;
 }

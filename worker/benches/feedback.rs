@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::BenchDb;
 use herald_worker::feedback::{Outcome, Policy, apply, parse};
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -45,26 +47,8 @@ fn message(i: usize) -> String {
 async fn main() {
     let n = env_usize("BENCH_FEEDBACK", 5000);
     let concurrency = env_usize("BENCH_FEEDBACK_CONCURRENCY", 8);
-    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL: the server to benchmark on");
-    let (base, _) = master.rsplit_once('/').expect("URL with a database");
-    let db = format!("herald_bench_feedback_{}", std::process::id());
-    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .expect("admin");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .expect("create");
-    let pool = PgPoolOptions::new()
-        .max_connections(20)
-        .connect(&format!("{base}/{db}"))
-        .await
-        .expect("pool");
-    herald_shared::db::migrate(&pool).await.expect("migrate");
-    let version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&pool)
-        .await
-        .expect("version");
+    let db = BenchDb::create("feedback", 20).await;
+    let (pool, version) = (db.pool.clone(), db.version.clone());
     let policy = Arc::new(Policy {
         soft_bounce_threshold: 3,
         soft_bounce_window: chrono::Duration::days(30),
@@ -129,10 +113,5 @@ async fn main() {
     println!("| parse + apply, 1 at a time | {sequential:.0} |");
     println!("| parse + apply, {concurrency} concurrent | {concurrent:.0} |");
     println!("| redelivered duplicates, 1 at a time | {duplicate_rate:.0} |");
-    pool.close().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    db.drop_db().await;
 }

@@ -9,6 +9,10 @@
 //! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_PICKUPS (30), BENCH_BATCH (100),
 //! BENCH_CONCURRENCY (32), BENCH_CLIENTS (16).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::BenchDb;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,8 +24,7 @@ use apalis_postgres::{Config as QueueConfig, PostgresStorage, Pubsub};
 use herald_shared::email::{self, Category, EmailContent, EmailJob};
 use herald_shared::jobs::EnqueueOptions;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{Mutex, oneshot};
 
 const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
@@ -173,27 +176,8 @@ async fn main() {
     let concurrency = env_usize("BENCH_CONCURRENCY", 32);
     let clients = env_usize("BENCH_CLIENTS", 16);
 
-    let master = std::env::var("DATABASE_URL").expect("DATABASE_URL: the server to benchmark on");
-    let (base, _) = master.rsplit_once('/').expect("URL with a database");
-    let db = format!("herald_bench_{}", std::process::id());
-    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
-        .await
-        .expect("admin");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await
-        .expect("create");
-    let url = format!("{base}/{db}");
-    let pool = PgPoolOptions::new()
-        .max_connections(60)
-        .connect(&url)
-        .await
-        .expect("pool");
-    herald_shared::db::migrate(&pool).await.expect("migrate");
-    let version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&pool)
-        .await
-        .expect("version");
+    let db = BenchDb::create("pipeline", 60).await;
+    let (pool, url, version) = (db.pool.clone(), db.url.clone(), db.version.clone());
     println!(
         "Herald pipeline benchmark: PostgreSQL {version}, {} cores, pushes={pushes} jobs={jobs} batch={batch} concurrency={concurrency} clients={clients}",
         std::thread::available_parallelism()
@@ -460,10 +444,5 @@ async fn main() {
             r.what, r.herald, r.baseline, r.ratio
         );
     }
-    pool.close().await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
+    db.drop_db().await;
 }
