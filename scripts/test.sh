@@ -54,6 +54,18 @@ fi
 log "building the tests (the first build takes several minutes)"
 build_tests
 
+# Leave the services as we found them: stop at exit what this run started.
+cleanup=()
+on_exit() {
+    local c
+    for c in "${cleanup[@]}"; do
+        "$HERALD_ROOT/scripts/$c" stop || true
+    done
+}
+trap on_exit EXIT
+for service in pg-embedded.sh emulator.sh; do
+    "$HERALD_ROOT/scripts/$service" status >/dev/null 2>&1 || cleanup+=("$service")
+done
 # The SES/SQS emulator the end-to-end tests send to.
 "$HERALD_ROOT/scripts/emulator.sh" start
 export HERALD_TEST_AWS_ENDPOINT="$EMULATOR_URL"
@@ -75,18 +87,6 @@ log "checking docker-compose.yml and docker/ (no engine needed)"
 "$EMULATOR_HOME/venv/bin/python" "$HERALD_ROOT/scripts/check-docker.py" || die "the Docker files are inconsistent"
 
 # Servers: label|url of the master database sqlx::test creates its test databases from.
-# Leave the services as we found them: stop at exit what this run started.
-cleanup=()
-on_exit() {
-    local c
-    for c in "${cleanup[@]}"; do
-        "$HERALD_ROOT/scripts/$c" stop || true
-    done
-}
-trap on_exit EXIT
-for service in pg-embedded.sh emulator.sh; do
-    "$HERALD_ROOT/scripts/$service" status >/dev/null 2>&1 || cleanup+=("$service")
-done
 "$HERALD_ROOT/scripts/pg-embedded.sh" start
 servers=("embedded|$(url_with_db "$PG_EMBEDDED_URL" herald_test)")
 pg15_url="${HERALD_TEST_PG15_URL:-postgres://${USER:-$(id -un)}@127.0.0.1:5432/herald_test}"
