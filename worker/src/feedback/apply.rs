@@ -131,19 +131,7 @@ async fn apply_event(
                     "hard bounce ({})",
                     e.bounce_sub_type.as_deref().unwrap_or("unknown sub-type")
                 );
-                suppressions::raise(
-                    conn,
-                    &Raise {
-                        email: &e.recipient,
-                        suppression_type: "bounce",
-                        reason: Some(&reason),
-                        transactional: true,
-                        marketing: true,
-                        bounce_count: 0,
-                        bounce_at: Some(e.occurred_at),
-                    },
-                )
-                .await?;
+                suppress_both(conn, e, "bounce", &reason, 0, Some(e.occurred_at)).await?;
                 tracing::info!(to = %herald_shared::address::mask(&e.recipient), "hard bounce: address suppressed");
             } else {
                 let count = soft_bounces(
@@ -160,19 +148,8 @@ async fn apply_event(
                         "{count} soft bounces within {} days",
                         policy.soft_bounce_window.num_days()
                     );
-                    suppressions::raise(
-                        conn,
-                        &Raise {
-                            email: &e.recipient,
-                            suppression_type: "bounce",
-                            reason: Some(&reason),
-                            transactional: true,
-                            marketing: true,
-                            bounce_count: count_i32,
-                            bounce_at: Some(e.occurred_at),
-                        },
-                    )
-                    .await?;
+                    suppress_both(conn, e, "bounce", &reason, count_i32, Some(e.occurred_at))
+                        .await?;
                     tracing::info!(to = %herald_shared::address::mask(&e.recipient), count, "soft bounces reached the threshold: address suppressed");
                 }
             }
@@ -184,25 +161,38 @@ async fn apply_event(
                     "complaint ({})",
                     e.complaint_type.as_deref().unwrap_or("unspecified")
                 );
-                suppressions::raise(
-                    conn,
-                    &Raise {
-                        email: &e.recipient,
-                        suppression_type: "complaint",
-                        reason: Some(&reason),
-                        transactional: true,
-                        marketing: true,
-                        bounce_count: 0,
-                        bounce_at: None,
-                    },
-                )
-                .await?;
+                suppress_both(conn, e, "complaint", &reason, 0, None).await?;
                 tracing::info!(to = %herald_shared::address::mask(&e.recipient), "complaint: address suppressed");
             }
         }
         Kind::Delivery => update_ledger(conn, e, "delivery").await?,
         Kind::Other(_) => {}
     }
+    Ok(())
+}
+
+/// Suppresses the event's recipient for transactional and marketing mail (raising, never lowering).
+async fn suppress_both(
+    conn: &mut PgConnection,
+    e: &RecipientEvent,
+    suppression_type: &str,
+    reason: &str,
+    bounce_count: i32,
+    bounce_at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    suppressions::raise(
+        conn,
+        &Raise {
+            email: &e.recipient,
+            suppression_type,
+            reason: Some(reason),
+            transactional: true,
+            marketing: true,
+            bounce_count,
+            bounce_at,
+        },
+    )
+    .await?;
     Ok(())
 }
 
