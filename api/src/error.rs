@@ -48,6 +48,9 @@ pub enum ApiError {
     /// The service cannot serve yet (database down or schema behind).
     #[error("{0}")]
     NotReady(String),
+    /// The database cannot be reached right now (restart, failover, pool exhausted): retry.
+    #[error("the database is unavailable; retry shortly")]
+    DatabaseUnavailable(String),
     /// Anything else; the cause is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -72,6 +75,9 @@ impl ApiError {
             Self::AlreadyVerified => (StatusCode::CONFLICT, "already_verified"),
             Self::InvalidJobState(_) => (StatusCode::CONFLICT, "invalid_job_state"),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            Self::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -101,8 +107,12 @@ pub struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        if let Self::Internal(cause) = &self {
-            tracing::error!(error = %cause, "request failed");
+        match &self {
+            Self::Internal(cause) => tracing::error!(error = %cause, "request failed"),
+            Self::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable")
+            }
+            _ => {}
         }
         let body = ErrorBody {
             error: ErrorDetail {
@@ -110,18 +120,50 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+/// True for failures that say the database is out of reach, not that the query was wrong:
+/// lost or refused connections, an exhausted pool, and the server shutting down or starting.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        Self::internal(err)
+        if is_unavailable(&err) {
+            Self::DatabaseUnavailable(herald_shared::telemetry::error_chain(&err))
+        } else {
+            Self::internal(err)
+        }
     }
 }
 
 impl From<herald_shared::jobs::JobError> for ApiError {
     fn from(err: herald_shared::jobs::JobError) -> Self {
-        Self::internal(err)
+        match err.as_sqlx() {
+            Some(db) if is_unavailable(db) => {
+                Self::DatabaseUnavailable(herald_shared::telemetry::error_chain(&err))
+            }
+            _ => Self::internal(err),
+        }
     }
 }

@@ -21,6 +21,16 @@ pub enum JobError {
     Db(#[from] sqlx::Error),
 }
 
+impl JobError {
+    /// The database error underneath, if there is one.
+    pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            Self::Db(err) | Self::Push(apalis_postgres::Error::Database(err)) => Some(err),
+            _ => None,
+        }
+    }
+}
+
 /// How a job is enqueued.
 #[derive(Debug, Clone, Copy)]
 pub struct EnqueueOptions {

@@ -260,7 +260,11 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     let mut conn = ctx.pool.acquire().await?;
     match error {
         SendError::Retryable(reason) if !last_attempt => {
-            retry_later(ctx, &mut conn, id, &delivery, reason).await
+            retry_later(ctx, &mut conn, id, &delivery, reason, "pending").await
+        }
+        // The row stays `sending`, so the next attempt is counted as an uncertain resend.
+        SendError::Unknown(reason) if !last_attempt => {
+            retry_later(ctx, &mut conn, id, &delivery, reason, "sending").await
         }
         SendError::Paused(reason) => {
             let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
@@ -298,6 +302,7 @@ async fn retry_later(
     id: &str,
     delivery: &email::Delivery,
     reason: String,
+    ledger_status: &str,
 ) -> Result<Value, JobFailure> {
     let delay = backoff(
         ctx.backoff_base,
@@ -306,7 +311,7 @@ async fn retry_later(
     );
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
     jobs::reschedule_running(conn, id, next, false).await?;
-    email::mark_outcome(conn, id, "pending", Some(&reason)).await?;
+    email::mark_outcome(conn, id, ledger_status, Some(&reason)).await?;
     tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
     Err(SendError::Retryable(reason).into())
 }

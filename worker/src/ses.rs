@@ -40,6 +40,10 @@ pub enum SendError {
     /// Rejected for good (bad address, unverified sender, rejected content).
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The request may have reached SES but no answer came back (timeout, lost response): try
+    /// again, and count the next attempt as a possible duplicate.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
     /// SES paused or suspended the account: stop every worker for a while.
     #[error("sending paused by SES: {0}")]
     Paused(String),
@@ -206,7 +210,9 @@ pub fn classify(err: &SdkError<SendEmailError, HttpResponse>) -> SendError {
             },
         },
         SdkError::ConstructionFailure(_) => SendError::Permanent(text),
-        // Timeouts, dispatch (network) failures and unreadable responses: try again.
+        // The request went out and the answer did not come back: SES may have accepted it.
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => SendError::Unknown(text),
+        // Dispatch failures (no connection, or it broke while sending): try again.
         _ => SendError::Retryable(text),
     }
 }
