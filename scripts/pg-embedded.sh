@@ -14,11 +14,14 @@ Commands:
   install   download and unpack the server binaries (once; nothing else is touched)
   start     install, initialise the data directory if needed, start the server (no-op if running)
   stop      stop the server (no-op if stopped)
+  restart   stop (fast: open connections are cut) and start again
   status    say whether it runs; exit 0 if it does, 3 if not
   url       print the DATABASE_URL of its default database
 
 Environment:
   HERALD_PG_PORT     port (default 5433)
+  HERALD_PG_DATA     data directory (default pg17/data under HERALD_LOCAL); another one gives a
+                     second, independent server (the fault tests restart one of their own)
   HERALD_LOCAL       folder for binaries and data (default .local in the checkout)
   HERALD_PG_OS_USER  system user the server runs as when this script runs as root (default herald-pg)
 EOT
@@ -100,8 +103,8 @@ start() {
             [ "$(id -u)" = 0 ] && chown "$PG_EMBEDDED_OS_USER:" "$PG_EMBEDDED_DATA"
             chmod 700 "$PG_EMBEDDED_DATA"
             as_owner "$PG_EMBEDDED_BIN/initdb" -D "$PG_EMBEDDED_DATA" -U "$PG_EMBEDDED_USER" \
-                --auth=trust --encoding=UTF8 --no-locale >"$PG_EMBEDDED_HOME/initdb.log" 2>&1 ||
-                die "initdb failed; see ${PG_EMBEDDED_HOME#"$HERALD_ROOT"/}/initdb.log"
+                --auth=trust --encoding=UTF8 --no-locale >"$PG_EMBEDDED_DATA-initdb.log" 2>&1 ||
+                die "initdb failed; see $PG_EMBEDDED_DATA-initdb.log"
             cat >>"$PG_EMBEDDED_DATA/postgresql.conf" <<CONF
 
 # Herald's embedded development server: loopback TCP only, no Unix socket.
@@ -113,7 +116,7 @@ CONF
         fi
         # The port lives in postgresql.conf; keep it in step with HERALD_PG_PORT.
         sed -i "s/^port = .*/port = $PG_EMBEDDED_PORT/" "$PG_EMBEDDED_DATA/postgresql.conf"
-        local logfile="$PG_EMBEDDED_HOME/postgres.log"
+        local logfile="$PG_EMBEDDED_DATA.log"
         touch "$logfile"
         [ "$(id -u)" = 0 ] && chown "$PG_EMBEDDED_OS_USER:" "$logfile"
         log "starting PostgreSQL 17 on 127.0.0.1:$PG_EMBEDDED_PORT"
@@ -144,6 +147,7 @@ case "${1:-}" in
     install) install_binaries ;;
     start) start ;;
     stop) stop ;;
+    restart) stop; start ;;
     status)
         if is_running; then
             echo "running on 127.0.0.1:$PG_EMBEDDED_PORT (data: $PG_EMBEDDED_DATA)"

@@ -10,6 +10,7 @@ Usage: scripts/test.sh [--no-lint]
 Runs cargo fmt --check and clippy (-D warnings), then the whole test suite once per PostgreSQL
 server: the embedded PostgreSQL 17 (started here) and the PostgreSQL on 127.0.0.1:5432 when one
 answers (PostgreSQL 15 on our machines). Every #[sqlx::test] gets its own database on that server.
+Then the fault-injection tests at CI size (scripts/chaos.sh --ci, on a PostgreSQL of their own).
 The SES/SQS emulator (moto, scripts/emulator.sh) is started for the end-to-end tests.
 Prints which server versions were tested; exits non-zero on any failure.
 
@@ -116,9 +117,17 @@ for entry in "${servers[@]}"; do
     fi
 done
 
+# Fault injection at CI size, on a server of its own (it restarts it).
+log "fault injection (scripts/chaos.sh --ci)"
+if "$HERALD_ROOT/scripts/chaos.sh" --ci; then
+    tested+=("fault injection (SIGKILL, PostgreSQL restart, SES faults, poison feedback): passed")
+else
+    failed+=("fault injection: FAILED")
+fi
+
 echo
-echo "Servers tested:"
+echo "Results:"
 for line in "${tested[@]}" "${failed[@]}"; do
     [ -n "$line" ] && echo "  $line"
 done
-[ ${#failed[@]} -eq 0 ] || die "tests failed on ${#failed[@]} server(s)"
+[ ${#failed[@]} -eq 0 ] || die "${#failed[@]} part(s) failed"

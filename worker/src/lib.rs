@@ -87,6 +87,32 @@ pub async fn feedback_consumer(
     })
 }
 
+/// The queue config of Herald's email workers: batch size and heartbeats from `config`.
+pub fn email_queue_config(config: &WorkerConfig) -> QueueConfig {
+    QueueConfig::default()
+        .queue(EMAIL_QUEUE)
+        .batch_size(config.batch_size)
+        .heartbeat_interval(config.heartbeat)
+        .missed_heartbeats(config.missed_heartbeats)
+}
+
+/// The backend every Herald worker polls: LISTEN/NOTIFY wakes it at once, the interval picks up
+/// delayed and retried jobs (NOTIFY fires on insert only).
+pub fn queue_backend<T>(
+    pool: &PgPool,
+    queue: &str,
+    queue_config: QueueConfig,
+    poll_interval: Duration,
+) -> PollWith<PostgresStorage<T>, Strategy> {
+    PostgresStorage::<T>::new(pool)
+        .with_config(queue_config)
+        .poll_with_strategy(
+            Strategy::new()
+                .stream(Pubsub::new(pool.clone(), queue.to_owned()))
+                .interval(poll_interval),
+        )
+}
+
 /// Runs the email workers until `shutdown` resolves, then lets in-flight jobs finish within
 /// `SHUTDOWN_TIMEOUT`. A worker that fails (a backend error) is restarted under a new name.
 pub async fn run(
@@ -95,11 +121,7 @@ pub async fn run(
     ctx: Arc<EmailContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MonitorError> {
-    let queue_config = QueueConfig::default()
-        .queue(EMAIL_QUEUE)
-        .batch_size(config.batch_size)
-        .heartbeat_interval(config.heartbeat)
-        .missed_heartbeats(config.missed_heartbeats);
+    let queue_config = email_queue_config(&config);
     let concurrency = config.concurrency;
     let poll_interval = config.poll_interval;
     let maintenance_ctx = Arc::new(maintenance::MaintenanceContext {
@@ -119,13 +141,7 @@ pub async fn run(
         })
         .shutdown_timeout(config.shutdown_timeout)
         .register(move |_restarts| {
-            let backend = PostgresStorage::<EmailJob>::new(&pool)
-                .with_config(queue_config.clone())
-                .poll_with_strategy(
-                    Strategy::new()
-                        .stream(Pubsub::new(pool.clone(), EMAIL_QUEUE.to_owned()))
-                        .interval(poll_interval),
-                );
+            let backend = queue_backend::<EmailJob>(&pool, EMAIL_QUEUE, queue_config.clone(), poll_interval);
             // A fresh name per start: a restarted worker under an old name would strand the
             // jobs its predecessor had locked.
             WorkerBuilder::new(format!("herald-email-{}", ulid::Ulid::generate()))
@@ -136,13 +152,13 @@ pub async fn run(
         })
         .register(move |_restarts| {
             let pool = &maintenance_pool;
-            let backend = PostgresStorage::<MaintenanceJob>::new(pool)
-                .with_config(maintenance_config.clone())
-                .poll_with_strategy(
-                    Strategy::new()
-                        .stream(Pubsub::new(pool.clone(), MAINTENANCE_QUEUE.to_owned()))
-                        .interval(poll_interval),
-                );
+            let backend =
+                queue_backend::<MaintenanceJob>(
+                pool,
+                MAINTENANCE_QUEUE,
+                maintenance_config.clone(),
+                poll_interval,
+            );
             // One maintenance job at a time per process: they are heavy, not urgent.
             WorkerBuilder::new(format!("herald-maintenance-{}", ulid::Ulid::generate()))
                 .backend(backend)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 
-const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
+pub const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
 
 pub fn emulator() -> String {
     let url = std::env::var("HERALD_TEST_AWS_ENDPOINT")
@@ -129,10 +129,12 @@ impl Stack {
             .spawn()
             .expect("spawn api");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("api prints its address");
+        reader.read_line(&mut line).expect("api prints its address");
+        // Keep reading: a closed pipe would make the API's later writes to stdout fail.
+        let mut rest = std::fs::File::create(self.logs.path().join("api-stdout.log")).expect("log");
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut rest));
         let url = line
             .trim()
             .strip_prefix("herald-api listening on ")
@@ -158,6 +160,11 @@ impl Stack {
         let mut child = self.workers.pop().expect("a worker runs");
         child.kill().expect("kill");
         child.wait().expect("reap");
+    }
+
+    /// True while the API process runs.
+    pub fn api_alive(&mut self) -> bool {
+        self.api.try_wait().expect("wait").is_none()
     }
 
     /// Every log line the binaries wrote so far.

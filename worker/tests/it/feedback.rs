@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::e2e::{emulator, moto_sqs, unique};
 use crate::helpers::setup_queue;
 
-fn policy(allowed: &[&str]) -> Policy {
+pub(crate) fn policy(allowed: &[&str]) -> Policy {
     Policy {
         soft_bounce_threshold: 3,
         soft_bounce_window: chrono::Duration::days(30),
@@ -22,7 +22,13 @@ fn policy(allowed: &[&str]) -> Policy {
     }
 }
 
-fn bounce(kind: &str, feedback_id: &str, message_id: &str, recipients: &[&str], at: &str) -> Value {
+pub(crate) fn bounce(
+    kind: &str,
+    feedback_id: &str,
+    message_id: &str,
+    recipients: &[&str],
+    at: &str,
+) -> Value {
     json!({
         "notificationType": "Bounce",
         "bounce": {
@@ -50,16 +56,16 @@ async fn suppression(pool: &PgPool, email: &str) -> Option<(String, bool, bool, 
 }
 
 /// moto's SQS and SNS, with a fresh queue, DLQ and topic.
-struct Moto {
-    sqs: aws_sdk_sqs::Client,
+pub(crate) struct Moto {
+    pub(crate) sqs: aws_sdk_sqs::Client,
     http: reqwest::Client,
-    queue_url: String,
-    dlq_url: String,
-    topic_arn: String,
+    pub(crate) queue_url: String,
+    pub(crate) dlq_url: String,
+    pub(crate) topic_arn: String,
 }
 
 impl Moto {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let sqs = moto_sqs().await;
         let name = unique("fb");
         let dlq_url = sqs
@@ -142,7 +148,7 @@ impl Moto {
         res.text().await.expect("body")
     }
 
-    async fn publish(&self, message: &Value) {
+    pub(crate) async fn publish(&self, message: &Value) {
         Self::sns(
             &self.http,
             &[
@@ -154,7 +160,7 @@ impl Moto {
         .await;
     }
 
-    async fn put_raw(&self, body: &str) {
+    pub(crate) async fn put_raw(&self, body: &str) {
         self.sqs
             .send_message()
             .queue_url(&self.queue_url)
@@ -164,7 +170,7 @@ impl Moto {
             .expect("send");
     }
 
-    fn consumer(&self, pool: &PgPool, policy: Policy) -> FeedbackConsumer {
+    pub(crate) fn consumer(&self, pool: &PgPool, policy: Policy) -> FeedbackConsumer {
         FeedbackConsumer {
             sqs: self.sqs.clone(),
             queue_url: self.queue_url.clone(),
@@ -177,7 +183,7 @@ impl Moto {
         }
     }
 
-    async fn dlq_bodies(&self) -> Vec<String> {
+    pub(crate) async fn dlq_bodies(&self) -> Vec<String> {
         let out = self
             .sqs
             .receive_message()
@@ -212,7 +218,7 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !check().await {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");

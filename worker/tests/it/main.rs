@@ -1,8 +1,10 @@
 //! Worker tests: the retry policy against a mocked SES (aws-smithy-mocks) with real apalis workers
 //! and a real database, and end-to-end runs of the real binaries against moto.
 
+mod chaos;
 mod e2e;
 mod feedback;
 mod helpers;
 mod maintenance;
 mod retry_policy;
+mod ses_stub;
