@@ -1,20 +1,27 @@
-//! Herald's pipeline against raw apalis on the same machine and database, in one run.
+//! Herald's pipeline against raw apalis and pgbench on the same machine and database, in one run.
 //!
-//! `DATABASE_URL=postgres://… cargo bench -p herald-worker --bench pipeline` (scripts/bench.sh sets it
-//! up). It creates and drops its own database, runs the API in-process and a local SES stub, and prints:
+//! `DATABASE_URL=postgres://… cargo bench -p herald-worker --bench pipeline` (scripts/bench.sh sets
+//! it up, with PGBENCH). It creates and drops its own database, runs the API in-process, the real
+//! `herald-worker` binary against a local SES stub, and prints:
 //! - API `POST /v1/emails` rate and p50/p99 latency vs raw concurrent apalis pushes;
-//! - email-job drain rate (SES stub) vs a raw apalis no-op drain, same batch size and concurrency;
-//! - idle pick-up latency (commit to SES call) vs raw apalis (push to handler).
+//! - no-op drain through Herald's queue backend vs raw apalis, same batch size and concurrency
+//!   (alternating rounds, medians);
+//! - the full email path (worker binary, SES stub) vs `pgbench -N` TPS on the same server;
+//! - the worker's memory idle and under load;
+//! - idle pick-up latency (commit to SES call) vs raw apalis (push to Done).
 //!
-//! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_PICKUPS (30), BENCH_BATCH (100),
-//! BENCH_CONCURRENCY (32), BENCH_CLIENTS (16).
+//! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_ROUNDS (3), BENCH_PICKUPS (30),
+//! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15).
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "../tests/it/ses_stub.rs"]
+mod ses_stub;
 
-use common::BenchDb;
+use common::{BenchDb, Row, median, print_rows};
+use ses_stub::SesStub;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
@@ -25,7 +32,7 @@ use herald_shared::email::{self, Category, EmailContent, EmailJob};
 use herald_shared::jobs::EnqueueOptions;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::oneshot;
 
 const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 
@@ -46,37 +53,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-struct Row {
-    what: &'static str,
-    herald: String,
-    baseline: String,
-    ratio: String,
-}
-
-/// The SES v2 SendEmail API, answered at once; it records when each call arrived.
-async fn ses_stub(calls: Arc<Mutex<Vec<Instant>>>) -> String {
-    use axum::routing::post;
-    let counter = Arc::new(AtomicU64::new(0));
-    let app = axum::Router::new().route(
-        "/v2/email/outbound-emails",
-        post(move || {
-            let calls = calls.clone();
-            let counter = counter.clone();
-            async move {
-                calls.lock().await.push(Instant::now());
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                axum::Json(serde_json::json!({"MessageId": format!("stub-{n}")}))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind stub");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("stub") });
-    format!("http://{addr}")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,27 +86,19 @@ fn queue_config(queue: &str, batch: usize) -> QueueConfig {
         .missed_heartbeats(3)
 }
 
-/// A plain apalis worker with LISTEN/NOTIFY, the given batch size and concurrency, and a no-op handler.
-fn raw_worker(
-    pool: &PgPool,
-    queue: &'static str,
-    batch: usize,
+type NoopBackend = PollWith<PostgresStorage<Noop>, Strategy>;
+
+/// A no-op worker under a Monitor, on the backend `backend` builds, until the sender fires.
+fn noop_worker(
+    backend: impl Fn() -> NoopBackend + Send + Sync + 'static,
     concurrency: usize,
 ) -> oneshot::Sender<()> {
     let (tx, rx) = oneshot::channel::<()>();
-    let pool = pool.clone();
     tokio::spawn(async move {
         Monitor::new()
             .register(move |_| {
-                let backend = PostgresStorage::<Noop>::new(&pool)
-                    .with_config(queue_config(queue, batch))
-                    .poll_with_strategy(
-                        Strategy::new()
-                            .stream(Pubsub::new(pool.clone(), queue.to_owned()))
-                            .interval(Duration::from_secs(1)),
-                    );
                 WorkerBuilder::new(format!("bench-noop-{}", ulid::Ulid::generate()))
-                    .backend(backend)
+                    .backend(backend())
                     .concurrency(concurrency)
                     .build(noop)
             })
@@ -139,20 +107,81 @@ fn raw_worker(
                 Ok(())
             })
             .await
-            .expect("raw worker");
+            .expect("no-op worker");
     });
     tx
 }
 
+/// Raw apalis as its documentation sets it up: LISTEN/NOTIFY plus a 1 s poll.
+fn raw_worker(pool: &PgPool, queue: &str, batch: usize, concurrency: usize) -> oneshot::Sender<()> {
+    let (pool, queue) = (pool.clone(), queue.to_owned());
+    noop_worker(
+        move || {
+            PostgresStorage::<Noop>::new(&pool)
+                .with_config(queue_config(&queue, batch))
+                .poll_with_strategy(
+                    Strategy::new()
+                        .stream(Pubsub::new(pool.clone(), queue.clone()))
+                        .interval(Duration::from_secs(1)),
+                )
+        },
+        concurrency,
+    )
+}
+
+/// The same handler behind Herald's own backend and queue settings (`herald_worker::queue_backend`).
+fn herald_noop_worker(
+    pool: &PgPool,
+    queue: &str,
+    config: &herald_worker::WorkerConfig,
+) -> oneshot::Sender<()> {
+    let (pool, queue) = (pool.clone(), queue.to_owned());
+    let (queue_config, poll) = (
+        herald_worker::email_queue_config(config).queue(&queue),
+        config.poll_interval,
+    );
+    noop_worker(
+        move || herald_worker::queue_backend::<Noop>(&pool, &queue, queue_config.clone(), poll),
+        config.concurrency,
+    )
+}
+
 async fn push_raw(pool: &PgPool, queue: &str, n: u64) {
+    push_raw_many(pool, queue, n, 1).await;
+}
+
+/// Pushes `count` no-op tasks in one statement.
+async fn push_raw_many(pool: &PgPool, queue: &str, first: u64, count: u64) {
     let mut conn = pool.acquire().await.expect("conn");
-    let task = TaskBuilder::new(serde_json::to_vec(&Noop(n)).expect("json"))
-        .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
-        .max_attempts(3)
-        .build();
-    apalis_postgres::queries::push_tasks(&mut *conn, queue, vec![task])
+    let tasks = (first..first + count)
+        .map(|n| {
+            TaskBuilder::new(serde_json::to_vec(&Noop(n)).expect("json"))
+                .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
+                .max_attempts(3)
+                .build()
+        })
+        .collect();
+    apalis_postgres::queries::push_tasks(&mut *conn, queue, tasks)
         .await
         .expect("push");
+}
+
+/// Pushes `n` no-op jobs to a fresh queue, starts a worker, and returns jobs/s until all are Done.
+async fn drain_noop(
+    pool: &PgPool,
+    queue: &str,
+    n: usize,
+    start: impl FnOnce() -> oneshot::Sender<()>,
+) -> f64 {
+    for first in (0..n as u64).step_by(500) {
+        push_raw_many(pool, queue, first, 500.min(n as u64 - first)).await;
+    }
+    let t = Instant::now();
+    let stop = start();
+    wait_done(pool, queue, n as i64).await;
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    rate
 }
 
 fn email(i: usize) -> EmailJob {
@@ -167,19 +196,81 @@ fn email(i: usize) -> EmailJob {
     }
 }
 
+/// The worker binary cargo built for this bench, against the database and the SES stub.
+fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_herald-worker"))
+        .env("DATABASE_URL", url)
+        .env("DB_MAX_CONNECTIONS", (concurrency + 8).to_string())
+        .env("EMAIL_FROM", "noreply@herald.test")
+        .env("FRONTEND_URL", "https://app.example.com")
+        .env("WORKER_BATCH_SIZE", batch.to_string())
+        .env("WORKER_CONCURRENCY", concurrency.to_string())
+        .env("SES_MAX_SEND_RATE", "1000000")
+        .env("AWS_ENDPOINT_URL", stub)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start herald-worker")
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// `pgbench -N` (no updates of the small tables: the simple-update write ceiling) against `url`,
+/// with the given clients, if `PGBENCH` names the binary.
+fn pgbench_tps(url: &str, clients: usize, secs: usize) -> Option<f64> {
+    let bin = std::env::var("PGBENCH").ok()?;
+    let init = Command::new(&bin)
+        .args(["-i", "-q", "-s", "10", url])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let run = Command::new(&bin)
+        .args(["-N", "-n", "-c", &clients.to_string(), "-j", "2", "-T"])
+        .arg(secs.to_string())
+        .arg(url)
+        .output()
+        .expect("pgbench -N");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "pgbench -N: {out}");
+    out.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l["tps = ".len()..].split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 #[tokio::main]
 async fn main() {
     let pushes = env_usize("BENCH_PUSHES", 2000);
     let jobs = env_usize("BENCH_JOBS", 3000);
+    let rounds = env_usize("BENCH_ROUNDS", 3);
     let pickups = env_usize("BENCH_PICKUPS", 30);
     let batch = env_usize("BENCH_BATCH", 100);
     let concurrency = env_usize("BENCH_CONCURRENCY", 32);
     let clients = env_usize("BENCH_CLIENTS", 16);
+    let pgbench_secs = env_usize("BENCH_PGBENCH_SECS", 15);
 
-    let db = BenchDb::create("pipeline", 60).await;
+    let db = BenchDb::create("pipeline", 40).await;
     let (pool, url, version) = (db.pool.clone(), db.url.clone(), db.version.clone());
     println!(
-        "Herald pipeline benchmark: PostgreSQL {version}, {} cores, pushes={pushes} jobs={jobs} batch={batch} concurrency={concurrency} clients={clients}",
+        "Herald pipeline benchmark: PostgreSQL {version}, {} cores, pushes={pushes} jobs={jobs} rounds={rounds} batch={batch} concurrency={concurrency} clients={clients}",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
@@ -257,46 +348,80 @@ async fn main() {
     .await;
     let (raw_rate, raw_p50, raw_p99) = timed(raw_lat, raw_time);
     let (api_rate, api_p50, api_p99) = timed(api_lat, api_time);
-    rows.push(Row {
-        what: "enqueue rate (POST /v1/emails vs apalis push)",
-        herald: format!("{api_rate:.0}/s"),
-        baseline: format!("{raw_rate:.0}/s"),
-        ratio: format!("{:.2}", api_rate / raw_rate),
-    });
-    rows.push(Row {
-        what: "enqueue latency p50",
-        herald: ms(api_p50),
-        baseline: ms(raw_p50),
-        ratio: format!("{:.2}", api_p50.as_secs_f64() / raw_p50.as_secs_f64()),
-    });
-    rows.push(Row {
-        what: "enqueue latency p99",
-        herald: ms(api_p99),
-        baseline: ms(raw_p99),
-        ratio: format!("{:.2}", api_p99.as_secs_f64() / raw_p99.as_secs_f64()),
-    });
-    // Those API jobs are not drained here; clear them so the drain below starts from an empty queue.
-    sqlx::query("DELETE FROM apalis.jobs")
-        .execute(&pool)
-        .await
-        .expect("clear");
-    sqlx::query("DELETE FROM email_deliveries")
-        .execute(&pool)
-        .await
-        .expect("clear");
-
-    // 2. Drain: raw no-op jobs vs Herald email jobs against the SES stub, same batch and concurrency.
-    for i in 0..jobs {
-        push_raw(&pool, "bench.noop", i as u64).await;
+    rows.push(Row::new(
+        "enqueue rate (POST /v1/emails vs apalis push), jobs/s",
+        format!("{api_rate:.0}"),
+        format!("{raw_rate:.0}"),
+        api_rate / raw_rate,
+    ));
+    rows.push(Row::new(
+        "enqueue latency p50",
+        ms(api_p50),
+        ms(raw_p50),
+        api_p50.as_secs_f64() / raw_p50.as_secs_f64(),
+    ));
+    rows.push(Row::new(
+        "enqueue latency p99",
+        ms(api_p99),
+        ms(raw_p99),
+        api_p99.as_secs_f64() / raw_p99.as_secs_f64(),
+    ));
+    // Those API jobs are not drained here; clear them so the drains below start from empty queues.
+    for table in ["apalis.jobs", "email_deliveries"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&pool)
+            .await
+            .expect("clear");
     }
-    let start = Instant::now();
-    let stop_raw = raw_worker(&pool, "bench.noop", batch, concurrency);
-    wait_done(&pool, "bench.noop", jobs as i64).await;
-    let raw_drain = jobs as f64 / start.elapsed().as_secs_f64();
-    let _ = stop_raw.send(());
 
-    let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
-    let stub = ses_stub(calls.clone()).await;
+    // 2. No-op drain, alternating raw and Herald rounds on fresh queues; medians.
+    let worker_env: std::collections::HashMap<String, String> = [
+        ("DATABASE_URL", url.as_str()),
+        ("EMAIL_FROM", "noreply@herald.test"),
+        ("FRONTEND_URL", "https://app.example.com"),
+        ("WORKER_BATCH_SIZE", &batch.to_string()),
+        ("WORKER_CONCURRENCY", &concurrency.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = herald_worker::WorkerConfig::from_source(&worker_env).expect("worker config");
+    let (mut raw_rates, mut herald_rates) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let q = format!("bench.raw.{round}");
+        raw_rates.push(
+            drain_noop(&pool, &q, jobs, || {
+                raw_worker(&pool, &q, batch, concurrency)
+            })
+            .await,
+        );
+        let q = format!("bench.herald.{round}");
+        herald_rates
+            .push(drain_noop(&pool, &q, jobs, || herald_noop_worker(&pool, &q, &config)).await);
+    }
+    let (raw_drain, herald_drain) = (median(&raw_rates), median(&herald_rates));
+    println!("no-op drain rounds, jobs/s: raw {raw_rates:.0?}, Herald {herald_rates:.0?}");
+    rows.push(Row::new(
+        &format!(
+            "no-op drain (batch {batch}, concurrency {concurrency}), jobs/s, median of {rounds}"
+        ),
+        format!("{herald_drain:.0}"),
+        format!("{raw_drain:.0}"),
+        herald_drain / raw_drain,
+    ));
+
+    // 3. The write ceiling of this server.
+    let tps = pgbench_tps(&url, clients, pgbench_secs);
+
+    // 4. Full email path: the worker binary against the SES stub; its memory idle and under load.
+    let stub = SesStub::start().await;
+    let mut worker = spawn_worker(&url, &stub.url, batch, concurrency);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        worker.try_wait().expect("wait").is_none(),
+        "herald-worker exited"
+    );
+    let idle_rss = rss_mib(worker.id());
     let mut tx = pool.begin().await.expect("tx");
     for i in 0..jobs {
         email::enqueue(
@@ -311,71 +436,49 @@ async fn main() {
         .expect("enqueue");
     }
     tx.commit().await.expect("commit");
-    let worker_env: std::collections::HashMap<String, String> = [
-        ("DATABASE_URL", url.as_str()),
-        ("EMAIL_FROM", "noreply@herald.test"),
-        ("FRONTEND_URL", "https://app.example.com"),
-        ("WORKER_BATCH_SIZE", &batch.to_string()),
-        ("WORKER_CONCURRENCY", &concurrency.to_string()),
-        ("SES_MAX_SEND_RATE", "1000000"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let config = herald_worker::WorkerConfig::from_source(&worker_env).expect("worker config");
-    // SAFETY-free: the SDK reads its endpoint and credentials from these variables.
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&stub)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sesv2::config::Credentials::new(
-            "test", "test", None, None, "bench",
-        ))
-        .http_client(
-            aws_smithy_http_client::Builder::new()
-                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                ))
-                .build_https(),
-        )
-        .load()
-        .await;
-    let ctx = Arc::new(herald_worker::email_job::EmailContext {
-        pool: pool.clone(),
-        sender: herald_worker::ses::SesSender::new(
-            aws_sdk_sesv2::Client::new(&aws),
-            "noreply@herald.test".into(),
-            None,
-        ),
-        frontend_url: config.frontend_url.clone(),
-        send_rate: 1_000_000.0,
-        backoff_base: config.backoff_base,
-        backoff_max: config.backoff_max,
-        pause: config.pause,
-        slots: Default::default(),
-        metrics: Default::default(),
-        compliance_recheck: std::time::Duration::from_millis(500),
-    });
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let start = Instant::now();
-    let worker = tokio::spawn(herald_worker::run(config, pool.clone(), ctx, async move {
-        let _ = stop_rx.await;
-    }));
-    wait_done(&pool, email::EMAIL_QUEUE, jobs as i64).await;
-    let herald_drain = jobs as f64 / start.elapsed().as_secs_f64();
-    let sent = calls.lock().await.len();
-    assert_eq!(sent, jobs, "every email job called SES exactly once");
-    rows.push(Row {
-        what: "drain rate (email via SES stub vs no-op)",
-        herald: format!("{herald_drain:.0}/s"),
-        baseline: format!("{raw_drain:.0}/s"),
-        ratio: format!("{:.2}", herald_drain / raw_drain),
-    });
+    let mut peak_rss = idle_rss;
+    while count_done(&pool, email::EMAIL_QUEUE).await < jobs as i64 {
+        peak_rss = peak_rss.max(rss_mib(worker.id()));
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "email jobs did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let email_rate = jobs as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(
+        stub.calls(),
+        jobs as u64,
+        "every email job called SES exactly once"
+    );
+    match tps {
+        Some(tps) => rows.push(Row::new(
+            "full email path (worker binary, SES stub) vs pgbench -N TPS",
+            format!("{email_rate:.0}"),
+            format!("{tps:.0}"),
+            email_rate / tps,
+        )),
+        None => println!("PGBENCH is not set: no pgbench -N baseline"),
+    }
+    rows.push(Row::new(
+        "full email path vs raw no-op drain, jobs/s",
+        format!("{email_rate:.0}"),
+        format!("{raw_drain:.0}"),
+        email_rate / raw_drain,
+    ));
+    rows.push(Row::new(
+        "worker memory (RSS, MiB): peak under load vs idle",
+        format!("{peak_rss:.1}"),
+        format!("{idle_rss:.1}"),
+        peak_rss / idle_rss,
+    ));
 
-    // 3. Idle pick-up: one job at a time into an idle queue.
+    // 5. Idle pick-up: one job at a time into an idle queue.
     let mut herald_lat = Vec::new();
     for i in 0..pickups {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let before = calls.lock().await.len();
+        let before = stub.calls() as usize;
         let mut tx = pool.begin().await.expect("tx");
         email::enqueue(
             &mut tx,
@@ -390,17 +493,16 @@ async fn main() {
         let t = Instant::now();
         tx.commit().await.expect("commit");
         loop {
-            let c = calls.lock().await;
-            if c.len() > before {
-                herald_lat.push(c[before].saturating_duration_since(t));
+            let calls = stub.call_times().await;
+            if calls.len() > before {
+                herald_lat.push(calls[before].saturating_duration_since(t));
                 break;
             }
-            drop(c);
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }
-    let _ = stop_tx.send(());
-    let _ = worker.await;
+    let _ = worker.kill();
+    let _ = worker.wait();
 
     // The same for raw apalis: push, then wait for the job to be Done (an upper bound for pick-up).
     let stop_raw = raw_worker(&pool, "bench.idle", batch, concurrency);
@@ -418,31 +520,19 @@ async fn main() {
     let _ = stop_raw.send(());
     herald_lat.sort();
     raw_lat.sort();
-    rows.push(Row {
-        what: "idle pick-up p50 (commit to SES call / to Done)",
-        herald: ms(percentile(&herald_lat, 0.5)),
-        baseline: ms(percentile(&raw_lat, 0.5)),
-        ratio: format!(
-            "{:.2}",
-            percentile(&herald_lat, 0.5).as_secs_f64() / percentile(&raw_lat, 0.5).as_secs_f64()
-        ),
-    });
-    rows.push(Row {
-        what: "idle pick-up p99",
-        herald: ms(percentile(&herald_lat, 0.99)),
-        baseline: ms(percentile(&raw_lat, 0.99)),
-        ratio: format!(
-            "{:.2}",
-            percentile(&herald_lat, 0.99).as_secs_f64() / percentile(&raw_lat, 0.99).as_secs_f64()
-        ),
-    });
-
-    println!("\n| measure | Herald | raw apalis | Herald / raw |\n|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {} |",
-            r.what, r.herald, r.baseline, r.ratio
-        );
+    for (what, p) in [
+        ("idle pick-up p50 (commit to SES call / push to Done)", 0.5),
+        ("idle pick-up p99", 0.99),
+    ] {
+        let (h, r) = (percentile(&herald_lat, p), percentile(&raw_lat, p));
+        rows.push(Row::new(
+            what,
+            ms(h),
+            ms(r),
+            h.as_secs_f64() / r.as_secs_f64(),
+        ));
     }
+
+    print_rows("baseline (raw apalis / pgbench / idle)", &rows);
     db.drop_db().await;
 }

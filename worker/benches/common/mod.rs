@@ -62,3 +62,59 @@ impl BenchDb {
         .await;
     }
 }
+
+/// One line of a report: a Herald figure beside its baseline.
+pub struct Row {
+    /// What was measured.
+    pub what: String,
+    /// Herald's figure, formatted.
+    pub herald: String,
+    /// The baseline's figure, formatted.
+    pub baseline: String,
+    /// Herald / baseline, formatted.
+    pub ratio: String,
+}
+
+impl Row {
+    /// A row whose ratio is `herald / baseline`.
+    pub fn new(what: &str, herald: String, baseline: String, ratio: f64) -> Self {
+        Self {
+            what: what.to_owned(),
+            herald,
+            baseline,
+            ratio: format!("{ratio:.2}"),
+        }
+    }
+}
+
+/// Prints the rows as a Markdown table, and once more as `BENCH-ROW` lines scripts/bench.sh collects.
+pub fn print_rows(baseline: &str, rows: &[Row]) {
+    println!("\n| measure | Herald | {baseline} | Herald / baseline |\n|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.what, r.herald, r.baseline, r.ratio
+        );
+    }
+    for r in rows {
+        println!(
+            "BENCH-ROW\t{}\t{}\t{}\t{}",
+            r.what, r.herald, r.baseline, r.ratio
+        );
+    }
+}
+
+/// The median of some figures.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
