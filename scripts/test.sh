@@ -10,7 +10,8 @@ Usage: scripts/test.sh [--no-lint]
 Runs cargo fmt --check and clippy (-D warnings), then the whole test suite once per PostgreSQL
 server: the embedded PostgreSQL 17 (started here) and the PostgreSQL on 127.0.0.1:5432 when one
 answers (PostgreSQL 15 on our machines). Every #[sqlx::test] gets its own database on that server.
-Then the fault-injection tests at CI size (scripts/chaos.sh --ci, on a PostgreSQL of their own).
+Then the fault-injection tests at CI size (scripts/chaos.sh --ci, on a PostgreSQL of their own)
+and API fuzzing with schemathesis (scripts/fuzz-api.sh).
 The SES/SQS emulator (moto, scripts/emulator.sh) is started for the end-to-end tests.
 Prints which server versions were tested; exits non-zero on any failure.
 
@@ -123,6 +124,14 @@ if "$HERALD_ROOT/scripts/chaos.sh" --ci; then
     tested+=("fault injection (SIGKILL, PostgreSQL restart, SES faults, poison feedback): passed")
 else
     failed+=("fault injection: FAILED")
+fi
+
+# API fuzzing from the OpenAPI document.
+log "API fuzzing (scripts/fuzz-api.sh)"
+if "$HERALD_ROOT/scripts/fuzz-api.sh"; then
+    tested+=("API fuzzing (schemathesis against /openapi.json): passed")
+else
+    failed+=("API fuzzing: FAILED")
 fi
 
 echo

@@ -7,7 +7,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::BenchDb;
+use common::{BenchDb, Row, print_rows};
 use std::time::Instant;
 
 use herald_shared::maintenance::{Settings, tasks};
@@ -90,21 +90,26 @@ async fn main() {
     println!(
         "Token expiry benchmark: PostgreSQL {version}, {n} expired verification tokens (+10000 valid), batch {batch}"
     );
-    println!(
-        "| measure | expire_tokens (batched) | one DELETE | batched / one |\n|---|---|---|---|"
+    let single_ms = single.as_secs_f64() * 1000.0;
+    print_rows(
+        "one DELETE",
+        &[
+            Row::new(
+                &format!("expiry of {n} tokens, total (s)"),
+                format!("{:.2}", report.timing.total_ms / 1000.0),
+                format!("{:.2}", single.as_secs_f64()),
+                report.timing.total_ms / single_ms,
+            ),
+            Row::new(
+                &format!(
+                    "expiry, longest statement (ms; {} statements vs 1)",
+                    report.timing.statements
+                ),
+                format!("{:.1}", report.timing.longest_statement_ms),
+                format!("{single_ms:.1}"),
+                report.timing.longest_statement_ms / single_ms,
+            ),
+        ],
     );
-    println!(
-        "| total | {:.2} s | {:.2} s | {:.2} |",
-        report.timing.total_ms / 1000.0,
-        single.as_secs_f64(),
-        report.timing.total_ms / 1000.0 / single.as_secs_f64()
-    );
-    println!(
-        "| longest single statement | {:.1} ms | {:.1} ms | {:.3} |",
-        report.timing.longest_statement_ms,
-        single.as_secs_f64() * 1000.0,
-        report.timing.longest_statement_ms / (single.as_secs_f64() * 1000.0)
-    );
-    println!("| statements | {} | 1 | |", report.timing.statements);
     db.drop_db().await;
 }

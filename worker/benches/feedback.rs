@@ -9,7 +9,7 @@ use std::time::Instant;
 #[path = "common/mod.rs"]
 mod common;
 
-use common::BenchDb;
+use common::{BenchDb, Row, print_rows};
 use herald_worker::feedback::{Outcome, Policy, apply, parse};
 use serde_json::json;
 
@@ -105,13 +105,58 @@ async fn main() {
     }
     let duplicate_rate = 1000.min(n) as f64 / start.elapsed().as_secs_f64();
 
+    // Baseline: a bare INSERT of one event row per message, no parsing, dedupe or policy.
+    let bare = async |count: usize, tasks: usize, label: &str| -> f64 {
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for w in 0..tasks {
+            let (pool, label) = (pool.clone(), label.to_owned());
+            handles.push(tokio::spawn(async move {
+                for i in (w..count).step_by(tasks) {
+                    sqlx::query(
+                        "INSERT INTO email_feedback_events (event_type, recipient, occurred_at, dedupe_key) VALUES ('bounce', $1, now(), $2)",
+                    )
+                    .bind(format!("bare-{label}-{i}@example.com"))
+                    .bind(format!("bare-{label}-{i}"))
+                    .execute(&pool)
+                    .await
+                    .expect("insert");
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("task");
+        }
+        count as f64 / start.elapsed().as_secs_f64()
+    };
+    let bare_sequential = bare(half, 1, "seq").await;
+    let bare_concurrent = bare(rest.len(), concurrency, "conc").await;
+
     println!(
-        "Feedback application benchmark: PostgreSQL {version}, {n} SNS-wrapped notifications (60% delivery, 30% bounce, 10% complaint)"
+        "Feedback application benchmark: PostgreSQL {version}, {n} SNS-wrapped notifications (60% delivery, 30% bounce, 10% complaint); parse only: {parse_rate:.0} msg/s"
     );
-    println!("| measure | messages/s |\n|---|---|");
-    println!("| parse only | {parse_rate:.0} |");
-    println!("| parse + apply, 1 at a time | {sequential:.0} |");
-    println!("| parse + apply, {concurrency} concurrent | {concurrent:.0} |");
-    println!("| redelivered duplicates, 1 at a time | {duplicate_rate:.0} |");
+    print_rows(
+        "bare event INSERT",
+        &[
+            Row::new(
+                "feedback parse + apply, 1 at a time, msg/s",
+                format!("{sequential:.0}"),
+                format!("{bare_sequential:.0}"),
+                sequential / bare_sequential,
+            ),
+            Row::new(
+                &format!("feedback parse + apply, {concurrency} concurrent, msg/s"),
+                format!("{concurrent:.0}"),
+                format!("{bare_concurrent:.0}"),
+                concurrent / bare_concurrent,
+            ),
+            Row::new(
+                "feedback redelivered duplicates, 1 at a time, msg/s",
+                format!("{duplicate_rate:.0}"),
+                format!("{bare_sequential:.0}"),
+                duplicate_rate / bare_sequential,
+            ),
+        ],
+    );
     db.drop_db().await;
 }

@@ -11,7 +11,8 @@
 //! - idle pick-up latency (commit to SES call) vs raw apalis (push to Done).
 //!
 //! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_ROUNDS (3), BENCH_PICKUPS (30),
-//! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15).
+//! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15);
+//! BENCH_PARTS (all, or a comma list of enqueue, drain, email: email includes pgbench and pick-up).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -229,6 +230,52 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The machine's CPU counters (busy, total) in ticks, from /proc/stat.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// Transactions committed or rolled back in this database so far.
+async fn xacts(pool: &PgPool) -> i64 {
+    // Statistics are flushed when a backend goes idle; give them a moment.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("stats")
+}
+
 /// `pgbench -N` (no updates of the small tables: the simple-update write ceiling) against `url`,
 /// with the given clients, if `PGBENCH` names the binary.
 fn pgbench_tps(url: &str, clients: usize, secs: usize) -> Option<f64> {
@@ -277,61 +324,64 @@ async fn main() {
     );
     let mut rows = Vec::new();
 
-    // 1. Enqueue: the API over HTTP vs raw concurrent apalis pushes.
-    let api_config = herald_api::ApiConfig::from_source(&[
-        ("API_TOKEN", TOKEN),
-        ("API_ADDR", "127.0.0.1:0"),
-        ("FRONTEND_URL", "https://app.example.com"),
-        ("EMAIL_FROM", "noreply@herald.test"),
-        ("DATABASE_URL", url.as_str()),
-    ])
-    .expect("api config");
-    let app = herald_api::Application::build(api_config, pool.clone())
-        .await
-        .expect("api");
-    let api_url = format!("http://{}", app.local_addr().expect("addr"));
-    tokio::spawn(app.serve(std::future::pending()));
-    let http = reqwest::Client::new();
-    let timed = |lat: Vec<Duration>, elapsed: Duration| {
-        let mut lat = lat;
-        lat.sort();
-        (
-            lat.len() as f64 / elapsed.as_secs_f64(),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-        )
-    };
-    let run_clients = |f: Arc<
-        dyn Fn(usize) -> futures::future::BoxFuture<'static, ()> + Send + Sync,
-    >| async move {
-        let per = pushes / clients;
-        let start = Instant::now();
-        let mut handles = Vec::new();
-        for c in 0..clients {
-            let f = f.clone();
-            handles.push(tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(per);
-                for i in 0..per {
-                    let t = Instant::now();
-                    f(c * per + i).await;
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.await.expect("client"));
-        }
-        (all, start.elapsed())
-    };
-    let raw_pool = pool.clone();
-    let (raw_lat, raw_time) = run_clients(Arc::new(move |i| {
-        let pool = raw_pool.clone();
-        Box::pin(async move { push_raw(&pool, "bench.push", i as u64).await })
-    }))
-    .await;
-    let (api_lat, api_time) = run_clients(Arc::new(move |i| {
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "all".into());
+    let want = |part: &str| parts == "all" || parts.split(',').any(|p| p == part);
+    if want("enqueue") {
+        // 1. Enqueue: the API over HTTP vs raw concurrent apalis pushes.
+        let api_config = herald_api::ApiConfig::from_source(&[
+            ("API_TOKEN", TOKEN),
+            ("API_ADDR", "127.0.0.1:0"),
+            ("FRONTEND_URL", "https://app.example.com"),
+            ("EMAIL_FROM", "noreply@herald.test"),
+            ("DATABASE_URL", url.as_str()),
+        ])
+        .expect("api config");
+        let app = herald_api::Application::build(api_config, pool.clone())
+            .await
+            .expect("api");
+        let api_url = format!("http://{}", app.local_addr().expect("addr"));
+        tokio::spawn(app.serve(std::future::pending()));
+        let http = reqwest::Client::new();
+        let timed = |lat: Vec<Duration>, elapsed: Duration| {
+            let mut lat = lat;
+            lat.sort();
+            (
+                lat.len() as f64 / elapsed.as_secs_f64(),
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99),
+            )
+        };
+        let run_clients = |f: Arc<
+            dyn Fn(usize) -> futures::future::BoxFuture<'static, ()> + Send + Sync,
+        >| async move {
+            let per = pushes / clients;
+            let start = Instant::now();
+            let mut handles = Vec::new();
+            for c in 0..clients {
+                let f = f.clone();
+                handles.push(tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(per);
+                    for i in 0..per {
+                        let t = Instant::now();
+                        f(c * per + i).await;
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                }));
+            }
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.await.expect("client"));
+            }
+            (all, start.elapsed())
+        };
+        let raw_pool = pool.clone();
+        let (raw_lat, raw_time) = run_clients(Arc::new(move |i| {
+            let pool = raw_pool.clone();
+            Box::pin(async move { push_raw(&pool, "bench.push", i as u64).await })
+        }))
+        .await;
+        let (api_lat, api_time) = run_clients(Arc::new(move |i| {
         let http = http.clone();
         let url = format!("{api_url}/v1/emails");
         Box::pin(async move {
@@ -346,193 +396,212 @@ async fn main() {
         })
     }))
     .await;
-    let (raw_rate, raw_p50, raw_p99) = timed(raw_lat, raw_time);
-    let (api_rate, api_p50, api_p99) = timed(api_lat, api_time);
-    rows.push(Row::new(
-        "enqueue rate (POST /v1/emails vs apalis push), jobs/s",
-        format!("{api_rate:.0}"),
-        format!("{raw_rate:.0}"),
-        api_rate / raw_rate,
-    ));
-    rows.push(Row::new(
-        "enqueue latency p50",
-        ms(api_p50),
-        ms(raw_p50),
-        api_p50.as_secs_f64() / raw_p50.as_secs_f64(),
-    ));
-    rows.push(Row::new(
-        "enqueue latency p99",
-        ms(api_p99),
-        ms(raw_p99),
-        api_p99.as_secs_f64() / raw_p99.as_secs_f64(),
-    ));
-    // Those API jobs are not drained here; clear them so the drains below start from empty queues.
-    for table in ["apalis.jobs", "email_deliveries"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
-            .execute(&pool)
-            .await
-            .expect("clear");
-    }
-
-    // 2. No-op drain, alternating raw and Herald rounds on fresh queues; medians.
-    let worker_env: std::collections::HashMap<String, String> = [
-        ("DATABASE_URL", url.as_str()),
-        ("EMAIL_FROM", "noreply@herald.test"),
-        ("FRONTEND_URL", "https://app.example.com"),
-        ("WORKER_BATCH_SIZE", &batch.to_string()),
-        ("WORKER_CONCURRENCY", &concurrency.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let config = herald_worker::WorkerConfig::from_source(&worker_env).expect("worker config");
-    let (mut raw_rates, mut herald_rates) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let q = format!("bench.raw.{round}");
-        raw_rates.push(
-            drain_noop(&pool, &q, jobs, || {
-                raw_worker(&pool, &q, batch, concurrency)
-            })
-            .await,
-        );
-        let q = format!("bench.herald.{round}");
-        herald_rates
-            .push(drain_noop(&pool, &q, jobs, || herald_noop_worker(&pool, &q, &config)).await);
-    }
-    let (raw_drain, herald_drain) = (median(&raw_rates), median(&herald_rates));
-    println!("no-op drain rounds, jobs/s: raw {raw_rates:.0?}, Herald {herald_rates:.0?}");
-    rows.push(Row::new(
-        &format!(
-            "no-op drain (batch {batch}, concurrency {concurrency}), jobs/s, median of {rounds}"
-        ),
-        format!("{herald_drain:.0}"),
-        format!("{raw_drain:.0}"),
-        herald_drain / raw_drain,
-    ));
-
-    // 3. The write ceiling of this server.
-    let tps = pgbench_tps(&url, clients, pgbench_secs);
-
-    // 4. Full email path: the worker binary against the SES stub; its memory idle and under load.
-    let stub = SesStub::start().await;
-    let mut worker = spawn_worker(&url, &stub.url, batch, concurrency);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        worker.try_wait().expect("wait").is_none(),
-        "herald-worker exited"
-    );
-    let idle_rss = rss_mib(worker.id());
-    let mut tx = pool.begin().await.expect("tx");
-    for i in 0..jobs {
-        email::enqueue(
-            &mut tx,
-            &email(i),
-            EnqueueOptions {
-                max_attempts: 3,
-                run_at: None,
-            },
-        )
-        .await
-        .expect("enqueue");
-    }
-    tx.commit().await.expect("commit");
-    let start = Instant::now();
-    let mut peak_rss = idle_rss;
-    while count_done(&pool, email::EMAIL_QUEUE).await < jobs as i64 {
-        peak_rss = peak_rss.max(rss_mib(worker.id()));
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "email jobs did not drain"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let email_rate = jobs as f64 / start.elapsed().as_secs_f64();
-    assert_eq!(
-        stub.calls(),
-        jobs as u64,
-        "every email job called SES exactly once"
-    );
-    match tps {
-        Some(tps) => rows.push(Row::new(
-            "full email path (worker binary, SES stub) vs pgbench -N TPS",
-            format!("{email_rate:.0}"),
-            format!("{tps:.0}"),
-            email_rate / tps,
-        )),
-        None => println!("PGBENCH is not set: no pgbench -N baseline"),
-    }
-    rows.push(Row::new(
-        "full email path vs raw no-op drain, jobs/s",
-        format!("{email_rate:.0}"),
-        format!("{raw_drain:.0}"),
-        email_rate / raw_drain,
-    ));
-    rows.push(Row::new(
-        "worker memory (RSS, MiB): peak under load vs idle",
-        format!("{peak_rss:.1}"),
-        format!("{idle_rss:.1}"),
-        peak_rss / idle_rss,
-    ));
-
-    // 5. Idle pick-up: one job at a time into an idle queue.
-    let mut herald_lat = Vec::new();
-    for i in 0..pickups {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let before = stub.calls() as usize;
-        let mut tx = pool.begin().await.expect("tx");
-        email::enqueue(
-            &mut tx,
-            &email(jobs + i),
-            EnqueueOptions {
-                max_attempts: 3,
-                run_at: None,
-            },
-        )
-        .await
-        .expect("enqueue");
-        let t = Instant::now();
-        tx.commit().await.expect("commit");
-        loop {
-            let calls = stub.call_times().await;
-            if calls.len() > before {
-                herald_lat.push(calls[before].saturating_duration_since(t));
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }
-    let _ = worker.kill();
-    let _ = worker.wait();
-
-    // The same for raw apalis: push, then wait for the job to be Done (an upper bound for pick-up).
-    let stop_raw = raw_worker(&pool, "bench.idle", batch, concurrency);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut raw_lat = Vec::new();
-    for i in 0..pickups {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let t = Instant::now();
-        push_raw(&pool, "bench.idle", i as u64).await;
-        while count_done(&pool, "bench.idle").await < (i + 1) as i64 {
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-        raw_lat.push(t.elapsed());
-    }
-    let _ = stop_raw.send(());
-    herald_lat.sort();
-    raw_lat.sort();
-    for (what, p) in [
-        ("idle pick-up p50 (commit to SES call / push to Done)", 0.5),
-        ("idle pick-up p99", 0.99),
-    ] {
-        let (h, r) = (percentile(&herald_lat, p), percentile(&raw_lat, p));
+        let (raw_rate, raw_p50, raw_p99) = timed(raw_lat, raw_time);
+        let (api_rate, api_p50, api_p99) = timed(api_lat, api_time);
         rows.push(Row::new(
-            what,
-            ms(h),
-            ms(r),
-            h.as_secs_f64() / r.as_secs_f64(),
+            "enqueue rate (POST /v1/emails vs apalis push), jobs/s",
+            format!("{api_rate:.0}"),
+            format!("{raw_rate:.0}"),
+            api_rate / raw_rate,
+        ));
+        rows.push(Row::new(
+            "enqueue latency p50",
+            ms(api_p50),
+            ms(raw_p50),
+            api_p50.as_secs_f64() / raw_p50.as_secs_f64(),
+        ));
+        rows.push(Row::new(
+            "enqueue latency p99",
+            ms(api_p99),
+            ms(raw_p99),
+            api_p99.as_secs_f64() / raw_p99.as_secs_f64(),
+        ));
+        // Those API jobs are not drained here; clear them so the drains below start from empty queues.
+        for table in ["apalis.jobs", "email_deliveries"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&pool)
+                .await
+                .expect("clear");
+        }
+    }
+    let mut raw_drain = f64::NAN;
+    if want("drain") {
+        // 2. No-op drain, alternating raw and Herald rounds on fresh queues; medians.
+        let worker_env: std::collections::HashMap<String, String> = [
+            ("DATABASE_URL", url.as_str()),
+            ("EMAIL_FROM", "noreply@herald.test"),
+            ("FRONTEND_URL", "https://app.example.com"),
+            ("WORKER_BATCH_SIZE", &batch.to_string()),
+            ("WORKER_CONCURRENCY", &concurrency.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let config = herald_worker::WorkerConfig::from_source(&worker_env).expect("worker config");
+        let (mut raw_rates, mut herald_rates) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let q = format!("bench.raw.{round}");
+            raw_rates.push(
+                drain_noop(&pool, &q, jobs, || {
+                    raw_worker(&pool, &q, batch, concurrency)
+                })
+                .await,
+            );
+            let q = format!("bench.herald.{round}");
+            herald_rates
+                .push(drain_noop(&pool, &q, jobs, || herald_noop_worker(&pool, &q, &config)).await);
+        }
+        let herald_drain = median(&herald_rates);
+        raw_drain = median(&raw_rates);
+        println!("no-op drain rounds, jobs/s: raw {raw_rates:.0?}, Herald {herald_rates:.0?}");
+        rows.push(Row::new(
+            &format!(
+                "no-op drain (batch {batch}, concurrency {concurrency}), jobs/s, median of {rounds}"
+            ),
+            format!("{herald_drain:.0}"),
+            format!("{raw_drain:.0}"),
+            herald_drain / raw_drain,
         ));
     }
+    // 3. The write ceiling of this server.
+    let tps = if want("email") {
+        pgbench_tps(&url, clients, pgbench_secs)
+    } else {
+        None
+    };
 
+    if want("email") {
+        // 4. Full email path: the worker binary against the SES stub; its memory idle and under load.
+        let stub = SesStub::start().await;
+        let mut worker = spawn_worker(&url, &stub.url, batch, concurrency);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            worker.try_wait().expect("wait").is_none(),
+            "herald-worker exited"
+        );
+        let idle_rss = rss_mib(worker.id());
+        let (cpu_before, xacts_before) = (cpu_secs(worker.id()), xacts(&pool).await);
+        let mut tx = pool.begin().await.expect("tx");
+        for i in 0..jobs {
+            email::enqueue(
+                &mut tx,
+                &email(i),
+                EnqueueOptions {
+                    max_attempts: 3,
+                    run_at: None,
+                },
+            )
+            .await
+            .expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+        let start = Instant::now();
+        let machine_before = machine_cpu();
+        let mut peak_rss = idle_rss;
+        while count_done(&pool, email::EMAIL_QUEUE).await < jobs as i64 {
+            peak_rss = peak_rss.max(rss_mib(worker.id()));
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "email jobs did not drain"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let email_rate = jobs as f64 / start.elapsed().as_secs_f64();
+        let machine_after = machine_cpu();
+        let worker_cpu = cpu_secs(worker.id()) - cpu_before;
+        let busy = (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1);
+        let per_email = (xacts(&pool).await - xacts_before) as f64 / jobs as f64;
+        println!(
+            "email path: {email_rate:.0} jobs/s; worker CPU {:.2} ms per email; {per_email:.1} transactions per email (all clients); machine CPU {:.0}% busy",
+            worker_cpu * 1000.0 / jobs as f64,
+            busy * 100.0
+        );
+        assert_eq!(
+            stub.calls(),
+            jobs as u64,
+            "every email job called SES exactly once"
+        );
+        match tps {
+            Some(tps) => rows.push(Row::new(
+                "full email path (worker binary, SES stub) vs pgbench -N TPS",
+                format!("{email_rate:.0}"),
+                format!("{tps:.0}"),
+                email_rate / tps,
+            )),
+            None => println!("PGBENCH is not set: no pgbench -N baseline"),
+        }
+        rows.push(Row::new(
+            "full email path vs raw no-op drain, jobs/s",
+            format!("{email_rate:.0}"),
+            format!("{raw_drain:.0}"),
+            email_rate / raw_drain,
+        ));
+        rows.push(Row::new(
+            "worker memory (RSS, MiB): peak under load vs idle",
+            format!("{peak_rss:.1}"),
+            format!("{idle_rss:.1}"),
+            peak_rss / idle_rss,
+        ));
+
+        // 5. Idle pick-up: one job at a time into an idle queue.
+        let mut herald_lat = Vec::new();
+        for i in 0..pickups {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let before = stub.calls() as usize;
+            let mut tx = pool.begin().await.expect("tx");
+            email::enqueue(
+                &mut tx,
+                &email(jobs + i),
+                EnqueueOptions {
+                    max_attempts: 3,
+                    run_at: None,
+                },
+            )
+            .await
+            .expect("enqueue");
+            let t = Instant::now();
+            tx.commit().await.expect("commit");
+            loop {
+                let calls = stub.call_times().await;
+                if calls.len() > before {
+                    herald_lat.push(calls[before].saturating_duration_since(t));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        let _ = worker.kill();
+        let _ = worker.wait();
+
+        // The same for raw apalis: push, then wait for the job to be Done (an upper bound for pick-up).
+        let stop_raw = raw_worker(&pool, "bench.idle", batch, concurrency);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut raw_lat = Vec::new();
+        for i in 0..pickups {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let t = Instant::now();
+            push_raw(&pool, "bench.idle", i as u64).await;
+            while count_done(&pool, "bench.idle").await < (i + 1) as i64 {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            raw_lat.push(t.elapsed());
+        }
+        let _ = stop_raw.send(());
+        herald_lat.sort();
+        raw_lat.sort();
+        for (what, p) in [
+            ("idle pick-up p50 (commit to SES call / push to Done)", 0.5),
+            ("idle pick-up p99", 0.99),
+        ] {
+            let (h, r) = (percentile(&herald_lat, p), percentile(&raw_lat, p));
+            rows.push(Row::new(
+                what,
+                ms(h),
+                ms(r),
+                h.as_secs_f64() / r.as_secs_f64(),
+            ));
+        }
+    }
     print_rows("baseline (raw apalis / pgbench / idle)", &rows);
     db.drop_db().await;
 }
