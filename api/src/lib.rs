@@ -45,7 +45,7 @@ pub struct AppState {
         schedules::list,
         compliance::get, compliance::resume,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &CommonResponses)
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -59,6 +59,58 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Responses every route of a kind can give, documented once: a JSON body can be malformed (400),
+/// too large (413) or not JSON (415); a route that reads the database can find it unavailable
+/// (503 `database_unavailable`, with Retry-After).
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                if op.request_body.is_some() {
+                    for (code, text) in [
+                        ("400", "Malformed JSON"),
+                        ("413", "Body over 256 KiB"),
+                        ("415", "Not JSON (Content-Type must be application/json)"),
+                    ] {
+                        responses
+                            .entry(code.to_owned())
+                            .or_insert_with(|| error(text).into());
+                    }
+                }
+                // Authenticated routes read the database; /health does not and /ready has its own.
+                if op.security.is_some() {
+                    responses.entry("503".to_owned()).or_insert_with(|| {
+                        error("Database unavailable (`database_unavailable`); retry after Retry-After")
+                            .into()
+                    });
+                }
+            }
+        }
     }
 }
 

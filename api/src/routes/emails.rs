@@ -133,11 +133,8 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same job")),
     responses(
         (status = 202, description = "Queued", body = Enqueued),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 409, description = "Recipient suppressed, or Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 413, description = "Body over 256 KiB", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid address, unknown template, missing variable or unknown field", body = ErrorBody)))]
 pub async fn send_email(
     State(state): State<AppState>,
