@@ -178,7 +178,8 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         }
         _ => {}
     }
-    if let Some(pause) = email::current_pause(&mut tx).await? {
+    let gate = email::send_gate(&mut tx, id, &job.to, job.category).await?;
+    if let Some(pause) = gate.pause {
         jobs::reschedule_running(&mut tx, id, pause.until, true).await?;
         let reason = format!(
             "sending paused until {} ({})",
@@ -189,7 +190,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         tx.commit().await?;
         return Err(JobFailure::Paused(pause.until));
     }
-    if herald_shared::compliance::is_paused(&mut tx, job.category).await? {
+    if gate.compliance_paused {
         // Held, not failed: the job looks again later and is sent once sending resumes.
         let until =
             Utc::now() + chrono::Duration::from_std(ctx.compliance_recheck).unwrap_or_default();
@@ -202,7 +203,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         tx.commit().await?;
         return Err(JobFailure::Paused(until));
     }
-    if email::is_suppressed(&mut tx, &job.to, job.category).await? {
+    if gate.suppressed {
         email::mark_outcome(&mut tx, id, "suppressed", None).await?;
         tx.commit().await?;
         count(ctx, "suppressed");
@@ -234,10 +235,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         }
         Err(other) => return Err(other),
     };
-    let row = jobs::find(&mut tx, id)
-        .await?
-        .ok_or_else(|| JobFailure::Content("job vanished".into()))?;
-    let last_attempt = row.attempts + 1 >= row.max_attempts;
+    let last_attempt = gate.attempts + 1 >= gate.max_attempts;
     email::mark_sending(&mut tx, id, uncertain, token_id).await?;
     tx.commit().await?;
 
