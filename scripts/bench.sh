@@ -65,7 +65,7 @@ report="$HERALD_LOCAL/bench-report.md"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores available"
     echo "- Memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; kernel $(uname -r)"
     echo "- PostgreSQL: $("$(any_psql)" "$DATABASE_URL" -XAtqc 'SHOW server_version' | awk '{print $1}') at $(url_redacted "$DATABASE_URL" | sed 's|/[^/]*$||'); $("$PGBENCH" --version)"
-    echo "- $(rustc --version); sizes: $(env | grep '^BENCH_' | sort | tr '\n' ' ')"
+    echo "- $(rustc --version); sizes: $(env | grep '^BENCH_' | sort | tr '\n' ' ' | sed 's/^$/the defaults in worker\/benches/')"
     grep -h '^Herald pipeline benchmark\|^Token expiry benchmark\|^Feedback application benchmark\|^no-op drain rounds' "$raw" | sed 's/^/- /'
     echo
     echo "| measure | Herald | baseline | Herald / baseline |"

@@ -66,6 +66,12 @@ pub(crate) struct Moto {
 
 impl Moto {
     pub(crate) async fn new() -> Self {
+        Self::with_visibility_timeout(1).await
+    }
+
+    /// A queue whose received messages stay hidden for `secs` (a message goes to the DLQ on its
+    /// third receive).
+    pub(crate) async fn with_visibility_timeout(secs: u32) -> Self {
         let sqs = moto_sqs().await;
         let name = unique("fb");
         let dlq_url = sqs
@@ -80,7 +86,7 @@ impl Moto {
         let queue_url = sqs
             .create_queue()
             .queue_name(&name)
-            .attributes(QueueAttributeName::VisibilityTimeout, "1")
+            .attributes(QueueAttributeName::VisibilityTimeout, secs.to_string())
             .attributes(
                 QueueAttributeName::RedrivePolicy,
                 json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}).to_string(),
