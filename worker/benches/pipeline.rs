@@ -513,6 +513,13 @@ async fn main() {
         let worker_cpu = cpu_secs(worker.id()) - cpu_before;
         let busy = (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1);
         let per_email = (xacts(&pool).await - xacts_before) as f64 / jobs as f64;
+        let (updates, hot): (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'email_deliveries'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("table stats");
+        println!("ledger updates: {updates}, of which HOT (no index rewritten): {hot}");
         println!(
             "email path: {email_rate:.0} jobs/s; worker CPU {:.2} ms per email; {per_email:.1} transactions per email (all clients); machine CPU {:.0}% busy ({:.2} ms per email in this process: SES stub and polling)",
             worker_cpu * 1000.0 / jobs as f64,
