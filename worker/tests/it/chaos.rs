@@ -173,7 +173,7 @@ async fn chaos_repeated_sigkill_of_the_worker_loses_no_email() {
     let start = Instant::now();
     let (mut kills, mut stranded) = (0, 0);
     loop {
-        let pause = Duration::from_millis(rand::random_range(400..1200));
+        let pause = Duration::from_millis(rand::random_range(300..900));
         tokio::time::sleep(pause).await;
         let status = statuses(&stack.pool).await.unwrap_or_default();
         if status.get("Done").copied().unwrap_or(0) == n as i64 {
