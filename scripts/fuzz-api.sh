@@ -72,10 +72,11 @@ log "fuzzing $api_url/openapi.json ($max_examples examples per operation and pha
 
 report="$HERALD_LOCAL/fuzz-report"
 status=0
-"$venv/bin/st" run "$api_url/openapi.json" \
+# From a scratch folder: schemathesis keeps a cache in its working directory.
+(cd "$work" && "$venv/bin/st" run "$api_url/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks "${HERALD_FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance}" \
     --max-examples "$max_examples" --seed 1 --workers 2 --request-timeout 10 --generation-database none \
-    --no-color --report junit --report-dir "$report" || status=$?
+    --no-color --report junit --report-dir "$report") || status=$?
 [ "$status" = 0 ] || die "schemathesis found problems (report in ${report#"$HERALD_ROOT"/})"
 log "no server errors; every response matched the OpenAPI document"
