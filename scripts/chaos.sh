@@ -61,8 +61,7 @@ export HERALD_TEST_AWS_ENDPOINT="$EMULATOR_URL"
 "${pg[@]}" start
 export DATABASE_URL
 DATABASE_URL="$(url_with_db "$("${pg[@]}" url)" herald_test)"
-printf '%s\n' "SELECT 'CREATE DATABASE herald_test' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'herald_test') \\gexec" |
-    "$PG_EMBEDDED_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$(url_with_db "$DATABASE_URL" postgres)"
+ensure_database "$DATABASE_URL"
 
 log "fault injection: $HERALD_CHAOS_EMAILS emails under SIGKILL, $HERALD_CHAOS_RESTART_EMAILS across a PostgreSQL restart, $HERALD_CHAOS_FAULT_EMAILS through SES faults, $HERALD_CHAOS_FEEDBACK notifications among poison"
 # One at a time: one test restarts the server the others use, and timings matter.

@@ -106,9 +106,7 @@ for entry in "${servers[@]}"; do
     label="${entry%%|*}"
     url="${entry#*|}"
     psql_bin="$(any_psql)"
-    printf '%s\n' "SELECT format('CREATE DATABASE %I', :'db') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \\gexec" |
-        "$psql_bin" -X -q -v ON_ERROR_STOP=1 -v db="$(url_db "$url")" "$(url_with_db "$url" postgres)" ||
-        die "cannot prepare the test database on $label"
+    ensure_database "$url" || die "cannot prepare the test database on $label"
     version="$("$psql_bin" -XAtqc 'SHOW server_version' "$url" | awk '{print $1}')"
     log "running the tests against PostgreSQL $version ($label)"
     if DATABASE_URL="$url" run_tests; then

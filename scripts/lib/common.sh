@@ -48,6 +48,12 @@ if p.password:
 print(u.urlunsplit(p))' "$1"
 }
 
+# ensure_database URL: creates the database URL names if it does not exist yet.
+ensure_database() {
+    printf '%s\n' "SELECT format('CREATE DATABASE %I', :'db') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \\gexec" |
+        "$(any_psql)" -X -q -v ON_ERROR_STOP=1 -v db="$(url_db "$1")" "$(url_with_db "$1" postgres)"
+}
+
 # A psql of any version: Debian's if installed, else the embedded one.
 any_psql() {
     if [ -x "$PG_EMBEDDED_BIN/psql" ]; then

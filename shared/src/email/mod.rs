@@ -302,22 +302,6 @@ pub struct Pause {
     pub reason: Option<String>,
 }
 
-/// The pause in force now, if any.
-pub async fn current_pause(conn: &mut PgConnection) -> Result<Option<Pause>, sqlx::Error> {
-    let row = sqlx::query!(
-        "SELECT paused_until, pause_reason FROM email_sending_control
-         WHERE paused_until > now()"
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.and_then(|r| {
-        r.paused_until.map(|until| Pause {
-            until,
-            reason: r.pause_reason,
-        })
-    }))
-}
-
 /// Pauses sending for every worker until `until` (never shortens a longer pause).
 pub async fn pause_sending(
     conn: &mut PgConnection,

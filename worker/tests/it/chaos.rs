@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use herald_shared::email::{self, Category, EMAIL_QUEUE, EmailContent, EmailJob};
-use herald_shared::jobs::EnqueueOptions;
+use herald_shared::email::{Category, EMAIL_QUEUE};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::e2e::{Stack, unique};
 use crate::feedback::{Moto, bounce, eventually, policy};
+use crate::helpers::enqueue_with;
 use crate::ses_stub::{Mode, SesStub};
 
 fn size(var: &str, default: usize) -> usize {
@@ -42,34 +42,6 @@ fn worker_env(stub: &SesStub, rate: &str) -> Vec<(&'static str, String)> {
 fn spawn(stack: &mut Stack, env: &[(&'static str, String)]) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     stack.spawn_worker(&env);
-}
-
-/// Enqueues `n` emails to `<tag>-<i>@example.com`, 1,000 per transaction.
-async fn enqueue(pool: &PgPool, n: usize, tag: &str, max_attempts: u32) {
-    let mut i = 0;
-    while i < n {
-        let mut tx = pool.begin().await.expect("tx");
-        for j in i..(i + 1000).min(n) {
-            let job = EmailJob {
-                to: format!("{tag}-{j}@example.com"),
-                category: Category::Transactional,
-                content: EmailContent::Raw {
-                    subject: format!("Message {j}"),
-                    text: Some("Hello".into()),
-                    html: None,
-                },
-            };
-            let options = EnqueueOptions {
-                max_attempts,
-                run_at: None,
-            };
-            email::enqueue(&mut tx, &job, options)
-                .await
-                .expect("enqueue");
-        }
-        tx.commit().await.expect("commit");
-        i += 1000;
-    }
 }
 
 /// Email jobs by apalis status; `None` while the database cannot be reached.
@@ -167,7 +139,7 @@ async fn chaos_repeated_sigkill_of_the_worker_loses_no_email() {
     let stub = SesStub::start().await;
     let mut stack = Stack::start().await;
     let tag = unique("kill");
-    enqueue(&stack.pool, n, &tag, 8).await;
+    enqueue_with(&stack.pool, n, &tag, Category::Transactional, 8).await;
     let env = worker_env(&stub, "100000");
     spawn(&mut stack, &env);
     let start = Instant::now();
@@ -214,7 +186,7 @@ async fn chaos_postgres_restart_mid_run_api_and_worker_recover_and_lose_nothing(
     let mut stack = Stack::start().await;
     let tag = unique("restart");
     let api_tag = unique("restart-api");
-    enqueue(&stack.pool, n, &tag, 8).await;
+    enqueue_with(&stack.pool, n, &tag, Category::Transactional, 8).await;
     // Slow enough that the restart lands mid-run.
     spawn(&mut stack, &worker_env(&stub, "200"));
     wait_until(&stack.pool, "some sent", |sent| sent >= 50).await;
@@ -340,7 +312,7 @@ async fn chaos_ses_throttling_errors_and_timeouts_back_off_without_loss_or_storm
     let mut stack = Stack::start().await;
     let tag = unique("faults");
     // Enough attempts for a 6 s outage at this test's 200 ms backoff base.
-    enqueue(&stack.pool, n, &tag, 20).await;
+    enqueue_with(&stack.pool, n, &tag, Category::Transactional, 20).await;
     spawn(&mut stack, &worker_env(&stub, &rate.to_string()));
     let start = Instant::now();
     let mut phases = Vec::new();

@@ -98,30 +98,44 @@ impl RunningWorker {
 
 /// Enqueues `n` raw emails to distinct recipients; returns their job ids.
 pub async fn enqueue(pool: &PgPool, n: usize, tag: &str, category: Category) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut tx = pool.begin().await.expect("tx");
-    for i in 0..n {
-        let job = EmailJob {
-            to: format!("{tag}-{i}@example.com"),
-            category,
-            content: EmailContent::Raw {
-                subject: format!("Message {i}"),
-                text: Some("Hello".into()),
-                html: None,
-            },
-        };
-        let options = EnqueueOptions {
-            max_attempts: 8,
-            run_at: None,
-        };
-        ids.push(
-            email::enqueue(&mut tx, &job, options)
-                .await
-                .expect("enqueue")
-                .to_string(),
-        );
+    enqueue_with(pool, n, tag, category, 8).await
+}
+
+/// Enqueues `n` raw emails to `<tag>-<i>@example.com` with `max_attempts`, 1,000 per transaction;
+/// returns their job ids.
+pub async fn enqueue_with(
+    pool: &PgPool,
+    n: usize,
+    tag: &str,
+    category: Category,
+    max_attempts: u32,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut tx = pool.begin().await.expect("tx");
+        for &i in chunk {
+            let job = EmailJob {
+                to: format!("{tag}-{i}@example.com"),
+                category,
+                content: EmailContent::Raw {
+                    subject: format!("Message {i}"),
+                    text: Some("Hello".into()),
+                    html: None,
+                },
+            };
+            let options = EnqueueOptions {
+                max_attempts,
+                run_at: None,
+            };
+            ids.push(
+                email::enqueue(&mut tx, &job, options)
+                    .await
+                    .expect("enqueue")
+                    .to_string(),
+            );
+        }
+        tx.commit().await.expect("commit");
     }
-    tx.commit().await.expect("commit");
     ids
 }
 
