@@ -12,7 +12,8 @@
 //!
 //! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_ROUNDS (3), BENCH_PICKUPS (30),
 //! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15);
-//! BENCH_PARTS (all, or a comma list of enqueue, drain, email: email includes pgbench and pick-up).
+//! BENCH_PARTS (all, or a comma list of enqueue, drain, email: email includes pgbench and pick-up);
+//! BENCH_WORKER_BIN (another herald-worker binary to measure instead of this build's).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -199,7 +200,10 @@ fn email(i: usize) -> EmailJob {
 
 /// The worker binary cargo built for this bench, against the database and the SES stub.
 fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_herald-worker"))
+    // BENCH_WORKER_BIN compares another build of the worker (say, the previous commit's) in one run.
+    let bin = std::env::var("BENCH_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald-worker").to_owned());
+    Command::new(bin)
         .env("DATABASE_URL", url)
         .env("DB_MAX_CONNECTIONS", (concurrency + 8).to_string())
         .env("EMAIL_FROM", "noreply@herald.test")

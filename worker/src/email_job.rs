@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tracing::Instrument;
 
+use crate::group::Group;
 use crate::ses::{OutgoingEmail, SendError, SesSender};
 
 /// What every email job needs, shared by the process's workers.
@@ -39,6 +40,78 @@ pub struct EmailContext {
     pub metrics: Arc<Metrics>,
     /// How often a job held by a compliance pause looks again.
     pub compliance_recheck: Duration,
+    /// Grouped ledger writes.
+    pub ledger: LedgerGroups,
+}
+
+/// A claim request: job id, recipient, category.
+type ClaimRequest = (String, String, String);
+
+/// The grouped ledger writes of one worker process.
+#[derive(Debug)]
+pub struct LedgerGroups {
+    /// Moves rows to `sending` (the common case) for many emails at once.
+    claims: Group<ClaimRequest, email::Claim>,
+    /// Writes `sent` for many emails at once.
+    sent: Group<(String, String), ()>,
+}
+
+impl LedgerGroups {
+    /// Starts the two writer tasks.
+    pub fn start(pool: &PgPool) -> Self {
+        let claim_pool = pool.clone();
+        let claims = Group::start(256, move |items: Vec<ClaimRequest>| {
+            let pool = claim_pool.clone();
+            async move {
+                let mut ids = Vec::with_capacity(items.len());
+                let mut emails = Vec::with_capacity(items.len());
+                let mut categories = Vec::with_capacity(items.len());
+                for (id, to, category) in items {
+                    ids.push(id);
+                    emails.push(to);
+                    categories.push(category);
+                }
+                let result = async {
+                    let mut conn = pool.acquire().await?;
+                    email::claim_clear_many(&mut conn, &ids, &emails, &categories).await
+                }
+                .await;
+                match result {
+                    Ok(claimed) => {
+                        let mut claimed: std::collections::HashMap<_, _> =
+                            claimed.into_iter().collect();
+                        ids.iter().map(|id| claimed.remove(id)).collect()
+                    }
+                    Err(error) => {
+                        // Each email then takes the step-by-step path.
+                        tracing::warn!(%error, emails = ids.len(), "grouped claim failed");
+                        Vec::new()
+                    }
+                }
+            }
+        });
+        let sent_pool = pool.clone();
+        let sent = Group::start(256, move |items: Vec<(String, String)>| {
+            let pool = sent_pool.clone();
+            async move {
+                let (ids, message_ids): (Vec<String>, Vec<String>) = items.into_iter().unzip();
+                let result = async {
+                    let mut conn = pool.acquire().await?;
+                    email::mark_sent_many(&mut conn, &ids, &message_ids).await
+                }
+                .await;
+                match result {
+                    Ok(_) => vec![Some(()); ids.len()],
+                    Err(error) => {
+                        // Each email then writes its own row, with retries and per-row errors.
+                        tracing::warn!(%error, emails = ids.len(), "grouped 'sent' write failed");
+                        Vec::new()
+                    }
+                }
+            }
+        });
+        Self { claims, sent }
+    }
 }
 
 /// A block of reserved send slots. Reserving 50 ms worth at a time keeps the shared limiter's row
@@ -145,6 +218,26 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         tokio::time::sleep(wait).await;
     }
 
+    // Plain content with nothing holding it back: one grouped statement, not a transaction of four.
+    if let Some(Ok(rendered)) = render_plain(job) {
+        let request = (
+            id.to_owned(),
+            job.to.clone(),
+            job.category.as_str().to_owned(),
+        );
+        if let Some(claim) = ctx.ledger.claims.call(request).await {
+            if claim.before.status == "sending" {
+                tracing::warn!(
+                    job_id = id,
+                    "an earlier attempt died during its SES call; sending again"
+                );
+            }
+            let last_attempt = claim.job_attempts + 1 >= claim.max_attempts;
+            let outgoing = outgoing(ctx, id, job, rendered);
+            return send(ctx, id, &outgoing, &claim.before, last_attempt).await;
+        }
+    }
+
     let mut tx = ctx.pool.begin().await?;
     let delivery = match email::lock_delivery(&mut tx, id).await? {
         Some(d) => d,
@@ -238,8 +331,18 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     let last_attempt = gate.attempts + 1 >= gate.max_attempts;
     email::mark_sending(&mut tx, id, uncertain, token_id).await?;
     tx.commit().await?;
+    send(ctx, id, &outgoing, &delivery, last_attempt).await
+}
 
-    let error = match ctx.sender.send(&outgoing).await {
+/// Calls SES for a job whose ledger row is committed as `sending`, and records what happened.
+async fn send(
+    ctx: &EmailContext,
+    id: &str,
+    outgoing: &OutgoingEmail,
+    delivery: &email::Delivery,
+    last_attempt: bool,
+) -> Result<Value, JobFailure> {
+    let error = match ctx.sender.send(outgoing).await {
         Ok(message_id) => {
             record_sent(ctx, id, &message_id).await?;
             count(ctx, "sent");
@@ -258,11 +361,11 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     let mut conn = ctx.pool.acquire().await?;
     match error {
         SendError::Retryable(reason) if !last_attempt => {
-            retry_later(ctx, &mut conn, id, &delivery, reason, "pending").await
+            retry_later(ctx, &mut conn, id, delivery, reason, "pending").await
         }
         // The row stays `sending`, so the next attempt is counted as an uncertain resend.
         SendError::Unknown(reason) if !last_attempt => {
-            retry_later(ctx, &mut conn, id, &delivery, reason, "sending").await
+            retry_later(ctx, &mut conn, id, delivery, reason, "sending").await
         }
         SendError::Paused(reason) => {
             let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
@@ -318,6 +421,10 @@ async fn retry_later(
 /// A write the database refuses for good (not a lost connection) still marks the email sent, so
 /// that a retry never sends it again.
 async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(), JobFailure> {
+    let grouped = ctx.ledger.sent.call((id.to_owned(), message_id.to_owned()));
+    if grouped.await.is_some() {
+        return Ok(());
+    }
     let mut delay = Duration::from_millis(200);
     let mut tries = 0;
     loop {
@@ -355,21 +462,10 @@ async fn build(
 ) -> Result<(OutgoingEmail, Option<uuid::Uuid>), JobFailure> {
     let content_error = |e: templates::TemplateError| JobFailure::Content(e.to_string());
     let (rendered, token_id) = match &job.content {
-        EmailContent::Template { name, data } => {
-            (templates::render(name, data).map_err(content_error)?, None)
-        }
-        EmailContent::Raw {
-            subject,
-            text,
-            html,
-        } => (
-            templates::Rendered {
-                subject: subject.clone(),
-                text: text.clone().unwrap_or_default(),
-                html: html.clone().unwrap_or_default(),
-            },
-            None,
-        ),
+        EmailContent::Template { .. } | EmailContent::Raw { .. } => match render_plain(job) {
+            Some(rendered) => (rendered.map_err(content_error)?, None),
+            None => return Err(JobFailure::Content("no content".into())),
+        },
         EmailContent::Verification { user_id } | EmailContent::PasswordReset { user_id } => {
             let (kind, template, path) = match job.content {
                 EmailContent::Verification { .. } => (
@@ -399,6 +495,33 @@ async fn build(
             (rendered, Some(token_id))
         }
     };
+    Ok((outgoing(ctx, id, job, rendered), token_id))
+}
+
+/// Renders content that needs no token (`None` for verification and reset emails).
+fn render_plain(job: &EmailJob) -> Option<Result<templates::Rendered, templates::TemplateError>> {
+    match &job.content {
+        EmailContent::Template { name, data } => Some(templates::render(name, data)),
+        EmailContent::Raw {
+            subject,
+            text,
+            html,
+        } => Some(Ok(templates::Rendered {
+            subject: subject.clone(),
+            text: text.clone().unwrap_or_default(),
+            html: html.clone().unwrap_or_default(),
+        })),
+        EmailContent::Verification { .. } | EmailContent::PasswordReset { .. } => None,
+    }
+}
+
+/// The message SES gets: the rendered content, with unsubscribe headers on marketing mail.
+fn outgoing(
+    ctx: &EmailContext,
+    id: &str,
+    job: &EmailJob,
+    rendered: templates::Rendered,
+) -> OutgoingEmail {
     let mut headers = Vec::new();
     if job.category == Category::Marketing {
         // RFC 8058 one-click unsubscribe; the frontend resolves the job id to the address.
@@ -411,15 +534,14 @@ async fn build(
             "List-Unsubscribe=One-Click".to_owned(),
         ));
     }
-    let email = OutgoingEmail {
+    OutgoingEmail {
         to: job.to.clone(),
         subject: rendered.subject,
         text: Some(rendered.text).filter(|t| !t.is_empty()),
         html: Some(rendered.html).filter(|h| !h.is_empty()),
         headers,
         job_id: id.to_owned(),
-    };
-    Ok((email, token_id))
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod email_job;
 pub mod feedback;
+pub mod group;
 pub mod maintenance;
 pub mod ses;
 
@@ -47,6 +48,7 @@ pub async fn email_context(
         },
     };
     tracing::info!(emails_per_second = send_rate, "send rate limit");
+    let ledger = email_job::LedgerGroups::start(&pool);
     Arc::new(EmailContext {
         pool,
         sender,
@@ -58,6 +60,7 @@ pub async fn email_context(
         slots: Default::default(),
         metrics,
         compliance_recheck: config.compliance_recheck,
+        ledger,
     })
 }
 

@@ -186,6 +186,77 @@ pub async fn send_gate(
     })
 }
 
+/// What [`claim_clear_many`] saw when it moved a ledger row to `sending`.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The ledger row as it was before (status `pending` or `sending`).
+    pub before: Delivery,
+    /// Runs of the job so far.
+    pub job_attempts: i32,
+    /// Runs allowed.
+    pub max_attempts: i32,
+}
+
+/// The common case in one statement, for many emails at once: each email that nothing holds back
+/// (no pause, no compliance hold, no suppression) and whose row is `pending` or `sending` is marked
+/// `sending`; the answer says, by job id, what each claimed row was. A job missing from the answer
+/// was not changed; its caller takes the step-by-step path, which says why. Only for content
+/// without a token (`token_id` is cleared, as that path does for such content).
+pub async fn claim_clear_many(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+    emails: &[String],
+    categories: &[String],
+) -> Result<Vec<(String, Claim)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"UPDATE email_deliveries AS d
+           SET status = 'sending', attempts = d.attempts + 1, sending_started_at = now(),
+               uncertain_resends = d.uncertain_resends + CASE WHEN d.status = 'sending' THEN 1 ELSE 0 END,
+               token_id = NULL
+           FROM (SELECT v.job_id, v.email, v.category,
+                        coalesce(j.attempts, 0) AS job_attempts, coalesce(j.max_attempts, 1) AS max_attempts
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category)
+                 LEFT JOIN apalis.jobs j ON j.id = v.job_id) AS v
+           WHERE d.job_id = v.job_id
+             AND d.status IN ('pending', 'sending')
+             AND NOT EXISTS (SELECT 1 FROM email_sending_control WHERE paused_until > now())
+             AND NOT coalesce((SELECT paused FROM compliance_pauses c WHERE c.category = v.category), false)
+             AND NOT EXISTS (SELECT 1 FROM email_suppressions s
+                             WHERE s.email = lower(btrim(v.email))
+                               AND (s.suppress_transactional OR (v.category = 'marketing' AND s.suppress_marketing)))
+           -- The subquery reads the statement's snapshot: the row as it was before this update.
+           RETURNING d.job_id,
+                     (SELECT b.status FROM email_deliveries b WHERE b.job_id = d.job_id) AS "status!",
+                     d.attempts - 1 AS "attempts!", d.ses_message_id, d.last_error,
+                     d.uncertain_resends, v.job_attempts AS "job_attempts!",
+                     v.max_attempts AS "max_attempts!""#,
+        job_ids,
+        emails,
+        categories
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let claim = Claim {
+                before: Delivery {
+                    job_id: r.job_id.clone(),
+                    uncertain_resends: r.uncertain_resends - i32::from(r.status == "sending"),
+                    status: r.status,
+                    ses_message_id: r.ses_message_id,
+                    attempts: r.attempts,
+                    last_error: r.last_error,
+                    token_id: None,
+                },
+                job_attempts: r.job_attempts,
+                max_attempts: r.max_attempts,
+            };
+            (r.job_id, claim)
+        })
+        .collect())
+}
+
 /// The ledger row of an email job.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -272,6 +343,25 @@ pub async fn mark_sent(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Records SES's acceptance of many emails in one statement (one commit for all of them).
+pub async fn mark_sent_many(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+    ses_message_ids: &[String],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE email_deliveries AS d
+         SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(), last_error = NULL
+         FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id)
+         WHERE d.job_id = v.job_id",
+        job_ids,
+        ses_message_ids
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Records a final outcome without an SES message: `suppressed` or `failed`, or `pending` again

@@ -59,6 +59,7 @@ pub fn context(
         slots: Default::default(),
         metrics: Default::default(),
         compliance_recheck: std::time::Duration::from_millis(500),
+        ledger: herald_worker::email_job::LedgerGroups::start(pool),
     })
 }
 

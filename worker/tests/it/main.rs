@@ -5,6 +5,7 @@ mod chaos;
 mod e2e;
 mod feedback;
 mod helpers;
+mod ledger;
 mod maintenance;
 mod retry_policy;
 mod ses_stub;

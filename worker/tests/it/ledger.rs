@@ -1,0 +1,119 @@
+//! The grouped claim: one statement moves only the rows nothing holds back to `sending`.
+
+use std::collections::HashMap;
+
+use herald_shared::email::{self, Category};
+use sqlx::PgPool;
+
+use crate::helpers::{delivery, enqueue, setup_queue};
+
+async fn claim(pool: &PgPool, jobs: &[(&str, String, Category)]) -> HashMap<String, email::Claim> {
+    let ids: Vec<String> = jobs.iter().map(|(id, _, _)| (*id).to_owned()).collect();
+    let emails: Vec<String> = jobs.iter().map(|(_, to, _)| to.clone()).collect();
+    let categories: Vec<String> = jobs.iter().map(|(_, _, c)| c.as_str().to_owned()).collect();
+    let mut conn = pool.acquire().await.expect("conn");
+    email::claim_clear_many(&mut conn, &ids, &emails, &categories)
+        .await
+        .expect("claim")
+        .into_iter()
+        .collect()
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_grouped_claim_takes_only_what_nothing_holds_back(pool: PgPool) {
+    setup_queue(&pool).await;
+    let tx = enqueue(&pool, 4, "claim", Category::Transactional).await;
+    let mk = enqueue(&pool, 1, "promo", Category::Marketing).await;
+    let (clear, unsure, sent, suppressed, held) = (&tx[0], &tx[1], &tx[2], &tx[3], &mk[0]);
+    sqlx::query("UPDATE email_deliveries SET status = 'sending', attempts = 1 WHERE job_id = $1")
+        .bind(unsure)
+        .execute(&pool)
+        .await
+        .expect("sending");
+    sqlx::query("UPDATE email_deliveries SET status = 'sent', attempts = 1 WHERE job_id = $1")
+        .bind(sent)
+        .execute(&pool)
+        .await
+        .expect("sent");
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
+         VALUES ('Claim-3@Example.com', 'bounce', true)",
+    )
+    .execute(&pool)
+    .await
+    .expect("suppress");
+    sqlx::query("UPDATE compliance_pauses SET paused = true WHERE category = 'marketing'")
+        .execute(&pool)
+        .await
+        .expect("hold marketing");
+
+    let to = |i: usize| format!("claim-{i}@example.com");
+    let t = Category::Transactional;
+    let claimed = claim(
+        &pool,
+        &[
+            (clear, to(0), t),
+            (unsure, to(1), t),
+            (sent, to(2), t),
+            (suppressed, to(3), t),
+            (held, "promo-0@example.com".into(), Category::Marketing),
+            ("no-such-job", "x@example.com".into(), t),
+        ],
+    )
+    .await;
+
+    let mut keys: Vec<_> = claimed.keys().cloned().collect();
+    keys.sort();
+    let mut want = vec![clear.clone(), unsure.clone()];
+    want.sort();
+    assert_eq!(keys, want, "only the clear and the unsure row are claimed");
+    let first = &claimed[clear];
+    assert_eq!(
+        (first.before.status.as_str(), first.before.attempts),
+        ("pending", 0)
+    );
+    assert_eq!((first.job_attempts, first.max_attempts), (0, 8));
+    let again = &claimed[unsure];
+    assert_eq!(
+        (again.before.status.as_str(), again.before.attempts),
+        ("sending", 1),
+        "the claim reports the row as it was"
+    );
+    assert_eq!(again.before.uncertain_resends, 0);
+
+    let row = delivery(&pool, clear).await;
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.uncertain_resends),
+        ("sending", 1, 0)
+    );
+    let row = delivery(&pool, unsure).await;
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.uncertain_resends),
+        ("sending", 2, 1),
+        "a second claim of a 'sending' row counts an uncertain resend"
+    );
+    for (id, status) in [(sent, "sent"), (suppressed, "pending"), (held, "pending")] {
+        let row = delivery(&pool, id).await;
+        assert_eq!(
+            (row.status.as_str(), row.attempts),
+            (status, if id == sent { 1 } else { 0 }),
+            "{id} untouched"
+        );
+    }
+
+    // A pause of every worker holds everything back.
+    sqlx::query("UPDATE email_sending_control SET paused_until = now() + interval '1 hour'")
+        .execute(&pool)
+        .await
+        .expect("pause");
+    sqlx::query("UPDATE email_deliveries SET status = 'pending' WHERE job_id = $1")
+        .bind(clear)
+        .execute(&pool)
+        .await
+        .expect("reset");
+    assert!(
+        claim(&pool, &[(clear, to(0), t)]).await.is_empty(),
+        "nothing is claimed during a pause"
+    );
+    assert_eq!(delivery(&pool, clear).await.status, "pending");
+}
