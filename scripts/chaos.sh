@@ -20,6 +20,7 @@ Sizes (full run / --ci, which scripts/test.sh uses):
   HERALD_CHAOS_FEEDBACK        good notifications among poison      1000 / 200
 Environment:
   HERALD_CHAOS_PG_PORT  port of the dedicated server (default 5434)
+  HERALD_CHAOS_ONLY     run only the tests whose names match (a regex: kill, restart, ses, poison)
 EOT
 }
 
@@ -66,7 +67,7 @@ ensure_database "$DATABASE_URL"
 log "fault injection: $HERALD_CHAOS_EMAILS emails under SIGKILL, $HERALD_CHAOS_RESTART_EMAILS across a PostgreSQL restart, $HERALD_CHAOS_FAULT_EMAILS through SES faults, $HERALD_CHAOS_FEEDBACK notifications among poison"
 # One at a time: one test restarts the server the others use, and timings matter.
 status=0
-cargo nextest run -p herald-worker --test it --run-ignored only -E 'test(/^chaos::/)' \
+cargo nextest run -p herald-worker --test it --run-ignored only -E "test(/^chaos::.*${HERALD_CHAOS_ONLY:-}/)" \
     --test-threads 1 --no-fail-fast --success-output immediate --failure-output final \
     >"$HERALD_LOCAL/chaos.log" 2>&1 || status=$?
 grep -E '^ *(PASS|FAIL|SIGSEGV|SIGABRT|TIMEOUT) |chaos [a-zA-Z ]+: |panicked|Summary' "$HERALD_LOCAL/chaos.log" || true

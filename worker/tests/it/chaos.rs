@@ -183,12 +183,17 @@ async fn chaos_postgres_restart_mid_run_api_and_worker_recover_and_lose_nothing(
     );
     let n = size("HERALD_CHAOS_RESTART_EMAILS", 1000);
     let stub = SesStub::start().await;
-    let mut stack = Stack::start().await;
+    // After a restart a pool has been seen to wait its whole acquire timeout before reconnecting
+    // (docs/performance.md); 5 s bounds that, so the API answers 503 rather than hanging.
+    let acquire = ("DB_ACQUIRE_TIMEOUT", "5");
+    let mut stack = Stack::start_with_api_env(&[acquire]).await;
     let tag = unique("restart");
     let api_tag = unique("restart-api");
     enqueue_with(&stack.pool, n, &tag, Category::Transactional, 8).await;
     // Slow enough that the restart lands mid-run.
-    spawn(&mut stack, &worker_env(&stub, "200"));
+    let mut env = worker_env(&stub, "200");
+    env.push((acquire.0, acquire.1.to_owned()));
+    spawn(&mut stack, &env);
     wait_until(&stack.pool, "some sent", |sent| sent >= 50).await;
 
     // Keep posting through the API across the restart.
@@ -277,6 +282,22 @@ async fn chaos_postgres_restart_mid_run_api_and_worker_recover_and_lose_nothing(
         t.uncertain,
         t.lost
     );
+    if t.duplicates > 0 {
+        // What the worker said about its ledger writes, to tell which path let the resend happen.
+        let logs = stack.logs();
+        let ledger: Vec<&str> = logs
+            .lines()
+            .filter(|l| {
+                ["sent", "sending", "grouped", "claim"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        eprintln!(
+            "chaos restart: worker log lines about the ledger:\n{}",
+            tail(&ledger.join("\n"), 30)
+        );
+    }
     assert_nothing_lost(&t);
     stack.finish().await;
 }

@@ -60,10 +60,16 @@ pub struct Stack {
     pub workers: Vec<Child>,
     logs: tempfile::TempDir,
     http: reqwest::Client,
+    api_env: Vec<(String, String)>,
 }
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with_api_env(&[]).await
+    }
+
+    /// A stack whose API gets these variables too.
+    pub async fn start_with_api_env(api_env: &[(&str, &str)]) -> Self {
         let master = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
         let (base, _) = master.rsplit_once('/').expect("URL with a database");
         let db_name = unique("herald_e2e_");
@@ -89,6 +95,10 @@ impl Stack {
             workers: Vec::new(),
             logs,
             http: reqwest::Client::new(),
+            api_env: api_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         stack.api = stack.spawn_api();
         stack
@@ -121,7 +131,12 @@ impl Stack {
 
     fn spawn_api(&mut self) -> Child {
         let mut cmd = Command::new(binary("herald-api"));
-        self.env(&mut cmd, &[]);
+        let extra: Vec<(&str, &str)> = self
+            .api_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.env(&mut cmd, &extra);
         let log = std::fs::File::create(self.logs.path().join("api.log")).expect("log");
         let mut child = cmd
             .stdout(Stdio::piped())
