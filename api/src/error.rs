@@ -131,25 +131,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// True for failures that say the database is out of reach, not that the query was wrong:
-/// lost or refused connections, an exhausted pool, and the server shutting down or starting.
-pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-        _ => false,
-    }
-}
-
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if is_unavailable(&err) {
+        if herald_shared::db::is_unavailable(&err) {
             Self::DatabaseUnavailable(herald_shared::telemetry::error_chain(&err))
         } else {
             Self::internal(err)
@@ -160,7 +144,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<herald_shared::jobs::JobError> for ApiError {
     fn from(err: herald_shared::jobs::JobError) -> Self {
         match err.as_sqlx() {
-            Some(db) if is_unavailable(db) => {
+            Some(db) if herald_shared::db::is_unavailable(db) => {
                 Self::DatabaseUnavailable(herald_shared::telemetry::error_chain(&err))
             }
             _ => Self::internal(err),

@@ -29,6 +29,22 @@ pub enum DbError {
     NotCurrent(String),
 }
 
+/// True for failures that say the database is out of reach, not that the query was wrong:
+/// lost or refused connections, an exhausted pool, and the server shutting down or starting.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// Builds the pool from the configuration; connects lazily up to `min_connections` at once.
 pub async fn connect(config: &DbConfig) -> Result<PgPool, DbError> {
     let pool = PgPoolOptions::new()

@@ -8,7 +8,7 @@ use chrono::Utc;
 use herald_shared::email::{self, Category, EmailContent, EmailJob, templates};
 use herald_shared::metrics::{Metrics, Outcome as EmailOutcome, QueueOutcome};
 use herald_shared::tokens::{self, TokenKind};
-use herald_shared::{address, jobs};
+use herald_shared::{address, db, jobs};
 use rand::Rng;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -42,6 +42,8 @@ pub struct EmailContext {
     pub compliance_recheck: Duration,
     /// Grouped ledger writes.
     pub ledger: LedgerGroups,
+    /// Jobs running in this process.
+    pub in_flight: Arc<InFlight>,
 }
 
 /// A claim request: job id, recipient, category.
@@ -168,6 +170,9 @@ pub enum JobFailure {
     /// The job cannot be rendered (unknown user, template error): final.
     #[error("cannot build the email: {0}")]
     Content(String),
+    /// The run's task ended without an answer (it panicked).
+    #[error("the email job's run was aborted: {0}")]
+    Aborted(String),
 }
 
 /// The delay before attempt `attempt + 1`: base × 2^(attempt−1), capped, with equal jitter
@@ -187,10 +192,29 @@ pub async fn handle(
     task_id: TaskId,
     ctx: Data<Arc<EmailContext>>,
 ) -> Result<Value, BoxDynError> {
+    let ctx: Arc<EmailContext> = Arc::clone(&ctx);
     let id = task_id.to_string();
     let span = tracing::info_span!("email_job", job_id = %id, to = %address::mask(&job.to));
     let started = std::time::Instant::now();
-    let result = run(&ctx, &id, &job).instrument(span).await;
+    // One run per job in this process at a time, and a run finishes even if apalis drops this
+    // future (a worker restarted after a database outage, whose jobs the next instance rescues):
+    // the rescue then waits for it and finds the email `sent` instead of sending it again.
+    let guard = ctx.in_flight.enter(&id).await;
+    let task = {
+        let ctx = Arc::clone(&ctx);
+        let id = id.clone();
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                run(&ctx, &id, &job).await
+            }
+            .instrument(span),
+        )
+    };
+    let result = match task.await {
+        Ok(result) => result,
+        Err(error) => Err(JobFailure::Aborted(error.to_string())),
+    };
     let outcome = if result.is_ok() {
         "succeeded"
     } else {
@@ -204,6 +228,51 @@ pub async fn handle(
         })
         .observe(started.elapsed().as_secs_f64());
     result.map_err(|e| Box::new(e) as BoxDynError)
+}
+
+/// The email jobs this process is running, so that a job never runs twice in it at once.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    ids: std::sync::Mutex<std::collections::HashSet<String>>,
+    done: tokio::sync::Notify,
+}
+
+/// A job's place in [`InFlight`], given back when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    set: Arc<InFlight>,
+    id: String,
+}
+
+impl InFlight {
+    /// Waits until no other run of this job is in flight here, then takes its place.
+    pub async fn enter(self: &Arc<Self>, id: &str) -> InFlightGuard {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            // Registered before the check, so a release between the two is not missed.
+            done.as_mut().enable();
+            if self.lock().insert(id.to_owned()) {
+                return InFlightGuard {
+                    set: Arc::clone(self),
+                    id: id.to_owned(),
+                };
+            }
+            done.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        // The set stays consistent even if a holder panicked: inserts and removes are single steps.
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.id);
+        self.set.done.notify_waiters();
+    }
 }
 
 async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobFailure> {
@@ -417,39 +486,45 @@ async fn retry_later(
     Err(SendError::Retryable(reason).into())
 }
 
-/// Records SES's acceptance, trying a few times: losing this write is what could cause a resend.
-/// A write the database refuses for good (not a lost connection) still marks the email sent, so
-/// that a retry never sends it again.
+/// How long an accepted email's `sent` write keeps trying while the database is out of reach:
+/// giving up is what turns an outage into a resend.
+const SENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Records SES's acceptance, retrying through a database outage of up to [`SENT_PATIENCE`]:
+/// losing this write is what could cause a resend. A write the database refuses for good (not a
+/// lost connection or a server shutting down) still marks the email sent, so that a retry never
+/// sends it again.
 async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(), JobFailure> {
     let grouped = ctx.ledger.sent.call((id.to_owned(), message_id.to_owned()));
     if grouped.await.is_some() {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(200);
-    let mut tries = 0;
     loop {
         let attempt = async {
             let mut conn = ctx.pool.acquire().await?;
             email::mark_sent(&mut conn, id, message_id).await
         };
-        match attempt.await {
+        let err = match attempt.await {
             Ok(()) => return Ok(()),
-            Err(sqlx::Error::Database(err)) => {
-                tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot store the SES message id; marking the email sent without it");
-                let note =
-                    format!("SES accepted message {message_id}, which could not be stored: {err}");
-                let mut conn = ctx.pool.acquire().await?;
-                email::mark_outcome(&mut conn, id, "sent", Some(&note)).await?;
-                return Ok(());
-            }
-            Err(err) if tries < 5 => {
-                tries += 1;
-                tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot record the sent email yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(err) => return Err(err.into()),
+            Err(err) => err,
+        };
+        let transient = db::is_unavailable(&err) || !matches!(err, sqlx::Error::Database(_));
+        if transient && started.elapsed() < SENT_PATIENCE {
+            tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot record the sent email yet; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            continue;
         }
+        if transient {
+            return Err(err.into());
+        }
+        tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot store the SES message id; marking the email sent without it");
+        let note = format!("SES accepted message {message_id}, which could not be stored: {err}");
+        let mut conn = ctx.pool.acquire().await?;
+        email::mark_outcome(&mut conn, id, "sent", Some(&note)).await?;
+        return Ok(());
     }
 }
 
@@ -546,8 +621,30 @@ fn outgoing(
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
+    use super::{InFlight, backoff};
+    use std::sync::Arc;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_second_run_of_a_job_waits_for_the_first_and_other_jobs_do_not() {
+        let set = Arc::new(InFlight::default());
+        let first = set.enter("job-1").await;
+        // Another job is not held up.
+        let other = tokio::time::timeout(Duration::from_millis(100), set.enter("job-2")).await;
+        assert!(other.is_ok(), "a different job waited");
+        let second = tokio::spawn({
+            let set = Arc::clone(&set);
+            async move { set.enter("job-1").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "the same job ran twice at once");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(1), second).await;
+        assert!(
+            second.is_ok(),
+            "the second run did not start after the first ended"
+        );
+    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_is_capped() {

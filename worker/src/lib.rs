@@ -61,6 +61,7 @@ pub async fn email_context(
         metrics,
         compliance_recheck: config.compliance_recheck,
         ledger,
+        in_flight: Default::default(),
     })
 }
 

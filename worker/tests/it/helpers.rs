@@ -60,6 +60,7 @@ pub fn context(
         metrics: Default::default(),
         compliance_recheck: std::time::Duration::from_millis(500),
         ledger: herald_worker::email_job::LedgerGroups::start(pool),
+        in_flight: Default::default(),
     })
 }
 
