@@ -73,23 +73,15 @@ impl LedgerGroups {
                     emails.push(to);
                     categories.push(category);
                 }
-                let result = async {
-                    let mut conn = pool.acquire().await?;
-                    email::claim_clear_many(&mut conn, &ids, &emails, &categories).await
-                }
-                .await;
-                match result {
-                    Ok(claimed) => {
-                        let mut claimed: std::collections::HashMap<_, _> =
-                            claimed.into_iter().collect();
-                        ids.iter().map(|id| claimed.remove(id)).collect()
-                    }
-                    Err(error) => {
-                        // Each email then takes the step-by-step path.
-                        tracing::warn!(%error, emails = ids.len(), "grouped claim failed");
-                        Vec::new()
-                    }
-                }
+                let write = async |conn: &mut sqlx::PgConnection| {
+                    email::claim_clear_many(conn, &ids, &emails, &categories).await
+                };
+                // On failure each email takes the step-by-step path.
+                let Some(claimed) = grouped_write(&pool, "claim", ids.len(), write).await else {
+                    return Vec::new();
+                };
+                let mut claimed: std::collections::HashMap<_, _> = claimed.into_iter().collect();
+                ids.iter().map(|id| claimed.remove(id)).collect()
             }
         });
         let sent_pool = pool.clone();
@@ -97,23 +89,47 @@ impl LedgerGroups {
             let pool = sent_pool.clone();
             async move {
                 let (ids, message_ids): (Vec<String>, Vec<String>) = items.into_iter().unzip();
-                let result = async {
-                    let mut conn = pool.acquire().await?;
-                    email::mark_sent_many(&mut conn, &ids, &message_ids).await
-                }
-                .await;
-                match result {
-                    Ok(_) => vec![Some(()); ids.len()],
-                    Err(error) => {
-                        // Each email then writes its own row, with retries and per-row errors.
-                        tracing::warn!(%error, emails = ids.len(), "grouped 'sent' write failed");
-                        Vec::new()
-                    }
+                let write = async |conn: &mut sqlx::PgConnection| {
+                    email::mark_sent_many(conn, &ids, &message_ids).await
+                };
+                // On failure each email writes its own row, with retries and per-row errors.
+                match grouped_write(&pool, "'sent'", ids.len(), write).await {
+                    Some(_) => vec![Some(()); ids.len()],
+                    None => Vec::new(),
                 }
             }
         });
         Self { claims, sent }
     }
+}
+
+/// Runs one grouped statement on a pooled connection; a failure is logged and answers `None`.
+async fn grouped_write<T>(
+    pool: &PgPool,
+    what: &str,
+    emails: usize,
+    write: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+) -> Option<T> {
+    let result = match pool.acquire().await {
+        Ok(mut conn) => write(&mut conn).await,
+        Err(error) => Err(error),
+    };
+    result
+        .inspect_err(|error| tracing::warn!(%error, emails, "grouped {what} write failed"))
+        .ok()
+}
+
+/// Warns when a run finds its row `sending`: an earlier attempt died during its SES call, so this
+/// one may send the email again. Says whether it did.
+fn warn_if_uncertain(id: &str, before: &email::Delivery) -> bool {
+    let uncertain = before.status == "sending";
+    if uncertain {
+        tracing::warn!(
+            job_id = id,
+            "an earlier attempt died during its SES call; sending again"
+        );
+    }
+    uncertain
 }
 
 /// A block of reserved send slots. Reserving 50 ms worth at a time keeps the shared limiter's row
@@ -295,12 +311,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
             job.category.as_str().to_owned(),
         );
         if let Some(claim) = ctx.ledger.claims.call(request).await {
-            if claim.before.status == "sending" {
-                tracing::warn!(
-                    job_id = id,
-                    "an earlier attempt died during its SES call; sending again"
-                );
-            }
+            warn_if_uncertain(id, &claim.before);
             let last_attempt = claim.job_attempts + 1 >= claim.max_attempts;
             let outgoing = outgoing(ctx, id, job, rendered);
             return send(ctx, id, &outgoing, &claim.before, last_attempt).await;
@@ -372,13 +383,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         tracing::info!(job_id = id, to = %address::mask(&job.to), "recipient suppressed; not sent");
         return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
     }
-    let uncertain = delivery.status == "sending";
-    if uncertain {
-        tracing::warn!(
-            job_id = id,
-            "an earlier attempt died during its SES call; sending again"
-        );
-    }
+    let uncertain = warn_if_uncertain(id, &delivery);
     let kind = match job.content {
         EmailContent::Verification { .. } => Some(TokenKind::Verification),
         EmailContent::PasswordReset { .. } => Some(TokenKind::PasswordReset),
@@ -504,10 +509,10 @@ async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(
     loop {
         let attempt = async {
             let mut conn = ctx.pool.acquire().await?;
-            email::mark_sent(&mut conn, id, message_id).await
+            email::mark_sent_many(&mut conn, &[id.to_owned()], &[message_id.to_owned()]).await
         };
         let err = match attempt.await {
-            Ok(()) => return Ok(()),
+            Ok(_) => return Ok(()),
             Err(err) => err,
         };
         let transient = db::is_unavailable(&err) || !matches!(err, sqlx::Error::Database(_));

@@ -327,25 +327,7 @@ pub async fn mark_sending(
     Ok(())
 }
 
-/// Records SES's acceptance.
-pub async fn mark_sent(
-    conn: &mut PgConnection,
-    job_id: &str,
-    ses_message_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE email_deliveries
-         SET status = 'sent', ses_message_id = $2, sent_at = now(), last_error = NULL
-         WHERE job_id = $1",
-        job_id,
-        ses_message_id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Records SES's acceptance of many emails in one statement (one commit for all of them).
+/// Records SES's acceptance of one email or many in one statement (one commit for all of them).
 pub async fn mark_sent_many(
     conn: &mut PgConnection,
     job_ids: &[String],
