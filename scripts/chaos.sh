@@ -9,7 +9,7 @@ usage() {
 Usage: scripts/chaos.sh [--ci]
 
 Runs the fault-injection tests (worker/tests/it/chaos.rs) one at a time against a PostgreSQL 17
-of their own (embedded, 127.0.0.1:$HERALD_CHAOS_PG_PORT, data in .local/pg17/chaos-data), which one
+of their own (embedded, 127.0.0.1:$HERALD_CHAOS_PG_PORT, data in chaos-data beside the embedded server's data), which one
 test restarts mid-run, and the SES/SQS emulator for the feedback test. Each test prints its counts
 (emails, kills, SES calls, duplicates, uncertain resends, lost). Exits non-zero on any failure.
 
@@ -46,7 +46,7 @@ export HERALD_CHAOS_EMAILS HERALD_CHAOS_RESTART_EMAILS HERALD_CHAOS_FAULT_EMAILS
 
 # A server of our own: the restart test must not cut anyone else's connections.
 port="${HERALD_CHAOS_PG_PORT:-5434}"
-pg=(env HERALD_PG_PORT="$port" HERALD_PG_DATA="$HERALD_LOCAL/pg17/chaos-data" "$HERALD_ROOT/scripts/pg-embedded.sh")
+pg=(env HERALD_PG_PORT="$port" HERALD_PG_DATA="$PG_EMBEDDED_HOME/chaos-data" "$HERALD_ROOT/scripts/pg-embedded.sh")
 printf -v pg_cmd '%q ' "${pg[@]}"
 export HERALD_CHAOS_PG_RESTART="$pg_cmd stop && sleep 3 && $pg_cmd start"
 
@@ -64,6 +64,9 @@ export DATABASE_URL
 DATABASE_URL="$(url_with_db "$("${pg[@]}" url)" herald_test)"
 ensure_database "$DATABASE_URL"
 
+# The tests start the real binaries, which building the tests alone does not build.
+log "building herald-api and herald-worker (the first build takes several minutes)"
+cargo build --quiet -p herald-api -p herald-worker || die "build failed"
 log "fault injection: $HERALD_CHAOS_EMAILS emails under SIGKILL, $HERALD_CHAOS_RESTART_EMAILS across a PostgreSQL restart, $HERALD_CHAOS_FAULT_EMAILS through SES faults, $HERALD_CHAOS_FEEDBACK notifications among poison"
 # One at a time: one test restarts the server the others use, and timings matter.
 status=0

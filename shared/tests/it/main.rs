@@ -7,6 +7,7 @@ mod helpers;
 mod jobs;
 mod maintenance;
 mod migrations;
+mod real_clients;
 mod scripts;
 mod search;
 mod seeds;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{Connection, PgConnection};
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -14,13 +14,13 @@ fn repo_root() -> PathBuf {
 }
 
 /// A database name no other test uses; the scripts create it.
-struct ScriptDb {
-    url: String,
+pub(crate) struct ScriptDb {
+    pub(crate) url: String,
     name: String,
 }
 
 impl ScriptDb {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let master = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
         let nanos = std::time::SystemTime::now()
@@ -40,7 +40,7 @@ impl ScriptDb {
         }
     }
 
-    fn run(&self, script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) fn run(&self, script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(repo_root().join("scripts").join(script));
         cmd.args(args)
             .env("DATABASE_URL", &self.url)
@@ -61,7 +61,7 @@ impl ScriptDb {
             .expect("maintenance connection")
     }
 
-    async fn connect(&self) -> PgConnection {
+    pub(crate) async fn connect(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.expect("connect")
     }
 
@@ -113,7 +113,7 @@ impl ScriptDb {
         .expect("drop role");
     }
 
-    async fn drop_db(self) {
+    pub(crate) async fn drop_db(self) {
         let mut conn = self.maintenance().await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -125,14 +125,14 @@ impl ScriptDb {
     }
 }
 
-fn migration_count() -> usize {
+pub(crate) fn migration_count() -> usize {
     herald_shared::db::MIGRATOR
         .iter()
         .filter(|m| m.migration_type.is_up_migration())
         .count()
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         output.status.code(),
@@ -141,7 +141,7 @@ fn text(output: &Output) -> String {
     )
 }
 
-fn assert_ok(output: &Output) -> String {
+pub(crate) fn assert_ok(output: &Output) -> String {
     let all = text(output);
     assert!(output.status.success(), "{all}");
     all
@@ -320,14 +320,19 @@ async fn reset_refuses_in_production_and_without_a_terminal_and_keeps_the_data()
 
 #[test]
 fn every_script_explains_itself_with_help() {
-    for script in [
-        "setup-db.sh",
-        "reset-db.sh",
-        "backup-db.sh",
-        "dev.sh",
-        "test.sh",
-        "pg-embedded.sh",
-    ] {
+    let mut scripts: Vec<String> = std::fs::read_dir(repo_root().join("scripts"))
+        .expect("scripts/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".sh"))
+        .collect();
+    scripts.sort();
+    assert!(scripts.len() >= 10, "{scripts:?}");
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    for script in &scripts {
+        assert!(
+            readme.contains(&format!("`scripts/{script}`")),
+            "scripts/{script} is not in the README's table"
+        );
         let out = Command::new(repo_root().join("scripts").join(script))
             .arg("--help")
             .stdin(Stdio::null())
@@ -339,6 +344,127 @@ fn every_script_explains_itself_with_help() {
             "{script}"
         );
     }
+}
+
+/// An embedded server of a throwaway clone, stopped and its files removed however the test ends.
+struct ClonedServer {
+    root: PathBuf,
+    port: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ClonedServer {
+    fn script(&self, args: &[&str]) -> Output {
+        Command::new(self.root.join("scripts/pg-embedded.sh"))
+            .args(args)
+            .env("HERALD_PG_PORT", &self.port)
+            .env_remove("HERALD_LOCAL")
+            .env_remove("HERALD_PG_DATA")
+            .stdin(Stdio::null())
+            .output()
+            .expect("pg-embedded.sh runs")
+    }
+
+    /// Where the scripts put the server's files, read back through the .local/pg17 link when the
+    /// server lives outside the checkout.
+    fn home(&self) -> PathBuf {
+        std::fs::canonicalize(self.root.join(".local/pg17")).expect("pg17 home")
+    }
+}
+
+impl Drop for ClonedServer {
+    fn drop(&mut self) {
+        let home = std::fs::canonicalize(self.root.join(".local/pg17")).ok();
+        let _ = self.script(&["stop"]);
+        if let Some(home) = home.filter(|h| !h.starts_with(&self.root)) {
+            let _ = std::fs::remove_dir_all(home.parent().expect("per-checkout folder"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_embedded_server_starts_from_a_clone_in_a_private_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let root = dir.path().join("herald");
+    let clone = Command::new("git")
+        .args(["clone", "--quiet", "--no-hardlinks"])
+        .arg(repo_root())
+        .arg(&root)
+        .output()
+        .expect("git");
+    assert!(clone.status.success(), "{}", text(&clone));
+    // The scripts under test, committed or not.
+    let copy = Command::new("cp")
+        .arg("-a")
+        .arg(repo_root().join("scripts/."))
+        .arg(root.join("scripts"))
+        .output()
+        .expect("cp");
+    assert!(copy.status.success(), "{}", text(&copy));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+        .to_string();
+    let server = ClonedServer {
+        root: root.clone(),
+        port: port.clone(),
+        _dir: dir,
+    };
+
+    let start = assert_ok(&server.script(&["start"]));
+    let home = server.home();
+    let root_user = running_as_root();
+    if root_user {
+        assert!(
+            home.starts_with("/var/tmp") && !home.starts_with(&root),
+            "as root, a private checkout's server lives outside it: {}",
+            home.display()
+        );
+        assert!(
+            start.contains(&home.display().to_string()),
+            "the script says where the data lives: {start}"
+        );
+    }
+    assert!(home.join("data/PG_VERSION").exists());
+
+    // Another script finds the same server again, and so does a second start.
+    let status = assert_ok(&server.script(&["status"]));
+    assert!(status.contains(&format!("127.0.0.1:{port}")), "{status}");
+    let again = assert_ok(&server.script(&["start"]));
+    assert!(again.contains("already running"), "{again}");
+    assert!(
+        !again.contains("lives in"),
+        "the location is said once: {again}"
+    );
+
+    let url = String::from_utf8(server.script(&["url"]).stdout).expect("utf-8");
+    let mut conn = PgConnection::connect(url.trim()).await.expect("connect");
+    sqlx::query("CREATE TABLE used (n int)")
+        .execute(&mut conn)
+        .await
+        .expect("create");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM used")
+        .fetch_one(&mut conn)
+        .await
+        .expect("select");
+    assert_eq!(n, 0);
+    drop(conn);
+
+    assert_ok(&server.script(&["stop"]));
+    let stopped = server.script(&["status"]);
+    assert_eq!(stopped.status.code(), Some(3), "{}", text(&stopped));
+}
+
+/// Whether this process runs as root (the embedded server then runs as a system user).
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 #[tokio::test]

@@ -1047,6 +1047,11 @@ async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_addr
             r#"herald_queue_jobs{queue="herald.email",state="succeeded"}"#
         ) >= 3.0
     );
+    promtool_accepts(&worker, "worker");
+    promtool_accepts(&api, "api");
+    for url in [url.clone(), format!("{}/metrics", stack.api_url)] {
+        assert_openmetrics_when_asked(&url).await;
+    }
 
     let logs = stack.logs();
     for i in 0..3 {
@@ -1061,4 +1066,77 @@ async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_addr
         "recipients are logged masked"
     );
     stack.finish().await;
+}
+
+/// `promtool check metrics` (Debian's prometheus package, installed by scripts/test.sh) finds no
+/// problem in a scrape: every family has help text and a name Prometheus accepts.
+fn promtool_accepts(scrape: &str, which: &str) {
+    use std::io::Write;
+    let path = std::env::var_os("HERALD_PROMTOOL").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/tools/bin/promtool"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test.sh installs it (or set HERALD_PROMTOOL)",
+        path.display()
+    );
+    let mut child = Command::new(path)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics on the {which}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A scraper that asks for OpenMetrics gets it; one that asks for nothing gets Prometheus text.
+async fn assert_openmetrics_when_asked(url: &str) {
+    let client = reqwest::Client::new();
+    let om = client
+        .get(url)
+        .header(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .expect("scrape");
+    let content_type = om.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{url}: {content_type}"
+    );
+    let body = om.text().await.expect("body");
+    assert!(body.ends_with("# EOF\n"), "{url}");
+    assert!(body.contains("# TYPE herald_emails counter"), "{url}");
+
+    let text = client.get(url).send().await.expect("scrape");
+    let content_type = text.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{url}: {content_type}"
+    );
+    let body = text.text().await.expect("body");
+    assert!(!body.contains("# EOF"), "{url}");
+    assert!(body.contains("# HELP herald_emails_total "), "{url}");
 }
