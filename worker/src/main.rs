@@ -45,7 +45,9 @@ async fn dispatch() -> anyhow::Result<()> {
 }
 
 async fn migrate() -> anyhow::Result<()> {
-    let config = DbConfig::from_env()?;
+    let mut config = DbConfig::from_env()?;
+    // A migration may rightly run longer than a query should.
+    config.statement_timeout = std::time::Duration::ZERO;
     if db::create_database_if_missing(&config).await? {
         tracing::info!("created the database");
     }
@@ -63,7 +65,8 @@ async fn run() -> anyhow::Result<()> {
         .await
         .context("connecting to the database")?;
     db::ensure_current(&pool).await?;
-    let metrics = Arc::new(Metrics::default());
+    // The compliance gauges use the configured windows and minimum sample, as the guard does.
+    let metrics = Arc::new(Metrics::with_compliance(config.compliance.clone()));
     let ctx = herald_worker::email_context(&config, pool.clone(), metrics.clone()).await;
     let token = CancellationToken::new();
     let (metrics_addr, metrics_server) = herald_worker::serve_metrics(

@@ -100,8 +100,8 @@ impl SesSender {
         }
     }
 
-    /// Sends one message; returns SES's message id.
-    pub async fn send(&self, email: &OutgoingEmail) -> Result<String, SendError> {
+    /// Sends one message; returns SES's message id (`None`: a 2xx without one, accepted all the same).
+    pub async fn send(&self, email: &OutgoingEmail) -> Result<Option<String>, SendError> {
         let mut body = Body::builder();
         if let Some(text) = &email.text {
             body = body.text(content(text)?);
@@ -136,10 +136,8 @@ impl SesSender {
             .send()
             .await;
         match result {
-            Ok(out) => out
-                .message_id()
-                .map(str::to_owned)
-                .ok_or_else(|| SendError::Retryable("SES answered without a message id".into())),
+            // A 2xx is SES's acceptance; retrying it for want of an id would send it twice.
+            Ok(out) => Ok(out.message_id().map(str::to_owned)),
             Err(err) => Err(classify(&err)),
         }
     }
@@ -212,7 +210,76 @@ pub fn classify(err: &SdkError<SendEmailError, HttpResponse>) -> SendError {
         SdkError::ConstructionFailure(_) => SendError::Permanent(text),
         // The request went out and the answer did not come back: SES may have accepted it.
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => SendError::Unknown(text),
-        // Dispatch failures (no connection, or it broke while sending): try again.
-        _ => SendError::Retryable(text),
+        SdkError::DispatchFailure(failure) if failed_before_sending(failure) => {
+            SendError::Retryable(text)
+        }
+        // The connection broke after the request may have been written (reset, broken pipe, an
+        // incomplete answer): SES may have accepted it.
+        SdkError::DispatchFailure(_) => SendError::Unknown(text),
+        _ => SendError::Unknown(text),
+    }
+}
+
+/// Whether a dispatch failure happened before any byte of the request could reach SES: no
+/// connection (refused, DNS, TLS handshake, connect timeout) or a request that could not be built.
+fn failed_before_sending(
+    failure: &aws_smithy_runtime_api::client::result::DispatchFailure,
+) -> bool {
+    if failure.is_user() || failure.is_timeout() {
+        // The SDK's operation timeout is a TimeoutError, not this: a dispatch timeout is the
+        // connect timeout.
+        return true;
+    }
+    let Some(connector) = failure.as_connector_error() else {
+        return false;
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(connector);
+    while let Some(err) = source {
+        if err.is::<aws_smithy_runtime_api::client::dns::ResolveDnsError>() {
+            return true;
+        }
+        if let Some(client) = err.downcast_ref::<hyper_util::client::legacy::Error>()
+            && client.is_connect()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sesv2::error::ConnectorError;
+    use aws_smithy_runtime_api::client::dns::ResolveDnsError;
+
+    use super::*;
+
+    fn dispatch(err: ConnectorError) -> SendError {
+        classify(&SdkError::dispatch_failure(err))
+    }
+
+    #[test]
+    fn a_failure_before_the_request_was_written_is_a_clean_retry() {
+        let dns = ConnectorError::io(Box::new(ResolveDnsError::new("no such host")));
+        assert!(matches!(dispatch(dns), SendError::Retryable(_)));
+        let connect_timeout = ConnectorError::timeout("connect timed out".into());
+        assert!(matches!(dispatch(connect_timeout), SendError::Retryable(_)));
+        let user = ConnectorError::user("bad request".into());
+        assert!(matches!(dispatch(user), SendError::Retryable(_)));
+    }
+
+    #[test]
+    fn a_failure_after_the_request_may_have_been_written_is_an_unknown_outcome() {
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let io = ConnectorError::io(Box::new(std::io::Error::new(kind, "lost")));
+            assert!(matches!(dispatch(io), SendError::Unknown(_)), "{kind:?}");
+        }
+        let other = ConnectorError::other("incomplete message".into(), None);
+        assert!(matches!(dispatch(other), SendError::Unknown(_)));
     }
 }

@@ -4,7 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use herald_shared::jobs::{self, JobStatus};
+use herald_shared::jobs::JobStatus;
 use herald_shared::tokens::sha256_hex;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -109,15 +109,19 @@ pub async fn retry(
     let budget = i32::try_from(state.config.email_max_attempts).unwrap_or(i32::MAX);
     let result = async {
         let mut tx = state.pool.begin().await?;
-        let retried = jobs::retry(&mut tx, &id, budget).await?;
-        if retried {
-            herald_shared::email::mark_outcome(&mut tx, &id, "pending", None).await?;
+        let retried = super::jobs::retry(&mut tx, &id, budget).await?;
+        if retried == super::jobs::Retried::Yes {
+            tx.commit().await?;
         }
-        tx.commit().await?;
-        Ok::<_, herald_shared::jobs::JobError>(retried)
+        Ok::<_, crate::error::ApiError>(retried)
     }
     .await;
     match result {
+        Ok(super::jobs::Retried::AlreadySent) => (
+            StatusCode::CONFLICT,
+            "The email was sent already; retrying would send it twice.",
+        )
+            .into_response(),
         Ok(_) => Redirect::to("/admin").into_response(),
         Err(err) => {
             tracing::error!(error = %err, "dashboard retry failed");

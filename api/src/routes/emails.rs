@@ -163,7 +163,7 @@ pub async fn send_email(
         return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
     }
     let (job, send_at) = build_job(body.value)?;
-    if email::is_suppressed(&mut tx, &job.to, job.category).await? {
+    if email::ledger::is_suppressed(&mut tx, &job.to, job.category).await? {
         return Err(ApiError::RecipientSuppressed(job.category.as_str()));
     }
     let options = EnqueueOptions {

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
+use herald_shared::email::ledger::Status;
 use herald_shared::email::{self, EMAIL_QUEUE};
 use herald_shared::jobs::{self, JobStatus};
 use serde::Serialize;
@@ -50,9 +51,9 @@ async fn load(state: &AppState, id: &str) -> Result<JobView, ApiError> {
     let mut result = None;
     let mut last_error = row.last_error();
     if row.queue == EMAIL_QUEUE
-        && let Some(d) = email::delivery(&mut conn, &id).await?
+        && let Some(d) = email::ledger::find(&mut conn, &id).await?
     {
-        if matches!(d.status.as_str(), "sent" | "suppressed") {
+        if matches!(d.status, Status::Sent | Status::Suppressed) {
             result = Some(json!({"outcome": d.status, "ses_message_id": d.ses_message_id}));
         }
         if d.last_error.is_some() {
@@ -92,23 +93,26 @@ pub async fn get_job(
         (status = 200, description = "Queued again", body = JobView),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
-        (status = 409, description = "The job has not failed", body = ErrorBody)))]
+        (status = 409, description = "The job has not failed (`invalid_job_state`), or the email was sent already (`already_sent`; nothing changes)", body = ErrorBody)))]
 pub async fn retry_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
+    let budget = i32::try_from(state.config.email_max_attempts).unwrap_or(i32::MAX);
     let mut tx = state.pool.begin().await?;
     jobs::find(&mut tx, &id)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
-    let budget = i32::try_from(state.config.email_max_attempts).unwrap_or(i32::MAX);
-    if !jobs::retry(&mut tx, &id, budget).await? {
-        return Err(ApiError::InvalidJobState(
-            "only a failed job can be retried".into(),
-        ));
+    match retry(&mut tx, &id, budget).await? {
+        Retried::Yes => {}
+        Retried::NotFailed => {
+            return Err(ApiError::InvalidJobState(
+                "only a failed job can be retried".into(),
+            ));
+        }
+        Retried::AlreadySent => return Err(ApiError::AlreadySent),
     }
-    email::mark_outcome(&mut tx, &id, "pending", None).await?;
     tx.commit().await?;
     Ok(Json(load(&state, &id).await?))
 }
@@ -126,15 +130,54 @@ pub async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
-    let mut conn = state.pool.acquire().await?;
-    jobs::find(&mut conn, &id)
+    let mut tx = state.pool.begin().await?;
+    jobs::find(&mut tx, &id)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
-    if !jobs::cancel(&mut conn, &id).await? {
+    if !jobs::cancel(&mut tx, &id).await? {
         return Err(ApiError::InvalidJobState(
             "only a queued job can be cancelled".into(),
         ));
     }
-    drop(conn);
+    // Not an email job, or its row is gone: nothing to record.
+    email::ledger::cancel(&mut tx, &id).await?;
+    tx.commit().await?;
     Ok(Json(load(&state, &id).await?))
+}
+
+/// What an operator's retry did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Retried {
+    /// Queued again.
+    Yes,
+    /// The job has not failed for good.
+    NotFailed,
+    /// SES accepted the email already: nothing changed.
+    AlreadySent,
+}
+
+/// Puts a failed job back in the queue, with its ledger row: refused when the email was sent
+/// (retrying it would send it twice), counted as uncertain when the last SES call went
+/// unanswered. Shared by the API and the dashboard; the caller commits.
+pub(crate) async fn retry(
+    tx: &mut sqlx::PgConnection,
+    id: &str,
+    budget: i32,
+) -> Result<Retried, ApiError> {
+    use email::ledger::RetryAnswer;
+    // The ledger first: a `sent` email must not even reach the queue again.
+    let answer = email::ledger::operator_retry(tx, id).await?;
+    if answer == RetryAnswer::AlreadySent {
+        return Ok(Retried::AlreadySent);
+    }
+    if !jobs::retry(tx, id, budget).await? {
+        return Ok(Retried::NotFailed);
+    }
+    if answer == RetryAnswer::InFlight {
+        tracing::warn!(
+            job_id = id,
+            "retried a failed job whose ledger row was still pending"
+        );
+    }
+    Ok(Retried::Yes)
 }

@@ -42,7 +42,7 @@ pub async fn verification_email(
     if user.verified {
         return Err(ApiError::AlreadyVerified);
     }
-    if email::is_suppressed(&mut tx, &user.email, Category::Transactional).await? {
+    if email::ledger::is_suppressed(&mut tx, &user.email, Category::Transactional).await? {
         return Err(ApiError::RecipientSuppressed("transactional"));
     }
     let job = EmailJob {
@@ -96,7 +96,7 @@ pub async fn password_reset(
     .await?;
     if let Some(user) = user {
         // A suppressed address gets nothing, silently: answering differently would reveal the account.
-        if !email::is_suppressed(&mut tx, &user.email, Category::Transactional).await? {
+        if !email::ledger::is_suppressed(&mut tx, &user.email, Category::Transactional).await? {
             let job = EmailJob {
                 to: user.email,
                 category: Category::Transactional,

@@ -261,6 +261,7 @@ async fn jobs_can_be_read_cancelled_and_retried_only_from_the_right_state(pool: 
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "cancelled");
+    assert_eq!(ledger_status(&app.pool, &id).await, "cancelled");
     let (status, body) = app
         .send("POST", &format!("/v1/jobs/{id}/cancel"), None, &[])
         .await;
@@ -523,4 +524,100 @@ async fn compliance_reports_rates_and_pauses_and_resume_lifts_them(pool: PgPool)
             .iter()
             .all(|p| p["paused"] == false)
     );
+}
+
+async fn ledger_status(pool: &PgPool, id: &str) -> String {
+    sqlx::query_scalar("SELECT status::text FROM email_deliveries WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("ledger row")
+}
+
+/// A job that failed for good whose ledger row says `status`, with `outcome_unknown`.
+async fn failed_email(app: &TestApp, status: &str, outcome_unknown: bool) -> String {
+    let (_, body) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "retry@example.com", "subject": "s", "text": "t"}),
+        )
+        .await;
+    let id = body["job_id"].as_str().expect("id").to_owned();
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Failed', attempts = 8, max_attempts = 8 WHERE id = $1",
+    )
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .expect("fail the job");
+    sqlx::query(
+        "UPDATE email_deliveries SET status = $2, outcome_unknown = $3, attempts = 1,
+                ses_message_id = CASE WHEN $2 = 'sent' THEN 'ses-' || job_id END
+         WHERE job_id = $1",
+    )
+    .bind(&id)
+    .bind(status)
+    .bind(outcome_unknown)
+    .execute(&app.pool)
+    .await
+    .expect("ledger");
+    id
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn retrying_a_sent_email_is_refused_and_changes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let id = failed_email(&app, "sent", false).await;
+    let snapshot = |pool: PgPool, id: String| async move {
+        sqlx::query_as::<_, (String, i32, i32, Option<String>, String, i32)>(
+            "SELECT d.status::text, d.attempts, d.uncertain_resends, d.ses_message_id, j.status, j.attempts
+             FROM email_deliveries d JOIN apalis.jobs j ON j.id = d.job_id WHERE d.job_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .expect("snapshot")
+    };
+    let before = snapshot(app.pool.clone(), id.clone()).await;
+    let (status, body) = app
+        .send("POST", &format!("/v1/jobs/{id}/retry"), None, &[])
+        .await;
+    assert_eq!((status, code(&body)), (409, "already_sent"), "{body}");
+    assert_eq!(snapshot(app.pool.clone(), id.clone()).await, before);
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn retrying_after_an_unknown_outcome_counts_the_resend_as_uncertain(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    // Left `sending` (the run died), and failed with its last outcome unknown: both allowed, and
+    // the next claim counts the resend.
+    for (status, unknown) in [("sending", false), ("failed", true)] {
+        let id = failed_email(&app, status, unknown).await;
+        let (code_, body) = app
+            .send("POST", &format!("/v1/jobs/{id}/retry"), None, &[])
+            .await;
+        assert_eq!(code_, 200, "{status}: {body}");
+        assert_eq!(body["status"], "queued");
+        assert_eq!(ledger_status(&app.pool, &id).await, "sending", "{status}");
+        let mut conn = app.pool.acquire().await.expect("conn");
+        assert!(
+            herald_shared::email::ledger::claim(&mut conn, &id, None)
+                .await
+                .expect("claim")
+        );
+        let uncertain: i32 =
+            sqlx::query_scalar("SELECT uncertain_resends FROM email_deliveries WHERE job_id = $1")
+                .bind(&id)
+                .fetch_one(&app.pool)
+                .await
+                .expect("row");
+        assert_eq!(uncertain, 1, "{status}");
+    }
+    // A clean failure goes back to pending: the next send is a first try.
+    let id = failed_email(&app, "failed", false).await;
+    let (code_, _) = app
+        .send("POST", &format!("/v1/jobs/{id}/retry"), None, &[])
+        .await;
+    assert_eq!(code_, 200);
+    assert_eq!(ledger_status(&app.pool, &id).await, "pending");
 }

@@ -71,8 +71,9 @@ async fn app_role(role: &str) -> Result<(), String> {
 
 async fn execute(command: &str) -> Result<ExitCode, String> {
     let mut config = DbConfig::from_env().map_err(|e| error_chain(&e))?;
-    // A one-shot command needs no idle connections kept open.
+    // A one-shot command needs no idle connections kept open, and a migration may rightly run long.
     config.min_connections = 0;
+    config.statement_timeout = std::time::Duration::ZERO;
     let database = config
         .pg_connect_options()
         .get_database()

@@ -1,5 +1,6 @@
 //! The email job: its payload, enqueueing it with its ledger row, and the shared sending state.
 
+pub mod ledger;
 pub mod templates;
 
 use chrono::{DateTime, Utc};
@@ -100,56 +101,31 @@ pub async fn enqueue(
     options: EnqueueOptions,
 ) -> Result<Ulid, JobError> {
     let id = jobs::enqueue(&mut *conn, EMAIL_QUEUE, job, options).await?;
-    sqlx::query!(
-        "INSERT INTO email_deliveries (job_id, recipient, template, category)
-         VALUES ($1, $2, $3, $4)",
-        id.to_string(),
-        address::normalize(&job.to),
+    ledger::insert(
+        &mut *conn,
+        &id.to_string(),
+        &job.to,
         job.content.label(),
-        job.category.as_str()
+        job.category,
     )
-    .execute(&mut *conn)
     .await?;
     Ok(id)
-}
-
-/// Whether `email` is suppressed for `category` (case-insensitive).
-pub async fn is_suppressed(
-    conn: &mut PgConnection,
-    email: &str,
-    category: Category,
-) -> Result<bool, sqlx::Error> {
-    let marketing = category == Category::Marketing;
-    sqlx::query_scalar!(
-        r#"SELECT EXISTS (
-               SELECT 1 FROM email_suppressions
-               WHERE email = lower(btrim($1))
-                 AND (suppress_transactional OR ($2 AND suppress_marketing))
-           ) AS "suppressed!""#,
-        email,
-        marketing
-    )
-    .fetch_one(conn)
-    .await
 }
 
 /// What decides whether a job may send now, read in one round trip.
 #[derive(Debug, Clone)]
 pub struct SendGate {
-    /// SES (or an operator) paused every worker until then.
+    /// What blocks the email, by the one send rule (`email_send_blocker`).
+    pub blocker: Option<ledger::Blocker>,
+    /// The pause in force, when `blocker` is [`ledger::Blocker::Paused`].
     pub pause: Option<Pause>,
-    /// The compliance guard holds this category.
-    pub compliance_paused: bool,
-    /// The recipient is suppressed for this category.
-    pub suppressed: bool,
     /// Runs of the job so far (apalis counts the current one once it ends).
     pub attempts: i32,
     /// Runs allowed.
     pub max_attempts: i32,
 }
 
-/// Reads the pause, the compliance hold, the recipient's suppression and the job's attempts at
-/// once: the checks every send makes, in one statement instead of four.
+/// Asks the send rule about this email and reads the pause and the job's attempts, at once.
 pub async fn send_gate(
     conn: &mut PgConnection,
     job_id: &str,
@@ -157,13 +133,7 @@ pub async fn send_gate(
     category: Category,
 ) -> Result<SendGate, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT p.paused_until, p.pause_reason,
-                  coalesce((SELECT paused FROM compliance_pauses WHERE category = $3), false)
-                      AS "compliance_paused!",
-                  EXISTS (SELECT 1 FROM email_suppressions
-                          WHERE email = lower(btrim($2))
-                            AND (suppress_transactional OR ($3 = 'marketing' AND suppress_marketing)))
-                      AS "suppressed!",
+        r#"SELECT email_send_blocker($2, $3) AS blocker, p.paused_until, p.pause_reason,
                   coalesce(j.attempts, 0) AS "attempts!", coalesce(j.max_attempts, 1) AS "max_attempts!"
            FROM (SELECT 1) AS one
            LEFT JOIN email_sending_control p ON p.paused_until > now()
@@ -174,195 +144,19 @@ pub async fn send_gate(
     )
     .fetch_one(conn)
     .await?;
+    let blocker = ledger::Blocker::from_db(row.blocker.as_deref());
     Ok(SendGate {
-        pause: row.paused_until.map(|until| Pause {
-            until,
-            reason: row.pause_reason,
-        }),
-        compliance_paused: row.compliance_paused,
-        suppressed: row.suppressed,
+        pause: row
+            .paused_until
+            .filter(|_| blocker == Some(ledger::Blocker::Paused))
+            .map(|until| Pause {
+                until,
+                reason: row.pause_reason,
+            }),
+        blocker,
         attempts: row.attempts,
         max_attempts: row.max_attempts,
     })
-}
-
-/// What [`claim_clear_many`] saw when it moved a ledger row to `sending`.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// The ledger row as it was before (status `pending` or `sending`).
-    pub before: Delivery,
-    /// Runs of the job so far.
-    pub job_attempts: i32,
-    /// Runs allowed.
-    pub max_attempts: i32,
-}
-
-/// The common case in one statement, for many emails at once: each email that nothing holds back
-/// (no pause, no compliance hold, no suppression) and whose row is `pending` or `sending` is marked
-/// `sending`; the answer says, by job id, what each claimed row was. A job missing from the answer
-/// was not changed; its caller takes the step-by-step path, which says why. Only for content
-/// without a token (`token_id` is cleared, as that path does for such content).
-pub async fn claim_clear_many(
-    conn: &mut PgConnection,
-    job_ids: &[String],
-    emails: &[String],
-    categories: &[String],
-) -> Result<Vec<(String, Claim)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"UPDATE email_deliveries AS d
-           SET status = 'sending', attempts = d.attempts + 1, sending_started_at = now(),
-               uncertain_resends = d.uncertain_resends + CASE WHEN d.status = 'sending' THEN 1 ELSE 0 END,
-               token_id = NULL
-           FROM (SELECT v.job_id, v.email, v.category,
-                        coalesce(j.attempts, 0) AS job_attempts, coalesce(j.max_attempts, 1) AS max_attempts
-                 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category)
-                 LEFT JOIN apalis.jobs j ON j.id = v.job_id) AS v
-           WHERE d.job_id = v.job_id
-             AND d.status IN ('pending', 'sending')
-             AND NOT EXISTS (SELECT 1 FROM email_sending_control WHERE paused_until > now())
-             AND NOT coalesce((SELECT paused FROM compliance_pauses c WHERE c.category = v.category), false)
-             AND NOT EXISTS (SELECT 1 FROM email_suppressions s
-                             WHERE s.email = lower(btrim(v.email))
-                               AND (s.suppress_transactional OR (v.category = 'marketing' AND s.suppress_marketing)))
-           -- The subquery reads the statement's snapshot: the row as it was before this update.
-           RETURNING d.job_id,
-                     (SELECT b.status FROM email_deliveries b WHERE b.job_id = d.job_id) AS "status!",
-                     d.attempts - 1 AS "attempts!", d.ses_message_id, d.last_error,
-                     d.uncertain_resends, v.job_attempts AS "job_attempts!",
-                     v.max_attempts AS "max_attempts!""#,
-        job_ids,
-        emails,
-        categories
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let claim = Claim {
-                before: Delivery {
-                    job_id: r.job_id.clone(),
-                    uncertain_resends: r.uncertain_resends - i32::from(r.status == "sending"),
-                    status: r.status,
-                    ses_message_id: r.ses_message_id,
-                    attempts: r.attempts,
-                    last_error: r.last_error,
-                    token_id: None,
-                },
-                job_attempts: r.job_attempts,
-                max_attempts: r.max_attempts,
-            };
-            (r.job_id, claim)
-        })
-        .collect())
-}
-
-/// The ledger row of an email job.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// Job id (ULID).
-    pub job_id: String,
-    /// `pending`, `sending`, `sent`, `suppressed` or `failed`.
-    pub status: String,
-    /// The id SES gave the message, once accepted.
-    pub ses_message_id: Option<String>,
-    /// SES calls made.
-    pub attempts: i32,
-    /// Resends after an attempt whose outcome was unknown.
-    pub uncertain_resends: i32,
-    /// Last failure.
-    pub last_error: Option<String>,
-    /// Token issued for the current attempt.
-    pub token_id: Option<Uuid>,
-}
-
-/// Loads a job's ledger row.
-pub async fn delivery(
-    conn: &mut PgConnection,
-    job_id: &str,
-) -> Result<Option<Delivery>, sqlx::Error> {
-    sqlx::query_as!(
-        Delivery,
-        "SELECT job_id, status, ses_message_id, attempts, uncertain_resends, last_error, token_id
-         FROM email_deliveries WHERE job_id = $1",
-        job_id
-    )
-    .fetch_optional(conn)
-    .await
-}
-
-/// Loads and locks a job's ledger row for the duration of the caller's transaction.
-pub async fn lock_delivery(
-    conn: &mut PgConnection,
-    job_id: &str,
-) -> Result<Option<Delivery>, sqlx::Error> {
-    sqlx::query_as!(
-        Delivery,
-        "SELECT job_id, status, ses_message_id, attempts, uncertain_resends, last_error, token_id
-         FROM email_deliveries WHERE job_id = $1 FOR UPDATE",
-        job_id
-    )
-    .fetch_optional(conn)
-    .await
-}
-
-/// Records that an SES call is about to start (committed before the call).
-pub async fn mark_sending(
-    conn: &mut PgConnection,
-    job_id: &str,
-    uncertain: bool,
-    token_id: Option<Uuid>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE email_deliveries
-         SET status = 'sending', attempts = attempts + 1, sending_started_at = now(),
-             uncertain_resends = uncertain_resends + CASE WHEN $2 THEN 1 ELSE 0 END, token_id = $3
-         WHERE job_id = $1",
-        job_id,
-        uncertain,
-        token_id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Records SES's acceptance of one email or many in one statement (one commit for all of them).
-pub async fn mark_sent_many(
-    conn: &mut PgConnection,
-    job_ids: &[String],
-    ses_message_ids: &[String],
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
-        "UPDATE email_deliveries AS d
-         SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(), last_error = NULL
-         FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id)
-         WHERE d.job_id = v.job_id",
-        job_ids,
-        ses_message_ids
-    )
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// Records a final outcome without an SES message: `suppressed` or `failed`, or `pending` again
-/// for a retry later.
-pub async fn mark_outcome(
-    conn: &mut PgConnection,
-    job_id: &str,
-    status: &str,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE email_deliveries SET status = $2, last_error = $3 WHERE job_id = $1",
-        job_id,
-        status,
-        error
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// The pause every worker honours, if one is in force.

@@ -308,18 +308,8 @@ pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Err
         .rows_affected())
     })
     .await?;
-    r.deliveries = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM email_deliveries
-                             WHERE created_at < $1 AND status IN ('sent', 'suppressed', 'failed')
-                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-             DELETE FROM email_deliveries d USING doomed WHERE d.id = doomed.id",
-            events_before,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    r.deliveries = in_batches(&mut r.timing, b, || {
+        crate::email::ledger::prune(pool, events_before, b)
     })
     .await?;
     r.idempotency_keys = in_batches(&mut r.timing, b, || async {

@@ -58,7 +58,7 @@ async fn a_rolled_back_transaction_drops_the_job_and_its_ledger_row(pool: PgPool
     assert_eq!(row.status(), JobStatus::Queued);
     // The id is a ULID, which apalis-postgres requires.
     assert_eq!(row.id.parse::<ulid::Ulid>().expect("ulid"), kept);
-    let delivery = email::delivery(&mut conn, &kept.to_string())
+    let delivery = email::ledger::find(&mut conn, &kept.to_string())
         .await
         .expect("q")
         .expect("ledger row");

@@ -5,6 +5,7 @@ mod catalog;
 mod compliance;
 mod helpers;
 mod jobs;
+mod ledger;
 mod maintenance;
 mod migrations;
 mod real_clients;

@@ -1,6 +1,7 @@
 //! Applies parsed feedback to the database, in one transaction per queue message.
 
 use chrono::{DateTime, Utc};
+use herald_shared::email::ledger;
 use herald_shared::suppressions::{self, Raise};
 use sqlx::{PgConnection, PgPool};
 
@@ -125,7 +126,7 @@ async fn apply_event(
     match e.kind {
         Kind::Bounce => {
             let permanent = e.bounce_type.as_deref() == Some("Permanent");
-            update_ledger(conn, e, "bounce").await?;
+            update_ledger(conn, e, ledger::Feedback::Bounce).await?;
             if permanent {
                 let reason = format!(
                     "hard bounce ({})",
@@ -154,18 +155,19 @@ async fn apply_event(
                 }
             }
         }
+        // `not-spam` says the message was wrongly marked as spam: not a complaint, so it neither
+        // suppresses nor counts toward the complaint rate.
+        Kind::Complaint if e.complaint_type.as_deref() == Some("not-spam") => {}
         Kind::Complaint => {
-            update_ledger(conn, e, "complaint").await?;
-            if e.complaint_type.as_deref() != Some("not-spam") {
-                let reason = format!(
-                    "complaint ({})",
-                    e.complaint_type.as_deref().unwrap_or("unspecified")
-                );
-                suppress_both(conn, e, "complaint", &reason, 0, None).await?;
-                tracing::info!(to = %herald_shared::address::mask(&e.recipient), "complaint: address suppressed");
-            }
+            update_ledger(conn, e, ledger::Feedback::Complaint).await?;
+            let reason = format!(
+                "complaint ({})",
+                e.complaint_type.as_deref().unwrap_or("unspecified")
+            );
+            suppress_both(conn, e, "complaint", &reason, 0, None).await?;
+            tracing::info!(to = %herald_shared::address::mask(&e.recipient), "complaint: address suppressed");
         }
-        Kind::Delivery => update_ledger(conn, e, "delivery").await?,
+        Kind::Delivery => update_ledger(conn, e, ledger::Feedback::Delivery).await?,
         Kind::Other(_) => {}
     }
     Ok(())
@@ -218,25 +220,17 @@ async fn soft_bounces(
 async fn update_ledger(
     conn: &mut PgConnection,
     e: &RecipientEvent,
-    what: &str,
+    kind: ledger::Feedback,
 ) -> Result<(), sqlx::Error> {
-    let Some(message_id) = &e.ses_message_id else {
-        return Ok(());
-    };
-    sqlx::query!(
-        "UPDATE email_deliveries SET
-             delivered_at = CASE WHEN $2 = 'delivery' THEN coalesce(delivered_at, $3) ELSE delivered_at END,
-             bounced_at = CASE WHEN $2 = 'bounce' THEN coalesce(bounced_at, $3) ELSE bounced_at END,
-             bounce_type = CASE WHEN $2 = 'bounce' AND coalesce(bounce_type, '') <> 'Permanent'
-                                THEN $4 ELSE bounce_type END,
-             complained_at = CASE WHEN $2 = 'complaint' THEN coalesce(complained_at, $3) ELSE complained_at END
-         WHERE ses_message_id = $1",
-        message_id,
-        what,
-        e.occurred_at,
-        e.bounce_type
-    )
-    .execute(conn)
-    .await?;
+    if let Some(message_id) = &e.ses_message_id {
+        ledger::record_feedback(
+            conn,
+            message_id,
+            kind,
+            e.occurred_at,
+            e.bounce_type.as_deref(),
+        )
+        .await?;
+    }
     Ok(())
 }

@@ -176,9 +176,9 @@ pub async fn wait_until_final(pool: &PgPool, ids: &[String], limit: Duration) ->
 }
 
 /// The ledger row of a job.
-pub async fn delivery(pool: &PgPool, id: &str) -> email::Delivery {
+pub async fn delivery(pool: &PgPool, id: &str) -> email::ledger::Delivery {
     let mut conn = pool.acquire().await.expect("conn");
-    email::delivery(&mut conn, id)
+    email::ledger::find(&mut conn, id)
         .await
         .expect("query")
         .expect("ledger row")

@@ -7,12 +7,15 @@ use sqlx::PgPool;
 
 use crate::helpers::{delivery, enqueue, setup_queue};
 
-async fn claim(pool: &PgPool, jobs: &[(&str, String, Category)]) -> HashMap<String, email::Claim> {
+async fn claim(
+    pool: &PgPool,
+    jobs: &[(&str, String, Category)],
+) -> HashMap<String, email::ledger::Claim> {
     let ids: Vec<String> = jobs.iter().map(|(id, _, _)| (*id).to_owned()).collect();
     let emails: Vec<String> = jobs.iter().map(|(_, to, _)| to.clone()).collect();
     let categories: Vec<String> = jobs.iter().map(|(_, _, c)| c.as_str().to_owned()).collect();
     let mut conn = pool.acquire().await.expect("conn");
-    email::claim_clear_many(&mut conn, &ids, &emails, &categories)
+    email::ledger::claim_clear_many(&mut conn, &ids, &emails, &categories)
         .await
         .expect("claim")
         .into_iter()

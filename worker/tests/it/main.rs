@@ -8,4 +8,5 @@ mod helpers;
 mod ledger;
 mod maintenance;
 mod retry_policy;
+mod ses_dispatch;
 mod ses_stub;

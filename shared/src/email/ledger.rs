@@ -1,0 +1,563 @@
+//! The send ledger (`email_deliveries`) as a state machine, and the only code that writes it.
+//!
+//! One row per email job. Every transition is one guarded statement
+//! (`... WHERE status IN (<allowed predecessors>)`) that reports whether it happened; a transition
+//! that did not happen is an answer ("already sent", "cancelled meanwhile"), not an error. Two rules
+//! this module exists for: a `sent` row never changes status again, and every resend after an SES
+//! call whose outcome was unknown is counted (`uncertain_resends`).
+//!
+//! | from → to | by |
+//! |---|---|
+//! | (none) → pending | [`insert`] at enqueue |
+//! | pending, sending → sending | [`claim`], [`claim_clear_many`]; from `sending` the resend is uncertain |
+//! | pending, sending, failed, cancelled → sent | [`mark_sent_many`]: SES accepted it, whatever happened meanwhile |
+//! | pending, sending → pending | [`release`]: refused before SES accepted, a pause or a hold |
+//! | sending → sending | [`keep_unknown`]: no answer from SES; the next claim counts the resend |
+//! | pending, sending → failed | [`fail`]: refused for good or attempts exhausted |
+//! | pending, sending → suppressed | [`suppress`]: the send rule says so |
+//! | pending, sending → cancelled | [`cancel`]: a queued email cancelled |
+//! | failed, suppressed, cancelled → pending (or sending when the last outcome was unknown) | [`operator_retry`] |
+//! | sent → anything | refused |
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::Category;
+use crate::address;
+
+/// A ledger row's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "varchar", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Queued; never claimed, or refused cleanly before SES could accept it.
+    Pending,
+    /// Claimed: an SES call may be in flight, or may have happened.
+    Sending,
+    /// SES accepted it. Final.
+    Sent,
+    /// Given up.
+    Failed,
+    /// Blocked at send time by a suppression.
+    Suppressed,
+    /// Cancelled while queued.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status.
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Sending,
+        Self::Sent,
+        Self::Failed,
+        Self::Suppressed,
+        Self::Cancelled,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Suppressed => "suppressed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Statuses retention may delete: the email's story is over.
+    pub const FINISHED: [Self; 4] = [Self::Sent, Self::Suppressed, Self::Failed, Self::Cancelled];
+}
+
+impl PartialEq<&str> for Status {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn names(statuses: &[Status]) -> Vec<String> {
+    statuses.iter().map(|s| s.as_str().to_owned()).collect()
+}
+
+/// What blocks an email now, as the database's `email_send_blocker` function answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocker {
+    /// The address is suppressed for the category: final.
+    Suppressed,
+    /// Every worker is paused (SES, or an operator).
+    Paused,
+    /// The compliance guard holds the category.
+    Held,
+}
+
+impl Blocker {
+    /// Reads the function's answer (`NULL` → nothing blocks).
+    pub fn from_db(answer: Option<&str>) -> Option<Self> {
+        match answer? {
+            "suppressed" => Some(Self::Suppressed),
+            "paused" => Some(Self::Paused),
+            "held" => Some(Self::Held),
+            _ => None,
+        }
+    }
+}
+
+/// What blocks sending to `address` in `category` now, if anything: the one send rule.
+pub async fn send_blocker(
+    conn: &mut PgConnection,
+    address: &str,
+    category: Category,
+) -> Result<Option<Blocker>, sqlx::Error> {
+    let answer = sqlx::query_scalar!(
+        "SELECT email_send_blocker($1, $2)",
+        address,
+        category.as_str()
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Blocker::from_db(answer.as_deref()))
+}
+
+/// Whether the send rule refuses `address` in `category` for good (a suppression); pauses and
+/// holds only delay, so the API still queues such mail.
+pub async fn is_suppressed(
+    conn: &mut PgConnection,
+    address: &str,
+    category: Category,
+) -> Result<bool, sqlx::Error> {
+    Ok(send_blocker(conn, address, category).await? == Some(Blocker::Suppressed))
+}
+
+/// The ledger row of an email job.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Job id (ULID).
+    pub job_id: String,
+    /// Where the email is in its life.
+    pub status: Status,
+    /// The id SES gave the message, once accepted.
+    pub ses_message_id: Option<String>,
+    /// SES calls made.
+    pub attempts: i32,
+    /// Resends after an attempt whose outcome was unknown.
+    pub uncertain_resends: i32,
+    /// Whether the last SES call ended without an answer.
+    pub outcome_unknown: bool,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Token issued for the current attempt.
+    pub token_id: Option<Uuid>,
+}
+
+/// Creates the row of a new email job (`pending`); a second insert for the same job is a no-op.
+/// Returns whether a row was created.
+pub async fn insert(
+    conn: &mut PgConnection,
+    job_id: &str,
+    recipient: &str,
+    template: &str,
+    category: Category,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "INSERT INTO email_deliveries (job_id, recipient, template, category)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (job_id) DO NOTHING",
+        job_id,
+        address::normalize(recipient),
+        template,
+        category.as_str()
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Loads a job's ledger row.
+pub async fn find(conn: &mut PgConnection, job_id: &str) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as!(
+        Delivery,
+        r#"SELECT job_id, status AS "status: Status", ses_message_id, attempts, uncertain_resends,
+                  outcome_unknown, last_error, token_id
+           FROM email_deliveries WHERE job_id = $1"#,
+        job_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Loads and locks a job's ledger row for the duration of the caller's transaction.
+pub async fn lock(conn: &mut PgConnection, job_id: &str) -> Result<Option<Delivery>, sqlx::Error> {
+    sqlx::query_as!(
+        Delivery,
+        r#"SELECT job_id, status AS "status: Status", ses_message_id, attempts, uncertain_resends,
+                  outcome_unknown, last_error, token_id
+           FROM email_deliveries WHERE job_id = $1 FOR UPDATE"#,
+        job_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+const CLAIMABLE: [Status; 2] = [Status::Pending, Status::Sending];
+
+/// pending/sending → sending before an SES call (committed before the call). From `sending` the
+/// resend is counted as uncertain. Returns false when the row was in no state to send from.
+pub async fn claim(
+    conn: &mut PgConnection,
+    job_id: &str,
+    token_id: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE email_deliveries
+         SET status = 'sending', attempts = attempts + 1, sending_started_at = now(),
+             uncertain_resends = uncertain_resends + CASE WHEN status = 'sending' THEN 1 ELSE 0 END,
+             outcome_unknown = false, token_id = $2
+         WHERE job_id = $1 AND status = ANY($3)",
+        job_id,
+        token_id,
+        &names(&CLAIMABLE)
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What [`claim_clear_many`] saw when it moved a ledger row to `sending`.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The ledger row as it was before (status `pending` or `sending`).
+    pub before: Delivery,
+    /// Runs of the job so far.
+    pub job_attempts: i32,
+    /// Runs allowed.
+    pub max_attempts: i32,
+}
+
+/// [`claim`] for many emails in one statement, for those nothing blocks (the send rule) and whose
+/// row is `pending` or `sending`; the answer says, by job id, what each claimed row was. A job
+/// missing from the answer was not changed; its caller takes the step-by-step path, which says why.
+/// Only for content without a token (`token_id` is cleared). The job queue's attempt counters are
+/// read in the same statement.
+pub async fn claim_clear_many(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+    emails: &[String],
+    categories: &[String],
+) -> Result<Vec<(String, Claim)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"UPDATE email_deliveries AS d
+           SET status = 'sending', attempts = d.attempts + 1, sending_started_at = now(),
+               uncertain_resends = d.uncertain_resends + CASE WHEN d.status = 'sending' THEN 1 ELSE 0 END,
+               outcome_unknown = false, token_id = NULL
+           FROM (SELECT v.job_id, v.email, v.category,
+                        coalesce(j.attempts, 0) AS job_attempts, coalesce(j.max_attempts, 1) AS max_attempts
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category)
+                 LEFT JOIN apalis.jobs j ON j.id = v.job_id) AS v
+           WHERE d.job_id = v.job_id
+             AND d.status = ANY($4)
+             AND email_send_blocker(v.email, v.category) IS NULL
+           -- The subquery reads the statement's snapshot: the row as it was before this update.
+           RETURNING d.job_id,
+                     (SELECT b.status FROM email_deliveries b WHERE b.job_id = d.job_id) AS "status!: Status",
+                     d.attempts - 1 AS "attempts!", d.ses_message_id, d.last_error,
+                     (SELECT b.outcome_unknown FROM email_deliveries b WHERE b.job_id = d.job_id) AS "outcome_unknown!",
+                     d.uncertain_resends, v.job_attempts AS "job_attempts!",
+                     v.max_attempts AS "max_attempts!""#,
+        job_ids,
+        emails,
+        categories,
+        &names(&CLAIMABLE)
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let was_sending = r.status == Status::Sending;
+            let claim = Claim {
+                before: Delivery {
+                    job_id: r.job_id.clone(),
+                    uncertain_resends: r.uncertain_resends - i32::from(was_sending),
+                    status: r.status,
+                    ses_message_id: r.ses_message_id,
+                    attempts: r.attempts,
+                    outcome_unknown: r.outcome_unknown,
+                    last_error: r.last_error,
+                    token_id: None,
+                },
+                job_attempts: r.job_attempts,
+                max_attempts: r.max_attempts,
+            };
+            (r.job_id, claim)
+        })
+        .collect())
+}
+
+const UNSENT: [Status; 4] = [
+    Status::Pending,
+    Status::Sending,
+    Status::Failed,
+    Status::Cancelled,
+];
+
+/// → sent for one email or many in one statement: SES accepted them, so the ledger says so
+/// whatever it said meanwhile (a row already `sent` keeps its first message id). A `None` message
+/// id is a 2xx without one: accepted all the same. Returns how many rows changed.
+pub async fn mark_sent_many(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+    ses_message_ids: &[Option<String>],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE email_deliveries AS d
+         SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(), last_error = NULL,
+             outcome_unknown = false
+         FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id)
+         WHERE d.job_id = v.job_id AND d.status = ANY($3)",
+        job_ids,
+        ses_message_ids as &[Option<String>],
+        &names(&UNSENT)
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// → sent when SES accepted the email but its message id could not be stored (the database refused
+/// it); `note` says so. Returns whether the row changed.
+pub async fn mark_sent_without_id(
+    conn: &mut PgConnection,
+    job_id: &str,
+    note: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE email_deliveries SET status = 'sent', sent_at = now(), last_error = $2,
+                outcome_unknown = false
+         WHERE job_id = $1 AND status = ANY($3)",
+        job_id,
+        note,
+        &names(&UNSENT)
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One guarded status change with a reason.
+async fn transition(
+    conn: &mut PgConnection,
+    job_id: &str,
+    from: &[Status],
+    to: Status,
+    reason: Option<&str>,
+    outcome_unknown: Option<bool>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE email_deliveries
+         SET status = $2, last_error = $3, outcome_unknown = coalesce($4, outcome_unknown)
+         WHERE job_id = $1 AND status = ANY($5)",
+        job_id,
+        to.as_str(),
+        reason,
+        outcome_unknown,
+        &names(from)
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// pending/sending → pending: refused before SES accepted it (throttled, 5xx, a failure before the
+/// request was written), or held back by a pause; the job runs again later.
+pub async fn release(
+    conn: &mut PgConnection,
+    job_id: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    transition(
+        conn,
+        job_id,
+        &CLAIMABLE,
+        Status::Pending,
+        Some(reason),
+        Some(false),
+    )
+    .await
+}
+
+/// sending stays sending: SES gave no answer, so the next claim counts its resend as uncertain.
+pub async fn keep_unknown(
+    conn: &mut PgConnection,
+    job_id: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    transition(
+        conn,
+        job_id,
+        &[Status::Sending],
+        Status::Sending,
+        Some(reason),
+        Some(true),
+    )
+    .await
+}
+
+/// pending/sending → failed for good; `outcome_unknown` says whether the last SES call went
+/// unanswered (an operator's retry then counts its resend).
+pub async fn fail(
+    conn: &mut PgConnection,
+    job_id: &str,
+    reason: &str,
+    outcome_unknown: bool,
+) -> Result<bool, sqlx::Error> {
+    transition(
+        conn,
+        job_id,
+        &CLAIMABLE,
+        Status::Failed,
+        Some(reason),
+        Some(outcome_unknown),
+    )
+    .await
+}
+
+/// pending/sending → suppressed: the recipient is suppressed for the email's category.
+pub async fn suppress(conn: &mut PgConnection, job_id: &str) -> Result<bool, sqlx::Error> {
+    transition(conn, job_id, &CLAIMABLE, Status::Suppressed, None, None).await
+}
+
+/// pending/sending → cancelled: the queued job was cancelled.
+pub async fn cancel(conn: &mut PgConnection, job_id: &str) -> Result<bool, sqlx::Error> {
+    transition(
+        conn,
+        job_id,
+        &CLAIMABLE,
+        Status::Cancelled,
+        Some("cancelled"),
+        None,
+    )
+    .await
+}
+
+/// What an operator's retry did to the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAnswer {
+    /// Back to `pending`: the next send is a first try.
+    Requeued,
+    /// Back to `sending`: the last SES call went unanswered, so the resend is counted as uncertain.
+    RequeuedUncertain,
+    /// SES accepted it already; nothing changed.
+    AlreadySent,
+    /// No ledger row (not an email job, or pruned).
+    NoRow,
+    /// The row is in flight (`pending` or `sending`); nothing changed.
+    InFlight,
+}
+
+/// failed/suppressed/cancelled → pending (or → sending when the last outcome was unknown); a
+/// `sent` row is refused. Lock order: call it after locking the job.
+pub async fn operator_retry(
+    conn: &mut PgConnection,
+    job_id: &str,
+) -> Result<RetryAnswer, sqlx::Error> {
+    let Some(row) = lock(conn, job_id).await? else {
+        return Ok(RetryAnswer::NoRow);
+    };
+    let to = match row.status {
+        Status::Sent => return Ok(RetryAnswer::AlreadySent),
+        Status::Pending => return Ok(RetryAnswer::InFlight),
+        // Left `sending` by a run that died or gave up without an answer: allowed, and counted.
+        Status::Sending => return Ok(RetryAnswer::RequeuedUncertain),
+        Status::Failed | Status::Suppressed | Status::Cancelled if row.outcome_unknown => {
+            Status::Sending
+        }
+        Status::Failed | Status::Suppressed | Status::Cancelled => Status::Pending,
+    };
+    transition(
+        conn,
+        job_id,
+        &[Status::Failed, Status::Suppressed, Status::Cancelled],
+        to,
+        None,
+        None,
+    )
+    .await?;
+    Ok(if to == Status::Sending {
+        RetryAnswer::RequeuedUncertain
+    } else {
+        RetryAnswer::Requeued
+    })
+}
+
+/// What SES later told about a sent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// Delivered to the recipient's server.
+    Delivery,
+    /// Bounced (`bounce_type` says how).
+    Bounce,
+    /// The recipient complained (never `not-spam`).
+    Complaint,
+}
+
+/// Records feedback on the row of the message SES named (first time only; a permanent bounce type
+/// is never lowered). Status does not change: feedback comes after `sent`. Returns whether a row
+/// was found.
+pub async fn record_feedback(
+    conn: &mut PgConnection,
+    ses_message_id: &str,
+    kind: Feedback,
+    at: DateTime<Utc>,
+    bounce_type: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let what = match kind {
+        Feedback::Delivery => "delivery",
+        Feedback::Bounce => "bounce",
+        Feedback::Complaint => "complaint",
+    };
+    let done = sqlx::query!(
+        "UPDATE email_deliveries SET
+             delivered_at = CASE WHEN $2 = 'delivery' THEN coalesce(delivered_at, $3) ELSE delivered_at END,
+             bounced_at = CASE WHEN $2 = 'bounce' THEN coalesce(bounced_at, $3) ELSE bounced_at END,
+             bounce_type = CASE WHEN $2 = 'bounce' AND coalesce(bounce_type, '') <> 'Permanent'
+                                THEN $4 ELSE bounce_type END,
+             complained_at = CASE WHEN $2 = 'complaint' THEN coalesce(complained_at, $3) ELSE complained_at END
+         WHERE ses_message_id = $1",
+        ses_message_id,
+        what,
+        at,
+        bounce_type
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Deletes up to `limit` finished rows created before `before` (retention); returns how many.
+pub async fn prune(
+    pool: &sqlx::PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "WITH doomed AS (SELECT id FROM email_deliveries
+                         WHERE created_at < $1 AND status = ANY($3)
+                         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         DELETE FROM email_deliveries d USING doomed WHERE d.id = doomed.id",
+        before,
+        limit,
+        &names(&Status::FINISHED)
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
