@@ -139,8 +139,7 @@ pub async fn run(
     Monitor::new()
         .should_restart(|worker, error| {
             tracing::error!(worker = worker.name(), error = %error, "worker stopped with an error; restarting");
-            // Keep a database outage from turning into a busy restart loop.
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            pause_before_restart();
             true
         })
         .shutdown_timeout(config.shutdown_timeout)
@@ -176,6 +175,17 @@ pub async fn run(
             Ok(())
         })
         .await
+}
+
+/// Keeps a database outage from turning into a busy restart loop. apalis asks whether to restart
+/// from a synchronous callback inside its poll, so the pause cannot be awaited; `block_in_place`
+/// first hands this thread's other tasks to the rest of the runtime, so nothing else stalls. On a
+/// current-thread runtime (tests) there is no such hand-off: no pause rather than a stall.
+fn pause_before_restart() {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread) {
+        tokio::task::block_in_place(|| std::thread::sleep(std::time::Duration::from_millis(500)));
+    }
 }
 
 /// Serves `/metrics` on `addr` until `shutdown` resolves; returns the bound address first.

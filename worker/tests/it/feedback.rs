@@ -732,3 +732,56 @@ async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
         "bounces count once per message"
     );
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_not_spam_report_never_counts_toward_the_complaint_rate(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id, sent_at)
+         SELECT 'j' || g, 'r' || g || '@example.com', 'raw', 'transactional', 'sent', 'm-c' || g, now() - interval '1 hour'
+         FROM generate_series(1, 200) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("sends");
+    let settings = herald_shared::compliance::Settings {
+        min_sends: 100,
+        ..Default::default()
+    };
+    let complaints = async |pool: &PgPool| {
+        let mut conn = pool.acquire().await.expect("conn");
+        herald_shared::compliance::rates(&mut conn, &settings)
+            .await
+            .expect("rates")
+            .into_iter()
+            .find(|r| r.window == "24h" && r.category == "all")
+            .expect("all")
+            .complaints
+    };
+    let p = policy(&[]);
+    // complaint("c1", ..) names message m-c1, one of the 200 sent above.
+    apply(
+        &pool,
+        &p,
+        &complaint("c1", "r1@example.com", Some("not-spam")).to_string(),
+        None,
+    )
+    .await
+    .expect("not-spam");
+    assert_eq!(complaints(&pool).await, 0, "not-spam is not a complaint");
+    let complained: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT complained_at FROM email_deliveries WHERE ses_message_id = 'm-c1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    assert_eq!(complained, None);
+    apply(
+        &pool,
+        &p,
+        &complaint("c2", "r2@example.com", Some("abuse")).to_string(),
+        None,
+    )
+    .await
+    .expect("abuse");
+    assert_eq!(complaints(&pool).await, 1, "a real complaint counts");
+}

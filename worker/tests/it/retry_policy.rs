@@ -405,3 +405,139 @@ async fn a_compliance_pause_holds_marketing_on_every_worker_until_resume(pool: P
     .expect("budget");
     assert_eq!(lost, 0, "waiting out a pause uses no attempts");
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_2xx_without_a_message_id_counts_as_sent_and_is_not_resent(pool: PgPool) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    let rule = {
+        let calls = calls.clone();
+        mock!(Client::send_email).then_compute_response(move |_| {
+            calls.lock().expect("lock").push(Instant::now());
+            MockResponse::Output(SendEmailOutput::builder().build())
+        })
+    };
+    let client = mock_client!(aws_sdk_sesv2, RuleMode::MatchAny, [&rule], |c| c
+        .retry_config(RetryConfig::disabled()));
+    let config = worker_config(&pool, &[]);
+    let ids = enqueue(&pool, 1, "noid", Category::Transactional).await;
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(outcome, [JobStatus::Succeeded]);
+    assert_eq!(calls.lock().expect("lock").len(), 1, "sent once");
+    let d = delivery(&pool, &ids[0]).await;
+    assert_eq!((d.status.as_str(), d.ses_message_id), ("sent", None));
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_rescued_run_that_meets_a_sent_row_finishes_as_sent_without_calling_ses(pool: PgPool) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    let client = mocked_ses(calls.clone(), |_, _| None);
+    let config = worker_config(&pool, &[]);
+    let ids = enqueue(&pool, 1, "rescued", Category::Transactional).await;
+    // An earlier run got SES's acceptance recorded, then died before apalis heard of it.
+    sqlx::query(
+        "UPDATE email_deliveries SET status = 'sent', attempts = 1, ses_message_id = 'first-run', sent_at = now()
+         WHERE job_id = $1",
+    )
+    .bind(&ids[0])
+    .execute(&pool)
+    .await
+    .expect("sent earlier");
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(outcome, [JobStatus::Succeeded]);
+    assert!(calls.lock().expect("lock").is_empty(), "SES was not called");
+    let d = delivery(&pool, &ids[0]).await;
+    assert_eq!(
+        (d.status.as_str(), d.attempts, d.ses_message_id.as_deref()),
+        ("sent", 1, Some("first-run"))
+    );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_grouped_claim_blocked_by_a_row_lock_falls_back_and_the_other_emails_go_out(
+    pool: PgPool,
+) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    let client = mocked_ses(calls.clone(), |_, _| None);
+    let config = worker_config(&pool, &[("WORKER_CONCURRENCY", "8")]);
+    let ids = enqueue(&pool, 4, "locked", Category::Transactional).await;
+    // Someone else holds the first email's ledger row.
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM email_deliveries WHERE job_id = $1 FOR UPDATE")
+        .bind(&ids[0])
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let started = Instant::now();
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let others = wait_until_final(&pool, &ids[1..], Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    assert_eq!(others, [JobStatus::Succeeded; 3]);
+    assert!(
+        took < Duration::from_secs(8),
+        "the others went out in {took:?}"
+    );
+    assert_ne!(status(&pool, &ids[0]).await, JobStatus::Succeeded);
+    holder.rollback().await.expect("release");
+    let first = wait_until_final(&pool, &ids[..1], Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(first, [JobStatus::Succeeded]);
+    assert_eq!(calls.lock().expect("lock").len(), 4, "each email sent once");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_database_error_in_a_job_backs_off_instead_of_spending_attempts_at_once(pool: PgPool) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    let client = mocked_ses(calls.clone(), |_, _| None);
+    let config = worker_config(&pool, &[("EMAIL_BACKOFF_BASE_MS", "20000")]);
+    let ids = enqueue(&pool, 1, "dberr", Category::Transactional).await;
+    // Every claim of this row fails inside the database.
+    sqlx::query(
+        "CREATE FUNCTION refuse_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'simulated database failure'; END $$",
+    )
+    .execute(&pool)
+    .await
+    .expect("function");
+    sqlx::query(
+        "CREATE TRIGGER refuse_claim BEFORE UPDATE ON email_deliveries
+         FOR EACH ROW WHEN (NEW.status = 'sending') EXECUTE FUNCTION refuse_claim()",
+    )
+    .execute(&pool)
+    .await
+    .expect("trigger");
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (attempts, wait) = loop {
+        let row: (i32, f64) = sqlx::query_as(
+            "SELECT attempts, EXTRACT(EPOCH FROM run_at - now())::float8 FROM apalis.jobs WHERE id = $1",
+        )
+        .bind(&ids[0])
+        .fetch_one(&pool)
+        .await
+        .expect("job");
+        if row.0 >= 1 || Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(attempts, 1, "the failed run was recorded");
+    // Half the base at least (equal jitter), not an immediate re-fetch.
+    assert!(wait > 5.0, "next run in {wait} s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again: i32 = sqlx::query_scalar("SELECT attempts FROM apalis.jobs WHERE id = $1")
+        .bind(&ids[0])
+        .fetch_one(&pool)
+        .await
+        .expect("job");
+    worker.stop().await;
+    assert_eq!(again, 1, "no burst of attempts");
+    assert!(calls.lock().expect("lock").is_empty());
+}
