@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or, required};
-use herald_shared::{DbConfig, Secret, address};
+use herald_shared::{DbConfig, Secret};
 
 /// Everything `herald-api` reads at start-up.
 #[derive(Debug, Clone)]
@@ -40,22 +40,8 @@ impl ApiConfig {
                 reason: "must be at least 32 characters".into(),
             });
         }
-        let frontend_url = required(env, "FRONTEND_URL")?
-            .trim_end_matches('/')
-            .to_owned();
-        if !(frontend_url.starts_with("https://") || frontend_url.starts_with("http://"))
-            || frontend_url.contains(char::is_whitespace)
-        {
-            return Err(ConfigError::Invalid {
-                var: "FRONTEND_URL",
-                reason: "must be an http:// or https:// URL".into(),
-            });
-        }
-        let email_from =
-            address::validate(&required(env, "EMAIL_FROM")?).map_err(|e| ConfigError::Invalid {
-                var: "EMAIL_FROM",
-                reason: e.to_string(),
-            })?;
+        let frontend_url = herald_shared::config::frontend_url(env)?;
+        let email_from = herald_shared::config::email_from(env)?;
         let email_max_attempts: u32 = parse_or(env, "EMAIL_MAX_ATTEMPTS", 8)?;
         if email_max_attempts == 0 {
             return Err(ConfigError::Invalid {

@@ -79,6 +79,31 @@ where
     }
 }
 
+/// `FRONTEND_URL`: the http(s) base of the links in emails, without a trailing slash. The one rule
+/// both binaries apply.
+pub fn frontend_url(env: &impl Env) -> Result<String, ConfigError> {
+    let url = required(env, "FRONTEND_URL")?
+        .trim_end_matches('/')
+        .to_owned();
+    if !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.contains(char::is_whitespace)
+    {
+        return Err(ConfigError::Invalid {
+            var: "FRONTEND_URL",
+            reason: "must be an http:// or https:// URL".into(),
+        });
+    }
+    Ok(url)
+}
+
+/// `EMAIL_FROM`: the sender address, validated. The one rule both binaries apply.
+pub fn email_from(env: &impl Env) -> Result<String, ConfigError> {
+    crate::address::validate(&required(env, "EMAIL_FROM")?).map_err(|e| ConfigError::Invalid {
+        var: "EMAIL_FROM",
+        reason: e.to_string(),
+    })
+}
+
 /// Database connection settings shared by every binary.
 #[derive(Debug, Clone)]
 pub struct DbConfig {

@@ -14,6 +14,8 @@
 //! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15);
 //! BENCH_PARTS (all, or a comma list of enqueue, drain, email: email includes pgbench and pick-up);
 //! BENCH_WORKER_BIN (another herald-worker binary to measure instead of this build's).
+//!
+//! Long on purpose: the baselines and Herald run in one process, alternating, so they share it.
 
 #[path = "common/mod.rs"]
 mod common;

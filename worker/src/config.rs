@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or, required};
+use herald_shared::DbConfig;
+use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or};
 use herald_shared::maintenance::{self, Settings, TaskSchedule};
-use herald_shared::{DbConfig, address};
 
 /// Everything `herald-worker` reads at start-up.
 #[derive(Debug, Clone)]
@@ -83,20 +83,8 @@ impl WorkerConfig {
 
     /// Loads and validates the configuration from any variable source.
     pub fn from_source(env: &impl Env) -> Result<Self, ConfigError> {
-        let email_from =
-            address::validate(&required(env, "EMAIL_FROM")?).map_err(|e| ConfigError::Invalid {
-                var: "EMAIL_FROM",
-                reason: e.to_string(),
-            })?;
-        let frontend_url = required(env, "FRONTEND_URL")?
-            .trim_end_matches('/')
-            .to_owned();
-        if !(frontend_url.starts_with("https://") || frontend_url.starts_with("http://")) {
-            return Err(ConfigError::Invalid {
-                var: "FRONTEND_URL",
-                reason: "must be an http:// or https:// URL".into(),
-            });
-        }
+        let email_from = herald_shared::config::email_from(env)?;
+        let frontend_url = herald_shared::config::frontend_url(env)?;
         let ses_max_send_rate = match env.get("SES_MAX_SEND_RATE") {
             None => None,
             Some(_) => Some(positive(

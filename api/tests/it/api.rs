@@ -1,3 +1,5 @@
+//!
+//! Long on purpose: every route's test shares `TestApp`.
 use std::collections::BTreeSet;
 
 use herald_api::{ApiConfig, Application};

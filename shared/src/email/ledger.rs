@@ -18,6 +18,9 @@
 //! | pending, sending → cancelled | [`cancel`]: a queued email cancelled |
 //! | failed, suppressed, cancelled → pending (or sending when the last outcome was unknown) | [`operator_retry`] |
 //! | sent → anything | refused |
+//!
+//! Longer than 400 lines on purpose: every statement that writes `email_deliveries` is here, so
+//! that the guards can be read and changed together.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod compliance;
+mod env_example;
 mod helpers;
 mod jobs;
 mod ledger;

@@ -1,4 +1,6 @@
 //! The database scripts, run as a user would run them, each against a database of its own.
+//!
+//! Long on purpose: every script's test shares `ScriptDb` and the output helpers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

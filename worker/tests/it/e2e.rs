@@ -1,4 +1,7 @@
 //! End to end: the real `herald-api` and `herald-worker` binaries, a fresh database, and moto.
+//!
+//! Long on purpose: every end-to-end test shares the `Stack` harness (real binaries, a fresh
+//! database, moto) defined at the top.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

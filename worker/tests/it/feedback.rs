@@ -1,5 +1,7 @@
 //! The feedback consumer against moto's SQS and SNS (queue with a DLQ, maxReceiveCount 2, subscribed
 //! to a topic), and the policy through `apply` on a real database.
+//!
+//! Long on purpose: the formats, the policy and the consumer share one set of message builders.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

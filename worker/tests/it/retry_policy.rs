@@ -1,4 +1,6 @@
 //! The failure policy against a mocked SES, with real apalis workers on a real database.
+//!
+//! Long on purpose: each failure class shares the mocked SES and the running-worker helpers.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

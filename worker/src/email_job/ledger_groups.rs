@@ -1,0 +1,126 @@
+//! Grouped ledger writes: the common claim and the `sent` record, one statement for every email
+//! that arrived while the previous one ran, bounded so that one stuck row cannot stall the rest.
+
+use std::time::Duration;
+
+use herald_shared::email::ledger;
+use sqlx::PgPool;
+
+use crate::group::Group;
+
+/// A claim request: job id, recipient, category.
+type ClaimRequest = (String, String, String);
+
+/// The grouped ledger writes of one worker process.
+#[derive(Debug)]
+pub struct LedgerGroups {
+    /// Moves rows to `sending` (the common case) for many emails at once.
+    pub(super) claims: Group<ClaimRequest, ledger::Claim>,
+    /// Writes `sent` for many emails at once.
+    pub(super) sent: Group<(String, Option<String>), ()>,
+}
+
+/// How long a grouped ledger statement may take before its emails fall back to the per-email path
+/// (a row lock held elsewhere, a half-open connection): one stuck row must not stall the group.
+pub const GROUP_STATEMENT_BOUND: Duration = Duration::from_secs(2);
+
+impl LedgerGroups {
+    /// Starts the two writer tasks.
+    pub fn start(pool: &PgPool) -> Self {
+        Self::start_with_bound(pool, GROUP_STATEMENT_BOUND)
+    }
+
+    /// Starts the two writer tasks, giving up on a grouped statement after `bound`.
+    pub fn start_with_bound(pool: &PgPool, bound: Duration) -> Self {
+        let claim_pool = pool.clone();
+        let claims = Group::start(256, move |items: Vec<ClaimRequest>| {
+            let pool = claim_pool.clone();
+            async move {
+                let mut ids = Vec::with_capacity(items.len());
+                let mut emails = Vec::with_capacity(items.len());
+                let mut categories = Vec::with_capacity(items.len());
+                for (id, to, category) in items {
+                    ids.push(id);
+                    emails.push(to);
+                    categories.push(category);
+                }
+                let write = async |conn: &mut sqlx::PgConnection| {
+                    ledger::claim_clear_many(conn, &ids, &emails, &categories).await
+                };
+                // On failure each email takes the step-by-step path.
+                let Some(claimed) = grouped_write(&pool, "claim", ids.len(), bound, write).await
+                else {
+                    return Vec::new();
+                };
+                let mut claimed: std::collections::HashMap<_, _> = claimed.into_iter().collect();
+                ids.iter().map(|id| claimed.remove(id)).collect()
+            }
+        });
+        let sent_pool = pool.clone();
+        let sent = Group::start(256, move |items: Vec<(String, Option<String>)>| {
+            let pool = sent_pool.clone();
+            async move {
+                let (ids, message_ids): (Vec<String>, Vec<Option<String>>) =
+                    items.into_iter().unzip();
+                let write = async |conn: &mut sqlx::PgConnection| {
+                    ledger::mark_sent_many(conn, &ids, &message_ids).await
+                };
+                // On failure each email writes its own row, with retries and per-row errors.
+                match grouped_write(&pool, "'sent'", ids.len(), bound, write).await {
+                    Some(_) => vec![Some(()); ids.len()],
+                    None => Vec::new(),
+                }
+            }
+        });
+        Self { claims, sent }
+    }
+}
+
+/// Runs one grouped statement on a pooled connection within `bound`; a failure or a statement
+/// that outlasts the bound is logged and answers `None` (its emails then go one by one).
+async fn grouped_write<T>(
+    pool: &PgPool,
+    what: &str,
+    emails: usize,
+    bound: Duration,
+    write: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+) -> Option<T> {
+    use sqlx::Connection;
+    // The server gives up too (a lock held elsewhere, a slow plan) and releases the rows it locked,
+    // so the per-email path is not left waiting behind an abandoned statement.
+    let ms = bound.as_millis().max(1);
+    let begin =
+        format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'");
+    let attempt = async {
+        let mut conn = pool.acquire().await?;
+        let run = async {
+            let mut tx = conn.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+            let done = write(&mut tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done)
+        };
+        match tokio::time::timeout(bound + Duration::from_millis(500), run).await {
+            Ok(result) => result,
+            Err(_) => {
+                // No answer (a half-open connection): it must not be reused.
+                conn.close_on_drop();
+                Err(sqlx::Error::PoolTimedOut)
+            }
+        }
+    };
+    match tokio::time::timeout(bound.saturating_mul(2), attempt).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, emails, "grouped {what} write failed; one by one instead");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                emails,
+                bound_ms = bound.as_millis() as u64,
+                "grouped {what} write took too long; one by one instead"
+            );
+            None
+        }
+    }
+}

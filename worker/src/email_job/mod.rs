@@ -1,0 +1,414 @@
+//! The email job handler, top to bottom: a slot from the shared rate limiter, the ledger claim
+//! (grouped, or step by step with the send rule), SES, and the ledger's record of what happened.
+//! The parts it leans on live beside it: `ledger_groups` (grouped ledger statements), `slots`
+//! (the rate limiter's reservations), `in_flight` (one run per job per process), `failure` (why
+//! a run failed, and the backoff) and `content` (rendering and the message SES gets).
+
+mod content;
+mod failure;
+mod in_flight;
+mod ledger_groups;
+mod slots;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BoxDynError, Data, TaskId};
+use chrono::Utc;
+use herald_shared::email::ledger::{self, Blocker, Status};
+use herald_shared::email::{self, EmailContent, EmailJob};
+use herald_shared::metrics::{Metrics, Outcome as EmailOutcome, QueueOutcome};
+use herald_shared::tokens::{self, TokenKind};
+use herald_shared::{address, db, jobs};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tracing::Instrument;
+
+use crate::ses::{OutgoingEmail, SendError, SesSender};
+use content::{build, outgoing, render_plain};
+pub use failure::{JobFailure, backoff};
+pub use in_flight::{InFlight, InFlightGuard};
+pub use ledger_groups::{GROUP_STATEMENT_BOUND, LedgerGroups};
+pub use slots::SendSlots;
+
+/// What every email job needs, shared by the process's workers.
+#[derive(Debug)]
+pub struct EmailContext {
+    /// Database pool.
+    pub pool: PgPool,
+    /// SES client.
+    pub sender: SesSender,
+    /// Base of links.
+    pub frontend_url: String,
+    /// Emails per second across every worker process.
+    pub send_rate: f64,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How long to stop after SES pauses the account.
+    pub pause: Duration,
+    /// Send slots this process reserved and has not used yet.
+    pub slots: SendSlots,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// How often a job held by a compliance pause looks again.
+    pub compliance_recheck: Duration,
+    /// Grouped ledger writes.
+    pub ledger: LedgerGroups,
+    /// Jobs running in this process.
+    pub in_flight: Arc<InFlight>,
+}
+
+/// Handles one email job. `Ok` carries the outcome apalis stores; `Err` makes apalis record a
+/// failed run, after this handler has set when (or whether) the job runs again.
+pub async fn handle(
+    job: EmailJob,
+    task_id: TaskId,
+    ctx: Data<Arc<EmailContext>>,
+) -> Result<Value, BoxDynError> {
+    let ctx: Arc<EmailContext> = Arc::clone(&ctx);
+    let id = task_id.to_string();
+    let span = tracing::info_span!("email_job", job_id = %id, to = %address::mask(&job.to));
+    let started = std::time::Instant::now();
+    // One run per job in this process at a time, and a run finishes even if apalis drops this
+    // future (a worker restarted after a database outage, whose jobs the next instance rescues):
+    // the rescue then waits for it and finds the email `sent` instead of sending it again.
+    let guard = ctx.in_flight.enter(&id).await;
+    let task = {
+        let ctx = Arc::clone(&ctx);
+        let id = id.clone();
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                run(&ctx, &id, &job).await
+            }
+            .instrument(span),
+        )
+    };
+    let result = match task.await {
+        Ok(result) => result,
+        Err(error) => Err(JobFailure::Aborted(error.to_string())),
+    };
+    if let Err(JobFailure::Db(_) | JobFailure::Job(_)) = &result {
+        back_off_after_database_error(&ctx, &id).await;
+    }
+    let outcome = if result.is_ok() {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    ctx.metrics
+        .job_duration
+        .get_or_create(&QueueOutcome {
+            queue: email::EMAIL_QUEUE.into(),
+            outcome: outcome.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result.map_err(|e| Box::new(e) as BoxDynError)
+}
+
+/// A database error is as transient as a throttle: the job waits with the same backoff instead of
+/// apalis fetching it again at once. Best effort, and bounded: with the database out of reach the
+/// job runs again when apalis can fetch it, which is no sooner than the database is back.
+async fn back_off_after_database_error(ctx: &EmailContext, id: &str) {
+    let attempt = async {
+        let mut conn = ctx.pool.acquire().await?;
+        jobs::back_off_running(&mut conn, id, ctx.backoff_base, ctx.backoff_max).await?;
+        Ok::<_, JobFailure>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(job_id = id, %error, "could not delay the job after a database error")
+        }
+        Err(_) => tracing::warn!(
+            job_id = id,
+            "could not delay the job after a database error in time"
+        ),
+    }
+}
+
+/// Warns when a run finds its row `sending`: an earlier attempt died during its SES call, so this
+/// one may send the email again. Says whether it did.
+fn warn_if_uncertain(id: &str, before: &ledger::Delivery) -> bool {
+    let uncertain = before.status == Status::Sending;
+    if uncertain {
+        tracing::warn!(
+            job_id = id,
+            "an earlier attempt died during its SES call; sending again"
+        );
+    }
+    uncertain
+}
+
+async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobFailure> {
+    // Wait for our slot first, so that the ledger's 'sending' window before the SES call is short.
+    let slot = ctx.slots.next(&ctx.pool, ctx.send_rate).await?;
+    let wait = (slot - Utc::now()).to_std().unwrap_or_default();
+    if !wait.is_zero() {
+        ctx.metrics.rate_limiter_waits.inc();
+        ctx.metrics
+            .rate_limiter_wait_seconds
+            .inc_by(wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+    }
+
+    // Plain content with nothing holding it back: one grouped statement, not a transaction of four.
+    if let Some(Ok(rendered)) = render_plain(job) {
+        let request = (
+            id.to_owned(),
+            job.to.clone(),
+            job.category.as_str().to_owned(),
+        );
+        if let Some(claim) = ctx.ledger.claims.call(request).await {
+            warn_if_uncertain(id, &claim.before);
+            let last_attempt = claim.job_attempts + 1 >= claim.max_attempts;
+            let outgoing = outgoing(ctx, id, job, rendered);
+            return send(ctx, id, &outgoing, &claim.before, last_attempt).await;
+        }
+    }
+
+    let mut tx = ctx.pool.begin().await?;
+    let delivery = match ledger::lock(&mut tx, id).await? {
+        Some(d) => d,
+        None => {
+            // A job pushed without its ledger row (another producer): create the row now.
+            ledger::insert(&mut tx, id, &job.to, job.content.label(), job.category).await?;
+            ledger::lock(&mut tx, id)
+                .await?
+                .ok_or_else(|| JobFailure::Content("ledger row vanished".into()))?
+        }
+    };
+    match delivery.status {
+        // SES accepted it on an earlier run whose result was lost: never send twice.
+        Status::Sent => {
+            tx.commit().await?;
+            tracing::info!(job_id = id, "already sent; not sending again");
+            return Ok(json!({"outcome": "sent", "ses_message_id": delivery.ses_message_id}));
+        }
+        Status::Suppressed | Status::Cancelled => {
+            tx.commit().await?;
+            return Ok(json!({"outcome": delivery.status, "ses_message_id": null}));
+        }
+        Status::Failed => {
+            // Given up by an earlier run whose end apalis did not record: end this one too.
+            jobs::finish_after_this_run(&mut tx, id).await?;
+            tx.commit().await?;
+            return Err(JobFailure::Content(
+                delivery
+                    .last_error
+                    .unwrap_or_else(|| "the email failed for good earlier".into()),
+            ));
+        }
+        Status::Pending | Status::Sending => {}
+    }
+    let gate = email::send_gate(&mut tx, id, &job.to, job.category).await?;
+    if let Some(pause) = gate.pause {
+        jobs::reschedule_running(&mut tx, id, pause.until, true).await?;
+        let reason = format!(
+            "sending paused until {} ({})",
+            pause.until,
+            pause.reason.unwrap_or_default()
+        );
+        ledger::release(&mut tx, id, &reason).await?;
+        tx.commit().await?;
+        return Err(JobFailure::Paused(pause.until));
+    }
+    if gate.blocker == Some(Blocker::Held) {
+        // Held, not failed: the job looks again later and is sent once sending resumes.
+        let until =
+            Utc::now() + chrono::Duration::from_std(ctx.compliance_recheck).unwrap_or_default();
+        jobs::reschedule_running(&mut tx, id, until, true).await?;
+        let reason = format!(
+            "{} sending is paused by the compliance guard",
+            job.category.as_str()
+        );
+        ledger::release(&mut tx, id, &reason).await?;
+        tx.commit().await?;
+        return Err(JobFailure::Paused(until));
+    }
+    if gate.blocker == Some(Blocker::Suppressed) {
+        ledger::suppress(&mut tx, id).await?;
+        tx.commit().await?;
+        count(ctx, "suppressed");
+        tracing::info!(job_id = id, to = %address::mask(&job.to), "recipient suppressed; not sent");
+        return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
+    }
+    warn_if_uncertain(id, &delivery);
+    let kind = match job.content {
+        EmailContent::Verification { .. } => Some(TokenKind::Verification),
+        EmailContent::PasswordReset { .. } => Some(TokenKind::PasswordReset),
+        _ => None,
+    };
+    if let (Some(kind), Some(old)) = (kind, delivery.token_id) {
+        tokens::revoke(&mut tx, kind, old).await?;
+    }
+    let (outgoing, token_id) = match build(ctx, id, job, &mut tx).await {
+        Ok(built) => built,
+        Err(JobFailure::Content(reason)) => {
+            ledger::fail(&mut tx, id, &reason, false).await?;
+            jobs::finish_after_this_run(&mut tx, id).await?;
+            tx.commit().await?;
+            return Err(JobFailure::Content(reason));
+        }
+        Err(other) => return Err(other),
+    };
+    let last_attempt = gate.attempts + 1 >= gate.max_attempts;
+    if !ledger::claim(&mut tx, id, token_id).await? {
+        return Err(JobFailure::Content(
+            "the ledger row left pending/sending meanwhile".into(),
+        ));
+    }
+    tx.commit().await?;
+    send(ctx, id, &outgoing, &delivery, last_attempt).await
+}
+
+/// Calls SES for a job whose ledger row is committed as `sending`, and records what happened.
+async fn send(
+    ctx: &EmailContext,
+    id: &str,
+    outgoing: &OutgoingEmail,
+    delivery: &ledger::Delivery,
+    last_attempt: bool,
+) -> Result<Value, JobFailure> {
+    let error = match ctx.sender.send(outgoing).await {
+        Ok(message_id) => {
+            record_sent(ctx, id, message_id.as_deref()).await?;
+            count(ctx, "sent");
+            tracing::info!(
+                job_id = id,
+                ses_message_id = message_id.as_deref().unwrap_or("(none given)"),
+                "email sent"
+            );
+            return Ok(json!({"outcome": "sent", "ses_message_id": message_id}));
+        }
+        Err(error) => error,
+    };
+    if let SendError::Retryable(reason) = &error
+        && ["Throttl", "TooManyRequests", "LimitExceeded"]
+            .iter()
+            .any(|t| reason.contains(t))
+    {
+        ctx.metrics.ses_throttles.inc();
+    }
+    let mut conn = ctx.pool.acquire().await?;
+    match error {
+        SendError::Retryable(reason) if !last_attempt => {
+            retry_later(ctx, &mut conn, id, delivery, reason, false).await
+        }
+        // The row stays `sending`, so the next attempt is counted as an uncertain resend.
+        SendError::Unknown(reason) if !last_attempt => {
+            retry_later(ctx, &mut conn, id, delivery, reason, true).await
+        }
+        SendError::Paused(reason) => {
+            let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
+            email::pause_sending(&mut conn, until, &reason).await?;
+            jobs::reschedule_running(&mut conn, id, until, true).await?;
+            ledger::release(&mut conn, id, &reason).await?;
+            tracing::warn!(job_id = id, error = %reason, %until, "SES paused sending; every worker stops until then");
+            Err(SendError::Paused(reason).into())
+        }
+        err => {
+            // Permanent, or retryable with no attempts left.
+            let reason = err.to_string();
+            let unknown = matches!(err, SendError::Unknown(_));
+            ledger::fail(&mut conn, id, &reason, unknown).await?;
+            jobs::finish_after_this_run(&mut conn, id).await?;
+            count(ctx, "failed");
+            tracing::warn!(job_id = id, error = %reason, "email failed for good");
+            Err(err.into())
+        }
+    }
+}
+
+fn count(ctx: &EmailContext, outcome: &str) {
+    ctx.metrics
+        .emails
+        .get_or_create(&EmailOutcome {
+            outcome: outcome.into(),
+        })
+        .inc();
+}
+
+/// Schedules the next attempt after a retryable failure.
+async fn retry_later(
+    ctx: &EmailContext,
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    delivery: &ledger::Delivery,
+    reason: String,
+    outcome_unknown: bool,
+) -> Result<Value, JobFailure> {
+    let delay = backoff(
+        ctx.backoff_base,
+        ctx.backoff_max,
+        delivery.attempts as u32 + 1,
+    );
+    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    jobs::reschedule_running(conn, id, next, false).await?;
+    if outcome_unknown {
+        ledger::keep_unknown(conn, id, &reason).await?;
+    } else {
+        ledger::release(conn, id, &reason).await?;
+    }
+    tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
+    Err(SendError::Retryable(reason).into())
+}
+
+/// How long an accepted email's `sent` write keeps trying while the database is out of reach:
+/// giving up is what turns an outage into a resend.
+const SENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Records SES's acceptance, retrying through a database outage of up to [`SENT_PATIENCE`]:
+/// losing this write is what could cause a resend. A write the database refuses for good (not a
+/// lost connection or a server shutting down) still marks the email sent, so that a retry never
+/// sends it again.
+async fn record_sent(
+    ctx: &EmailContext,
+    id: &str,
+    message_id: Option<&str>,
+) -> Result<(), JobFailure> {
+    let grouped = ctx
+        .ledger
+        .sent
+        .call((id.to_owned(), message_id.map(str::to_owned)));
+    if grouped.await.is_some() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let mut conn = ctx.pool.acquire().await?;
+            ledger::mark_sent_many(
+                &mut conn,
+                &[id.to_owned()],
+                &[message_id.map(str::to_owned)],
+            )
+            .await
+        };
+        let err = match attempt.await {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        let transient = db::is_unavailable(&err) || !matches!(err, sqlx::Error::Database(_));
+        if transient && started.elapsed() < SENT_PATIENCE {
+            tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot record the sent email yet; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        if transient {
+            return Err(err.into());
+        }
+        tracing::error!(job_id = id, ses_message_id = message_id, error = %err, "cannot store the SES message id; marking the email sent without it");
+        let note = format!(
+            "SES accepted message {}, which could not be stored: {err}",
+            message_id.unwrap_or("(no id)")
+        );
+        let mut conn = ctx.pool.acquire().await?;
+        ledger::mark_sent_without_id(&mut conn, id, &note).await?;
+        return Ok(());
+    }
+}
