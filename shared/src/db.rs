@@ -77,17 +77,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 
 /// True when apalis-postgres's migrations are all applied.
 pub async fn queue_schema_current(pool: &PgPool) -> Result<bool, DbError> {
-    let table_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('apalis._sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
-    if !table_exists {
+    let Some(applied) = crate::jobs::queue_migrations_applied(pool).await? else {
         return Ok(false);
-    }
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM apalis._sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await?;
+    };
     let migrator = apalis_postgres::PostgresStorage::migrations();
     Ok(migrator
         .iter()
@@ -299,7 +291,7 @@ pub async fn grant_app_role(
         format!("REVOKE CREATE ON SCHEMA public FROM \"{role}\""),
         format!("GRANT USAGE ON SCHEMA public, apalis TO \"{role}\""),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, apalis TO \"{role}\""),
-        format!("REVOKE INSERT, UPDATE, DELETE ON public._sqlx_migrations, apalis._sqlx_migrations FROM \"{role}\""),
+        format!("REVOKE INSERT, UPDATE, DELETE ON public._sqlx_migrations, {} FROM \"{role}\"", crate::jobs::QUEUE_MIGRATIONS_TABLE),
         format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, apalis TO \"{role}\""),
         format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public, apalis TO \"{role}\""),
         format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"{role}\""),

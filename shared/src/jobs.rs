@@ -1,4 +1,6 @@
 //! Jobs in apalis-postgres's queue: enqueue inside the caller's transaction, read and steer them.
+//! With the worker's job adapter (`herald_worker::job`), the only code that reads or writes
+//! apalis's own tables: the API, the dashboard, the metrics, the schedules and retention ask here.
 
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
@@ -22,6 +24,14 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// As a database error, for callers whose own error is sqlx's.
+    pub fn into_sqlx(self) -> sqlx::Error {
+        match self {
+            Self::Db(err) | Self::Push(apalis_postgres::Error::Database(err)) => err,
+            other => sqlx::Error::Protocol(other.to_string()),
+        }
+    }
+
     /// The database error underneath, if there is one.
     pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
         match self {
@@ -106,6 +116,8 @@ pub struct JobRow {
     pub max_attempts: i32,
     /// Next (or last) start time.
     pub run_at: DateTime<Utc>,
+    /// When its last run ended.
+    pub done_at: Option<DateTime<Utc>>,
     /// apalis's stored result, `{"Ok": …}` or `{"Err": "…"}`.
     pub last_result: Option<serde_json::Value>,
 }
@@ -134,7 +146,7 @@ pub async fn find(conn: &mut PgConnection, id: &str) -> Result<Option<JobRow>, J
     let row = sqlx::query_as!(
         JobRow,
         r#"SELECT id, job_type AS queue, status AS raw_status, attempts, max_attempts, run_at,
-                  last_result
+                  done_at, last_result
            FROM apalis.jobs WHERE id = $1"#,
         id
     )
@@ -174,47 +186,44 @@ pub async fn cancel(conn: &mut PgConnection, id: &str) -> Result<bool, JobError>
 }
 
 /// Schedules the next run of a job that is running now: apalis re-fetches failed jobs at once, so
-/// a backoff is a later `run_at`. With `refund_attempt` the current run does not count.
+/// a backoff is a later `run_at`. The run itself is still recorded as failed by apalis.
 pub async fn reschedule_running(
     conn: &mut PgConnection,
     id: &str,
     run_at: DateTime<Utc>,
-    refund_attempt: bool,
 ) -> Result<(), JobError> {
     sqlx::query!(
-        "UPDATE apalis.jobs
-         SET run_at = $2, max_attempts = max_attempts + CASE WHEN $3 THEN 1 ELSE 0 END
-         WHERE id = $1",
+        "UPDATE apalis.jobs SET run_at = $2 WHERE id = $1",
         id,
-        run_at,
-        refund_attempt
+        run_at
     )
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Schedules the next run of a running job after a transient failure (a database error) with the
-/// email path's backoff: base × 2^runs so far, capped at `max`, with equal jitter. apalis alone would
-/// fetch it again at once and spend its attempts in a burst.
-pub async fn back_off_running(
+/// Puts a running job back to waiting until `until`, as if this run had not happened: no attempt
+/// used, no failed run recorded. apalis records a run's end only on a job still locked by its
+/// worker (`handle_result.sql`), and this clears the lock, so apalis changes nothing afterwards.
+/// Fails when the job is not running (cancelled meanwhile, say).
+pub async fn hold_running(
     conn: &mut PgConnection,
     id: &str,
-    base: std::time::Duration,
-    max: std::time::Duration,
+    until: DateTime<Utc>,
 ) -> Result<(), JobError> {
-    sqlx::query!(
-        "UPDATE apalis.jobs
-         SET run_at = now() + make_interval(secs => least($3::float8, $2::float8 * power(2, least(attempts, 30)))
-                                                    * (0.5 + random() / 2))
-         WHERE id = $1",
+    let done = sqlx::query!(
+        "UPDATE apalis.jobs SET status = 'Pending', run_at = $2, lock_by = NULL, lock_at = NULL
+         WHERE id = $1 AND lock_by IS NOT NULL AND status IN ('Queued', 'Running')",
         id,
-        base.as_secs_f64(),
-        max.as_secs_f64()
+        until
     )
     .execute(conn)
     .await?;
-    Ok(())
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(JobError::Db(sqlx::Error::RowNotFound))
+    }
 }
 
 /// Makes the current run of a running job its last: after it fails, apalis will not fetch it again.
@@ -223,6 +232,299 @@ pub async fn finish_after_this_run(conn: &mut PgConnection, id: &str) -> Result<
     sqlx::query!(
         "UPDATE apalis.jobs SET max_attempts = attempts + 1 WHERE id = $1",
         id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How many jobs a queue holds in one Herald state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCount {
+    /// Queue name.
+    pub queue: String,
+    /// Herald's state.
+    pub state: JobStatus,
+    /// Jobs.
+    pub n: i64,
+}
+
+/// Jobs by queue and Herald state (a failed job with runs left counts as queued).
+pub async fn count_by_state<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<StateCount>, JobError> {
+    let rows = sqlx::query!(
+        r#"SELECT job_type AS "queue!", status AS "status!", (attempts < max_attempts) AS "retrying!", count(*) AS "n!"
+           FROM apalis.jobs GROUP BY 1, 2, 3 ORDER BY 1"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StateCount {
+            state: JobStatus::from_apalis(&r.status, if r.retrying { 0 } else { 1 }, 1),
+            queue: r.queue,
+            n: r.n,
+        })
+        .collect())
+}
+
+/// A job that failed for good, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct FailedJob {
+    /// Job id.
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// Runs made.
+    pub attempts: i32,
+    /// When it last ran.
+    pub run_at: DateTime<Utc>,
+    /// apalis's record of the last run.
+    pub last_result: Option<serde_json::Value>,
+}
+
+/// The newest jobs that failed for good.
+pub async fn failed_for_good<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<FailedJob>, JobError> {
+    Ok(sqlx::query_as!(
+        FailedJob,
+        r#"SELECT id, job_type AS "queue!", attempts, run_at, last_result FROM apalis.jobs
+           WHERE status = 'Failed' AND attempts >= max_attempts ORDER BY done_at DESC NULLS LAST LIMIT $1"#,
+        limit
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// A recent job, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct RecentJob {
+    /// Job id.
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// Herald's state.
+    pub status: JobStatus,
+    /// Runs made.
+    pub attempts: i32,
+    /// Runs allowed.
+    pub max_attempts: i32,
+    /// When it runs (or ran).
+    pub run_at: DateTime<Utc>,
+}
+
+/// The newest jobs by run time.
+pub async fn recent<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    limit: i64,
+) -> Result<Vec<RecentJob>, JobError> {
+    let rows = sqlx::query!(
+        r#"SELECT id, job_type AS "queue!", status, attempts, max_attempts, run_at FROM apalis.jobs
+           ORDER BY run_at DESC, id DESC LIMIT $1"#,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RecentJob {
+            status: JobStatus::from_apalis(&r.status, r.attempts, r.max_attempts),
+            id: r.id,
+            queue: r.queue,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            run_at: r.run_at,
+        })
+        .collect())
+}
+
+/// Per queue, the age in seconds of the oldest job that is due and waiting.
+pub async fn oldest_waiting<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<(String, f64)>, JobError> {
+    let rows = sqlx::query!(
+        r#"SELECT job_type AS "queue!", EXTRACT(EPOCH FROM now() - min(run_at))::float8 AS "age!"
+           FROM apalis.jobs
+           WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now()
+           GROUP BY 1"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.queue, r.age)).collect())
+}
+
+/// On `queue`, per idempotency-key prefix (the part before `@`: a schedule's name), the Unix time
+/// its newest job succeeded.
+pub async fn last_success_by_key_prefix<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    queue: &str,
+) -> Result<Vec<(String, f64)>, JobError> {
+    let rows = sqlx::query!(
+        r#"SELECT split_part(idempotency_key, '@', 1) AS "prefix!",
+                  EXTRACT(EPOCH FROM max(done_at))::float8 AS "at!"
+           FROM apalis.jobs WHERE job_type = $1 AND status = 'Done' AND done_at IS NOT NULL
+           GROUP BY 1"#,
+        queue
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.prefix, r.at)).collect())
+}
+
+/// The newest job on `queue` whose idempotency key starts with `prefix@`.
+pub async fn latest_by_key_prefix<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    queue: &str,
+    prefix: &str,
+) -> Result<Option<JobRow>, JobError> {
+    Ok(sqlx::query_as!(
+        JobRow,
+        r#"SELECT id, job_type AS queue, status AS raw_status, attempts, max_attempts, run_at,
+                  done_at, last_result
+           FROM apalis.jobs
+           WHERE job_type = $1 AND idempotency_key LIKE $2 || '@%'
+           ORDER BY run_at DESC, id DESC LIMIT 1"#,
+        queue,
+        prefix
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Deletes up to `limit` jobs that succeeded or were cancelled before `before`; returns how many.
+pub async fn prune_finished(
+    pool: &sqlx::PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "WITH doomed AS (SELECT id FROM apalis.jobs
+                         WHERE status IN ('Done', 'Killed') AND done_at < $1
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)
+         DELETE FROM apalis.jobs j USING doomed WHERE j.id = doomed.id",
+        before,
+        limit
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Deletes up to `limit` jobs that failed for good before `before`; returns how many.
+pub async fn prune_failed(
+    pool: &sqlx::PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "WITH doomed AS (SELECT id FROM apalis.jobs
+                         WHERE status = 'Failed' AND attempts >= max_attempts AND done_at < $1
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)
+         DELETE FROM apalis.jobs j USING doomed WHERE j.id = doomed.id",
+        before,
+        limit
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// The versions of apalis-postgres's own migrations applied here, or `None` before its schema exists.
+pub async fn queue_migrations_applied(
+    pool: &sqlx::PgPool,
+) -> Result<Option<Vec<i64>>, sqlx::Error> {
+    let table_exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('apalis._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !table_exists {
+        return Ok(None);
+    }
+    Ok(Some(
+        sqlx::query_scalar("SELECT version FROM apalis._sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?,
+    ))
+}
+
+/// The queue's bookkeeping table, which a data-only role may read but never change.
+pub const QUEUE_MIGRATIONS_TABLE: &str = "apalis._sqlx_migrations";
+
+/// A due job taken by [`take_due`], with its payload.
+#[derive(Debug, Clone)]
+pub struct DueJob {
+    /// Job id.
+    pub id: String,
+    /// The payload as enqueued (JSON bytes).
+    pub payload: Vec<u8>,
+    /// Runs before this one.
+    pub attempts: i32,
+    /// Runs allowed.
+    pub max_attempts: i32,
+}
+
+/// Registers `worker` for `queue` as apalis's own workers register (jobs it takes name it).
+pub async fn register_worker(
+    conn: &mut PgConnection,
+    worker: &str,
+    queue: &str,
+) -> Result<(), JobError> {
+    sqlx::query!(
+        "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen)
+         VALUES ($1, $2, 'herald', '', now())
+         ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+        worker,
+        queue
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes up to `limit` due jobs of `queue` for `worker`, as apalis's own fetch does (the same
+/// `apalis.get_jobs`, so locks, order and eligibility are apalis's).
+pub async fn take_due(
+    conn: &mut PgConnection,
+    worker: &str,
+    queue: &str,
+    limit: i32,
+) -> Result<Vec<DueJob>, JobError> {
+    Ok(sqlx::query_as!(
+        DueJob,
+        r#"SELECT id AS "id!", job AS "payload!", attempts AS "attempts!", max_attempts AS "max_attempts!"
+           FROM apalis.get_jobs($1, $2, $3)"#,
+        worker,
+        queue,
+        limit
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Records the end of a run of a job `worker` holds, as apalis does: `Done` or `Failed`, the run
+/// count, the result. Does nothing when the job is no longer held by `worker` (held back meanwhile).
+pub async fn record_run(
+    conn: &mut PgConnection,
+    id: &str,
+    worker: &str,
+    attempt: i32,
+    result: Result<&serde_json::Value, &str>,
+) -> Result<(), JobError> {
+    let (status, stored) = match result {
+        Ok(value) => ("Done", serde_json::json!({"Ok": value})),
+        Err(error) => ("Failed", serde_json::json!({"Err": error})),
+    };
+    sqlx::query!(
+        "UPDATE apalis.jobs SET status = $3, attempts = $4, last_result = $5, done_at = now()
+         WHERE id = $1 AND lock_by = $2",
+        id,
+        worker,
+        status,
+        attempt,
+        stored
     )
     .execute(conn)
     .await?;

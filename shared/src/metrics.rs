@@ -12,7 +12,6 @@ use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
 use crate::email::EMAIL_QUEUE;
-use crate::jobs::JobStatus;
 use crate::maintenance::{MAINTENANCE_QUEUE, Task};
 
 /// `queue`, `state`.
@@ -324,12 +323,9 @@ impl Metrics {
     }
 
     async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let depth = sqlx::query!(
-            r#"SELECT job_type AS "queue!", status AS "status!", (attempts < max_attempts) AS "retrying!", count(*) AS "n!"
-               FROM apalis.jobs GROUP BY 1, 2, 3"#
-        )
-        .fetch_all(pool)
-        .await?;
+        let depth = crate::jobs::count_by_state(pool)
+            .await
+            .map_err(crate::jobs::JobError::into_sqlx)?;
         self.queue_depth.clear();
         for queue in [EMAIL_QUEUE, MAINTENANCE_QUEUE] {
             for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
@@ -340,8 +336,7 @@ impl Metrics {
             }
         }
         for row in depth {
-            let state = JobStatus::from_apalis(&row.status, if row.retrying { 0 } else { 1 }, 1);
-            let label = serde_json::to_value(state)
+            let label = serde_json::to_value(row.state)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
@@ -353,14 +348,9 @@ impl Metrics {
                 .inc_by(row.n);
         }
 
-        let oldest = sqlx::query!(
-            r#"SELECT job_type AS "queue!", EXTRACT(EPOCH FROM now() - min(run_at))::float8 AS "age!"
-               FROM apalis.jobs
-               WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now()
-               GROUP BY 1"#
-        )
-        .fetch_all(pool)
-        .await?;
+        let oldest = crate::jobs::oldest_waiting(pool)
+            .await
+            .map_err(crate::jobs::JobError::into_sqlx)?;
         self.oldest_waiting.clear();
         for queue in [EMAIL_QUEUE, MAINTENANCE_QUEUE] {
             self.oldest_waiting
@@ -369,10 +359,10 @@ impl Metrics {
                 })
                 .set(0.0);
         }
-        for row in oldest {
+        for (queue, age) in oldest {
             self.oldest_waiting
-                .get_or_create(&QueueLabel { queue: row.queue })
-                .set(row.age);
+                .get_or_create(&QueueLabel { queue })
+                .set(age);
         }
 
         let suppressed = sqlx::query!(
@@ -392,20 +382,14 @@ impl Metrics {
                 .set(n);
         }
 
-        let last = sqlx::query!(
-            r#"SELECT split_part(idempotency_key, '@', 1) AS "schedule!",
-                      EXTRACT(EPOCH FROM max(done_at))::float8 AS "at!"
-               FROM apalis.jobs WHERE job_type = $1 AND status = 'Done' AND done_at IS NOT NULL
-               GROUP BY 1"#,
-            MAINTENANCE_QUEUE
-        )
-        .fetch_all(pool)
-        .await?;
+        let last = crate::jobs::last_success_by_key_prefix(pool, MAINTENANCE_QUEUE)
+            .await
+            .map_err(crate::jobs::JobError::into_sqlx)?;
         for task in Task::ALL {
             let at = last
                 .iter()
-                .find(|r| r.schedule == task.name())
-                .map_or(0.0, |r| r.at);
+                .find(|(schedule, _)| schedule == task.name())
+                .map_or(0.0, |(_, at)| *at);
             self.schedule_last_success
                 .get_or_create(&ScheduleLabel {
                     schedule: task.name().into(),

@@ -1,9 +1,11 @@
 //! Herald's worker: email jobs from apalis-postgres, sent through SES.
 
+pub mod app;
 pub mod config;
 pub mod email_job;
 pub mod feedback;
 pub mod group;
+pub mod job;
 pub mod maintenance;
 pub mod ses;
 
@@ -18,6 +20,7 @@ use herald_shared::maintenance::{MAINTENANCE_QUEUE, MaintenanceJob};
 use herald_shared::metrics::Metrics;
 use sqlx::PgPool;
 
+pub use app::{AppError, Application};
 pub use config::WorkerConfig;
 use email_job::EmailContext;
 use ses::SesSender;
@@ -51,7 +54,7 @@ pub async fn email_context(
     let ledger = email_job::LedgerGroups::start(&pool);
     Arc::new(EmailContext {
         pool,
-        sender,
+        sender: Arc::new(sender),
         frontend_url: config.frontend_url.clone(),
         send_rate,
         backoff_base: config.backoff_base,
@@ -133,6 +136,7 @@ pub async fn run(
         settings: config.maintenance.clone(),
         metrics: ctx.metrics.clone(),
         compliance: config.compliance.clone(),
+        in_flight: Default::default(),
     });
     let maintenance_config = queue_config.clone().queue(MAINTENANCE_QUEUE).batch_size(1);
     let maintenance_pool = pool.clone();
@@ -151,7 +155,7 @@ pub async fn run(
                 .backend(backend)
                 .concurrency(concurrency)
                 .data(ctx.clone())
-                .build(email_job::handle)
+                .build(job::handle::<EmailJob>)
         })
         .register(move |_restarts| {
             let pool = &maintenance_pool;
@@ -167,7 +171,7 @@ pub async fn run(
                 .backend(backend)
                 .concurrency(1)
                 .data(maintenance_ctx.clone())
-                .build(maintenance::handle)
+                .build(job::handle::<MaintenanceJob>)
         })
         .run_with_signal(async move {
             shutdown.await;
@@ -188,13 +192,13 @@ fn pause_before_restart() {
     }
 }
 
-/// Serves `/metrics` on `addr` until `shutdown` resolves; returns the bound address first.
-pub async fn serve_metrics(
-    addr: std::net::SocketAddr,
+/// Serves `/metrics` on `listener` until `shutdown` resolves.
+pub fn serve_metrics(
+    listener: tokio::net::TcpListener,
     pool: PgPool,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> tokio::task::JoinHandle<()> {
     use axum::http::{StatusCode, header};
     let app = axum::Router::new().route(
         "/metrics",
@@ -222,15 +226,12 @@ pub async fn serve_metrics(
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
         {
             tracing::error!(error = %err, "metrics server stopped");
         }
-    });
-    Ok((bound, task))
+    })
 }

@@ -4,10 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use herald_shared::{DbConfig, db, telemetry};
-use std::sync::Arc;
-
-use herald_shared::metrics::Metrics;
-use herald_worker::WorkerConfig;
+use herald_worker::{Application, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 const HELP: &str = "\
@@ -61,34 +58,13 @@ async fn migrate() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let config = WorkerConfig::from_env()?;
-    let pool = db::connect(&config.db)
-        .await
-        .context("connecting to the database")?;
-    db::ensure_current(&pool).await?;
-    // The compliance gauges use the configured windows and minimum sample, as the guard does.
-    let metrics = Arc::new(Metrics::with_compliance(config.compliance.clone()));
-    let ctx = herald_worker::email_context(&config, pool.clone(), metrics.clone()).await;
-    let token = CancellationToken::new();
-    let (metrics_addr, metrics_server) = herald_worker::serve_metrics(
-        config.metrics_addr,
-        pool.clone(),
-        metrics.clone(),
-        token.clone().cancelled_owned(),
-    )
-    .await
-    .context("binding METRICS_ADDR")?;
+    let app = Application::build(config).await?;
     // Scripts and tests read this line to learn the port when METRICS_ADDR asks for port 0.
-    println!("herald-worker metrics on http://{metrics_addr}/metrics");
-    let consumer =
-        match herald_worker::feedback_consumer(&config, pool.clone(), metrics.clone()).await {
-            Some(consumer) => Some(tokio::spawn(consumer.run(token.clone()))),
-            None => {
-                tracing::warn!(
-                    "SQS_FEEDBACK_QUEUE_URL is not set: bounces and complaints are not read"
-                );
-                None
-            }
-        };
+    println!(
+        "herald-worker metrics on http://{}/metrics",
+        app.metrics_addr()?
+    );
+    let token = CancellationToken::new();
     tokio::spawn({
         let token = token.clone();
         async move {
@@ -96,20 +72,6 @@ async fn run() -> anyhow::Result<()> {
             token.cancel();
         }
     });
-    let ticker = tokio::spawn(herald_worker::maintenance::run_ticker(
-        pool.clone(),
-        config.schedules.clone(),
-        token.clone(),
-    ));
-    tracing::info!(queue = herald_shared::email::EMAIL_QUEUE, "worker started");
-    herald_worker::run(config, pool.clone(), ctx, token.clone().cancelled_owned()).await?;
-    token.cancel();
-    if let Some(consumer) = consumer {
-        let _ = consumer.await;
-    }
-    let _ = ticker.await;
-    let _ = metrics_server.await;
-    pool.close().await;
-    tracing::info!("worker stopped");
+    app.run_until_stopped(token).await?;
     Ok(())
 }

@@ -1,16 +1,16 @@
 //! Scheduled maintenance in the worker: the ticker that enqueues one job per tick (deduplicated
-//! across processes) and the handler that runs it through the queue, with its retries and rescue.
+//! across processes) and the job itself, run through the job adapter with its retries and rescue.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, Data, TaskId};
 use chrono::Utc;
-use herald_shared::jobs;
 use herald_shared::maintenance::{self, MaintenanceJob, Settings, Task, TaskSchedule, tasks};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use crate::job::{HeraldJob, InFlight, JobContext, Outcome, Runs};
 
 /// What maintenance jobs need.
 #[derive(Debug)]
@@ -23,46 +23,46 @@ pub struct MaintenanceContext {
     pub metrics: Arc<herald_shared::metrics::Metrics>,
     /// The compliance guard's settings.
     pub compliance: herald_shared::compliance::Settings,
+    /// Maintenance jobs running in this process.
+    pub in_flight: Arc<InFlight>,
 }
 
-/// Runs one maintenance job; a failed run is retried 30 s later (up to 3 runs).
-pub async fn handle(
-    job: MaintenanceJob,
-    task_id: TaskId,
-    ctx: Data<Arc<MaintenanceContext>>,
-) -> Result<Value, BoxDynError> {
-    let id = task_id.to_string();
-    let started = std::time::Instant::now();
-    let result = run(&ctx, job.task).await;
-    let outcome = if result.is_ok() {
-        "succeeded"
-    } else {
-        "failed"
-    };
-    ctx.metrics
-        .job_duration
-        .get_or_create(&herald_shared::metrics::QueueOutcome {
-            queue: maintenance::MAINTENANCE_QUEUE.into(),
-            outcome: outcome.into(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(report) => {
-            tracing::info!(job_id = %id, task = job.task.name(), tick = %job.tick, report = %report, "maintenance done");
-            Ok(report)
-        }
-        Err(err) => {
-            tracing::error!(job_id = %id, task = job.task.name(), error = %err, "maintenance failed; retrying in 30 s");
-            if let Ok(mut conn) = ctx.pool.acquire().await {
-                let _ = jobs::reschedule_running(
-                    &mut conn,
-                    &id,
-                    Utc::now() + chrono::Duration::seconds(30),
-                    false,
-                )
-                .await;
+impl JobContext for MaintenanceContext {
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+    fn metrics(&self) -> &herald_shared::metrics::Metrics {
+        &self.metrics
+    }
+    fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
+    }
+}
+
+/// A failed maintenance run is tried again this much later (up to the job's 3 runs).
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+impl HeraldJob for MaintenanceJob {
+    const QUEUE: &'static str = maintenance::MAINTENANCE_QUEUE;
+    type Context = MaintenanceContext;
+
+    fn span(&self, id: &str) -> tracing::Span {
+        tracing::info_span!("maintenance_job", job_id = %id, task = self.task.name(), tick = %self.tick)
+    }
+
+    async fn run(self, id: String, _runs: Runs, ctx: Arc<MaintenanceContext>) -> Outcome {
+        match run(&ctx, self.task).await {
+            Ok(report) => {
+                tracing::info!(job_id = %id, task = self.task.name(), tick = %self.tick, report = %report, "maintenance done");
+                Outcome::Done(report)
             }
-            Err(Box::new(err))
+            Err(err) => {
+                tracing::error!(job_id = %id, task = self.task.name(), error = %err, "maintenance failed; retrying in 30 s");
+                Outcome::Retry {
+                    after: RETRY_AFTER,
+                    error: err.to_string(),
+                }
+            }
         }
     }
 }

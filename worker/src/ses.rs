@@ -49,6 +49,55 @@ pub enum SendError {
     Paused(String),
 }
 
+/// What sends an email: the SES v2 client in production, [`RecordingSender`] where the provider is
+/// not the point of a test.
+pub trait EmailSender: Send + Sync + std::fmt::Debug + 'static {
+    /// Sends one message; `Ok` carries the provider's message id (`None`: accepted without one).
+    fn send<'a>(
+        &'a self,
+        email: &'a OutgoingEmail,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, SendError>>;
+}
+
+impl EmailSender for SesSender {
+    fn send<'a>(
+        &'a self,
+        email: &'a OutgoingEmail,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, SendError>> {
+        Box::pin(SesSender::send(self, email))
+    }
+}
+
+/// An in-process sender that accepts everything and remembers it, for tests that are about the
+/// queue and the ledger rather than SES. Never used by the binaries.
+#[derive(Debug, Default)]
+pub struct RecordingSender {
+    sent: std::sync::Mutex<Vec<OutgoingEmail>>,
+}
+
+impl RecordingSender {
+    /// Everything sent so far, in order.
+    pub fn sent(&self) -> Vec<OutgoingEmail> {
+        self.sent.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl EmailSender for RecordingSender {
+    fn send<'a>(
+        &'a self,
+        email: &'a OutgoingEmail,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, SendError>> {
+        Box::pin(async move {
+            let mut sent = self
+                .sent
+                .lock()
+                .map_err(|_| SendError::Retryable("the recording sender is poisoned".into()))?;
+            sent.push(email.clone());
+            Ok(Some(format!("recorded-{}", sent.len())))
+        })
+    }
+}
+
 /// The SES v2 client and the settings every send uses.
 #[derive(Debug, Clone)]
 pub struct SesSender {

@@ -4,7 +4,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use herald_shared::jobs::JobStatus;
+use herald_shared::jobs::{self, JobStatus};
 use herald_shared::tokens::sha256_hex;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -130,13 +130,8 @@ pub async fn retry(
     }
 }
 
-async fn render(state: &AppState) -> Result<String, sqlx::Error> {
-    let counts = sqlx::query!(
-        r#"SELECT job_type AS "queue!", status AS "status!", (attempts < max_attempts) AS "retrying!", count(*) AS "n!"
-           FROM apalis.jobs GROUP BY 1, 2, 3 ORDER BY 1"#
-    )
-    .fetch_all(&state.pool)
-    .await?;
+async fn render(state: &AppState) -> Result<String, herald_shared::jobs::JobError> {
+    let counts = jobs::count_by_state(&state.pool).await?;
     let states = ["queued", "running", "succeeded", "failed", "cancelled"];
     let mut queues: Vec<(String, [i64; 5])> = Vec::new();
     for q in [
@@ -146,8 +141,7 @@ async fn render(state: &AppState) -> Result<String, sqlx::Error> {
         queues.push((q.to_owned(), [0; 5]));
     }
     for row in counts {
-        let status = JobStatus::from_apalis(&row.status, if row.retrying { 0 } else { 1 }, 1);
-        let index = match status {
+        let index = match row.state {
             JobStatus::Queued => 0,
             JobStatus::Running => 1,
             JobStatus::Succeeded => 2,
@@ -163,18 +157,8 @@ async fn render(state: &AppState) -> Result<String, sqlx::Error> {
             }
         }
     }
-    let failed = sqlx::query!(
-        r#"SELECT id, job_type AS "queue!", attempts, run_at, last_result FROM apalis.jobs
-           WHERE status = 'Failed' AND attempts >= max_attempts ORDER BY done_at DESC NULLS LAST LIMIT 50"#
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    let recent = sqlx::query!(
-        r#"SELECT id, job_type AS "queue!", status, attempts, max_attempts, run_at FROM apalis.jobs
-           ORDER BY run_at DESC, id DESC LIMIT 50"#
-    )
-    .fetch_all(&state.pool)
-    .await?;
+    let failed = jobs::failed_for_good(&state.pool, 50).await?;
+    let recent = jobs::recent(&state.pool, 50).await?;
 
     let mut html = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Herald queues</title>\
@@ -218,12 +202,11 @@ async fn render(state: &AppState) -> Result<String, sqlx::Error> {
     }
     html.push_str("</table><h2>Recent jobs</h2><table id=\"recent\"><tr><th>job</th><th>queue</th><th>state</th><th>attempts</th><th>run at</th></tr>");
     for j in &recent {
-        let status = JobStatus::from_apalis(&j.status, j.attempts, j.max_attempts);
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{:?}</td><td>{}/{}</td><td>{}</td></tr>",
             escape(&j.id),
             escape(&j.queue),
-            status,
+            j.status,
             j.attempts,
             j.max_attempts,
             j.run_at.to_rfc3339()

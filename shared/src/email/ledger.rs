@@ -11,7 +11,8 @@
 //! | (none) → pending | [`insert`] at enqueue |
 //! | pending, sending → sending | [`claim`], [`claim_clear_many`]; from `sending` the resend is uncertain |
 //! | pending, sending, failed, cancelled → sent | [`mark_sent_many`]: SES accepted it, whatever happened meanwhile |
-//! | pending, sending → pending | [`release`]: refused before SES accepted, a pause or a hold |
+//! | pending, sending → pending | [`release`]: refused before SES accepted it |
+//! | pending, sending unchanged | [`note_wait`]: held back by a pause or a hold before any call |
 //! | sending → sending | [`keep_unknown`]: no answer from SES; the next claim counts the resend |
 //! | pending, sending → failed | [`fail`]: refused for good or attempts exhausted |
 //! | pending, sending → suppressed | [`suppress`]: the send rule says so |
@@ -239,17 +240,12 @@ pub async fn claim(
 pub struct Claim {
     /// The ledger row as it was before (status `pending` or `sending`).
     pub before: Delivery,
-    /// Runs of the job so far.
-    pub job_attempts: i32,
-    /// Runs allowed.
-    pub max_attempts: i32,
 }
 
 /// [`claim`] for many emails in one statement, for those nothing blocks (the send rule) and whose
 /// row is `pending` or `sending`; the answer says, by job id, what each claimed row was. A job
 /// missing from the answer was not changed; its caller takes the step-by-step path, which says why.
-/// Only for content without a token (`token_id` is cleared). The job queue's attempt counters are
-/// read in the same statement.
+/// Only for content without a token (`token_id` is cleared).
 pub async fn claim_clear_many(
     conn: &mut PgConnection,
     job_ids: &[String],
@@ -261,10 +257,7 @@ pub async fn claim_clear_many(
            SET status = 'sending', attempts = d.attempts + 1, sending_started_at = now(),
                uncertain_resends = d.uncertain_resends + CASE WHEN d.status = 'sending' THEN 1 ELSE 0 END,
                outcome_unknown = false, token_id = NULL
-           FROM (SELECT v.job_id, v.email, v.category,
-                        coalesce(j.attempts, 0) AS job_attempts, coalesce(j.max_attempts, 1) AS max_attempts
-                 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category)
-                 LEFT JOIN apalis.jobs j ON j.id = v.job_id) AS v
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category)
            WHERE d.job_id = v.job_id
              AND d.status = ANY($4)
              AND email_send_blocker(v.email, v.category) IS NULL
@@ -273,8 +266,7 @@ pub async fn claim_clear_many(
                      (SELECT b.status FROM email_deliveries b WHERE b.job_id = d.job_id) AS "status!: Status",
                      d.attempts - 1 AS "attempts!", d.ses_message_id, d.last_error,
                      (SELECT b.outcome_unknown FROM email_deliveries b WHERE b.job_id = d.job_id) AS "outcome_unknown!",
-                     d.uncertain_resends, v.job_attempts AS "job_attempts!",
-                     v.max_attempts AS "max_attempts!""#,
+                     d.uncertain_resends"#,
         job_ids,
         emails,
         categories,
@@ -297,8 +289,6 @@ pub async fn claim_clear_many(
                     last_error: r.last_error,
                     token_id: None,
                 },
-                job_attempts: r.job_attempts,
-                max_attempts: r.max_attempts,
             };
             (r.job_id, claim)
         })
@@ -395,6 +385,25 @@ pub async fn release(
         Some(false),
     )
     .await
+}
+
+/// pending/sending stay as they are, with `reason` noted: held back (a pause, a compliance hold)
+/// before any SES call of this run, so what is known about earlier calls must not change (a row
+/// left `sending` keeps counting its next resend as uncertain).
+pub async fn note_wait(
+    conn: &mut PgConnection,
+    job_id: &str,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE email_deliveries SET last_error = $2 WHERE job_id = $1 AND status = ANY($3)",
+        job_id,
+        reason,
+        &names(&CLAIMABLE)
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// sending stays sending: SES gave no answer, so the next claim counts its resend as uncertain.

@@ -119,26 +119,18 @@ pub struct SendGate {
     pub blocker: Option<ledger::Blocker>,
     /// The pause in force, when `blocker` is [`ledger::Blocker::Paused`].
     pub pause: Option<Pause>,
-    /// Runs of the job so far (apalis counts the current one once it ends).
-    pub attempts: i32,
-    /// Runs allowed.
-    pub max_attempts: i32,
 }
 
-/// Asks the send rule about this email and reads the pause and the job's attempts, at once.
+/// Asks the send rule about this email and reads the pause in force, at once.
 pub async fn send_gate(
     conn: &mut PgConnection,
-    job_id: &str,
     email: &str,
     category: Category,
 ) -> Result<SendGate, sqlx::Error> {
     let row = sqlx::query!(
-        r#"SELECT email_send_blocker($2, $3) AS blocker, p.paused_until, p.pause_reason,
-                  coalesce(j.attempts, 0) AS "attempts!", coalesce(j.max_attempts, 1) AS "max_attempts!"
+        r#"SELECT email_send_blocker($1, $2) AS blocker, p.paused_until, p.pause_reason
            FROM (SELECT 1) AS one
-           LEFT JOIN email_sending_control p ON p.paused_until > now()
-           LEFT JOIN apalis.jobs j ON j.id = $1"#,
-        job_id,
+           LEFT JOIN email_sending_control p ON p.paused_until > now()"#,
         email,
         category.as_str()
     )
@@ -154,8 +146,6 @@ pub async fn send_gate(
                 reason: row.pause_reason,
             }),
         blocker,
-        attempts: row.attempts,
-        max_attempts: row.max_attempts,
     })
 }
 

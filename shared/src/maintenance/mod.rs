@@ -304,16 +304,9 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<ScheduleView>, sqlx::Er
         .await?;
     let mut out = Vec::new();
     for row in rows {
-        let last = sqlx::query!(
-            r#"SELECT id, status, attempts, max_attempts, run_at, done_at, last_result
-               FROM apalis.jobs
-               WHERE job_type = $1 AND idempotency_key LIKE $2 || '@%'
-               ORDER BY run_at DESC, id DESC LIMIT 1"#,
-            MAINTENANCE_QUEUE,
-            row.name
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
+        let last = crate::jobs::latest_by_key_prefix(&mut *conn, MAINTENANCE_QUEUE, &row.name)
+            .await
+            .map_err(crate::jobs::JobError::into_sqlx)?;
         let next_tick_at = parse_cron(&row.cron)
             .ok()
             .and_then(|s| s.after(&Utc::now()).next());
@@ -322,10 +315,10 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<ScheduleView>, sqlx::Er
             cron: row.cron,
             next_tick_at,
             last_run: last.map(|j| LastRun {
+                status: j.status(),
                 job_id: j.id,
                 enqueued_at: j.run_at,
                 finished_at: j.done_at,
-                status: crate::jobs::JobStatus::from_apalis(&j.status, j.attempts, j.max_attempts),
                 result: j.last_result,
             }),
         });

@@ -267,32 +267,12 @@ pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Err
         batch_size: b,
         ..Default::default()
     };
-    r.finished_jobs = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM apalis.jobs
-                             WHERE status IN ('Done', 'Killed') AND done_at < $1
-                             LIMIT $2 FOR UPDATE SKIP LOCKED)
-             DELETE FROM apalis.jobs j USING doomed WHERE j.id = doomed.id",
-            jobs_before,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    r.finished_jobs = in_batches(&mut r.timing, b, || {
+        crate::jobs::prune_finished(pool, jobs_before, b)
     })
     .await?;
-    r.failed_jobs = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM apalis.jobs
-                             WHERE status = 'Failed' AND attempts >= max_attempts AND done_at < $1
-                             LIMIT $2 FOR UPDATE SKIP LOCKED)
-             DELETE FROM apalis.jobs j USING doomed WHERE j.id = doomed.id",
-            failed_before,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    r.failed_jobs = in_batches(&mut r.timing, b, || {
+        crate::jobs::prune_failed(pool, failed_before, b)
     })
     .await?;
     r.feedback_events = in_batches(&mut r.timing, b, || async {

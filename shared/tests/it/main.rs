@@ -6,6 +6,7 @@ mod compliance;
 mod env_example;
 mod helpers;
 mod jobs;
+mod layering;
 mod ledger;
 mod maintenance;
 mod migrations;

@@ -2,21 +2,18 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use herald_shared::{jobs, tokens};
 use rand::Rng;
 
 use crate::ses::SendError;
 
-/// Why a run failed; apalis records the text in `last_result`.
+/// Why a run could not decide: the database, the queue or the token store failed on the way
+/// (retried with backoff), or the email cannot be built (final).
 #[derive(Debug, thiserror::Error)]
 pub enum JobFailure {
     /// SES failed; the job may run again later (or has failed for good, see the ledger).
     #[error("{0}")]
     Send(#[from] SendError),
-    /// Sending is paused for every worker; this job waits without using an attempt.
-    #[error("sending paused until {0}")]
-    Paused(chrono::DateTime<Utc>),
     /// The database failed; the job runs again (at once, as apalis does for failures).
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -29,9 +26,6 @@ pub enum JobFailure {
     /// The job cannot be rendered (unknown user, template error): final.
     #[error("cannot build the email: {0}")]
     Content(String),
-    /// The run's task ended without an answer (it panicked).
-    #[error("the email job's run was aborted: {0}")]
-    Aborted(String),
 }
 
 /// The delay before attempt `attempt + 1`: base × 2^(attempt−1), capped, with equal jitter

@@ -13,18 +13,17 @@ mod slots;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, Data, TaskId};
 use chrono::Utc;
 use herald_shared::email::ledger::{self, Blocker, Status};
 use herald_shared::email::{self, EmailContent, EmailJob};
-use herald_shared::metrics::{Metrics, Outcome as EmailOutcome, QueueOutcome};
+use herald_shared::metrics::{Metrics, Outcome as EmailOutcome};
 use herald_shared::tokens::{self, TokenKind};
-use herald_shared::{address, db, jobs};
-use serde_json::{Value, json};
+use herald_shared::{address, db};
+use serde_json::json;
 use sqlx::PgPool;
-use tracing::Instrument;
 
-use crate::ses::{OutgoingEmail, SendError, SesSender};
+use crate::job::{HeraldJob, JobContext, Outcome, Runs};
+use crate::ses::{EmailSender, OutgoingEmail, SendError};
 use content::{build, outgoing, render_plain};
 pub use failure::{JobFailure, backoff};
 pub use in_flight::{InFlight, InFlightGuard};
@@ -36,8 +35,8 @@ pub use slots::SendSlots;
 pub struct EmailContext {
     /// Database pool.
     pub pool: PgPool,
-    /// SES client.
-    pub sender: SesSender,
+    /// What sends: SES in production.
+    pub sender: Arc<dyn EmailSender>,
     /// Base of links.
     pub frontend_url: String,
     /// Emails per second across every worker process.
@@ -60,72 +59,40 @@ pub struct EmailContext {
     pub in_flight: Arc<InFlight>,
 }
 
-/// Handles one email job. `Ok` carries the outcome apalis stores; `Err` makes apalis record a
-/// failed run, after this handler has set when (or whether) the job runs again.
-pub async fn handle(
-    job: EmailJob,
-    task_id: TaskId,
-    ctx: Data<Arc<EmailContext>>,
-) -> Result<Value, BoxDynError> {
-    let ctx: Arc<EmailContext> = Arc::clone(&ctx);
-    let id = task_id.to_string();
-    let span = tracing::info_span!("email_job", job_id = %id, to = %address::mask(&job.to));
-    let started = std::time::Instant::now();
-    // One run per job in this process at a time, and a run finishes even if apalis drops this
-    // future (a worker restarted after a database outage, whose jobs the next instance rescues):
-    // the rescue then waits for it and finds the email `sent` instead of sending it again.
-    let guard = ctx.in_flight.enter(&id).await;
-    let task = {
-        let ctx = Arc::clone(&ctx);
-        let id = id.clone();
-        tokio::spawn(
-            async move {
-                let _guard = guard;
-                run(&ctx, &id, &job).await
-            }
-            .instrument(span),
-        )
-    };
-    let result = match task.await {
-        Ok(result) => result,
-        Err(error) => Err(JobFailure::Aborted(error.to_string())),
-    };
-    if let Err(JobFailure::Db(_) | JobFailure::Job(_)) = &result {
-        back_off_after_database_error(&ctx, &id).await;
+impl JobContext for EmailContext {
+    fn pool(&self) -> &PgPool {
+        &self.pool
     }
-    let outcome = if result.is_ok() {
-        "succeeded"
-    } else {
-        "failed"
-    };
-    ctx.metrics
-        .job_duration
-        .get_or_create(&QueueOutcome {
-            queue: email::EMAIL_QUEUE.into(),
-            outcome: outcome.into(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    result.map_err(|e| Box::new(e) as BoxDynError)
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
+    }
 }
 
-/// A database error is as transient as a throttle: the job waits with the same backoff instead of
-/// apalis fetching it again at once. Best effort, and bounded: with the database out of reach the
-/// job runs again when apalis can fetch it, which is no sooner than the database is back.
-async fn back_off_after_database_error(ctx: &EmailContext, id: &str) {
-    let attempt = async {
-        let mut conn = ctx.pool.acquire().await?;
-        jobs::back_off_running(&mut conn, id, ctx.backoff_base, ctx.backoff_max).await?;
-        Ok::<_, JobFailure>(())
-    };
-    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(job_id = id, %error, "could not delay the job after a database error")
+impl HeraldJob for EmailJob {
+    const QUEUE: &'static str = email::EMAIL_QUEUE;
+    type Context = EmailContext;
+
+    fn span(&self, id: &str) -> tracing::Span {
+        tracing::info_span!("email_job", job_id = %id, to = %address::mask(&self.to))
+    }
+
+    async fn run(self, id: String, runs: Runs, ctx: Arc<EmailContext>) -> Outcome {
+        match run(&ctx, &id, &self, runs).await {
+            Ok(outcome) => outcome,
+            // The database, the queue or the token store failed: as transient as a throttle, so
+            // the same backoff rather than apalis fetching the job again at once.
+            Err(error) => {
+                let after = backoff(ctx.backoff_base, ctx.backoff_max, runs.this);
+                tracing::warn!(job_id = %id, %error, retry_in_ms = after.as_millis() as u64, "email run failed; will retry");
+                Outcome::Retry {
+                    after,
+                    error: error.to_string(),
+                }
+            }
         }
-        Err(_) => tracing::warn!(
-            job_id = id,
-            "could not delay the job after a database error in time"
-        ),
     }
 }
 
@@ -142,7 +109,14 @@ fn warn_if_uncertain(id: &str, before: &ledger::Delivery) -> bool {
     uncertain
 }
 
-async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobFailure> {
+/// One run: `Ok` is what the run decided; `Err` a failure of the database (or the token store) on
+/// the way, retried with backoff.
+async fn run(
+    ctx: &EmailContext,
+    id: &str,
+    job: &EmailJob,
+    runs: Runs,
+) -> Result<Outcome, JobFailure> {
     // Wait for our slot first, so that the ledger's 'sending' window before the SES call is short.
     let slot = ctx.slots.next(&ctx.pool, ctx.send_rate).await?;
     let wait = (slot - Utc::now()).to_std().unwrap_or_default();
@@ -163,9 +137,8 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         );
         if let Some(claim) = ctx.ledger.claims.call(request).await {
             warn_if_uncertain(id, &claim.before);
-            let last_attempt = claim.job_attempts + 1 >= claim.max_attempts;
             let outgoing = outgoing(ctx, id, job, rendered);
-            return send(ctx, id, &outgoing, &claim.before, last_attempt).await;
+            return send(ctx, id, &outgoing, &claim.before, runs.is_last()).await;
         }
     }
 
@@ -185,17 +158,20 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         Status::Sent => {
             tx.commit().await?;
             tracing::info!(job_id = id, "already sent; not sending again");
-            return Ok(json!({"outcome": "sent", "ses_message_id": delivery.ses_message_id}));
+            return Ok(Outcome::Done(
+                json!({"outcome": "sent", "ses_message_id": delivery.ses_message_id}),
+            ));
         }
         Status::Suppressed | Status::Cancelled => {
             tx.commit().await?;
-            return Ok(json!({"outcome": delivery.status, "ses_message_id": null}));
+            return Ok(Outcome::Done(
+                json!({"outcome": delivery.status, "ses_message_id": null}),
+            ));
         }
         Status::Failed => {
             // Given up by an earlier run whose end apalis did not record: end this one too.
-            jobs::finish_after_this_run(&mut tx, id).await?;
             tx.commit().await?;
-            return Err(JobFailure::Content(
+            return Ok(Outcome::Fatal(
                 delivery
                     .last_error
                     .unwrap_or_else(|| "the email failed for good earlier".into()),
@@ -203,37 +179,40 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         }
         Status::Pending | Status::Sending => {}
     }
-    let gate = email::send_gate(&mut tx, id, &job.to, job.category).await?;
+    let gate = email::send_gate(&mut tx, &job.to, job.category).await?;
     if let Some(pause) = gate.pause {
-        jobs::reschedule_running(&mut tx, id, pause.until, true).await?;
         let reason = format!(
             "sending paused until {} ({})",
             pause.until,
             pause.reason.unwrap_or_default()
         );
-        ledger::release(&mut tx, id, &reason).await?;
+        ledger::note_wait(&mut tx, id, &reason).await?;
         tx.commit().await?;
-        return Err(JobFailure::Paused(pause.until));
+        return Ok(Outcome::Hold {
+            until: pause.until,
+            reason,
+        });
     }
     if gate.blocker == Some(Blocker::Held) {
         // Held, not failed: the job looks again later and is sent once sending resumes.
         let until =
             Utc::now() + chrono::Duration::from_std(ctx.compliance_recheck).unwrap_or_default();
-        jobs::reschedule_running(&mut tx, id, until, true).await?;
         let reason = format!(
             "{} sending is paused by the compliance guard",
             job.category.as_str()
         );
-        ledger::release(&mut tx, id, &reason).await?;
+        ledger::note_wait(&mut tx, id, &reason).await?;
         tx.commit().await?;
-        return Err(JobFailure::Paused(until));
+        return Ok(Outcome::Hold { until, reason });
     }
     if gate.blocker == Some(Blocker::Suppressed) {
         ledger::suppress(&mut tx, id).await?;
         tx.commit().await?;
         count(ctx, "suppressed");
         tracing::info!(job_id = id, to = %address::mask(&job.to), "recipient suppressed; not sent");
-        return Ok(json!({"outcome": "suppressed", "ses_message_id": null}));
+        return Ok(Outcome::Done(
+            json!({"outcome": "suppressed", "ses_message_id": null}),
+        ));
     }
     warn_if_uncertain(id, &delivery);
     let kind = match job.content {
@@ -248,20 +227,15 @@ async fn run(ctx: &EmailContext, id: &str, job: &EmailJob) -> Result<Value, JobF
         Ok(built) => built,
         Err(JobFailure::Content(reason)) => {
             ledger::fail(&mut tx, id, &reason, false).await?;
-            jobs::finish_after_this_run(&mut tx, id).await?;
             tx.commit().await?;
-            return Err(JobFailure::Content(reason));
+            return Ok(Outcome::Fatal(format!("cannot build the email: {reason}")));
         }
         Err(other) => return Err(other),
     };
-    let last_attempt = gate.attempts + 1 >= gate.max_attempts;
-    if !ledger::claim(&mut tx, id, token_id).await? {
-        return Err(JobFailure::Content(
-            "the ledger row left pending/sending meanwhile".into(),
-        ));
-    }
+    // Locked above, so the row is still pending or sending.
+    ledger::claim(&mut tx, id, token_id).await?;
     tx.commit().await?;
-    send(ctx, id, &outgoing, &delivery, last_attempt).await
+    send(ctx, id, &outgoing, &delivery, runs.is_last()).await
 }
 
 /// Calls SES for a job whose ledger row is committed as `sending`, and records what happened.
@@ -271,7 +245,7 @@ async fn send(
     outgoing: &OutgoingEmail,
     delivery: &ledger::Delivery,
     last_attempt: bool,
-) -> Result<Value, JobFailure> {
+) -> Result<Outcome, JobFailure> {
     let error = match ctx.sender.send(outgoing).await {
         Ok(message_id) => {
             record_sent(ctx, id, message_id.as_deref()).await?;
@@ -281,7 +255,9 @@ async fn send(
                 ses_message_id = message_id.as_deref().unwrap_or("(none given)"),
                 "email sent"
             );
-            return Ok(json!({"outcome": "sent", "ses_message_id": message_id}));
+            return Ok(Outcome::Done(
+                json!({"outcome": "sent", "ses_message_id": message_id}),
+            ));
         }
         Err(error) => error,
     };
@@ -304,20 +280,21 @@ async fn send(
         SendError::Paused(reason) => {
             let until = Utc::now() + chrono::Duration::from_std(ctx.pause).unwrap_or_default();
             email::pause_sending(&mut conn, until, &reason).await?;
-            jobs::reschedule_running(&mut conn, id, until, true).await?;
             ledger::release(&mut conn, id, &reason).await?;
             tracing::warn!(job_id = id, error = %reason, %until, "SES paused sending; every worker stops until then");
-            Err(SendError::Paused(reason).into())
+            Ok(Outcome::Hold {
+                until,
+                reason: SendError::Paused(reason).to_string(),
+            })
         }
         err => {
             // Permanent, or retryable with no attempts left.
             let reason = err.to_string();
             let unknown = matches!(err, SendError::Unknown(_));
             ledger::fail(&mut conn, id, &reason, unknown).await?;
-            jobs::finish_after_this_run(&mut conn, id).await?;
             count(ctx, "failed");
             tracing::warn!(job_id = id, error = %reason, "email failed for good");
-            Err(err.into())
+            Ok(Outcome::Fatal(reason))
         }
     }
 }
@@ -331,7 +308,7 @@ fn count(ctx: &EmailContext, outcome: &str) {
         .inc();
 }
 
-/// Schedules the next attempt after a retryable failure.
+/// Records a retryable failure on the ledger and says when to try again.
 async fn retry_later(
     ctx: &EmailContext,
     conn: &mut sqlx::PgConnection,
@@ -339,21 +316,22 @@ async fn retry_later(
     delivery: &ledger::Delivery,
     reason: String,
     outcome_unknown: bool,
-) -> Result<Value, JobFailure> {
+) -> Result<Outcome, JobFailure> {
     let delay = backoff(
         ctx.backoff_base,
         ctx.backoff_max,
         delivery.attempts as u32 + 1,
     );
-    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-    jobs::reschedule_running(conn, id, next, false).await?;
     if outcome_unknown {
         ledger::keep_unknown(conn, id, &reason).await?;
     } else {
         ledger::release(conn, id, &reason).await?;
     }
     tracing::warn!(job_id = id, error = %reason, retry_in_ms = delay.as_millis() as u64, "send failed; will retry");
-    Err(SendError::Retryable(reason).into())
+    Ok(Outcome::Retry {
+        after: delay,
+        error: SendError::Retryable(reason).to_string(),
+    })
 }
 
 /// How long an accepted email's `sent` write keeps trying while the database is out of reach:

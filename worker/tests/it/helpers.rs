@@ -48,9 +48,22 @@ pub fn context(
     client: aws_sdk_sesv2::Client,
     config: &WorkerConfig,
 ) -> Arc<EmailContext> {
+    context_with_sender(
+        pool,
+        Arc::new(SesSender::new(client, FROM.to_owned(), None)),
+        config,
+    )
+}
+
+/// The email context with any sender (an in-process fake, say).
+pub fn context_with_sender(
+    pool: &PgPool,
+    sender: Arc<dyn herald_worker::ses::EmailSender>,
+    config: &WorkerConfig,
+) -> Arc<EmailContext> {
     Arc::new(EmailContext {
         pool: pool.clone(),
-        sender: SesSender::new(client, FROM.to_owned(), None),
+        sender,
         frontend_url: config.frontend_url.clone(),
         send_rate: 1000.0,
         backoff_base: config.backoff_base,
