@@ -198,8 +198,8 @@ pub async fn rates(conn: &mut PgConnection, s: &Settings) -> Result<Vec<Rate>, s
 /// A category's pause.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PauseState {
-    /// `transactional` or `marketing`.
-    pub category: String,
+    /// The category.
+    pub category: Category,
     /// Sending of this category waits.
     pub paused: bool,
     /// Why, in words.
@@ -214,21 +214,11 @@ pub struct PauseState {
 pub async fn pauses(conn: &mut PgConnection) -> Result<Vec<PauseState>, sqlx::Error> {
     sqlx::query_as!(
         PauseState,
-        "SELECT category, paused, reason, paused_at, resumed_at FROM compliance_pauses ORDER BY category"
+        r#"SELECT category AS "category: Category", paused, reason, paused_at, resumed_at
+           FROM compliance_pauses ORDER BY category"#
     )
     .fetch_all(conn)
     .await
-}
-
-/// Whether sending of `category` is paused now.
-pub async fn is_paused(conn: &mut PgConnection, category: Category) -> Result<bool, sqlx::Error> {
-    let paused = sqlx::query_scalar!(
-        "SELECT paused FROM compliance_pauses WHERE category = $1",
-        category.as_str()
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(paused.unwrap_or(false))
 }
 
 /// Resumes the given categories; returns those that were paused.

@@ -41,34 +41,62 @@ impl JobError {
     }
 }
 
+/// A job payload and the queue it runs on. The worker's job adapter (`HeraldJob`) builds on it.
+pub trait QueueJob: Serialize {
+    /// The apalis queue (`job_type`). Never rename one: queued jobs would be orphaned.
+    const QUEUE: &'static str;
+}
+
 /// How a job is enqueued.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct EnqueueOptions {
     /// Total runs allowed, the first included (apalis counts attempts, not retries).
     pub max_attempts: u32,
     /// Earliest start; `None` means now. apalis stores whole seconds.
     pub run_at: Option<DateTime<Utc>>,
+    /// At most one job with this key ever exists (a schedule's tick, say): a second enqueue
+    /// answers [`Enqueued::Duplicate`].
+    pub idempotency_key: Option<String>,
 }
 
-/// Pushes one job onto `queue` on the caller's connection or transaction, with a fresh ULID id
-/// (apalis-postgres needs ULIDs: any other id poisons the queue). A rollback drops the job.
-#[tracing::instrument(skip(conn, payload))]
-pub async fn enqueue<T: Serialize>(
+/// What [`enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// A new job with this id.
+    New(Ulid),
+    /// A job with the same idempotency key exists already; nothing was added.
+    Duplicate,
+}
+
+/// Pushes `job` onto its queue on the caller's connection or transaction, with a fresh ULID id
+/// (apalis-postgres needs ULIDs: any other id poisons the queue). A rollback drops the job. The
+/// one way Herald enqueues: the API, the schedules and the tests call it.
+#[tracing::instrument(skip_all, fields(queue = J::QUEUE))]
+pub async fn enqueue<J: QueueJob>(
     conn: &mut PgConnection,
-    queue: &str,
-    payload: &T,
+    job: &J,
     options: EnqueueOptions,
-) -> Result<Ulid, JobError> {
+) -> Result<Enqueued, JobError> {
     let id = Ulid::generate();
-    let bytes = serde_json::to_vec(payload)?;
+    let bytes = serde_json::to_vec(job)?;
     let mut builder = TaskBuilder::new(bytes)
         .task_id(TaskId::from_ulid(id))
         .max_attempts(options.max_attempts.max(1) as usize);
     if let Some(at) = options.run_at {
         builder = builder.run_at_timestamp(at.timestamp().max(0) as u64);
     }
-    apalis_postgres::queries::push_tasks(conn, queue, vec![builder.build()]).await?;
-    Ok(id)
+    if let Some(key) = options.idempotency_key {
+        builder = builder.idempotency_key(key);
+    }
+    match apalis_postgres::queries::push_tasks(conn, J::QUEUE, vec![builder.build()]).await {
+        Ok(()) => Ok(Enqueued::New(id)),
+        Err(apalis_postgres::Error::Database(sqlx::Error::Database(db)))
+            if db.code().as_deref() == Some("23505") =>
+        {
+            Ok(Enqueued::Duplicate)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Herald's view of a job's state.

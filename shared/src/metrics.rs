@@ -370,14 +370,14 @@ impl Metrics {
         )
         .fetch_all(pool)
         .await?;
-        for kind in ["bounce", "complaint", "unsubscribe", "manual"] {
+        for kind in crate::suppressions::SuppressionType::ALL {
             let n = suppressed
                 .iter()
-                .find(|r| r.kind == kind)
+                .find(|r| r.kind == kind.as_str())
                 .map_or(0, |r| r.n);
             self.suppressions
                 .get_or_create(&TypeLabel {
-                    r#type: kind.into(),
+                    r#type: kind.as_str().into(),
                 })
                 .set(n);
         }
@@ -412,7 +412,7 @@ impl Metrics {
         for pause in crate::compliance::pauses(&mut conn).await? {
             self.paused
                 .get_or_create(&CategoryLabel {
-                    category: pause.category,
+                    category: pause.category.as_str().into(),
                 })
                 .set(i64::from(pause.paused));
         }

@@ -1,9 +1,50 @@
 //! The suppression list: raising (never lowering) suppressions, removing them, reading them.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+/// Why an address is suppressed; a stronger type is never replaced by a weaker one
+/// (`suppression_rank` in SQL: unsubscribe < bounce < complaint < manual).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "varchar", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionType {
+    /// A permanent bounce, or soft bounces past the threshold.
+    Bounce,
+    /// The recipient complained.
+    Complaint,
+    /// The recipient unsubscribed (marketing only).
+    Unsubscribe,
+    /// An operator suppressed it.
+    Manual,
+}
+
+impl SuppressionType {
+    /// Every type.
+    pub const ALL: [Self; 4] = [
+        Self::Bounce,
+        Self::Complaint,
+        Self::Unsubscribe,
+        Self::Manual,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bounce => "bounce",
+            Self::Complaint => "complaint",
+            Self::Unsubscribe => "unsubscribe",
+            Self::Manual => "manual",
+        }
+    }
+
+    /// Reads a stored or requested name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
 
 /// One row of `email_suppressions`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -12,8 +53,8 @@ pub struct Suppression {
     pub id: Uuid,
     /// Address, normalised (trimmed, lower case).
     pub email: String,
-    /// `bounce`, `complaint`, `unsubscribe` or `manual`.
-    pub suppression_type: String,
+    /// Why.
+    pub suppression_type: SuppressionType,
     /// Why.
     pub reason: Option<String>,
     /// Transactional mail is not sent.
@@ -36,7 +77,7 @@ pub struct Raise<'a> {
     /// Address (normalised here).
     pub email: &'a str,
     /// The type this event implies.
-    pub suppression_type: &'a str,
+    pub suppression_type: SuppressionType,
     /// Why.
     pub reason: Option<&'a str>,
     /// Suppress transactional mail.
@@ -68,10 +109,10 @@ pub async fn raise(conn: &mut PgConnection, s: &Raise<'_>) -> Result<Suppression
                suppress_marketing = e.suppress_marketing OR EXCLUDED.suppress_marketing,
                bounce_count = GREATEST(e.bounce_count, EXCLUDED.bounce_count),
                last_bounce_at = GREATEST(e.last_bounce_at, EXCLUDED.last_bounce_at)
-           RETURNING id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
+           RETURNING id, email, suppression_type AS "suppression_type: SuppressionType", reason, suppress_transactional, suppress_marketing,
                      bounce_count, last_bounce_at, created_at, updated_at"#,
         s.email,
-        s.suppression_type,
+        s.suppression_type.as_str(),
         s.reason,
         s.transactional,
         s.marketing,
@@ -109,9 +150,9 @@ pub async fn find(
 ) -> Result<Option<Suppression>, sqlx::Error> {
     sqlx::query_as!(
         Suppression,
-        "SELECT id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
+        r#"SELECT id, email, suppression_type AS "suppression_type: SuppressionType", reason, suppress_transactional, suppress_marketing,
                 bounce_count, last_bounce_at, created_at, updated_at
-         FROM email_suppressions WHERE email = lower(btrim($1))",
+         FROM email_suppressions WHERE email = lower(btrim($1))"#,
         email
     )
     .fetch_optional(conn)
@@ -125,9 +166,9 @@ pub async fn remove(
 ) -> Result<Option<Suppression>, sqlx::Error> {
     sqlx::query_as!(
         Suppression,
-        "DELETE FROM email_suppressions WHERE email = lower(btrim($1))
-         RETURNING id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
-                   bounce_count, last_bounce_at, created_at, updated_at",
+        r#"DELETE FROM email_suppressions WHERE email = lower(btrim($1))
+         RETURNING id, email, suppression_type AS "suppression_type: SuppressionType", reason, suppress_transactional, suppress_marketing,
+                   bounce_count, last_bounce_at, created_at, updated_at"#,
         email
     )
     .fetch_optional(conn)
@@ -138,22 +179,22 @@ pub async fn remove(
 pub async fn list(
     conn: &mut PgConnection,
     email: Option<&str>,
-    suppression_type: Option<&str>,
+    suppression_type: Option<SuppressionType>,
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Suppression>, sqlx::Error> {
     sqlx::query_as!(
         Suppression,
-        "SELECT id, email, suppression_type, reason, suppress_transactional, suppress_marketing,
+        r#"SELECT id, email, suppression_type AS "suppression_type: SuppressionType", reason, suppress_transactional, suppress_marketing,
                 bounce_count, last_bounce_at, created_at, updated_at
          FROM email_suppressions
          WHERE ($1::text IS NULL OR email = lower(btrim($1)))
            AND ($2::text IS NULL OR suppression_type = $2)
            AND ($3::uuid IS NULL OR id > $3)
          ORDER BY id
-         LIMIT $4",
+         LIMIT $4"#,
         email,
-        suppression_type,
+        suppression_type.map(SuppressionType::as_str),
         after,
         limit
     )

@@ -495,6 +495,7 @@ async fn main() {
                 EnqueueOptions {
                     max_attempts: 3,
                     run_at: None,
+                    idempotency_key: None,
                 },
             )
             .await
@@ -571,6 +572,7 @@ async fn main() {
                 EnqueueOptions {
                     max_attempts: 3,
                     run_at: None,
+                    idempotency_key: None,
                 },
             )
             .await

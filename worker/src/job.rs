@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Data, FromRequest, Task, TaskId};
 use chrono::{DateTime, Utc};
-use herald_shared::jobs;
+use herald_shared::jobs::{self, QueueJob};
 use herald_shared::metrics::{Metrics, QueueOutcome};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -83,10 +82,9 @@ pub trait JobContext: Send + Sync + std::fmt::Debug + 'static {
     fn in_flight(&self) -> &Arc<InFlight>;
 }
 
-/// A Herald job: a typed payload on one queue, and how to run it once.
-pub trait HeraldJob: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
-    /// The apalis queue (`job_type`). Never rename one: queued jobs would be orphaned.
-    const QUEUE: &'static str;
+/// A Herald job: a typed payload on one queue (its [`QueueJob::QUEUE`], which
+/// `herald_shared::jobs::enqueue` pushes onto), and how to run it once.
+pub trait HeraldJob: QueueJob + DeserializeOwned + Send + Sync + Unpin + 'static {
     /// What every run of this job needs.
     type Context: JobContext;
     /// The tracing span of a run.

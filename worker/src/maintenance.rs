@@ -43,7 +43,6 @@ impl JobContext for MaintenanceContext {
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl HeraldJob for MaintenanceJob {
-    const QUEUE: &'static str = maintenance::MAINTENANCE_QUEUE;
     type Context = MaintenanceContext;
 
     fn span(&self, id: &str) -> tracing::Span {

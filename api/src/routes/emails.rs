@@ -169,6 +169,7 @@ pub async fn send_email(
     let options = EnqueueOptions {
         max_attempts: state.config.email_max_attempts,
         run_at: send_at,
+        idempotency_key: None,
     };
     let job_id = email::enqueue(&mut tx, &job, options).await?.to_string();
     if let Some(key) = &key {

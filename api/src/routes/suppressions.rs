@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use herald_shared::address;
-use herald_shared::suppressions::{self, Raise, Suppression};
+use herald_shared::suppressions::{self, Raise, Suppression, SuppressionType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -46,7 +46,7 @@ impl From<Suppression> for SuppressionView {
         Self {
             id: s.id,
             email: s.email,
-            suppression_type: s.suppression_type,
+            suppression_type: s.suppression_type.as_str().to_owned(),
             reason: s.reason,
             suppress_transactional: s.suppress_transactional,
             suppress_marketing: s.suppress_marketing,
@@ -83,8 +83,6 @@ pub struct SuppressionPage {
     pub next_cursor: Option<Uuid>,
 }
 
-const TYPES: [&str; 4] = ["bounce", "complaint", "unsubscribe", "manual"];
-
 /// Lists suppressions.
 #[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
     params(ListQuery),
@@ -101,19 +99,18 @@ pub async fn list(
     if !(1..=500).contains(&limit) {
         return Err(ApiError::Validation("limit must be 1 to 500".into()));
     }
-    if let Some(t) = &q.suppression_type
-        && !TYPES.contains(&t.as_str())
-    {
-        return Err(ApiError::Validation(format!(
-            "type must be one of {}",
-            TYPES.join(", ")
-        )));
-    }
+    let suppression_type = match q.suppression_type.as_deref() {
+        None => None,
+        Some(name) => Some(SuppressionType::parse(name).ok_or_else(|| {
+            let names: Vec<_> = SuppressionType::ALL.iter().map(|t| t.as_str()).collect();
+            ApiError::Validation(format!("type must be one of {}", names.join(", ")))
+        })?),
+    };
     let mut conn = state.pool.acquire().await?;
     let rows = suppressions::list(
         &mut conn,
         q.email.as_deref(),
-        q.suppression_type.as_deref(),
+        suppression_type,
         q.cursor,
         limit,
     )
@@ -171,9 +168,9 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<SuppressionView>), ApiError> {
     let req = body.value;
     let email = address::validate(&req.email).map_err(|e| ApiError::Validation(e.to_string()))?;
-    let transactional = match req.suppression_type.as_str() {
-        "manual" => true,
-        "unsubscribe" => false,
+    let (kind, transactional) = match SuppressionType::parse(&req.suppression_type) {
+        Some(kind @ SuppressionType::Manual) => (kind, true),
+        Some(kind @ SuppressionType::Unsubscribe) => (kind, false),
         _ => {
             return Err(ApiError::Validation(
                 "type must be manual or unsubscribe".into(),
@@ -185,7 +182,7 @@ pub async fn add(
         &mut tx,
         &Raise {
             email: &email,
-            suppression_type: &req.suppression_type,
+            suppression_type: kind,
             reason: req.reason.as_deref(),
             transactional,
             marketing: true,

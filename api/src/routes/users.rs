@@ -53,6 +53,7 @@ pub async fn verification_email(
     let options = EnqueueOptions {
         max_attempts: state.config.email_max_attempts,
         run_at: None,
+        idempotency_key: None,
     };
     let job_id = email::enqueue(&mut tx, &job, options).await?.to_string();
     tx.commit().await?;
@@ -105,6 +106,7 @@ pub async fn password_reset(
             let options = EnqueueOptions {
                 max_attempts: state.config.email_max_attempts,
                 run_at: None,
+                idempotency_key: None,
             };
             email::enqueue(&mut tx, &job, options).await?;
         }

@@ -17,7 +17,8 @@ use crate::jobs::{self, EnqueueOptions, JobError};
 pub const EMAIL_QUEUE: &str = "herald.email";
 
 /// Transactional mail (accounts, receipts) or marketing mail (newsletters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, sqlx::Type)]
+#[sqlx(type_name = "varchar", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     /// Sent even to addresses that unsubscribed from marketing.
@@ -82,6 +83,10 @@ impl EmailContent {
     }
 }
 
+impl jobs::QueueJob for EmailJob {
+    const QUEUE: &'static str = EMAIL_QUEUE;
+}
+
 /// The payload of an email job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailJob {
@@ -100,7 +105,12 @@ pub async fn enqueue(
     job: &EmailJob,
     options: EnqueueOptions,
 ) -> Result<Ulid, JobError> {
-    let id = jobs::enqueue(&mut *conn, EMAIL_QUEUE, job, options).await?;
+    let jobs::Enqueued::New(id) = jobs::enqueue(&mut *conn, job, options).await? else {
+        // Email jobs carry no idempotency key of apalis's (the API keeps its own).
+        return Err(JobError::Db(sqlx::Error::Protocol(
+            "an email job without a key was reported as a duplicate".into(),
+        )));
+    };
     ledger::insert(
         &mut *conn,
         &id.to_string(),

@@ -5,8 +5,6 @@ pub mod tasks;
 
 use std::str::FromStr;
 
-use apalis_core::task::builder::TaskBuilder;
-use apalis_core::task::task_id::TaskId;
 use chrono::{DateTime, Utc};
 use cron::Schedule;
 use serde::{Deserialize, Serialize};
@@ -67,6 +65,10 @@ impl Task {
             Self::CheckCompliance => "* * * * *",
         }
     }
+}
+
+impl crate::jobs::QueueJob for MaintenanceJob {
+    const QUEUE: &'static str = MAINTENANCE_QUEUE;
 }
 
 /// The payload of a maintenance job.
@@ -223,25 +225,15 @@ pub async fn enqueue_tick(
     task: Task,
     tick: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let payload = serde_json::to_vec(&MaintenanceJob { task, tick })
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let job = TaskBuilder::new(payload)
-        .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
-        .max_attempts(3)
-        .idempotency_key(tick_key(task, tick))
-        .build();
-    let pushed =
-        apalis_postgres::queries::push_tasks(&mut *conn, MAINTENANCE_QUEUE, vec![job]).await;
-    let fresh = match pushed {
-        Ok(()) => true,
-        Err(apalis_postgres::Error::Database(sqlx::Error::Database(db)))
-            if db.code().as_deref() == Some("23505") =>
-        {
-            false
-        }
-        Err(apalis_postgres::Error::Database(e)) => return Err(e),
-        Err(other) => return Err(sqlx::Error::Protocol(other.to_string())),
+    let options = crate::jobs::EnqueueOptions {
+        max_attempts: 3,
+        run_at: None,
+        idempotency_key: Some(tick_key(task, tick)),
     };
+    let fresh = crate::jobs::enqueue(&mut *conn, &MaintenanceJob { task, tick }, options)
+        .await
+        .map_err(crate::jobs::JobError::into_sqlx)?
+        != crate::jobs::Enqueued::Duplicate;
     sqlx::query!(
         "UPDATE maintenance_schedules SET last_tick_at = GREATEST(coalesce(last_tick_at, $2), $2) WHERE name = $1",
         task.name(),

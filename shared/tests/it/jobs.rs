@@ -29,10 +29,11 @@ async fn a_rolled_back_transaction_drops_the_job_and_its_ledger_row(pool: PgPool
     let options = EnqueueOptions {
         max_attempts: 3,
         run_at: None,
+        idempotency_key: None,
     };
 
     let mut tx = pool.begin().await.expect("tx");
-    let dropped = email::enqueue(&mut tx, &job(), options)
+    let dropped = email::enqueue(&mut tx, &job(), options.clone())
         .await
         .expect("enqueue");
     tx.rollback().await.expect("rollback");

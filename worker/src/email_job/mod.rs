@@ -72,7 +72,6 @@ impl JobContext for EmailContext {
 }
 
 impl HeraldJob for EmailJob {
-    const QUEUE: &'static str = email::EMAIL_QUEUE;
     type Context = EmailContext;
 
     fn span(&self, id: &str) -> tracing::Span {

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use herald_shared::email::ledger;
-use herald_shared::suppressions::{self, Raise};
+use herald_shared::suppressions::{self, Raise, SuppressionType};
 use sqlx::{PgConnection, PgPool};
 
 use super::parse::{self, Body, Kind, ParseError, RecipientEvent};
@@ -132,7 +132,15 @@ async fn apply_event(
                     "hard bounce ({})",
                     e.bounce_sub_type.as_deref().unwrap_or("unknown sub-type")
                 );
-                suppress_both(conn, e, "bounce", &reason, 0, Some(e.occurred_at)).await?;
+                suppress_both(
+                    conn,
+                    e,
+                    SuppressionType::Bounce,
+                    &reason,
+                    0,
+                    Some(e.occurred_at),
+                )
+                .await?;
                 tracing::info!(to = %herald_shared::address::mask(&e.recipient), "hard bounce: address suppressed");
             } else {
                 let count = soft_bounces(
@@ -149,8 +157,15 @@ async fn apply_event(
                         "{count} soft bounces within {} days",
                         policy.soft_bounce_window.num_days()
                     );
-                    suppress_both(conn, e, "bounce", &reason, count_i32, Some(e.occurred_at))
-                        .await?;
+                    suppress_both(
+                        conn,
+                        e,
+                        SuppressionType::Bounce,
+                        &reason,
+                        count_i32,
+                        Some(e.occurred_at),
+                    )
+                    .await?;
                     tracing::info!(to = %herald_shared::address::mask(&e.recipient), count, "soft bounces reached the threshold: address suppressed");
                 }
             }
@@ -164,7 +179,7 @@ async fn apply_event(
                 "complaint ({})",
                 e.complaint_type.as_deref().unwrap_or("unspecified")
             );
-            suppress_both(conn, e, "complaint", &reason, 0, None).await?;
+            suppress_both(conn, e, SuppressionType::Complaint, &reason, 0, None).await?;
             tracing::info!(to = %herald_shared::address::mask(&e.recipient), "complaint: address suppressed");
         }
         Kind::Delivery => update_ledger(conn, e, ledger::Feedback::Delivery).await?,
@@ -177,7 +192,7 @@ async fn apply_event(
 async fn suppress_both(
     conn: &mut PgConnection,
     e: &RecipientEvent,
-    suppression_type: &str,
+    suppression_type: SuppressionType,
     reason: &str,
     bounce_count: i32,
     bounce_at: Option<DateTime<Utc>>,

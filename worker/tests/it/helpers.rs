@@ -141,6 +141,7 @@ pub async fn enqueue_with(
             let options = EnqueueOptions {
                 max_attempts,
                 run_at: None,
+                idempotency_key: None,
             };
             ids.push(
                 email::enqueue(&mut tx, &job, options)
