@@ -369,8 +369,8 @@ async fn transition(
     Ok(done.rows_affected() == 1)
 }
 
-/// pending/sending → pending: refused before SES accepted it (throttled, 5xx, a failure before the
-/// request was written), or held back by a pause; the job runs again later.
+/// pending/sending → pending: this run's call was refused before SES accepted it (throttled, 5xx,
+/// sending paused, a failure before the request was written); the job runs again later.
 pub async fn release(
     conn: &mut PgConnection,
     job_id: &str,

@@ -32,7 +32,6 @@ impl LedgerGroups {
 
     /// Starts the two writer tasks, giving up on a grouped statement after `bound`.
     pub fn start_with_bound(pool: &PgPool, bound: Duration) -> Self {
-        let pool = &group_pool(pool, bound);
         let claim_pool = pool.clone();
         let claims = Group::start(256, move |items: Vec<ClaimRequest>| {
             let pool = claim_pool.clone();
@@ -77,25 +76,8 @@ impl LedgerGroups {
     }
 }
 
-/// The writers' own connections: the server gives up on a grouped statement after `bound` (a row
-/// lock held elsewhere, a slow plan) and releases what it locked, so the per-email path is not left
-/// waiting behind an abandoned statement. Set when each connection opens, so a group still costs
-/// one round trip. One connection per writer task.
-fn group_pool(pool: &PgPool, bound: Duration) -> PgPool {
-    let ms = format!("{}ms", bound.as_millis().max(1));
-    let options = pool.connect_options().as_ref().clone().options([
-        ("lock_timeout", ms.as_str()),
-        ("statement_timeout", ms.as_str()),
-    ]);
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .min_connections(0)
-        .acquire_timeout(pool.options().get_acquire_timeout())
-        .connect_lazy_with(options)
-}
-
-/// Runs one grouped statement on a writer connection; a failure, or no answer within the bound
-/// (a half-open connection), is logged and answers `None` (its emails then go one by one).
+/// Runs one grouped statement on a pooled connection within `bound`; a failure or a statement
+/// that outlasts the bound is logged and answers `None` (its emails then go one by one).
 async fn grouped_write<T>(
     pool: &PgPool,
     what: &str,
@@ -103,12 +85,24 @@ async fn grouped_write<T>(
     bound: Duration,
     write: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
 ) -> Option<T> {
+    use sqlx::Connection;
+    // The server gives up too (a lock held elsewhere, a slow plan) and releases the rows it locked,
+    // so the per-email path is not left waiting behind an abandoned statement.
+    let ms = bound.as_millis().max(1);
+    let begin =
+        format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'");
     let attempt = async {
         let mut conn = pool.acquire().await?;
-        match tokio::time::timeout(bound + Duration::from_millis(500), write(&mut conn)).await {
+        let run = async {
+            let mut tx = conn.begin_with(sqlx::AssertSqlSafe(begin)).await?;
+            let done = write(&mut tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done)
+        };
+        match tokio::time::timeout(bound + Duration::from_millis(500), run).await {
             Ok(result) => result,
             Err(_) => {
-                // No answer: this connection must not be reused.
+                // No answer (a half-open connection): it must not be reused.
                 conn.close_on_drop();
                 Err(sqlx::Error::PoolTimedOut)
             }

@@ -671,30 +671,40 @@ async fn soft_bounces_complaints_and_eventbridge_events_through_the_queue_follow
     );
 }
 
-#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
-async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
+/// `n` sent emails an hour old, SES message ids `{prefix}1` … `{prefix}n`.
+async fn sent_an_hour_ago(pool: &PgPool, n: i32, prefix: &str) {
     sqlx::query(
         "INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id, sent_at)
-         SELECT 'j' || g, 'r' || g || '@example.com', 'raw', 'transactional', 'sent', 'ses-' || g, now() - interval '1 hour'
-         FROM generate_series(1, 300) g",
+         SELECT 'j' || g, 'r' || g || '@example.com', 'raw', 'transactional', 'sent', $2 || g, now() - interval '1 hour'
+         FROM generate_series(1, $1) g",
     )
-    .execute(&pool)
+    .bind(n)
+    .bind(prefix)
+    .execute(pool)
     .await
     .expect("sends");
+}
+
+/// The compliance guard's 24-hour rate over all categories (counted from 100 sends).
+async fn rate_24h(pool: &PgPool) -> herald_shared::compliance::Rate {
     let settings = herald_shared::compliance::Settings {
         min_sends: 100,
         ..Default::default()
     };
+    let mut conn = pool.acquire().await.expect("conn");
+    herald_shared::compliance::rates(&mut conn, &settings)
+        .await
+        .expect("rates")
+        .into_iter()
+        .find(|r| r.window == "24h" && r.category == "all")
+        .expect("all")
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
+    sent_an_hour_ago(&pool, 300, "ses-").await;
     let rate = async |pool: &PgPool| {
-        let mut conn = pool.acquire().await.expect("conn");
-        let rates = herald_shared::compliance::rates(&mut conn, &settings)
-            .await
-            .expect("rates");
-        let all = rates
-            .iter()
-            .find(|r| r.window == "24h" && r.category == "all")
-            .expect("all")
-            .clone();
+        let all = rate_24h(pool).await;
         (all.bounces, all.sends)
     };
     let p = policy(&[]);
@@ -737,28 +747,8 @@ async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_not_spam_report_never_counts_toward_the_complaint_rate(pool: PgPool) {
-    sqlx::query(
-        "INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id, sent_at)
-         SELECT 'j' || g, 'r' || g || '@example.com', 'raw', 'transactional', 'sent', 'm-c' || g, now() - interval '1 hour'
-         FROM generate_series(1, 200) g",
-    )
-    .execute(&pool)
-    .await
-    .expect("sends");
-    let settings = herald_shared::compliance::Settings {
-        min_sends: 100,
-        ..Default::default()
-    };
-    let complaints = async |pool: &PgPool| {
-        let mut conn = pool.acquire().await.expect("conn");
-        herald_shared::compliance::rates(&mut conn, &settings)
-            .await
-            .expect("rates")
-            .into_iter()
-            .find(|r| r.window == "24h" && r.category == "all")
-            .expect("all")
-            .complaints
-    };
+    sent_an_hour_ago(&pool, 200, "m-c").await;
+    let complaints = async |pool: &PgPool| rate_24h(pool).await.complaints;
     let p = policy(&[]);
     // complaint("c1", ..) names message m-c1, one of the 200 sent above.
     apply(

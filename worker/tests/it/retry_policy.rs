@@ -48,6 +48,20 @@ fn mocked_ses(
         .retry_config(RetryConfig::disabled()))
 }
 
+/// A mocked SES that accepts every email with the same answer: `message_id`, or none at all.
+fn accepting_ses(calls: Calls, message_id: Option<&'static str>) -> Client {
+    let rule = mock!(Client::send_email).then_compute_response(move |_| {
+        calls.lock().expect("lock").push(Instant::now());
+        MockResponse::Output(
+            SendEmailOutput::builder()
+                .set_message_id(message_id.map(str::to_owned))
+                .build(),
+        )
+    });
+    mock_client!(aws_sdk_sesv2, RuleMode::MatchAny, [&rule], |c| c
+        .retry_config(RetryConfig::disabled()))
+}
+
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_throttled_send_is_retried_once_after_the_backoff_delay(pool: PgPool) {
     setup_queue(&pool).await;
@@ -307,15 +321,7 @@ async fn an_accepted_email_whose_message_id_cannot_be_stored_is_still_never_rese
     setup_queue(&pool).await;
     let calls: Calls = Arc::default();
     // Two acceptances with the same id: the ledger's unique constraint refuses the second.
-    let rule = {
-        let calls = calls.clone();
-        mock!(Client::send_email).then_compute_response(move |_| {
-            calls.lock().expect("lock").push(Instant::now());
-            MockResponse::Output(SendEmailOutput::builder().message_id("same-id").build())
-        })
-    };
-    let client = mock_client!(aws_sdk_sesv2, RuleMode::MatchAny, [&rule], |c| c
-        .retry_config(RetryConfig::disabled()));
+    let client = accepting_ses(calls.clone(), Some("same-id"));
     let config = worker_config(&pool, &[("WORKER_CONCURRENCY", "1")]);
     let ids = enqueue(&pool, 2, "dup", Category::Transactional).await;
     let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
@@ -413,15 +419,7 @@ async fn a_compliance_pause_holds_marketing_on_every_worker_until_resume(pool: P
 async fn a_2xx_without_a_message_id_counts_as_sent_and_is_not_resent(pool: PgPool) {
     setup_queue(&pool).await;
     let calls: Calls = Arc::default();
-    let rule = {
-        let calls = calls.clone();
-        mock!(Client::send_email).then_compute_response(move |_| {
-            calls.lock().expect("lock").push(Instant::now());
-            MockResponse::Output(SendEmailOutput::builder().build())
-        })
-    };
-    let client = mock_client!(aws_sdk_sesv2, RuleMode::MatchAny, [&rule], |c| c
-        .retry_config(RetryConfig::disabled()));
+    let client = accepting_ses(calls.clone(), None);
     let config = worker_config(&pool, &[]);
     let ids = enqueue(&pool, 1, "noid", Category::Transactional).await;
     let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
