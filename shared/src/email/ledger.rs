@@ -235,6 +235,28 @@ pub async fn claim(
     Ok(done.rows_affected() == 1)
 }
 
+/// How long a grouped statement may wait for a row lock before PostgreSQL gives up on it.
+///
+/// Set inside the statement itself (`set_config(.., true)` in a joined CTE, evaluated before any row
+/// reaches the update and so before any lock wait), so bounding it costs no extra round trip and
+/// no transaction; it ends with the statement's implicit transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockWait {
+    /// The connection's own `lock_timeout`.
+    Session,
+    /// At most this long (at least 1 ms).
+    AtMost(std::time::Duration),
+}
+
+impl LockWait {
+    fn setting(self) -> Option<String> {
+        match self {
+            Self::Session => None,
+            Self::AtMost(bound) => Some(format!("{}ms", bound.as_millis().max(1))),
+        }
+    }
+}
+
 /// What [`claim_clear_many`] saw when it moved a ledger row to `sending`.
 #[derive(Debug, Clone)]
 pub struct Claim {
@@ -251,13 +273,17 @@ pub async fn claim_clear_many(
     job_ids: &[String],
     emails: &[String],
     categories: &[String],
+    lock_wait: LockWait,
 ) -> Result<Vec<(String, Claim)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"UPDATE email_deliveries AS d
+        r#"WITH lock_wait AS MATERIALIZED (
+               SELECT set_config('lock_timeout', COALESCE($5, current_setting('lock_timeout')), true)
+           )
+           UPDATE email_deliveries AS d
            SET status = 'sending', attempts = d.attempts + 1, sending_started_at = now(),
                uncertain_resends = d.uncertain_resends + CASE WHEN d.status = 'sending' THEN 1 ELSE 0 END,
                outcome_unknown = false, token_id = NULL
-           FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category)
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category), lock_wait
            WHERE d.job_id = v.job_id
              AND d.status = ANY($4)
              AND email_send_blocker(v.email, v.category) IS NULL
@@ -270,7 +296,8 @@ pub async fn claim_clear_many(
         job_ids,
         emails,
         categories,
-        &names(&CLAIMABLE)
+        &names(&CLAIMABLE),
+        lock_wait.setting()
     )
     .fetch_all(conn)
     .await?;
@@ -309,16 +336,21 @@ pub async fn mark_sent_many(
     conn: &mut PgConnection,
     job_ids: &[String],
     ses_message_ids: &[Option<String>],
+    lock_wait: LockWait,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
-        "UPDATE email_deliveries AS d
+        "WITH lock_wait AS MATERIALIZED (
+             SELECT set_config('lock_timeout', COALESCE($4, current_setting('lock_timeout')), true)
+         )
+         UPDATE email_deliveries AS d
          SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(), last_error = NULL,
              outcome_unknown = false
-         FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id)
+         FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id), lock_wait
          WHERE d.job_id = v.job_id AND d.status = ANY($3)",
         job_ids,
         ses_message_ids as &[Option<String>],
-        &names(&UNSENT)
+        &names(&UNSENT),
+        lock_wait.setting()
     )
     .execute(conn)
     .await?;

@@ -54,11 +54,14 @@ async fn apply(conn: &mut PgConnection, step: Step, id: &str) -> bool {
         Step::Fail => ledger::fail(conn, id, "rejected", false).await,
         Step::Suppress => ledger::suppress(conn, id).await,
         Step::Cancel => ledger::cancel(conn, id).await,
-        Step::MarkSent => {
-            ledger::mark_sent_many(conn, &[id.to_owned()], &[Some(format!("ses-{id}"))])
-                .await
-                .map(|n| n == 1)
-        }
+        Step::MarkSent => ledger::mark_sent_many(
+            conn,
+            &[id.to_owned()],
+            &[Some(format!("ses-{id}"))],
+            ledger::LockWait::Session,
+        )
+        .await
+        .map(|n| n == 1),
     };
     done.expect("transition")
 }
@@ -98,6 +101,7 @@ async fn sent_never_changes_and_keeps_its_first_message_id(pool: PgPool) {
         &mut conn,
         std::slice::from_ref(&id),
         &[Some("another-id".into())],
+        ledger::LockWait::Session,
     )
     .await
     .expect("again");
@@ -123,9 +127,14 @@ async fn sent_never_changes_and_keeps_its_first_message_id(pool: PgPool) {
 async fn a_2xx_without_a_message_id_still_counts_as_sent(pool: PgPool) {
     let mut conn = pool.acquire().await.expect("conn");
     let id = row_in(&mut conn, Status::Sending).await;
-    let n = ledger::mark_sent_many(&mut conn, std::slice::from_ref(&id), &[None])
-        .await
-        .expect("sent");
+    let n = ledger::mark_sent_many(
+        &mut conn,
+        std::slice::from_ref(&id),
+        &[None],
+        ledger::LockWait::Session,
+    )
+    .await
+    .expect("sent");
     assert_eq!(n, 1);
     let row = ledger::find(&mut conn, &id)
         .await
@@ -284,4 +293,72 @@ async fn the_send_rule_names_what_blocks_an_email_suppression_first(pool: PgPool
         blocker(&mut conn, "unsub@example.com", Category::Marketing).await,
         Some(Blocker::Suppressed)
     );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_grouped_statement_gives_up_on_a_held_row_lock_and_leaves_the_session_as_it_was(
+    pool: PgPool,
+) {
+    use std::time::{Duration, Instant};
+    let mut conn = pool.acquire().await.expect("conn");
+    let id = row_in(&mut conn, Status::Sending).await;
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM email_deliveries WHERE job_id = $1 FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+
+    let started = Instant::now();
+    let err = ledger::mark_sent_many(
+        &mut conn,
+        std::slice::from_ref(&id),
+        &[Some("ses-1".into())],
+        ledger::LockWait::AtMost(Duration::from_millis(200)),
+    )
+    .await
+    .expect_err("the row is locked elsewhere");
+    let waited = started.elapsed();
+    let code = err
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(
+        code.as_deref(),
+        Some("55P03"),
+        "lock_not_available, got {err}"
+    );
+    assert!(waited < Duration::from_secs(5), "gave up after {waited:?}");
+
+    let claim = ledger::claim_clear_many(
+        &mut conn,
+        std::slice::from_ref(&id),
+        &["ada@example.com".into()],
+        &["transactional".into()],
+        ledger::LockWait::AtMost(Duration::from_millis(200)),
+    )
+    .await
+    .expect_err("still locked");
+    assert_eq!(
+        claim.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("55P03")
+    );
+
+    // The bound lived only as long as the statement.
+    let after: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("show");
+    assert_eq!(after, "0");
+    holder.rollback().await.expect("rollback");
+    let n = ledger::mark_sent_many(
+        &mut conn,
+        std::slice::from_ref(&id),
+        &[Some("ses-1".into())],
+        ledger::LockWait::AtMost(Duration::from_millis(200)),
+    )
+    .await
+    .expect("sent once the lock is gone");
+    assert_eq!(n, 1);
+    assert_eq!(status_of(&mut conn, &id).await, Status::Sent);
 }

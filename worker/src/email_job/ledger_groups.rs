@@ -32,6 +32,9 @@ impl LedgerGroups {
 
     /// Starts the two writer tasks, giving up on a grouped statement after `bound`.
     pub fn start_with_bound(pool: &PgPool, bound: Duration) -> Self {
+        // PostgreSQL gives up on a row lock held elsewhere and releases the rows it locked, so the
+        // per-email path is not left waiting behind an abandoned statement.
+        let lock_wait = ledger::LockWait::AtMost(bound);
         let claim_pool = pool.clone();
         let claims = Group::start(256, move |items: Vec<ClaimRequest>| {
             let pool = claim_pool.clone();
@@ -45,7 +48,7 @@ impl LedgerGroups {
                     categories.push(category);
                 }
                 let write = async |conn: &mut sqlx::PgConnection| {
-                    ledger::claim_clear_many(conn, &ids, &emails, &categories).await
+                    ledger::claim_clear_many(conn, &ids, &emails, &categories, lock_wait).await
                 };
                 // On failure each email takes the step-by-step path.
                 let Some(claimed) = grouped_write(&pool, "claim", ids.len(), bound, write).await
@@ -63,7 +66,7 @@ impl LedgerGroups {
                 let (ids, message_ids): (Vec<String>, Vec<Option<String>>) =
                     items.into_iter().unzip();
                 let write = async |conn: &mut sqlx::PgConnection| {
-                    ledger::mark_sent_many(conn, &ids, &message_ids).await
+                    ledger::mark_sent_many(conn, &ids, &message_ids, lock_wait).await
                 };
                 // On failure each email writes its own row, with retries and per-row errors.
                 match grouped_write(&pool, "'sent'", ids.len(), bound, write).await {
@@ -85,21 +88,9 @@ async fn grouped_write<T>(
     bound: Duration,
     write: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
 ) -> Option<T> {
-    use sqlx::Connection;
-    // The server gives up too (a lock held elsewhere, a slow plan) and releases the rows it locked,
-    // so the per-email path is not left waiting behind an abandoned statement.
-    let ms = bound.as_millis().max(1);
-    let begin =
-        format!("BEGIN; SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'");
     let attempt = async {
         let mut conn = pool.acquire().await?;
-        let run = async {
-            let mut tx = conn.begin_with(sqlx::AssertSqlSafe(begin)).await?;
-            let done = write(&mut tx).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done)
-        };
-        match tokio::time::timeout(bound + Duration::from_millis(500), run).await {
+        match tokio::time::timeout(bound + Duration::from_millis(500), write(&mut conn)).await {
             Ok(result) => result,
             Err(_) => {
                 // No answer (a half-open connection): it must not be reused.

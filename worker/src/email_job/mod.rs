@@ -362,6 +362,7 @@ async fn record_sent(
                 &mut conn,
                 &[id.to_owned()],
                 &[message_id.map(str::to_owned)],
+                ledger::LockWait::Session,
             )
             .await
         };

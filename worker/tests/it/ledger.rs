@@ -15,11 +15,17 @@ async fn claim(
     let emails: Vec<String> = jobs.iter().map(|(_, to, _)| to.clone()).collect();
     let categories: Vec<String> = jobs.iter().map(|(_, _, c)| c.as_str().to_owned()).collect();
     let mut conn = pool.acquire().await.expect("conn");
-    email::ledger::claim_clear_many(&mut conn, &ids, &emails, &categories)
-        .await
-        .expect("claim")
-        .into_iter()
-        .collect()
+    email::ledger::claim_clear_many(
+        &mut conn,
+        &ids,
+        &emails,
+        &categories,
+        email::ledger::LockWait::Session,
+    )
+    .await
+    .expect("claim")
+    .into_iter()
+    .collect()
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
