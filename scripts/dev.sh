@@ -76,6 +76,8 @@ export AWS_EC2_METADATA_DISABLED=true
 export SES_DEFAULT_SEND_RATE="${SES_DEFAULT_SEND_RATE:-10}"
 # The emulator's feedback queue (moto's fixed account id).
 export SQS_FEEDBACK_QUEUE_URL="${SQS_FEEDBACK_QUEUE_URL:-$EMULATOR_URL/123456789012/herald-feedback}"
+# The emulator's SNS signs nothing: signature checks off here, and only here (docs/feedback.md).
+export SNS_VERIFY_SIGNATURES="${SNS_VERIFY_SIGNATURES:-false}"
 
 log "building herald-api and herald-worker (the first build takes several minutes)"
 (cd "$HERALD_ROOT" && SQLX_OFFLINE=true cargo build -p herald-api -p herald-worker) ||

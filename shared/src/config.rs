@@ -96,6 +96,35 @@ pub fn frontend_url(env: &impl Env) -> Result<String, ConfigError> {
     Ok(url)
 }
 
+/// `APP_ENV`: where a binary runs; production refuses settings meant for local runs only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppEnv {
+    /// `development` (the default): local runs and tests.
+    #[default]
+    Development,
+    /// `production`.
+    Production,
+}
+
+impl AppEnv {
+    /// Reads `APP_ENV` (`development` when unset).
+    pub fn from_source(env: &impl Env) -> Result<Self, ConfigError> {
+        match env.get("APP_ENV").as_deref().map(str::trim) {
+            None | Some("development") => Ok(Self::Development),
+            Some("production") => Ok(Self::Production),
+            Some(other) => Err(ConfigError::Invalid {
+                var: "APP_ENV",
+                reason: format!("must be development or production (got {other:?})"),
+            }),
+        }
+    }
+
+    /// Whether this is `production`.
+    pub fn is_production(self) -> bool {
+        self == Self::Production
+    }
+}
+
 /// `EMAIL_FROM`: the sender address, validated. The one rule both binaries apply.
 pub fn email_from(env: &impl Env) -> Result<String, ConfigError> {
     crate::address::validate(&required(env, "EMAIL_FROM")?).map_err(|e| ConfigError::Invalid {

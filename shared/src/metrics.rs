@@ -53,6 +53,13 @@ pub struct TypeLabel {
     pub r#type: String,
 }
 
+/// One label: `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why it was refused.
+    pub reason: String,
+}
+
 /// `window`, `category`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WindowCategory {
@@ -178,6 +185,8 @@ pub struct Metrics {
     pub feedback_events: Family<TypeLabel, Counter>,
     /// Feedback messages that could not be parsed.
     pub poison_messages: Counter,
+    /// Feedback messages refused by the trust checks (signature, format, topic), by reason.
+    pub feedback_rejected: Family<ReasonLabel, Counter>,
     queue_depth: Family<QueueState, Gauge>,
     oldest_waiting: Family<QueueLabel, Gauge<f64, AtomicU64>>,
     suppressions: Family<TypeLabel, Gauge>,
@@ -200,6 +209,7 @@ impl Default for Metrics {
             rate_limiter_wait_seconds: Counter::default(),
             feedback_events: Family::default(),
             poison_messages: Counter::default(),
+            feedback_rejected: Family::default(),
             queue_depth: Family::default(),
             oldest_waiting: Family::default(),
             suppressions: Family::default(),
@@ -245,6 +255,11 @@ impl Default for Metrics {
             "feedback_poison_messages",
             "Feedback messages that could not be parsed",
             m.poison_messages.clone(),
+        );
+        registry.register(
+            "feedback_rejected",
+            "Feedback messages refused by the trust checks (not applied, left for the dead-letter queue), by reason",
+            m.feedback_rejected.clone(),
         );
         registry.register(
             "queue_jobs",

@@ -48,6 +48,22 @@ pub struct WorkerConfig {
     pub feedback_concurrency: usize,
     /// `SNS_ALLOWED_TOPIC_ARNS` (comma-separated, optional): only these topics' messages are applied.
     pub sns_allowed_topic_arns: Vec<String>,
+    /// `SNS_VERIFY_SIGNATURES` (default true): check SNS signatures; false only for the local
+    /// emulator, which signs nothing (refused when `APP_ENV=production`).
+    pub sns_verify_signatures: bool,
+    /// `SNS_SIGNING_CERT_URL_PATTERN` (a regular expression over the whole URL; default https on
+    /// `sns.<region>.amazonaws.com[.cn]`, `SimpleNotificationService-*.pem`).
+    pub sns_signing_cert_url_pattern: String,
+    /// `SNS_CONFIRM_SUBSCRIPTIONS` (default false): visit the `SubscribeURL` of a verified
+    /// `SubscriptionConfirmation`.
+    pub sns_confirm_subscriptions: bool,
+    /// `FEEDBACK_FORMATS` (comma list of `sns`, `raw`, `eventbridge`; default `sns`).
+    pub feedback_formats: std::collections::HashSet<crate::feedback::parse::Format>,
+    /// `FEEDBACK_REQUIRE_KNOWN_MESSAGE` (default true): apply bounces and complaints only to the
+    /// recipients of Herald's own sends.
+    pub feedback_require_known_message: bool,
+    /// `APP_ENV` (default development).
+    pub app_env: herald_shared::config::AppEnv,
     /// `SOFT_BOUNCE_THRESHOLD` (default 3): soft bounces that make a bounce suppression…
     pub soft_bounce_threshold: i64,
     /// `SOFT_BOUNCE_WINDOW_DAYS` (default 30): …within this many days.
@@ -104,7 +120,37 @@ impl WorkerConfig {
                 parse_or(env, var, default)?,
             )?))
         };
+        let app_env = herald_shared::config::AppEnv::from_source(env)?;
+        let sns_verify_signatures = parse_or(env, "SNS_VERIFY_SIGNATURES", true)?;
+        if !sns_verify_signatures && app_env.is_production() {
+            return Err(ConfigError::Invalid {
+                var: "SNS_VERIFY_SIGNATURES",
+                reason: "false is for the local emulator only; refused when APP_ENV=production"
+                    .into(),
+            });
+        }
+        let sns_signing_cert_url_pattern = env
+            .get("SNS_SIGNING_CERT_URL_PATTERN")
+            .unwrap_or_else(|| crate::feedback::sns::DEFAULT_CERT_URL_PATTERN.to_owned());
+        if let Err(e) = regex_lite::Regex::new(&sns_signing_cert_url_pattern) {
+            return Err(ConfigError::Invalid {
+                var: "SNS_SIGNING_CERT_URL_PATTERN",
+                reason: format!("not a valid regular expression: {e}"),
+            });
+        }
+        if app_env.is_production() && !sns_signing_cert_url_pattern.starts_with("^https://") {
+            return Err(ConfigError::Invalid {
+                var: "SNS_SIGNING_CERT_URL_PATTERN",
+                reason: "must start with ^https:// when APP_ENV=production".into(),
+            });
+        }
         Ok(Self {
+            app_env,
+            sns_verify_signatures,
+            sns_signing_cert_url_pattern,
+            sns_confirm_subscriptions: parse_or(env, "SNS_CONFIRM_SUBSCRIPTIONS", false)?,
+            feedback_formats: feedback_formats(env)?,
+            feedback_require_known_message: parse_or(env, "FEEDBACK_REQUIRE_KNOWN_MESSAGE", true)?,
             db: DbConfig::from_source(env)?,
             email_from,
             frontend_url,
@@ -169,6 +215,29 @@ impl WorkerConfig {
     }
 }
 
+/// `FEEDBACK_FORMATS`: a comma list of `sns`, `raw`, `eventbridge`; default `sns`.
+fn feedback_formats(
+    env: &impl Env,
+) -> Result<std::collections::HashSet<crate::feedback::parse::Format>, ConfigError> {
+    use crate::feedback::parse::Format;
+    let Some(raw) = env.get("FEEDBACK_FORMATS") else {
+        return Ok([Format::Sns].into_iter().collect());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            Format::ALL
+                .into_iter()
+                .find(|known| known.as_str() == f.to_ascii_lowercase())
+                .ok_or_else(|| ConfigError::Invalid {
+                    var: "FEEDBACK_FORMATS",
+                    reason: format!("unknown format {f:?} (sns, raw, eventbridge)"),
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +266,61 @@ mod tests {
         assert!(err.to_string().starts_with("WORKER_CONCURRENCY"), "{err}");
         let err = WorkerConfig::from_source(&[("EMAIL_FROM", "x")]).expect_err("from");
         assert!(err.to_string().starts_with("EMAIL_FROM"), "{err}");
+    }
+
+    fn with(extra: &[(&'static str, &'static str)]) -> std::collections::HashMap<String, String> {
+        BASE.iter()
+            .chain(extra)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn feedback_is_trusted_only_when_signed_by_default() {
+        use crate::feedback::parse::Format;
+        let c = WorkerConfig::from_source(&BASE).expect("valid");
+        assert!(c.sns_verify_signatures);
+        assert!(c.feedback_require_known_message);
+        assert!(!c.sns_confirm_subscriptions);
+        assert_eq!(c.feedback_formats, [Format::Sns].into_iter().collect());
+        let c = WorkerConfig::from_source(&with(&[("FEEDBACK_FORMATS", "sns, RAW,eventbridge")]))
+            .expect("valid");
+        assert_eq!(c.feedback_formats.len(), 3);
+        for (var, value) in [
+            ("FEEDBACK_FORMATS", "sns,smtp"),
+            ("SNS_VERIFY_SIGNATURES", "maybe"),
+            ("SNS_SIGNING_CERT_URL_PATTERN", "^https://(unclosed"),
+            ("FEEDBACK_REQUIRE_KNOWN_MESSAGE", "2"),
+            ("APP_ENV", "staging"),
+        ] {
+            let err = WorkerConfig::from_source(&with(&[(var, value)])).expect_err(var);
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_unsigned_feedback_and_plain_http_certificates() {
+        let off = [
+            ("APP_ENV", "production"),
+            ("SNS_VERIFY_SIGNATURES", "false"),
+        ];
+        let err = WorkerConfig::from_source(&with(&off)).expect_err("refused");
+        assert!(
+            err.to_string().starts_with("SNS_VERIFY_SIGNATURES"),
+            "{err}"
+        );
+        assert!(WorkerConfig::from_source(&with(&off[1..])).is_ok());
+        let http = [
+            ("APP_ENV", "production"),
+            (
+                "SNS_SIGNING_CERT_URL_PATTERN",
+                "^http://127\\.0\\.0\\.1:\\d+/.*$",
+            ),
+        ];
+        let err = WorkerConfig::from_source(&with(&http)).expect_err("refused");
+        assert!(
+            err.to_string().starts_with("SNS_SIGNING_CERT_URL_PATTERN"),
+            "{err}"
+        );
     }
 }

@@ -75,6 +75,36 @@ pub async fn feedback_consumer(
     metrics: Arc<Metrics>,
 ) -> Option<feedback::FeedbackConsumer> {
     let queue_url = config.sqs_feedback_queue_url.clone()?;
+    let verifier = if config.sns_verify_signatures {
+        match feedback::SnsVerifier::new(&config.sns_signing_cert_url_pattern) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // The pattern was validated with the configuration; only the HTTP client remains.
+                tracing::error!(error = %e, "feedback consumer not started");
+                return None;
+            }
+        }
+    } else {
+        tracing::warn!(
+            "SNS_VERIFY_SIGNATURES=false: feedback is applied without checking SNS signatures (for the local emulator only)"
+        );
+        None
+    };
+    let trust = feedback::Trust {
+        formats: config.feedback_formats.clone(),
+        allowed_topics: config.sns_allowed_topic_arns.clone(),
+        verifier,
+        confirm_subscriptions: config.sns_confirm_subscriptions,
+    };
+    for reason in feedback::Reason::ALL {
+        // Every reason starts at zero, so an alert on a rise works from the first refusal.
+        metrics
+            .feedback_rejected
+            .get_or_create(&herald_shared::metrics::ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc_by(0);
+    }
     let wait_seconds = 20;
     // A long poll lasts 20 s, longer than an SES call's deadline.
     let aws = ses::aws_config(Duration::from_secs(wait_seconds as u64 + 10)).await;
@@ -85,8 +115,9 @@ pub async fn feedback_consumer(
         policy: Arc::new(feedback::Policy {
             soft_bounce_threshold: config.soft_bounce_threshold,
             soft_bounce_window: chrono::Duration::days(config.soft_bounce_window_days),
-            allowed_topics: config.sns_allowed_topic_arns.clone(),
+            require_known_message: config.feedback_require_known_message,
         }),
+        trust: Arc::new(trust),
         concurrency: config.feedback_concurrency,
         wait_seconds,
         stats: Arc::default(),

@@ -586,6 +586,24 @@ pub async fn record_feedback(
     Ok(done.rows_affected() > 0)
 }
 
+/// Whether the email with this SES message id went to `recipient` (normalised): feedback naming
+/// it is about one of Herald's own sends.
+pub async fn sent_to(
+    conn: &mut PgConnection,
+    ses_message_id: &str,
+    recipient: &str,
+) -> Result<bool, sqlx::Error> {
+    let found = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM email_deliveries
+                          WHERE ses_message_id = $1 AND recipient = $2) AS "found!""#,
+        ses_message_id,
+        recipient
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(found)
+}
+
 /// Deletes up to `limit` finished rows created before `before` (retention); returns how many.
 pub async fn prune(
     pool: &sqlx::PgPool,

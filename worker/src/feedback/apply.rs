@@ -14,8 +14,9 @@ pub struct Policy {
     pub soft_bounce_threshold: i64,
     /// The window (default 30 days).
     pub soft_bounce_window: chrono::Duration,
-    /// SNS topics whose messages are applied; empty means any.
-    pub allowed_topics: Vec<String>,
+    /// `FEEDBACK_REQUIRE_KNOWN_MESSAGE`: apply a bounce or complaint only to a recipient of the
+    /// ledger row whose SES message id it names; others are recorded as `unmatched`.
+    pub require_known_message: bool,
 }
 
 /// What happened to a message.
@@ -32,8 +33,6 @@ pub enum Outcome {
         /// The type of each new event (`bounce`, `complaint`, `delivery`, …).
         kinds: Vec<String>,
     },
-    /// From a topic not in `SNS_ALLOWED_TOPIC_ARNS`: not applied, left for the dead-letter queue.
-    TopicNotAllowed(String),
 }
 
 /// Why a message was not applied.
@@ -47,34 +46,51 @@ pub enum ApplyError {
     Db(#[from] sqlx::Error),
 }
 
-/// Parses and applies one queue message body. Nothing is committed unless all of it is.
+/// Parses and applies one queue message body. Nothing is committed unless all of it is. The
+/// trust checks ([`super::Trust::admit`]) come first, in the consumer.
 pub async fn apply(
     pool: &PgPool,
     policy: &Policy,
     body: &str,
     sqs_message_id: Option<&str>,
 ) -> Result<Outcome, ApplyError> {
-    let (topic_arn, events, raw) = match parse::parse(body)? {
+    apply_value(pool, policy, parse::json_object(body)?, sqs_message_id).await
+}
+
+/// [`apply`] for a body already read as a JSON object.
+pub async fn apply_value(
+    pool: &PgPool,
+    policy: &Policy,
+    outer: serde_json::Value,
+    sqs_message_id: Option<&str>,
+) -> Result<Outcome, ApplyError> {
+    let (events, raw) = match parse::parse_value(outer)? {
         Body::Control { kind, .. } => return Ok(Outcome::Control(kind)),
-        Body::Feedback {
-            topic_arn,
-            events,
-            raw,
-        } => (topic_arn, events, raw),
+        Body::Feedback { events, raw, .. } => (events, raw),
     };
-    if let Some(topic) = &topic_arn
-        && !policy.allowed_topics.is_empty()
-        && !policy.allowed_topics.contains(topic)
-    {
-        return Ok(Outcome::TopicNotAllowed(topic.clone()));
-    }
     let mut tx = pool.begin().await?;
     let (mut new, mut duplicates, mut kinds) = (0, 0, Vec::new());
     for event in &events {
-        if record(&mut tx, event, &raw, sqs_message_id).await? {
-            apply_event(&mut tx, policy, event).await?;
+        let unmatched = policy.require_known_message
+            && matches!(event.kind, Kind::Bounce | Kind::Complaint)
+            && !is_ours(&mut tx, event).await?;
+        let event_type = if unmatched {
+            UNMATCHED
+        } else {
+            event.kind.as_str()
+        };
+        if record(&mut tx, event, event_type, &raw, sqs_message_id).await? {
+            if unmatched {
+                tracing::info!(
+                    to = %herald_shared::address::mask(&event.recipient),
+                    kind = event.kind.as_str(),
+                    "feedback for a message Herald did not send to that recipient: recorded, not applied"
+                );
+            } else {
+                apply_event(&mut tx, policy, event).await?;
+            }
             new += 1;
-            kinds.push(event.kind.as_str().to_owned());
+            kinds.push(event_type.to_owned());
         } else {
             duplicates += 1;
         }
@@ -87,10 +103,22 @@ pub async fn apply(
     })
 }
 
+/// The `event_type` of a bounce or complaint that names no send of Herald's to that recipient.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Whether the event names a message Herald sent to its recipient.
+async fn is_ours(conn: &mut PgConnection, e: &RecipientEvent) -> Result<bool, sqlx::Error> {
+    match &e.ses_message_id {
+        Some(id) => ledger::sent_to(conn, id, &e.recipient).await,
+        None => Ok(false),
+    }
+}
+
 /// Stores the event; false if the same event was stored before.
 async fn record(
     conn: &mut PgConnection,
     e: &RecipientEvent,
+    event_type: &str,
     raw: &serde_json::Value,
     sqs_message_id: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
@@ -101,7 +129,7 @@ async fn record(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (dedupe_key) DO NOTHING
          RETURNING id",
-        e.kind.as_str(),
+        event_type,
         e.recipient,
         e.ses_message_id,
         e.feedback_id,

@@ -2,6 +2,8 @@
 
 pub mod apply;
 pub mod parse;
+pub mod sns;
+pub mod trust;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +13,9 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use apply::{ApplyError, Outcome, Policy, apply};
+pub use apply::{ApplyError, Outcome, Policy, UNMATCHED, apply, apply_value};
+pub use sns::{Reason, Rejection, SnsVerifier};
+pub use trust::Trust;
 
 /// Counters of what the consumer did since it started.
 #[derive(Debug, Default)]
@@ -22,8 +26,9 @@ pub struct FeedbackStats {
     pub duplicates: AtomicU64,
     /// Messages that cannot be parsed (left for the dead-letter queue).
     pub poison: AtomicU64,
-    /// Messages from a topic not allowed (left for the dead-letter queue).
-    pub rejected_topic: AtomicU64,
+    /// Messages refused by the trust checks: signature, format, topic (left for the dead-letter
+    /// queue). Counted on their first receive only.
+    pub rejected: AtomicU64,
     /// Messages left for redelivery after a database error.
     pub db_errors: AtomicU64,
     /// Subscription messages deleted.
@@ -41,6 +46,8 @@ pub struct FeedbackConsumer {
     pub pool: PgPool,
     /// Suppression policy.
     pub policy: Arc<Policy>,
+    /// What a message must prove before it is applied.
+    pub trust: Arc<Trust>,
     /// Concurrent pollers (`FEEDBACK_CONCURRENCY`).
     pub concurrency: usize,
     /// Long-poll wait, seconds (20, SQS's maximum).
@@ -104,15 +111,38 @@ impl FeedbackConsumer {
         let receives = message
             .attributes()
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-            .cloned()
-            .unwrap_or_default();
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(1);
         let body = message.body().unwrap_or_default();
-        let delete = match apply(&self.pool, &self.policy, body, message.message_id()).await {
-            Ok(Outcome::Applied {
-                new,
-                duplicates,
-                kinds,
-            }) => {
+        let outcome = match parse::json_object(body) {
+            Ok(outer) => match self.trust.admit(&outer).await {
+                Ok(_) => {
+                    // Kept only for a subscription message, which may need confirming.
+                    let control = matches!(
+                        outer.get("Type").and_then(serde_json::Value::as_str),
+                        Some("SubscriptionConfirmation")
+                    )
+                    .then(|| outer.clone());
+                    apply_value(&self.pool, &self.policy, outer, message.message_id())
+                        .await
+                        .map(|o| (o, control))
+                }
+                Err(rejection) => {
+                    self.rejected(id, receives, &rejection);
+                    return;
+                }
+            },
+            Err(e) => Err(ApplyError::Parse(e)),
+        };
+        let delete = match outcome {
+            Ok((
+                Outcome::Applied {
+                    new,
+                    duplicates,
+                    kinds,
+                },
+                _,
+            )) => {
                 self.stats.applied.fetch_add(new as u64, Ordering::Relaxed);
                 for kind in kinds {
                     self.metrics
@@ -126,24 +156,35 @@ impl FeedbackConsumer {
                 tracing::debug!(sqs_message_id = id, new, duplicates, "feedback applied");
                 true
             }
-            Ok(Outcome::Control(kind)) => {
+            Ok((Outcome::Control(kind), control)) => {
                 self.stats.control.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    sqs_message_id = id,
-                    kind,
-                    "SNS subscription message; deleted"
-                );
-                true
-            }
-            Ok(Outcome::TopicNotAllowed(topic)) => {
-                self.stats.rejected_topic.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    sqs_message_id = id,
-                    topic,
-                    receives,
-                    "feedback from a topic not in SNS_ALLOWED_TOPIC_ARNS; not applied, left for the dead-letter queue"
-                );
-                false
+                let confirmed = match control {
+                    Some(outer) => self.trust.confirm(&outer).await,
+                    None => Ok(false),
+                };
+                match confirmed {
+                    Ok(true) => {
+                        tracing::info!(sqs_message_id = id, kind, "SNS subscription confirmed");
+                        true
+                    }
+                    Ok(false) => {
+                        tracing::info!(
+                            sqs_message_id = id,
+                            kind,
+                            "SNS subscription message; deleted"
+                        );
+                        true
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            sqs_message_id = id,
+                            kind,
+                            error,
+                            "could not confirm the SNS subscription; SQS will redeliver it"
+                        );
+                        false
+                    }
+                }
             }
             Err(ApplyError::Parse(err)) => {
                 self.stats.poison.fetch_add(1, Ordering::Relaxed);
@@ -170,5 +211,27 @@ impl FeedbackConsumer {
             // Applied but not deleted: it comes back and is recognised as a duplicate.
             tracing::warn!(sqs_message_id = id, error = %herald_shared::telemetry::error_chain(&err), "could not delete an applied message");
         }
+    }
+
+    /// A refused message stays on the queue (the redrive policy moves it to the DLQ); it is logged
+    /// and counted once, on its first receive, however often SQS shows it again.
+    fn rejected(&self, id: &str, receives: u32, rejection: &Rejection) {
+        if receives > 1 {
+            tracing::debug!(sqs_message_id = id, receives, %rejection, "refused feedback seen again");
+            return;
+        }
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .feedback_rejected
+            .get_or_create(&herald_shared::metrics::ReasonLabel {
+                reason: rejection.reason.as_str().to_owned(),
+            })
+            .inc();
+        tracing::warn!(
+            sqs_message_id = id,
+            reason = rejection.reason.as_str(),
+            detail = %rejection.detail,
+            "feedback refused: not applied, left for the dead-letter queue"
+        );
     }
 }

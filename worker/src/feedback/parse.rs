@@ -16,6 +16,8 @@ pub enum Body {
         kind: String,
         /// The topic it concerns.
         topic_arn: Option<String>,
+        /// `SubscribeURL`: visiting it confirms the subscription.
+        subscribe_url: Option<String>,
     },
     /// SES feedback, one entry per recipient.
     Feedback {
@@ -89,36 +91,87 @@ fn text(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 
-/// Parses one queue message body.
-pub fn parse(body: &str) -> Result<Body, ParseError> {
+/// How a message reached the queue; `FEEDBACK_FORMATS` says which are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// An SNS envelope (raw delivery off): signed by SNS.
+    Sns,
+    /// The bare SES JSON (SNS raw delivery on, or anything else that writes to the queue).
+    Raw,
+    /// An EventBridge event (`source: aws.ses`).
+    EventBridge,
+}
+
+impl Format {
+    /// Every format.
+    pub const ALL: [Self; 3] = [Self::Sns, Self::Raw, Self::EventBridge];
+
+    /// The name in `FEEDBACK_FORMATS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sns => "sns",
+            Self::Raw => "raw",
+            Self::EventBridge => "eventbridge",
+        }
+    }
+
+    /// Which format a parsed message body is in.
+    pub fn of(outer: &Value) -> Self {
+        if outer.get("Type").is_some_and(Value::is_string) {
+            Self::Sns
+        } else if outer.get("source").and_then(Value::as_str) == Some("aws.ses") {
+            Self::EventBridge
+        } else {
+            Self::Raw
+        }
+    }
+}
+
+/// Reads a queue message body as a JSON object (the first step; [`parse_value`] is the second).
+pub fn json_object(body: &str) -> Result<Value, ParseError> {
     let outer: Value = serde_json::from_str(body).or_else(|e| err(format!("not JSON: {e}")))?;
     if !outer.is_object() {
         return err("not a JSON object");
     }
-    if let Some(kind) = text(&outer, "Type") {
-        let topic_arn = text(&outer, "TopicArn");
-        return match kind.as_str() {
-            "Notification" => {
-                let inner = text(&outer, "Message")
-                    .ok_or_else(|| ParseError("SNS Message is not a string".into()))?;
-                let ses: Value = serde_json::from_str(&inner)
-                    .or_else(|e| err(format!("SNS Message is not JSON: {e}")))?;
-                ses_feedback(ses, topic_arn)
+    Ok(outer)
+}
+
+/// Parses one queue message body.
+pub fn parse(body: &str) -> Result<Body, ParseError> {
+    parse_value(json_object(body)?)
+}
+
+/// Parses a queue message body already read as a JSON object.
+pub fn parse_value(outer: Value) -> Result<Body, ParseError> {
+    match Format::of(&outer) {
+        Format::Sns => {
+            let kind = text(&outer, "Type").unwrap_or_default();
+            let topic_arn = text(&outer, "TopicArn");
+            match kind.as_str() {
+                "Notification" => {
+                    let inner = text(&outer, "Message")
+                        .ok_or_else(|| ParseError("SNS Message is not a string".into()))?;
+                    let ses: Value = serde_json::from_str(&inner)
+                        .or_else(|e| err(format!("SNS Message is not JSON: {e}")))?;
+                    ses_feedback(ses, topic_arn)
+                }
+                "SubscriptionConfirmation" | "UnsubscribeConfirmation" => Ok(Body::Control {
+                    kind,
+                    topic_arn,
+                    subscribe_url: text(&outer, "SubscribeURL"),
+                }),
+                other => err(format!("unknown SNS Type {other:?}")),
             }
-            "SubscriptionConfirmation" | "UnsubscribeConfirmation" => {
-                Ok(Body::Control { kind, topic_arn })
-            }
-            other => err(format!("unknown SNS Type {other:?}")),
-        };
+        }
+        Format::EventBridge => {
+            let detail = outer
+                .get("detail")
+                .cloned()
+                .ok_or_else(|| ParseError("EventBridge event without detail".into()))?;
+            ses_feedback(detail, None)
+        }
+        Format::Raw => ses_feedback(outer, None),
     }
-    if outer.get("source").and_then(Value::as_str) == Some("aws.ses") {
-        let detail = outer
-            .get("detail")
-            .cloned()
-            .ok_or_else(|| ParseError("EventBridge event without detail".into()))?;
-        return ses_feedback(detail, None);
-    }
-    ses_feedback(outer, None)
 }
 
 fn timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {

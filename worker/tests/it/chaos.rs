@@ -404,7 +404,7 @@ async fn chaos_poison_feedback_while_the_consumer_runs_loses_no_notification(poo
     // messages to the DLQ (two receivers remove the same message, one gets a 500 after marking
     // other messages received), which sends good messages to the DLQ unread. Real SQS has no such
     // race; applying messages concurrently is measured by the feedback benchmark (8 at a time).
-    let consumer = moto.consumer(&pool, policy(&[]));
+    let consumer = moto.consumer(&pool, policy());
     let stats = consumer.stats.clone();
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));

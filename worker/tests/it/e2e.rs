@@ -125,6 +125,8 @@ impl Stack {
             .env("WORKER_HEARTBEAT_SECS", "1")
             .env("WORKER_MISSED_HEARTBEATS", "2")
             .env("DB_MIN_CONNECTIONS", "0")
+            // moto's SNS signs nothing; the signature checks have tests of their own (sns_trust).
+            .env("SNS_VERIFY_SIGNATURES", "false")
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE");
         for (k, v) in extra {
@@ -922,6 +924,8 @@ async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_addr
     stack.spawn_worker(&[
         ("METRICS_ADDR", "127.0.0.1:0"),
         ("SQS_FEEDBACK_QUEUE_URL", &queue_url),
+        // The bounce below is bare SES JSON (SNS raw delivery).
+        ("FEEDBACK_FORMATS", "sns,raw"),
         ("SES_MAX_SEND_RATE", "4"),
         ("EXPIRE_TOKENS_CRON", "* * * * * *"),
     ]);
@@ -989,6 +993,14 @@ async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_addr
         1.0
     );
     assert!(value(&worker, r#"herald_feedback_poison_messages_total"#) >= 1.0);
+    assert_eq!(
+        value(
+            &worker,
+            r#"herald_feedback_rejected_total{reason="signature"}"#
+        ),
+        0.0,
+        "every refusal reason is exported from the start"
+    );
     assert_eq!(value(&worker, r#"herald_suppressions{type="bounce"}"#), 1.0);
     assert!(
         value(

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use herald_worker::feedback::{FeedbackConsumer, FeedbackStats, Outcome, Policy, apply};
+use herald_worker::feedback::{FeedbackConsumer, FeedbackStats, Outcome, Policy, Trust, apply};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -16,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 use crate::e2e::{emulator, moto_sqs, unique};
 use crate::helpers::setup_queue;
 
-pub(crate) fn policy(allowed: &[&str]) -> Policy {
+/// The policy as it was before feedback had to name one of Herald's own sends: these tests use
+/// made-up message ids (the trust tests in `sns_trust` use the default).
+pub(crate) fn policy() -> Policy {
     Policy {
         soft_bounce_threshold: 3,
         soft_bounce_window: chrono::Duration::days(30),
-        allowed_topics: allowed.iter().map(|s| (*s).to_owned()).collect(),
+        require_known_message: false,
     }
 }
 
@@ -178,12 +180,23 @@ impl Moto {
             .expect("send");
     }
 
+    /// A consumer that takes every format unsigned, as moto's SNS signs nothing.
     pub(crate) fn consumer(&self, pool: &PgPool, policy: Policy) -> FeedbackConsumer {
+        self.consumer_trusting(pool, policy, Trust::everything_unverified())
+    }
+
+    pub(crate) fn consumer_trusting(
+        &self,
+        pool: &PgPool,
+        policy: Policy,
+        trust: Trust,
+    ) -> FeedbackConsumer {
         FeedbackConsumer {
             sqs: self.sqs.clone(),
             queue_url: self.queue_url.clone(),
             pool: pool.clone(),
             policy: Arc::new(policy),
+            trust: Arc::new(trust),
             concurrency: 1,
             wait_seconds: 1,
             stats: Arc::new(FeedbackStats::default()),
@@ -255,7 +268,7 @@ async fn sns_and_bare_feedback_suppress_every_recipient_once_even_when_delivered
     moto.publish(&hard).await; // the same notification twice
     moto.put_raw(&complaint("fb-c", "Carol@Example.net", Some("abuse")).to_string())
         .await;
-    let consumer = moto.consumer(&pool, policy(&[]));
+    let consumer = moto.consumer(&pool, policy());
     let stats = consumer.stats.clone();
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));
@@ -332,7 +345,7 @@ async fn poison_messages_end_in_the_dead_letter_queue_while_the_consumer_keeps_w
         moto.put_raw(g).await;
     }
     moto.put_raw(&json!({"Type": "SubscriptionConfirmation", "TopicArn": moto.topic_arn, "SubscribeURL": "https://example.invalid"}).to_string()).await;
-    let consumer = moto.consumer(&pool, policy(&[]));
+    let consumer = moto.consumer(&pool, policy());
     let stats = consumer.stats.clone();
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));
@@ -395,19 +408,29 @@ async fn a_message_from_a_topic_not_allowed_is_not_applied(pool: PgPool) {
         "2026-11-26T10:00:00Z",
     ))
     .await;
-    let consumer = moto.consumer(
+    let consumer = moto.consumer_trusting(
         &pool,
-        policy(&["arn:aws:sns:us-east-1:123456789012:the-real-topic"]),
+        policy(),
+        Trust {
+            allowed_topics: vec!["arn:aws:sns:us-east-1:123456789012:the-real-topic".into()],
+            ..Trust::everything_unverified()
+        },
     );
     let stats = consumer.stats.clone();
+    let metrics = consumer.metrics.clone();
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));
     eventually("the rejection", Duration::from_secs(20), async || {
-        stats.rejected_topic.load(Ordering::Relaxed) >= 1
+        stats.rejected.load(Ordering::Relaxed) >= 1
     })
     .await;
     token.cancel();
     task.await.expect("consumer");
+    let text = metrics.render(&pool).await.expect("metrics");
+    assert!(
+        text.contains(r#"herald_feedback_rejected_total{reason="topic"} 1"#),
+        "{text}"
+    );
     assert_eq!(suppression(&pool, "eve@example.com").await, None);
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM email_feedback_events")
         .fetch_one(&pool)
@@ -418,7 +441,7 @@ async fn a_message_from_a_topic_not_allowed_is_not_applied(pool: PgPool) {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn soft_bounces_are_counted_and_suppress_at_the_threshold_within_the_window(pool: PgPool) {
-    let p = policy(&[]);
+    let p = policy();
     let old = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
     // An old soft bounce is outside the window and does not count.
     apply(
@@ -490,7 +513,7 @@ async fn soft_bounces_are_counted_and_suppress_at_the_threshold_within_the_windo
 async fn complaints_suppress_except_not_spam_and_suppressions_are_raised_never_lowered(
     pool: PgPool,
 ) {
-    let p = policy(&[]);
+    let p = policy();
     apply(
         &pool,
         &p,
@@ -586,7 +609,7 @@ async fn a_database_outage_leaves_the_message_for_redelivery(pool: PgPool) {
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy("postgres://nobody@127.0.0.1:1/nowhere")
         .expect("lazy pool");
-    let broken = moto.consumer(&down, policy(&[]));
+    let broken = moto.consumer(&down, policy());
     let broken_stats = broken.stats.clone();
     let token = CancellationToken::new();
     let task = tokio::spawn(broken.run(token.clone()));
@@ -599,7 +622,7 @@ async fn a_database_outage_leaves_the_message_for_redelivery(pool: PgPool) {
     assert_eq!(suppression(&pool, "frank@example.com").await, None);
 
     // The database is back: the same message is redelivered and applied.
-    let healthy = moto.consumer(&pool, policy(&[]));
+    let healthy = moto.consumer(&pool, policy());
     let token = CancellationToken::new();
     let task = tokio::spawn(healthy.run(token.clone()));
     eventually(
@@ -641,7 +664,7 @@ async fn soft_bounces_complaints_and_eventbridge_events_through_the_queue_follow
         "detail": {"eventType": "Bounce", "bounce": {"bounceType": "Permanent", "bounceSubType": "General", "feedbackId": "eb-1",
             "timestamp": now, "bouncedRecipients": [{"emailAddress": "READER@example.com"}]}, "mail": {"messageId": "m-eb"}}});
     moto.put_raw(&bridge.to_string()).await;
-    let consumer = moto.consumer(&pool, policy(&[]));
+    let consumer = moto.consumer(&pool, policy());
     let stats = consumer.stats.clone();
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));
@@ -707,7 +730,7 @@ async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
         let all = rate_24h(pool).await;
         (all.bounces, all.sends)
     };
-    let p = policy(&[]);
+    let p = policy();
     let hard = bounce(
         "Permanent",
         "fb-1",
@@ -749,7 +772,7 @@ async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
 async fn a_not_spam_report_never_counts_toward_the_complaint_rate(pool: PgPool) {
     sent_an_hour_ago(&pool, 200, "m-c").await;
     let complaints = async |pool: &PgPool| rate_24h(pool).await.complaints;
-    let p = policy(&[]);
+    let p = policy();
     // complaint("c1", ..) names message m-c1, one of the 200 sent above.
     apply(
         &pool,

@@ -11,3 +11,4 @@ mod maintenance;
 mod retry_policy;
 mod ses_dispatch;
 mod ses_stub;
+mod sns_trust;
