@@ -102,8 +102,8 @@ cat <<EOT
 
 Herald is running. Ctrl-C stops everything this command started.
   API:        $api_url   (OpenAPI: $api_url/openapi.json)
-  dashboard:  $api_url/admin/login?token=$API_TOKEN
-  metrics:    $api_url/metrics and http://${METRICS_ADDR:-127.0.0.1:9100}/metrics (worker)
+  dashboard:  $api_url/admin/login (sign in with the API token below)
+  metrics:    http://${API_METRICS_ADDR:-127.0.0.1:9101}/metrics (API), http://${METRICS_ADDR:-127.0.0.1:9100}/metrics (worker)
   API token:  $API_TOKEN   (kept in ${token_file#"$HERALD_ROOT"/})
   database:   $(url_redacted "$DATABASE_URL")
   emulator:   $EMULATOR_URL

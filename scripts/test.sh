@@ -92,16 +92,18 @@ build_tests
 "$HERALD_ROOT/scripts/emulator.sh" start
 export HERALD_TEST_AWS_ENDPOINT="$EMULATOR_URL"
 
-# Headless Chromium for the dashboard test (Debian's package; nothing is downloaded at run time).
-if ! command -v chromium >/dev/null 2>&1; then
+# Headless Chromium and ChromeDriver for the dashboard test (Debian's packages; nothing is
+# downloaded at run time).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        log "installing chromium for the dashboard test (Debian package, once)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
-            die "could not install chromium"
+        log "installing chromium and chromium-driver for the dashboard test (Debian packages, once)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null ||
+            die "could not install chromium and chromium-driver"
     else
-        die "the dashboard test needs Chromium: sudo apt-get install chromium"
+        die "the dashboard test needs Chromium and ChromeDriver: sudo apt-get install chromium chromium-driver"
     fi
 fi
+export HERALD_CHROMEDRIVER="$(command -v chromedriver)"
 export HERALD_CHROMIUM="$(command -v chromium)"
 
 # No Docker engine runs here: check the compose file and Dockerfiles as far as that allows.

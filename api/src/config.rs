@@ -2,16 +2,22 @@
 
 use std::net::SocketAddr;
 
-use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or, required};
-use herald_shared::{DbConfig, Secret};
+use herald_shared::DbConfig;
+use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or};
+
+use crate::auth::{Scope, TokenError, Tokens};
 
 /// Everything `herald-api` reads at start-up.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// `API_ADDR` (default 127.0.0.1:8080; port 0 picks a free port).
     pub addr: SocketAddr,
-    /// `API_TOKEN`: the bearer token every `/v1` route requires (at least 32 characters).
-    pub token: Secret,
+    /// `API_METRICS_ADDR` (default 127.0.0.1:9101; port 0 picks one): the only listener that
+    /// serves `/metrics`; keep it off the public network.
+    pub metrics_addr: SocketAddr,
+    /// `API_TOKENS` (comma list of `TOKEN`, `send:TOKEN`, `admin:TOKEN`) merged with `API_TOKEN`
+    /// (full access): the bearer tokens `/v1` accepts, each at least 32 characters; one at least.
+    pub tokens: Tokens,
     /// `FRONTEND_URL`: base of the links in emails.
     pub frontend_url: String,
     /// `EMAIL_FROM`: the sender address (checked here so a typo fails at start-up).
@@ -22,6 +28,18 @@ pub struct ApiConfig {
     pub db: DbConfig,
     /// The compliance guard's thresholds and windows (for `GET /v1/compliance` and metrics).
     pub compliance: herald_shared::compliance::Settings,
+    /// `ADMIN_SESSION_SECRET` (at least 32 characters): signs dashboard sessions. Unset, a random
+    /// one is made at start-up: sessions then end when the API restarts and are not shared by
+    /// several API processes.
+    pub admin_session_secret: herald_shared::Secret,
+    /// `API_REQUEST_TIMEOUT_SECS` (default 30): a request still running after this is answered
+    /// `503 request_timeout` (its work is dropped; a transaction in it rolls back).
+    pub request_timeout: std::time::Duration,
+    /// `API_MAX_CONCURRENT_REQUESTS` (default 512): requests served at once; more wait their turn
+    /// (within the timeout).
+    pub max_concurrent_requests: usize,
+    /// `ADMIN_SESSION_HOURS` (default 12): how long a dashboard session lasts.
+    pub admin_session_ttl: std::time::Duration,
 }
 
 impl ApiConfig {
@@ -33,12 +51,26 @@ impl ApiConfig {
     /// Loads and validates the configuration from any variable source.
     pub fn from_source(env: &impl Env) -> Result<Self, ConfigError> {
         let addr = parse_or(env, "API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
-        let token = required(env, "API_TOKEN")?;
-        if token.chars().count() < 32 {
-            return Err(ConfigError::Invalid {
-                var: "API_TOKEN",
-                reason: "must be at least 32 characters".into(),
-            });
+        let mut tokens = Tokens::default();
+        if let Some(token) = env.get("API_TOKEN") {
+            if token.trim().chars().count() < crate::auth::MIN_TOKEN_CHARS {
+                return Err(ConfigError::Invalid {
+                    var: "API_TOKEN",
+                    reason: "must be at least 32 characters".into(),
+                });
+            }
+            tokens.push(token.trim(), Scope::Admin);
+        }
+        if let Some(list) = env.get("API_TOKENS") {
+            tokens
+                .parse_list(&list)
+                .map_err(|TokenError::TooShort(n)| ConfigError::Invalid {
+                    var: "API_TOKENS",
+                    reason: format!("entry {n} is shorter than 32 characters"),
+                })?;
+        }
+        if tokens.is_empty() {
+            return Err(ConfigError::Missing { var: "API_TOKEN" });
         }
         let frontend_url = herald_shared::config::frontend_url(env)?;
         let email_from = herald_shared::config::email_from(env)?;
@@ -49,9 +81,57 @@ impl ApiConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let admin_session_secret = match env.get("ADMIN_SESSION_SECRET") {
+            Some(secret) if secret.chars().count() >= 32 => secret,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    var: "ADMIN_SESSION_SECRET",
+                    reason: "must be at least 32 characters".into(),
+                });
+            }
+            None => random_secret(),
+        };
+        let hours: u64 = parse_or(env, "ADMIN_SESSION_HOURS", 12)?;
+        if hours == 0 || hours > 24 * 30 {
+            return Err(ConfigError::Invalid {
+                var: "ADMIN_SESSION_HOURS",
+                reason: "must be between 1 and 720".into(),
+            });
+        }
+        let metrics_addr = parse_or(
+            env,
+            "API_METRICS_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 9101)),
+        )?;
+        if metrics_addr.port() != 0 && metrics_addr == addr {
+            return Err(ConfigError::Invalid {
+                var: "API_METRICS_ADDR",
+                reason: "must differ from API_ADDR: /metrics is served only on its own listener"
+                    .into(),
+            });
+        }
+        let request_timeout: u64 = parse_or(env, "API_REQUEST_TIMEOUT_SECS", 30)?;
+        if request_timeout == 0 {
+            return Err(ConfigError::Invalid {
+                var: "API_REQUEST_TIMEOUT_SECS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let max_concurrent_requests: usize = parse_or(env, "API_MAX_CONCURRENT_REQUESTS", 512)?;
+        if max_concurrent_requests == 0 {
+            return Err(ConfigError::Invalid {
+                var: "API_MAX_CONCURRENT_REQUESTS",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Self {
+            request_timeout: std::time::Duration::from_secs(request_timeout),
+            max_concurrent_requests,
+            metrics_addr,
+            admin_session_secret: herald_shared::Secret::new(admin_session_secret),
+            admin_session_ttl: std::time::Duration::from_secs(hours * 3600),
             addr,
-            token: Secret::new(token),
+            tokens,
             frontend_url,
             email_from,
             email_max_attempts,
@@ -59,6 +139,18 @@ impl ApiConfig {
             compliance: herald_shared::compliance::Settings::from_source(env)?,
         })
     }
+}
+
+/// 32 random bytes, hex.
+fn random_secret() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0_u8; 32];
+    // The system's generator failing is not something to run on.
+    #[allow(clippy::expect_used)]
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random number generator works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -95,5 +187,37 @@ mod tests {
         ])
         .expect_err("from");
         assert!(from.to_string().starts_with("EMAIL_FROM"), "{from}");
+    }
+
+    #[test]
+    fn api_tokens_merge_with_api_token_and_name_a_short_entry() {
+        let base = [
+            ("FRONTEND_URL", "https://x.y"),
+            ("EMAIL_FROM", "noreply@example.com"),
+            ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
+        ];
+        let send = "send:ssssssssssssssssssssssssssssssss";
+        let env =
+            |extra: &[(&'static str, &'static str)]| -> std::collections::HashMap<String, String> {
+                base.iter()
+                    .chain(extra)
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            };
+        let c = ApiConfig::from_source(&env(&[("API_TOKEN", TOKEN), ("API_TOKENS", send)]))
+            .expect("valid");
+        assert_eq!(c.tokens.scope_of(TOKEN), Some(Scope::Admin));
+        assert_eq!(
+            c.tokens.scope_of("ssssssssssssssssssssssssssssssss"),
+            Some(Scope::Send)
+        );
+        let only_list = ApiConfig::from_source(&env(&[("API_TOKENS", send)])).expect("valid");
+        assert_eq!(only_list.tokens.scope_of(TOKEN), None);
+        let short =
+            ApiConfig::from_source(&env(&[("API_TOKENS", "admin:short")])).expect_err("short");
+        assert!(short.to_string().starts_with("API_TOKENS"), "{short}");
+        assert!(!short.to_string().contains("short,"), "{short}");
+        let none = ApiConfig::from_source(&env(&[])).expect_err("none");
+        assert!(none.to_string().starts_with("API_TOKEN"), "{none}");
     }
 }

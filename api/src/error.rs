@@ -12,6 +12,9 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// A valid token whose scope does not cover the route (a `send` token on an admin route).
+    #[error("this token's scope does not allow this request")]
+    Forbidden,
     /// The resource does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -54,6 +57,9 @@ pub enum ApiError {
     /// The database cannot be reached right now (restart, failover, pool exhausted): retry.
     #[error("the database is unavailable; retry shortly")]
     DatabaseUnavailable(String),
+    /// The request ran longer than `API_REQUEST_TIMEOUT_SECS`.
+    #[error("the request took too long")]
+    Timeout,
     /// Anything else; the cause is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -64,6 +70,8 @@ impl ApiError {
     pub fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),

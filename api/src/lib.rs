@@ -104,6 +104,12 @@ impl utoipa::Modify for CommonResponses {
                 }
                 // Authenticated routes read the database; /health does not and /ready has its own.
                 if op.security.is_some() {
+                    responses
+                        .entry("401".to_owned())
+                        .or_insert_with(|| error("No valid bearer token (`unauthorized`)").into());
+                    responses.entry("403".to_owned()).or_insert_with(|| {
+                        error("The token's scope does not cover this route (`forbidden`)").into()
+                    });
                     responses.entry("503".to_owned()).or_insert_with(|| {
                         error("Database unavailable (`database_unavailable`); retry after Retry-After")
                             .into()
@@ -143,16 +149,22 @@ async fn not_found() -> ApiError {
 
 /// The router with every route, auth on `/v1`, and the 256 KiB body limit.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
+    // Send scope: what an application server needs to send mail and follow it.
+    let send = Router::new()
         .route("/v1/emails", post(emails::send_email))
         .route("/v1/jobs/{id}", get(jobs::get_job))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route(
             "/v1/users/{user_id}/verification-email",
             post(users::verification_email),
         )
         .route("/v1/password-resets", post(users::password_reset))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_send,
+        ));
+    let admin = Router::new()
+        .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/schedules", get(schedules::list))
         .route("/v1/compliance", get(compliance::get))
         .route("/v1/compliance/resume", post(compliance::resume))
@@ -166,33 +178,59 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            auth::require_admin,
         ));
+    let v1 = send.merge(admin);
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi_json))
-        .route("/metrics", get(metrics))
-        .route("/admin", get(admin::page))
-        .route("/admin/login", get(admin::login))
+        .route("/admin", get(admin::dashboard))
+        .route("/admin/login", get(admin::login_page).post(admin::login))
+        .route("/admin/logout", post(admin::logout))
         .route("/admin/jobs/{id}/retry", post(admin::retry))
         .merge(v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        // Outermost last: the timeout covers the wait for a place under the concurrency limit.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.config.max_concurrent_requests,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
         .with_state(state)
+}
+
+/// Answers `503 request_timeout` (JSON, like every error) when a request outlasts
+/// `API_REQUEST_TIMEOUT_SECS`; the handler's future is dropped, so its transaction rolls back.
+async fn request_timeout(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
 }
 
 /// A bound, not yet serving, API.
 #[derive(Debug)]
 pub struct Application {
     listener: tokio::net::TcpListener,
+    metrics_listener: tokio::net::TcpListener,
     router: Router,
+    metrics_router: Router,
 }
 
 impl Application {
-    /// Binds the configured address (port 0 picks one) and builds the router.
+    /// Binds `API_ADDR` and `API_METRICS_ADDR` and builds the routers.
     pub async fn build(config: ApiConfig, pool: PgPool) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
         let config_compliance = config.compliance.clone();
         let state = AppState {
             config: Arc::new(config),
@@ -203,22 +241,45 @@ impl Application {
         };
         Ok(Self {
             listener,
+            metrics_listener,
+            metrics_router: metrics_router(state.clone()),
             router: router(state),
         })
     }
 
-    /// The address actually bound.
+    /// The address the API is served on (useful when `API_ADDR` asked for port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    /// The address `/metrics` is served on.
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics_listener.local_addr()
+    }
+
+    /// Serves both listeners until `shutdown` completes, then drains in-flight requests.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
+        let stop = tokio_util::sync::CancellationToken::new();
+        let metrics_stop = stop.clone();
+        let metrics_server = axum::serve(self.metrics_listener, self.metrics_router)
+            .with_graceful_shutdown(metrics_stop.cancelled_owned());
+        let metrics = tokio::spawn(async move { metrics_server.await });
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        stop.cancel();
+        let _ = metrics.await;
+        served
     }
+}
+
+/// The internal listener's routes: `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
 }

@@ -29,11 +29,13 @@ async fn run() -> anyhow::Result<()> {
     db::ensure_current(&pool).await?;
     let app = Application::build(config, pool.clone())
         .await
-        .context("binding API_ADDR")?;
+        .context("binding API_ADDR or API_METRICS_ADDR")?;
     let addr = app.local_addr()?;
     // Scripts and tests read this line to learn the port when API_ADDR asks for port 0.
     println!("herald-api listening on http://{addr}");
-    tracing::info!(%addr, "api listening");
+    let metrics_addr = app.metrics_addr()?;
+    println!("herald-api metrics on http://{metrics_addr}/metrics");
+    tracing::info!(%addr, %metrics_addr, "api listening");
     app.serve(telemetry::shutdown_signal()).await?;
     pool.close().await;
     tracing::info!("api stopped");

@@ -196,7 +196,13 @@ pub struct Metrics {
     rate_sends: Family<WindowCategory, Gauge>,
     paused: Family<CategoryLabel, Gauge>,
     compliance: crate::compliance::Settings,
+    /// When the database-backed gauges were last read; the lock keeps one refresh in flight.
+    refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long database-backed gauges are reused: scrapes in between cost no query, so scraping
+/// (however often, by however many scrapers) cannot exhaust the pool.
+pub const GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -219,6 +225,7 @@ impl Default for Metrics {
             rate_sends: Family::default(),
             paused: Family::default(),
             compliance: crate::compliance::Settings::default(),
+            refreshed: tokio::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         registry.register(
@@ -327,7 +334,14 @@ impl Metrics {
 
     /// Reads the database-backed gauges, then renders everything in `format`.
     pub async fn render_as(&self, pool: &PgPool, format: Format) -> Result<String, sqlx::Error> {
-        self.refresh(pool).await?;
+        {
+            // Scrapers that arrive during a refresh wait for it and reuse its figures.
+            let mut last = self.refreshed.lock().await;
+            if !last.is_some_and(|t| t.elapsed() < GAUGE_REFRESH) {
+                self.refresh(pool).await?;
+                *last = Some(std::time::Instant::now());
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;

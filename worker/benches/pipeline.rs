@@ -337,6 +337,7 @@ async fn main() {
         let api_config = herald_api::ApiConfig::from_source(&[
             ("API_TOKEN", TOKEN),
             ("API_ADDR", "127.0.0.1:0"),
+            ("API_METRICS_ADDR", "127.0.0.1:0"),
             ("FRONTEND_URL", "https://app.example.com"),
             ("EMAIL_FROM", "noreply@herald.test"),
             ("DATABASE_URL", url.as_str()),

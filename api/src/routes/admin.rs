@@ -1,44 +1,199 @@
 //! A small queue dashboard at `/admin`: queues by state, failures with a retry button, recent jobs.
-//! Behind the API token: `Authorization: Bearer …`, or a cookie set by `/admin/login?token=…`.
+//! Behind an admin-scope API token: `Authorization: Bearer …`, or a session from the POST login
+//! form (an HMAC-signed cookie; state-changing forms carry a CSRF token and must come from this
+//! origin). Every page sends a strict CSP, `X-Frame-Options: DENY` and `Cache-Control: no-store`.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use herald_shared::jobs::{self, JobStatus};
-use herald_shared::tokens::sha256_hex;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use crate::AppState;
 
-const COOKIE: &str = "herald_admin";
+/// `__Host-`: only over https (browsers treat http://localhost as secure too), path `/`, no
+/// `Domain`, so no sibling host can set or read it.
+const COOKIE: &str = "__Host-herald_admin";
 
-/// The cookie holds a value derived from the token, never the token itself.
-fn session_value(state: &AppState) -> String {
-    sha256_hex(&format!(
-        "herald-admin-session:{}",
-        state.config.token.expose()
-    ))
+/// The dashboard's stylesheet; its hash is the only style the page's CSP allows.
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f4f4f4}";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-fn authorised(state: &AppState, headers: &HeaderMap) -> bool {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(state.config.token.expose().as_bytes())));
-    let cookie = headers
+fn mac_hex(state: &AppState, message: &str) -> String {
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        state.config.admin_session_secret.expose().as_bytes(),
+    );
+    ring::hmac::sign(&key, message.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A session cookie's value: `v1.<issued>.<expires>.<token fingerprint>.<HMAC of the rest>`.
+/// It names the token it came from (by fingerprint, never the token), so removing that token
+/// from `API_TOKEN`/`API_TOKENS` ends the session.
+fn issue_session(state: &AppState, fingerprint: &str) -> (String, u64) {
+    let issued = now_secs();
+    let ttl = state.config.admin_session_ttl.as_secs();
+    let body = format!("v1.{issued}.{}.{fingerprint}", issued + ttl);
+    let mac = mac_hex(state, &body);
+    (format!("{body}.{mac}"), ttl)
+}
+
+/// Whether a session cookie's value is genuine, unexpired and its token still configured.
+fn valid_session(state: &AppState, value: &str) -> bool {
+    let Some((body, mac)) = value.rsplit_once('.') else {
+        return false;
+    };
+    let parts: Vec<&str> = body.split('.').collect();
+    let [version, issued, expires, fingerprint] = parts.as_slice() else {
+        return false;
+    };
+    let (Ok(issued), Ok(expires)) = (issued.parse::<u64>(), expires.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(mac) = (0..mac.len())
+        .step_by(2)
+        .map(|i| {
+            mac.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(())
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        state.config.admin_session_secret.expose().as_bytes(),
+    );
+    let now = now_secs();
+    *version == "v1"
+        && ring::hmac::verify(&key, body.as_bytes(), &mac).is_ok()
+        && issued <= now + 60
+        && now < expires
+        && expires - issued <= state.config.admin_session_ttl.as_secs()
+        && state.config.tokens.has_admin_fingerprint(fingerprint)
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| {
+        .find_map(|c| {
             c.trim()
                 .strip_prefix(&format!("{COOKIE}="))
                 .map(str::to_owned)
         })
-        .any(|v| bool::from(v.as_bytes().ct_eq(session_value(state).as_bytes())));
-    bearer || cookie
+}
+
+/// How a dashboard request is authenticated.
+enum Access {
+    /// `Authorization: Bearer` with an admin token: no cookie, so no CSRF check.
+    Bearer,
+    /// The session cookie (its value, which the CSRF token is derived from).
+    Session(String),
+}
+
+fn access(state: &AppState, headers: &HeaderMap) -> Option<Access> {
+    if crate::auth::bearer(headers).and_then(|t| state.config.tokens.scope_of(t))
+        == Some(crate::auth::Scope::Admin)
+    {
+        return Some(Access::Bearer);
+    }
+    session_cookie(headers)
+        .filter(|v| valid_session(state, v))
+        .map(Access::Session)
+}
+
+/// The CSRF token of a session: forms carry it, state-changing requests must send it back.
+fn csrf_token(state: &AppState, session: &str) -> String {
+    mac_hex(state, &format!("csrf.{session}"))
+}
+
+/// A state-changing request from a browser must come from this origin: `Origin` (or, without it,
+/// `Referer`) names the host the request was sent to. Requests with neither are refused.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let origin = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    origin.is_some_and(|o| {
+        let rest = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"))
+            .unwrap_or("");
+        let o_host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        o_host.eq_ignore_ascii_case(host)
+    })
+}
+
+/// The headers every dashboard page carries: a CSP that allows the page's own hashed stylesheet
+/// and nothing else (no script at all), no framing, no caching.
+fn page_headers() -> [(header::HeaderName, HeaderValue); 5] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, STYLE.as_bytes());
+    let csp = format!(
+        "default-src 'none'; style-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        base64_std(digest.as_ref())
+    );
+    [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static("default-src 'none'")),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ),
+    ]
+}
+
+/// Standard base64 with padding (for the CSP hash).
+fn base64_std(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, html: String) -> Response {
+    (status, page_headers(), Html(html)).into_response()
 }
 
 fn escape(s: &str) -> String {
@@ -49,49 +204,91 @@ fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// `?token=`.
+fn login_form(message: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Herald: sign in</title>\
+         <style>{STYLE}</style></head><body><h1>Herald</h1>{message}\
+         <form method=\"post\" action=\"/admin/login\"><label>API token (admin scope) \
+         <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required></label> \
+         <button type=\"submit\">Sign in</button></form></body></html>"
+    )
+}
+
+/// The login form.
+pub async fn login_page() -> Response {
+    page(StatusCode::OK, login_form(""))
+}
+
+/// The login form's fields.
 #[derive(Debug, Deserialize)]
 pub struct Login {
-    /// The API token.
+    /// An API token with the admin scope.
     pub token: String,
 }
 
-/// Exchanges the API token for a session cookie, then shows the dashboard.
-pub async fn login(State(state): State<AppState>, Query(q): Query<Login>) -> Response {
-    if !bool::from(
-        q.token
-            .as_bytes()
-            .ct_eq(state.config.token.expose().as_bytes()),
-    ) {
-        return (StatusCode::UNAUTHORIZED, Html("<p>Wrong token.</p>")).into_response();
+/// Exchanges an admin token (POSTed, never in a URL) for a session cookie.
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<Login>,
+) -> Response {
+    if !same_origin(&headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            login_form("<p>Sign in from this page.</p>"),
+        );
     }
-    let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/admin",
-        session_value(&state)
-    );
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/admin")).into_response()
+    let Some(fingerprint) = state.config.tokens.admin_fingerprint(form.token.trim()) else {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            login_form("<p>Wrong token, or not an admin token.</p>"),
+        );
+    };
+    let (value, ttl) = issue_session(&state, &fingerprint);
+    let cookie =
+        format!("{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={ttl}");
+    (
+        [(header::SET_COOKIE, cookie)],
+        page_headers(),
+        Redirect::to("/admin"),
+    )
+        .into_response()
+}
+
+/// Ends the session (the cookie is cleared; a copy of it stays valid until it expires).
+pub async fn logout(headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let cookie = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/admin/login")).into_response()
 }
 
 /// The dashboard page.
-pub async fn page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorised(&state, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html("<!doctype html><title>Herald</title><p>Open <code>/admin/login?token=API_TOKEN</code> first.</p>"),
-        )
-            .into_response();
-    }
-    match render(&state).await {
-        Ok(html) => Html(html).into_response(),
+pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let csrf = match access(&state, &headers) {
+        None => return Redirect::to("/admin/login").into_response(),
+        Some(Access::Bearer) => String::new(),
+        Some(Access::Session(session)) => csrf_token(&state, &session),
+    };
+    match render(&state, &csrf).await {
+        Ok(html) => page(StatusCode::OK, html),
         Err(err) => {
             tracing::error!(error = %err, "dashboard query failed");
-            (
+            page(
                 StatusCode::SERVICE_UNAVAILABLE,
-                Html("<p>The database did not answer.</p>"),
+                "<p>The database did not answer.</p>".to_owned(),
             )
-                .into_response()
         }
     }
+}
+
+/// A dashboard action's form: the session's CSRF token.
+#[derive(Debug, Default, Deserialize)]
+pub struct Action {
+    /// See [`csrf_token`].
+    #[serde(default)]
+    pub csrf: String,
 }
 
 /// Retries a failed job from the dashboard.
@@ -99,9 +296,22 @@ pub async fn retry(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    form: Result<Form<Action>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if !authorised(&state, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
+    match access(&state, &headers) {
+        None => return StatusCode::UNAUTHORIZED.into_response(),
+        Some(Access::Bearer) => {}
+        Some(Access::Session(session)) => {
+            let sent = form.map(|Form(a)| a.csrf).unwrap_or_default();
+            let expected = csrf_token(&state, &session);
+            let csrf_ok = bool::from(subtle::ConstantTimeEq::ct_eq(
+                sent.as_bytes(),
+                expected.as_bytes(),
+            ));
+            if !(csrf_ok && same_origin(&headers)) {
+                return StatusCode::FORBIDDEN.into_response();
+            }
+        }
     }
     let Ok(id) = id.parse::<ulid::Ulid>().map(|u| u.to_string()) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -130,7 +340,7 @@ pub async fn retry(
     }
 }
 
-async fn render(state: &AppState) -> Result<String, herald_shared::jobs::JobError> {
+async fn render(state: &AppState, csrf: &str) -> Result<String, herald_shared::jobs::JobError> {
     let counts = jobs::count_by_state(&state.pool).await?;
     let states = ["queued", "running", "succeeded", "failed", "cancelled"];
     let mut queues: Vec<(String, [i64; 5])> = Vec::new();
@@ -161,9 +371,11 @@ async fn render(state: &AppState) -> Result<String, herald_shared::jobs::JobErro
     let recent = jobs::recent(&state.pool, 50).await?;
 
     let mut html = String::from(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Herald queues</title>\
-         <style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
-         td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f4f4f4}</style></head><body>\
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Herald queues</title>",
+    );
+    html.push_str(&format!("<style>{STYLE}</style></head><body>"));
+    html.push_str(
+        "<form method=\"post\" action=\"/admin/logout\"><button>Sign out</button></form>\
          <h1>Herald queues</h1><table id=\"queues\"><tr><th>queue</th>",
     );
     for s in states {
@@ -193,8 +405,9 @@ async fn render(state: &AppState) -> Result<String, herald_shared::jobs::JobErro
             })
             .unwrap_or_default();
         html.push_str(&format!(
-            "<tr><td>{id}</td><td>{q}</td><td>{a}</td><td>{e}</td><td><form method=\"post\" action=\"/admin/jobs/{id}/retry\"><button>retry</button></form></td></tr>",
+            "<tr><td>{id}</td><td>{q}</td><td>{a}</td><td>{e}</td><td><form method=\"post\" action=\"/admin/jobs/{id}/retry\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>retry</button></form></td></tr>",
             id = escape(&j.id),
+            csrf = escape(csrf),
             q = escape(&j.queue),
             a = j.attempts,
             e = escape(&error)

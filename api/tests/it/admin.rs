@@ -1,63 +1,172 @@
-//! The queue dashboard, loaded in headless Chromium as a person would see it.
+//! The queue dashboard in a real browser (headless Chromium driven through ChromeDriver's
+//! WebDriver protocol): sign in with the POST form, read the page, press a retry button.
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::api::{TOKEN, TestApp};
 
-fn chromium() -> String {
-    let path = std::env::var("HERALD_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+fn tool(var: &str, default: &str, package: &str) -> String {
+    let path = std::env::var(var).unwrap_or_else(|_| default.into());
     assert!(
         std::path::Path::new(&path).exists(),
-        "headless Chromium is needed at {path}: scripts/test.sh installs it (apt-get install chromium)"
+        "{path} is needed: scripts/test.sh installs it (apt-get install {package})"
     );
     path
 }
 
-/// The page's DOM after Chromium loaded it (and ran its redirects). Runs off the async runtime,
-/// which must keep serving the page meanwhile.
-async fn dump_dom(url: &str) -> String {
-    let url = url.to_owned();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || dump_dom_blocking(&url)),
-    )
-    .await
-    .expect("chromium finished within 60 s")
-    .expect("chromium task")
+/// A ChromeDriver process and one headless Chromium session, closed on drop.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
 }
 
-fn dump_dom_blocking(url: &str) -> String {
-    let profile = tempfile::tempdir().expect("profile dir");
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--timeout=30000",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--dump-dom",
-            url,
-        ])
-        .output()
-        .expect("chromium runs");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    async fn start() -> Self {
+        let chromium = tool("HERALD_CHROMIUM", "/usr/bin/chromium", "chromium");
+        let chromedriver = tool(
+            "HERALD_CHROMEDRIVER",
+            "/usr/bin/chromedriver",
+            "chromium-driver",
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let mut ready = false;
+        for _ in 0..100 {
+            if let Ok(res) = http.get(format!("{base}/status")).send().await
+                && res.status().is_success()
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "chromedriver did not answer on {base}");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {"binary": chromium, "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]}
+            }}}))
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("json");
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_owned();
+        Self {
+            driver,
+            base,
+            session,
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn command(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let req = match method {
+            "GET" => self.http.get(url),
+            _ => self.http.post(url).json(&body),
+        };
+        let answer: Value = req
+            .send()
+            .await
+            .expect("webdriver")
+            .json()
+            .await
+            .expect("json");
+        assert!(
+            answer["value"].get("error").is_none(),
+            "{method} {path}: {answer}"
+        );
+        answer["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.command("POST", "/url", json!({ "url": url })).await;
+    }
+
+    async fn source(&self) -> String {
+        self.command("GET", "/source", Value::Null)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let found = self
+            .command(
+                "POST",
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found[ELEMENT].as_str().expect("element id").to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.find(css).await;
+        self.command("POST", &format!("/element/{id}/click"), json!({}))
+            .await;
+    }
+
+    async fn current_url(&self) -> String {
+        self.command("GET", "/url", Value::Null)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
-async fn the_dashboard_shows_the_queues_and_failures_in_headless_chromium(pool: PgPool) {
+async fn the_dashboard_signs_in_shows_the_queues_and_retries_in_a_real_browser(pool: PgPool) {
     let app = TestApp::spawn(pool, true).await;
     let (_, queued) = app
         .post(
@@ -81,11 +190,18 @@ async fn the_dashboard_shows_the_queues_and_failures_in_headless_chromium(pool: 
     .await
     .expect("fail a job");
 
-    // Without the token there is nothing to see.
-    let denied = dump_dom(&format!("{}/admin", app.url)).await;
-    assert!(!denied.contains("data-queue"), "{denied}");
+    let browser = Browser::start().await;
+    // Without a session the dashboard sends the browser to the sign-in form.
+    browser.goto(&format!("{}/admin", app.url)).await;
+    assert!(browser.current_url().await.ends_with("/admin/login"));
+    let form = browser.source().await;
+    assert!(!form.contains("data-queue"), "{form}");
 
-    let dom = dump_dom(&format!("{}/admin/login?token={TOKEN}", app.url)).await;
+    browser.type_into("input[name=token]", TOKEN).await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.current_url().await.ends_with("/admin"));
+    let dom = browser.source().await;
+    assert!(!browser.current_url().await.contains(TOKEN));
     assert!(dom.contains("<h1>Herald queues</h1>"), "{dom}");
     assert!(dom.contains(r#"data-queue="herald.email""#), "{dom}");
     assert!(dom.contains(r#"data-queue="herald.maintenance""#), "{dom}");
@@ -102,42 +218,20 @@ async fn the_dashboard_shows_the_queues_and_failures_in_headless_chromium(pool: 
         "recent jobs are listed"
     );
 
-    // The retry button works with the session cookie.
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let login = client
-        .get(format!("{}/admin/login?token={TOKEN}", app.url))
-        .send()
-        .await
-        .expect("login");
-    let cookie = login
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .expect("cookie")
-        .to_owned();
-    assert!(
-        !cookie.contains(TOKEN),
-        "the cookie does not carry the token"
-    );
-    let session = cookie.split(';').next().expect("pair").to_owned();
-    let res = client
-        .post(format!("{}/admin/jobs/{broken}/retry", app.url))
-        .header("cookie", session)
-        .send()
-        .await
-        .expect("retry");
-    assert_eq!(res.status(), 303);
+    // The retry button posts its CSRF token from this origin, as a browser does.
+    browser
+        .click(&format!(
+            "form[action=\"/admin/jobs/{broken}/retry\"] button"
+        ))
+        .await;
     let (_, job) = app
         .send("GET", &format!("/v1/jobs/{broken}"), None, &[])
         .await;
     assert_eq!(job["status"], "queued");
-    let res = client
-        .post(format!("{}/admin/jobs/{broken}/retry", app.url))
-        .send()
-        .await
-        .expect("retry");
-    assert_eq!(res.status(), 401, "no cookie, no retry");
+    assert!(browser.current_url().await.ends_with("/admin"));
+
+    // Signing out clears the cookie: back to the form.
+    browser.click("form[action=\"/admin/logout\"] button").await;
+    browser.goto(&format!("{}/admin", app.url)).await;
+    assert!(browser.current_url().await.ends_with("/admin/login"));
 }

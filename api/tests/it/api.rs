@@ -7,35 +7,54 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 pub const TOKEN: &str = "api-test-token-0123456789abcdef0123";
+/// A token with the `send` scope only.
+pub const SEND_TOKEN: &str = "api-test-send-only-0123456789abcdef";
 
 pub struct TestApp {
     pub url: String,
+    /// Where `/metrics` is served (`API_METRICS_ADDR`), apart from `url`.
+    pub metrics_url: String,
     pub http: reqwest::Client,
     pub pool: PgPool,
 }
 
 impl TestApp {
     pub async fn spawn(pool: PgPool, with_queue_schema: bool) -> Self {
+        Self::spawn_with(pool, with_queue_schema, &[]).await
+    }
+
+    /// [`TestApp::spawn`] with more (or overriding) variables.
+    pub async fn spawn_with(pool: PgPool, with_queue_schema: bool, extra: &[(&str, &str)]) -> Self {
         if with_queue_schema {
             apalis_postgres::PostgresStorage::setup(&pool)
                 .await
                 .expect("apalis schema");
         }
-        let config = ApiConfig::from_source(&[
+        let send_tokens = format!("send:{SEND_TOKEN}");
+        let mut env: std::collections::HashMap<String, String> = [
             ("API_TOKEN", TOKEN),
+            ("API_TOKENS", send_tokens.as_str()),
             ("API_ADDR", "127.0.0.1:0"),
+            ("API_METRICS_ADDR", "127.0.0.1:0"),
             ("FRONTEND_URL", "https://app.example.com"),
             ("EMAIL_FROM", "noreply@herald.test"),
             ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
-        ])
-        .expect("config");
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        env.retain(|_, v| !v.is_empty());
+        let config = ApiConfig::from_source(&env).expect("config");
         let app = Application::build(config, pool.clone())
             .await
             .expect("bind");
         let url = format!("http://{}", app.local_addr().expect("addr"));
+        let metrics_url = format!("http://{}/metrics", app.metrics_addr().expect("addr"));
         tokio::spawn(app.serve(std::future::pending()));
         Self {
             url,
+            metrics_url,
             http: reqwest::Client::new(),
             pool,
         }

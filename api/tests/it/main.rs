@@ -2,3 +2,4 @@
 
 mod admin;
 mod api;
+mod hardening;

@@ -9,6 +9,7 @@ mod jobs;
 mod layering;
 mod ledger;
 mod maintenance;
+mod metrics_cache;
 mod migrations;
 mod real_clients;
 mod scripts;

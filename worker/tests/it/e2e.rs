@@ -59,6 +59,8 @@ pub struct Stack {
     db_url: String,
     db_name: String,
     pub api_url: String,
+    /// The API's `/metrics` (`API_METRICS_ADDR`).
+    pub api_metrics_url: String,
     api: Child,
     pub workers: Vec<Child>,
     logs: tempfile::TempDir,
@@ -94,6 +96,7 @@ impl Stack {
             db_url,
             db_name,
             api_url: String::new(),
+            api_metrics_url: String::new(),
             api: Command::new("true").spawn().expect("placeholder"),
             workers: Vec::new(),
             logs,
@@ -111,6 +114,7 @@ impl Stack {
         cmd.env("DATABASE_URL", &self.db_url)
             .env("API_TOKEN", TOKEN)
             .env("API_ADDR", "127.0.0.1:0")
+            .env("API_METRICS_ADDR", "127.0.0.1:0")
             // Tests run in parallel: every worker takes a free port for its metrics.
             .env("METRICS_ADDR", "127.0.0.1:0")
             .env("FRONTEND_URL", "https://app.example.com")
@@ -152,6 +156,15 @@ impl Stack {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         reader.read_line(&mut line).expect("api prints its address");
+        let mut metrics_line = String::new();
+        reader
+            .read_line(&mut metrics_line)
+            .expect("api prints its metrics address");
+        self.api_metrics_url = metrics_line
+            .trim()
+            .strip_prefix("herald-api metrics on ")
+            .unwrap_or_else(|| panic!("unexpected second line from herald-api: {metrics_line:?}"))
+            .to_owned();
         // Keep reading: a closed pipe would make the API's later writes to stdout fail.
         let mut rest = std::fs::File::create(self.logs.path().join("api-stdout.log")).expect("log");
         std::thread::spawn(move || std::io::copy(&mut reader, &mut rest));
@@ -1049,7 +1062,7 @@ async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_addr
         0.0
     );
 
-    let api = reqwest::get(format!("{}/metrics", stack.api_url))
+    let api = reqwest::get(&stack.api_metrics_url)
         .await
         .expect("scrape")
         .text()
@@ -1064,7 +1077,7 @@ async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_addr
     );
     promtool_accepts(&worker, "worker");
     promtool_accepts(&api, "api");
-    for url in [url.clone(), format!("{}/metrics", stack.api_url)] {
+    for url in [url.clone(), stack.api_metrics_url.clone()] {
         assert_openmetrics_when_asked(&url).await;
     }
 

@@ -1,0 +1,452 @@
+//! The hardened edges: token scopes, the dashboard session (POST login, signed cookie, CSRF,
+//! headers), `/metrics` only on its own listener, `/ready` without details.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::api::{SEND_TOKEN, TOKEN, TestApp};
+
+async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .request(
+            method.parse().expect("method"),
+            format!("{}{path}", app.url),
+        )
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_send_token_sends_and_follows_but_gets_403_elsewhere(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/v1/emails",
+        SEND_TOKEN,
+        Some(json!({"to": "scoped@example.com", "subject": "s", "text": "t"})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["job_id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        call(&app, "GET", &format!("/v1/jobs/{id}"), SEND_TOKEN, None)
+            .await
+            .0,
+        200
+    );
+    for (method, path) in [
+        ("GET", "/v1/suppressions".to_owned()),
+        ("POST", format!("/v1/jobs/{id}/cancel")),
+        ("POST", format!("/v1/jobs/{id}/retry")),
+        ("GET", "/v1/schedules".to_owned()),
+        ("GET", "/v1/compliance".to_owned()),
+        ("DELETE", "/v1/suppressions/a%40example.com".to_owned()),
+    ] {
+        let (status, body) = call(&app, method, &path, SEND_TOKEN, None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{method} {path}"
+        );
+    }
+    // The full-access token reaches them; the job was not cancelled by the refused call.
+    assert_eq!(
+        call(&app, "GET", "/v1/suppressions", TOKEN, None).await.0,
+        200
+    );
+    let (_, job) = call(&app, "GET", &format!("/v1/jobs/{id}"), TOKEN, None).await;
+    assert_eq!(job["status"], "queued");
+    // Unknown tokens and near misses are 401, whatever their length.
+    for bad in [
+        "",
+        "x",
+        &TOKEN[..TOKEN.len() - 1],
+        &format!("{TOKEN}x"),
+        &format!("send:{SEND_TOKEN}"),
+    ] {
+        let (status, body) = call(&app, "GET", "/v1/suppressions", bad, None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{bad:?}"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_bearer_scheme_is_matched_case_insensitively(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let res = app
+            .http
+            .get(format!("{}/v1/suppressions", app.url))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status(), 200, "{scheme}");
+    }
+    let basic = app
+        .http
+        .get(format!("{}/v1/suppressions", app.url))
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(basic.status(), 401);
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn metrics_are_served_only_on_their_own_listener(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let public = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(public.status(), 404, "not on API_ADDR");
+    let internal = app
+        .http
+        .get(&app.metrics_url)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(internal.status(), 200);
+    assert!(
+        internal
+            .text()
+            .await
+            .expect("text")
+            .contains("# HELP herald_emails")
+    );
+    let other = app
+        .http
+        .get(app.metrics_url.replace("/metrics", "/v1/suppressions"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        other.status(),
+        404,
+        "the metrics listener serves nothing else"
+    );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn ready_says_not_ready_without_details(pool: PgPool) {
+    // No queue schema: the schema check fails, and the answer names nothing of it.
+    let app = TestApp::spawn(pool, false).await;
+    let res = app
+        .http
+        .get(format!("{}/ready", app.url))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 503);
+    let text = res.text().await.expect("text");
+    let body: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(body["error"]["code"], "not_ready");
+    for leak in [
+        "apalis",
+        "relation",
+        "schema",
+        "role",
+        "migration",
+        "sqlx",
+        "postgres",
+    ] {
+        assert!(!text.to_lowercase().contains(leak), "{leak} in {text}");
+    }
+}
+
+/// A client that keeps no cookies and follows no redirects, so every header can be checked.
+fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+async fn login(app: &TestApp, token: &str, origin: Option<&str>) -> reqwest::Response {
+    let mut req = raw_client()
+        .post(format!("{}/admin/login", app.url))
+        .form(&[("token", token)]);
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    req.send().await.expect("login")
+}
+
+fn session_of(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("set-cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned()
+}
+
+async fn dashboard(app: &TestApp, cookie: &str) -> reqwest::Response {
+    raw_client()
+        .get(format!("{}/admin", app.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("dashboard")
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_dashboard_session_is_a_signed_cookie_from_a_post_login(pool: PgPool) {
+    let secret = "a-dashboard-session-secret-of-32-chars!";
+    let app = TestApp::spawn_with(pool.clone(), true, &[("ADMIN_SESSION_SECRET", secret)]).await;
+    let origin = app.url.clone();
+
+    // The token never travels in a URL: the old GET login sets nothing.
+    let old = raw_client()
+        .get(format!("{}/admin/login?token={TOKEN}", app.url))
+        .send()
+        .await
+        .expect("get");
+    assert!(old.headers().get("set-cookie").is_none());
+    // Without a session: to the login form.
+    let res = dashboard(&app, "").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/admin/login");
+
+    // Wrong token, a send-only token, another origin: no session.
+    assert_eq!(
+        login(&app, "wrong-token-wrong-token-wrong-token", Some(&origin))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(login(&app, SEND_TOKEN, Some(&origin)).await.status(), 401);
+    assert_eq!(
+        login(&app, TOKEN, Some("https://evil.example"))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(login(&app, TOKEN, None).await.status(), 403);
+
+    let ok = login(&app, TOKEN, Some(&origin)).await;
+    assert_eq!(ok.status(), 303);
+    let set = ok.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    for part in [
+        "__Host-herald_admin=",
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=43200",
+    ] {
+        assert!(set.contains(part), "{part} in {set}");
+    }
+    assert!(!set.contains(TOKEN) && !set.contains("Domain"), "{set}");
+    let session = session_of(&ok);
+
+    let page = dashboard(&app, &session).await;
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'")
+            && !csp.contains("unsafe-inline")
+            && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let html = page.text().await.expect("html");
+    assert!(html.contains("<h1>Herald queues</h1>"));
+
+    // Forged, tampered and expired cookies are refused.
+    let value = session.split_once('=').expect("pair").1.to_owned();
+    let parts: Vec<&str> = value.split('.').collect();
+    let longer = format!(
+        "v1.{}.{}.{}.{}",
+        parts[1],
+        parts[2].parse::<u64>().expect("n") + 86_400,
+        parts[3],
+        parts[4]
+    );
+    let expired = {
+        // Signed with the right secret, but over.
+        let body = format!("v1.1000.2000.{}", parts[3]);
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let mac: String = ring::hmac::sign(&key, body.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{body}.{mac}")
+    };
+    for forged in [
+        format!("{}0", value),
+        value.replacen("v1.", "v2.", 1),
+        longer,
+        expired,
+        "v1.1.99999999999.0000000000000000.00".to_owned(),
+        String::new(),
+    ] {
+        let res = dashboard(&app, &format!("__Host-herald_admin={forged}")).await;
+        assert_eq!(res.status(), 303, "{forged}");
+    }
+    // A session from another secret (another deployment) is worthless here.
+    let other = TestApp::spawn_with(
+        pool.clone(),
+        false,
+        &[("ADMIN_SESSION_SECRET", "another-secret-another-secret-0000")],
+    )
+    .await;
+    assert_eq!(dashboard(&other, &session).await.status(), 303);
+    // Removing the token the session came from revokes it, even with the same secret.
+    let rotated = TestApp::spawn_with(
+        pool,
+        false,
+        &[
+            ("ADMIN_SESSION_SECRET", secret),
+            ("API_TOKEN", ""),
+            ("API_TOKENS", "admin:a-brand-new-admin-token-0123456789"),
+        ],
+    )
+    .await;
+    assert_eq!(dashboard(&rotated, &session).await.status(), 303);
+    let same_token = TestApp::spawn_with(
+        rotated.pool.clone(),
+        false,
+        &[("ADMIN_SESSION_SECRET", secret)],
+    )
+    .await;
+    assert_eq!(
+        dashboard(&same_token, &session).await.status(),
+        200,
+        "the same token and secret keep it"
+    );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn dashboard_actions_need_the_csrf_token_and_this_origin(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let (_, body) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "csrf@example.com", "subject": "s", "text": "t"}),
+        )
+        .await;
+    let id = body["job_id"].as_str().expect("id").to_owned();
+    sqlx::query("UPDATE apalis.jobs SET status = 'Failed', attempts = 8, max_attempts = 8, done_at = now() WHERE id = $1")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .expect("fail");
+    let session = session_of(&login(&app, TOKEN, Some(&app.url)).await);
+    let html = dashboard(&app, &session).await.text().await.expect("html");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the retry form carries a CSRF token")
+        .to_owned();
+    let retry = async |form: &[(&str, &str)], origin: Option<&str>| {
+        let mut req = raw_client()
+            .post(format!("{}/admin/jobs/{id}/retry", app.url))
+            .header("cookie", &session)
+            .form(form);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send().await.expect("retry").status().as_u16()
+    };
+    assert_eq!(retry(&[], Some(&app.url)).await, 403, "no CSRF token");
+    assert_eq!(
+        retry(&[("csrf", "0000")], Some(&app.url)).await,
+        403,
+        "a wrong one"
+    );
+    assert_eq!(
+        retry(&[("csrf", &csrf)], Some("https://evil.example")).await,
+        403,
+        "another origin"
+    );
+    assert_eq!(
+        retry(&[("csrf", &csrf)], None).await,
+        403,
+        "no origin at all"
+    );
+    let (_, job) = app.send("GET", &format!("/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!(job["status"], "failed", "nothing changed yet");
+    assert_eq!(retry(&[("csrf", &csrf)], Some(&app.url)).await, 303);
+    let (_, job) = app.send("GET", &format!("/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!(job["status"], "queued");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_request_over_the_timeout_gets_a_json_503_and_the_limit_queues_the_rest(pool: PgPool) {
+    // One request at a time, one second each at most; a lock held here makes a request wait.
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        true,
+        &[
+            ("API_REQUEST_TIMEOUT_SECS", "1"),
+            ("API_MAX_CONCURRENT_REQUESTS", "1"),
+        ],
+    )
+    .await;
+    let mut holder = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE email_suppressions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+    let started = std::time::Instant::now();
+    let (slow, quick) = tokio::join!(call(&app, "GET", "/v1/suppressions", TOKEN, None), async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let res = app
+            .http
+            .get(format!("{}/health", app.url))
+            .send()
+            .await
+            .expect("health");
+        (res.status().as_u16(), started.elapsed())
+    });
+    assert_eq!(
+        (slow.0, slow.1["error"]["code"].as_str()),
+        (503, Some("request_timeout")),
+        "{slow:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The second request waited for the first's place (the limit is 1), then was served.
+    assert_eq!(quick.0, 200);
+    assert!(
+        quick.1 >= std::time::Duration::from_millis(950),
+        "{:?}",
+        quick.1
+    );
+    holder.rollback().await.expect("rollback");
+    assert_eq!(
+        call(&app, "GET", "/v1/suppressions", TOKEN, None).await.0,
+        200
+    );
+}
