@@ -16,9 +16,15 @@ restore   replaces the database with FILE after you type 'yes' (or --yes; withou
 list      lists the backups, newest first
 
 Environment: DATABASE_URL (default: the embedded PostgreSQL 17), BACKUP_DIR (default ./backups),
-BACKUP_KEEP (default 14). Client tools match the server's major version.
+BACKUP_KEEP (default 14). Client tools match the server's major version. Dumps and a folder this
+creates are private to the user running it (umask 077); the URL's password is passed to the tools in
+PGPASSWORD, never in their arguments. Pruning touches only files named exactly
+<db>_<YYYYMMDDTHHMMSSZ>.dump of this database.
 EOT
 }
+
+# Dumps hold every address and token hash: nobody else may read them.
+umask 077
 
 backup_dir="${BACKUP_DIR:-$HERALD_ROOT/backups}"
 keep="${BACKUP_KEEP:-14}"
@@ -28,6 +34,7 @@ keep="${BACKUP_KEEP:-14}"
 do_backup() {
     local prune="${1:-true}" db dump restore stamp file
     db="$(url_db "$DATABASE_URL")"
+    safe_db_name "$db"
     dump="$(pg_tool pg_dump "$DATABASE_URL")"
     restore="$(pg_tool pg_restore "$DATABASE_URL")"
     mkdir -p "$backup_dir"
@@ -49,8 +56,9 @@ do_backup() {
     }
     mv "$file.partial" "$file"
     log "backup written: $file ($(du -h "$file" | cut -f1))"
-    # Timestamps sort as text; keep the newest $keep of this database.
-    $prune && find "$backup_dir" -maxdepth 1 -name "${db}_*.dump" -printf '%f\n' | sort -r |
+    # Timestamps sort as text; keep the newest $keep of this database. Only exact names: database
+    # "herald" must not count (or delete) "herald_test_<stamp>.dump" of database "herald_test".
+    $prune && own_backups "$db" | sort -r |
         tail -n +"$((keep + 1))" | while read -r old; do
             rm -f -- "$backup_dir/$old"
             log "removed old backup $old (BACKUP_KEEP=$keep)"
@@ -58,11 +66,24 @@ do_backup() {
     echo "$file"
 }
 
+# own_backups DB: the file names in the backup folder that are exactly DB_<UTC timestamp>.dump.
+own_backups() {
+    local db="$1" name stamp
+    find "$backup_dir" -maxdepth 1 -type f -name "${db}_*.dump" -printf '%f\n' | while read -r name; do
+        stamp="${name#"${db}_"}"
+        stamp="${stamp%.dump}"
+        if [[ "$stamp" =~ ^[0-9]{8}T[0-9]{6}Z$ ]]; then
+            echo "$name"
+        fi
+    done
+}
+
 do_restore() {
     local file="$1" yes="$2" db restore psql_bin
     [ -f "$file" ] || die "no such backup file: $file"
     db="$(url_db "$DATABASE_URL")"
-    [ -n "$db" ] && [ "$db" != postgres ] || die "refusing to restore over the maintenance database"
+    safe_db_name "$db"
+    [ "$db" != postgres ] || die "refusing to restore over the maintenance database"
     restore="$(pg_tool pg_restore "$DATABASE_URL")"
     "$restore" --list "$file" >/dev/null || die "$file is not a readable pg_dump custom-format file"
     if ! $yes; then
@@ -102,6 +123,7 @@ case "$command" in
     backup)
         [ $# -eq 1 ] || die "backup takes no arguments"
         use_database
+        hide_password
         do_backup
         ;;
     restore)
@@ -116,6 +138,7 @@ case "$command" in
         done
         [ -n "$file" ] || { usage >&2; die "restore needs a FILE"; }
         use_database
+        hide_password
         do_restore "$file" "$yes"
         ;;
     list) do_list ;;

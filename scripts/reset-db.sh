@@ -5,22 +5,28 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 usage() {
     cat <<'EOT'
-Usage: scripts/reset-db.sh [--yes]
+Usage: scripts/reset-db.sh [--yes] [--allow-remote]
 
 Drops the database named by DATABASE_URL (or the embedded PostgreSQL 17's), recreates it and applies
 every migration. All data in it is lost. Refuses when APP_ENV=production. Asks for confirmation on a
 terminal; without a terminal it refuses unless --yes is given.
 
+A database on another host is refused unless --allow-remote is given (a development reset should
+never reach a shared server by a stray DATABASE_URL).
+
 Options:
-  --yes      do not ask
+  --yes           do not ask
+  --allow-remote  allow a DATABASE_URL whose host is not this machine
   -h, --help this text
 EOT
 }
 
 yes=false
+remote=false
 for arg in "$@"; do
     case "$arg" in
         --yes | -y) yes=true ;;
+        --allow-remote) remote=true ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $arg" ;;
     esac
@@ -31,6 +37,10 @@ if [ "${APP_ENV:-}" = production ]; then
 fi
 
 use_database
+if ! url_is_local "$DATABASE_URL" && ! $remote; then
+    die "refusing to reset a database on another host ($(url_host "$DATABASE_URL")): pass --allow-remote if you mean it"
+fi
+hide_password
 db="$(url_db "$DATABASE_URL")"
 [ -n "$db" ] && [ "$db" != postgres ] || die "refusing to drop the maintenance database '${db:-postgres}'"
 

@@ -76,6 +76,46 @@ if p.password:
 print(u.urlunsplit(p))' "$1"
 }
 
+# url_host URL: the host of a postgres:// URL (empty for a Unix socket; ?host= counts too).
+url_host() {
+    python3 -c '
+import sys, urllib.parse as u
+p = u.urlsplit(sys.argv[1])
+q = dict(u.parse_qsl(p.query))
+print(q.get("host", p.hostname or ""))' "$1"
+}
+
+# url_is_local URL: true when the URL names this machine (loopback or a Unix socket).
+url_is_local() {
+    case "$(url_host "$1")" in
+        "" | /* | localhost | 127.* | ::1 | "[::1]") return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# hide_password: moves DATABASE_URL's password into PGPASSWORD (read by libpq from the
+# environment), so it never appears in a process's arguments (ps, /proc/*/cmdline).
+hide_password() {
+    local pw
+    pw="$(python3 -c 'import sys, urllib.parse as u; print(u.unquote(u.urlsplit(sys.argv[1]).password or ""))' "$DATABASE_URL")"
+    if [ -n "$pw" ]; then
+        export PGPASSWORD="$pw"
+        DATABASE_URL="$(python3 -c '
+import sys, urllib.parse as u
+p = u.urlsplit(sys.argv[1])
+user = p.username or ""
+host = p.netloc.rsplit("@", 1)[-1]
+print(u.urlunsplit(p._replace(netloc=(user + "@" if user else "") + host)))' "$DATABASE_URL")"
+        export DATABASE_URL
+    fi
+}
+
+# safe_db_name NAME: refuses a database name that could leave the backup folder or break a glob.
+safe_db_name() {
+    [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] && [[ "$1" != *..* ]] ||
+        die "refusing database name '$1': use letters, digits, '_', '-' and single dots (no '/', no '..')"
+}
+
 # ensure_database URL: creates the database URL names if it does not exist yet.
 ensure_database() {
     printf '%s\n' "SELECT format('CREATE DATABASE %I', :'db') WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \\gexec" |

@@ -527,3 +527,111 @@ async fn the_app_role_reads_and_writes_data_but_cannot_change_the_schema() {
     drop(app);
     db.drop_db_and_role(&role).await;
 }
+
+#[tokio::test]
+async fn pruning_touches_only_this_database_s_own_dumps_and_backups_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = ScriptDb::new();
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("backups");
+    let env = [
+        ("BACKUP_DIR", dir.to_str().expect("utf-8 path")),
+        ("BACKUP_KEEP", "1"),
+    ];
+    assert_ok(&db.run("setup-db.sh", &[], &[]));
+    std::fs::create_dir(&dir).expect("dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // Another database whose name starts with ours, and names that only look like ours: with the
+    // old glob the first sorted as "newest" and the dump just written was deleted.
+    let strangers = [
+        format!("{}_test_20991231T235959Z.dump", db.name),
+        format!("{}_20991231T235959Z.dump.bak", db.name),
+        format!("{}_not-a-stamp.dump", db.name),
+    ];
+    for s in &strangers {
+        std::fs::write(dir.join(s), b"not ours").expect("write");
+    }
+    let path_of = |out: &Output| {
+        assert_ok(out);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let first = path_of(&db.run("backup-db.sh", &["backup"], &env));
+    let second = path_of(&db.run("backup-db.sh", &["backup"], &env));
+    assert!(Path::new(&second).exists(), "the newest dump is kept");
+    assert!(
+        !Path::new(&first).exists(),
+        "the older one of ours is pruned"
+    );
+    for s in &strangers {
+        assert!(dir.join(s).exists(), "{s} is not ours and stays");
+    }
+    let mode = std::fs::metadata(&second)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "dumps are private");
+    // A folder the script creates is private too.
+    let fresh = parent.path().join("fresh");
+    let out = db.run(
+        "backup-db.sh",
+        &["backup"],
+        &[("BACKUP_DIR", fresh.to_str().expect("utf-8"))],
+    );
+    assert_ok(&out);
+    let mode = std::fs::metadata(&fresh)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the backup folder is private");
+    db.drop_db().await;
+}
+
+#[test]
+fn the_password_leaves_the_url_for_pgpassword_and_bad_names_and_remote_resets_are_refused() {
+    let script = repo_root().join("scripts/lib/common.sh");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}'; DATABASE_URL='postgres://herald:s%40cret@db.example:5432/herald?sslmode=verify-full'; hide_password; echo \"$DATABASE_URL|$PGPASSWORD\"",
+            script.display()
+        ))
+        .output()
+        .expect("bash");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "postgres://herald@db.example:5432/herald?sslmode=verify-full|s@cret"
+    );
+    let db = ScriptDb::new();
+    for (name, bad) in [("slash", "a%2Fb"), ("dots", "..x"), ("glob", "a*")] {
+        let url = format!("{}/{bad}", db.url.rsplit_once('/').expect("url").0);
+        let mut cmd = Command::new(repo_root().join("scripts/backup-db.sh"));
+        let out = cmd
+            .arg("backup")
+            .env("DATABASE_URL", &url)
+            .env("BACKUP_DIR", std::env::temp_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("script");
+        assert!(!out.status.success(), "{name}: {}", text(&out));
+        assert!(
+            text(&out).contains("refusing database name"),
+            "{name}: {}",
+            text(&out)
+        );
+    }
+    let remote = Command::new(repo_root().join("scripts/reset-db.sh"))
+        .arg("--yes")
+        .env("DATABASE_URL", "postgres://u@10.255.255.1:5432/herald")
+        .env_remove("APP_ENV")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    assert!(!remote.status.success());
+    assert!(
+        text(&remote).contains("--allow-remote"),
+        "{}",
+        text(&remote)
+    );
+}
