@@ -39,11 +39,36 @@ check("pg_uuidv7" in pg_dockerfile and re.search(r"FROM postgres:17[.\d]*-", pg_
 migrate = services.get("migrate", {})
 check(migrate.get("depends_on", {}).get("db", {}).get("condition") == "service_healthy", "migrate waits for a healthy db")
 check("herald-migrate run" in json.dumps(migrate.get("entrypoint", "")), "migrate runs herald-migrate run")
+secret_files = {k: v.get("file", "") for k, v in compose.get("secrets", {}).items()}
 for name in ("api", "worker"):
     svc = services.get(name, {})
     cond = svc.get("depends_on", {}).get("migrate", {}).get("condition")
     check(cond == "service_completed_successfully", f"{name} starts after a successful migration")
-    check("herald_app" in svc.get("environment", {}).get("DATABASE_URL", ""), f"{name} connects as the data-only role")
+    env = svc.get("environment", {})
+    check(env.get("DATABASE_URL_FILE") == "/run/secrets/database_url" and "database_url" in svc.get("secrets", []),
+          f"{name} reads its database URL (the data-only role's) from a compose secret")
+    check(not any(re.search(r"PASSWORD|TOKEN|SECRET", k) and not k.endswith("_FILE") and v and "${" not in str(v)
+                  for k, v in env.items()), f"{name} has no secret inline in its environment")
+api = services.get("api", {})
+check(api.get("environment", {}).get("API_TOKEN_FILE") == "/run/secrets/api_token", "the API token is a compose secret")
+check(all(str(p).startswith("${HERALD_API_PUBLISH:-127.0.0.1:") or str(p).startswith("127.0.0.1:") for p in api.get("ports", [])),
+      "the API is published on 127.0.0.1 by default")
+check(all(f.startswith("./secrets/") for f in secret_files.values()) and
+      {"postgres_password", "app_db_password", "owner_database_url", "database_url", "api_token"} <= set(secret_files),
+      "secrets are files under ./secrets")
+check(db.get("environment", {}).get("POSTGRES_PASSWORD_FILE") == "/run/secrets/postgres_password", "the database password is a secret file")
+backup = services.get("backup", {})
+check("BACKUP_CRON" in backup.get("environment", {}) and any(v.startswith("backups:") for v in backup.get("volumes", [])),
+      "a backup service runs on BACKUP_CRON into a volume")
+check((ROOT / "docker/backup/Dockerfile").exists() and "backup-db.sh" in (ROOT / "docker/backup/Dockerfile").read_text(),
+      "the backup image runs scripts/backup-db.sh")
+ignore = (ROOT / ".dockerignore").read_text().split() if (ROOT / ".dockerignore").exists() else []
+check({"target/", ".local/", "backups/", "secrets/", ".env"} <= set(ignore), ".dockerignore keeps target, .local, backups, secrets and .env out")
+# Every variable compose reads from the environment is documented.
+documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", (ROOT / "docker-compose.yml").read_text()))
+check(read <= documented, "every variable docker-compose.yml reads is in .env.example" +
+      (f" (missing: {', '.join(sorted(read - documented))})" if read - documented else ""))
 check(services.get("emulator", {}).get("profiles") == ["local"], "the emulator is under the local profile")
 
 dockerfile = (ROOT / "docker/Dockerfile").read_text()

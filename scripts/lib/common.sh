@@ -163,6 +163,12 @@ pg_tool() {
 
 # Sets DATABASE_URL to the embedded PostgreSQL 17 (starting it) unless it is already set.
 use_database() {
+    # A secret file (docker compose mounts them under /run/secrets), as the binaries accept too.
+    if [ -z "${DATABASE_URL:-}" ] && [ -n "${DATABASE_URL_FILE:-}" ]; then
+        [ -r "$DATABASE_URL_FILE" ] || die "DATABASE_URL_FILE: cannot read $DATABASE_URL_FILE"
+        DATABASE_URL="$(tr -d '\r\n' <"$DATABASE_URL_FILE")"
+        export DATABASE_URL
+    fi
     if [ -z "${DATABASE_URL:-}" ]; then
         "$HERALD_ROOT/scripts/pg-embedded.sh" start >&2
         export DATABASE_URL="$PG_EMBEDDED_URL"

@@ -37,8 +37,22 @@ pub trait Env {
 pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
+    /// `NAME`, else the contents of the file `NAME_FILE` names (Docker and compose secrets are
+    /// files under /run/secrets), without its trailing newline.
     fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+        let set = |v: &String| !v.trim().is_empty();
+        if let Some(v) = std::env::var(name).ok().filter(set) {
+            return Some(v);
+        }
+        let path = std::env::var(format!("{name}_FILE")).ok().filter(set)?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()).filter(set),
+            Err(error) => {
+                // Start-up then reports the variable as missing; this says why.
+                eprintln!("{name}_FILE: cannot read {path}: {error}");
+                None
+            }
+        }
     }
 }
 

@@ -61,7 +61,8 @@ async fn app_role(role: &str) -> Result<(), String> {
     let mut config = DbConfig::from_env().map_err(|e| error_chain(&e))?;
     config.min_connections = 0;
     let pool = db::connect(&config).await.map_err(|e| error_chain(&e))?;
-    let password = std::env::var("APP_DB_PASSWORD").ok();
+    let password =
+        herald_shared::config::Env::get(&herald_shared::config::ProcessEnv, "APP_DB_PASSWORD");
     db::grant_app_role(&pool, role, password.as_deref())
         .await
         .map_err(|e| error_chain(&e))?;

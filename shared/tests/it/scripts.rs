@@ -635,3 +635,32 @@ fn the_password_leaves_the_url_for_pgpassword_and_bad_names_and_remote_resets_ar
         text(&remote)
     );
 }
+
+#[tokio::test]
+async fn a_secret_can_come_from_a_file_named_by_its_file_variable() {
+    let db = ScriptDb::new();
+    assert_ok(&db.run("setup-db.sh", &[], &[]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("database_url");
+    // As compose writes secrets: the value and a newline.
+    std::fs::write(&secret, format!("{}\n", db.url)).expect("write");
+    let status = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_herald-migrate"))
+            .arg("status")
+            .env_remove("DATABASE_URL")
+            .env("DATABASE_URL_FILE", file)
+            .stdin(Stdio::null())
+            .output()
+            .expect("herald-migrate")
+    };
+    let out = status(&secret);
+    assert!(out.status.success(), "{}", text(&out));
+    let missing = status(&dir.path().join("nope"));
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("DATABASE_URL_FILE"),
+        "{}",
+        text(&missing)
+    );
+    db.drop_db().await;
+}
