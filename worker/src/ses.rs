@@ -221,9 +221,11 @@ where
                 .message()
                 .map(str::to_owned)
                 .unwrap_or_else(|| e.to_string());
-            format!("{code}: {message}")
+            // SES names addresses in its messages ("… failed the check: ada@example.com"); this
+            // text reaches logs, `last_error` and the dashboard, so every address in it is masked.
+            herald_shared::address::mask_all(&format!("{code}: {message}"))
         }
-        other => herald_shared::telemetry::error_chain(other),
+        other => herald_shared::address::mask_all(&herald_shared::telemetry::error_chain(other)),
     }
 }
 

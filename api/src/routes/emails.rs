@@ -59,8 +59,6 @@ impl Enqueued {
     }
 }
 
-const MAX_SUBJECT: usize = 998;
-
 /// Turns the request into a job, rendering templates now so that bad data fails here, not later.
 fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
     let to = address::validate(&req.to).map_err(|e| ApiError::Validation(e.to_string()))?;
@@ -85,21 +83,20 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
             let data = req
                 .data
                 .unwrap_or_else(|| Value::Object(Default::default()));
-            templates::render(&name, &data).map_err(|e| ApiError::TemplateData(e.to_string()))?;
+            let rendered = templates::render(&name, &data)
+                .map_err(|e| ApiError::TemplateData(e.to_string()))?;
+            // The data can put a line break into the subject: the same check as a raw one.
+            herald_shared::email::check_subject(&rendered.subject).map_err(|reason| {
+                ApiError::TemplateData(format!("the rendered subject is refused: {reason}"))
+            })?;
             EmailContent::Template { name, data }
         }
         (None, Some(subject)) => {
             if req.data.is_some() {
                 return Err(ApiError::Validation("data goes with template".into()));
             }
-            if subject.trim().is_empty()
-                || subject.len() > MAX_SUBJECT
-                || subject.contains(['\r', '\n'])
-            {
-                return Err(ApiError::Validation(
-                    "subject must be one non-empty line".into(),
-                ));
-            }
+            herald_shared::email::check_subject(&subject)
+                .map_err(|reason| ApiError::Validation(format!("subject: {reason}")))?;
             if req.text.as_deref().unwrap_or("").is_empty()
                 && req.html.as_deref().unwrap_or("").is_empty()
             {

@@ -450,3 +450,63 @@ async fn a_request_over_the_timeout_gets_a_json_503_and_the_limit_queues_the_res
         200
     );
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn header_injection_and_unicode_tricks_are_refused_at_enqueue(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let long = "x".repeat(999);
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "a template whose data puts a line break into the subject",
+            json!({"to": "a@example.com", "template": "notification",
+                   "data": {"title": "Hi\r\nBcc: victim@example.com", "body": "b"}}),
+        ),
+        (
+            "a rendered subject over 998 bytes",
+            json!({"to": "a@example.com", "template": "notification", "data": {"title": long, "body": "b"}}),
+        ),
+        (
+            "a raw subject with LF",
+            json!({"to": "a@example.com", "subject": "Hi\nBcc: x@y.z", "text": "t"}),
+        ),
+        (
+            "a raw subject with a right-to-left override",
+            json!({"to": "a@example.com", "subject": "Invoice \u{202E}fdp.exe", "text": "t"}),
+        ),
+        (
+            "a zero-width space in the address",
+            json!({"to": "ad\u{200B}a@example.com", "subject": "s", "text": "t"}),
+        ),
+        (
+            "a non-ASCII local part",
+            json!({"to": "adä@example.com", "subject": "s", "text": "t"}),
+        ),
+    ];
+    for (what, body) in cases {
+        let (status, answer) = app.post("/v1/emails", body).await;
+        assert_eq!(status, 422, "{what}: {answer}");
+        let code = answer["error"]["code"].as_str().unwrap_or_default();
+        assert!(
+            code == "validation_failed" || code == "template_data_invalid",
+            "{what}: {answer}"
+        );
+    }
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM email_deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(jobs, 0, "nothing refused was queued");
+    // A Unicode domain is queued in Punycode, the form SES and DNS use.
+    let (status, body) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "ada@Bücher.example", "subject": "s", "text": "t"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let to: String = sqlx::query_scalar("SELECT recipient FROM email_deliveries")
+        .fetch_one(&app.pool)
+        .await
+        .expect("row");
+    assert_eq!(to, "ada@xn--bcher-kva.example");
+}

@@ -207,3 +207,28 @@ pub async fn reserve_send_slots(
     .fetch_one(conn)
     .await
 }
+
+/// The longest subject accepted, in bytes (RFC 5322's line limit).
+pub const MAX_SUBJECT_BYTES: usize = 998;
+
+/// A subject must be one non-empty line of at most [`MAX_SUBJECT_BYTES`], without control or
+/// invisible characters: a CR or LF in it would start a new header. Raw subjects and rendered
+/// template subjects get the same check, at enqueue.
+pub fn check_subject(subject: &str) -> Result<(), &'static str> {
+    if subject.trim().is_empty() {
+        return Err("the subject is empty");
+    }
+    if subject.len() > MAX_SUBJECT_BYTES {
+        return Err("the subject is longer than 998 bytes");
+    }
+    if subject.contains(['\r', '\n']) {
+        return Err("the subject must be one line (no CR or LF)");
+    }
+    if subject
+        .chars()
+        .any(|c| c.is_control() || crate::address::is_invisible(c))
+    {
+        return Err("the subject contains a control or invisible character");
+    }
+    Ok(())
+}
