@@ -104,7 +104,7 @@ async fn a_permanent_rejection_sends_once_and_fails_at_once(pool: PgPool) {
     let client = mocked_ses(calls.clone(), |_, _| {
         Some(SendEmailError::MessageRejected(
             MessageRejected::builder()
-                .message("Email address is not verified")
+                .message("Email address is not verified. The following identities failed the check in region US-EAST-1: rejected-0@example.com")
                 .build(),
         ))
     });
@@ -131,6 +131,12 @@ async fn a_permanent_rejection_sends_once_and_fails_at_once(pool: PgPool) {
             .contains("MessageRejected"),
         "{:?}",
         d.last_error
+    );
+    // SES named the recipient; what Herald stores (and logs, and shows) has it masked.
+    let stored = d.last_error.unwrap_or_default();
+    assert!(
+        stored.contains("r***@example.com") && !stored.contains("rejected-0@"),
+        "{stored}"
     );
     assert_eq!(status(&pool, &ids[0]).await, JobStatus::Failed);
 }
