@@ -149,6 +149,23 @@ impl Browser {
             .await;
     }
 
+    /// Waits (up to 10 s) until the page's URL ends with `suffix`: a click that submits a form
+    /// can return before the navigation it starts has finished.
+    async fn wait_for_url(&self, suffix: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.current_url().await;
+            if url.ends_with(suffix) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still at {url}, waiting for …{suffix}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn current_url(&self) -> String {
         self.command("GET", "/url", Value::Null)
             .await
@@ -199,8 +216,15 @@ async fn the_dashboard_signs_in_shows_the_queues_and_retries_in_a_real_browser(p
 
     browser.type_into("input[name=token]", TOKEN).await;
     browser.click("button[type=submit]").await;
-    assert!(browser.current_url().await.ends_with("/admin"));
-    let dom = browser.source().await;
+    browser.wait_for_url("/admin").await;
+    let mut dom = browser.source().await;
+    for _ in 0..50 {
+        if dom.contains("</table></body>") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        dom = browser.source().await;
+    }
     assert!(!browser.current_url().await.contains(TOKEN));
     assert!(dom.contains("<h1>Herald queues</h1>"), "{dom}");
     assert!(dom.contains(r#"data-queue="herald.email""#), "{dom}");
@@ -224,14 +248,26 @@ async fn the_dashboard_signs_in_shows_the_queues_and_retries_in_a_real_browser(p
             "form[action=\"/admin/jobs/{broken}/retry\"] button"
         ))
         .await;
-    let (_, job) = app
-        .send("GET", &format!("/v1/jobs/{broken}"), None, &[])
-        .await;
-    assert_eq!(job["status"], "queued");
-    assert!(browser.current_url().await.ends_with("/admin"));
+    // The click can return before the POST it starts has been answered: wait for its effect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, job) = app
+            .send("GET", &format!("/v1/jobs/{broken}"), None, &[])
+            .await;
+        if job["status"] == "queued" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retry did not take: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.wait_for_url("/admin").await;
 
     // Signing out clears the cookie: back to the form.
     browser.click("form[action=\"/admin/logout\"] button").await;
+    browser.wait_for_url("/admin/login").await;
     browser.goto(&format!("{}/admin", app.url)).await;
     assert!(browser.current_url().await.ends_with("/admin/login"));
 }
