@@ -286,6 +286,22 @@ mod tests {
     }
 
     #[test]
+    fn sslmode_and_the_root_certificate_come_from_the_url() {
+        use sqlx::postgres::PgSslMode;
+        let url = "postgres://herald@db.example.com:5432/herald?sslmode=verify-full&sslrootcert=/etc/herald/db-ca.pem";
+        let config = DbConfig::from_source(&[("DATABASE_URL", url)]).expect("valid");
+        let options = config.pg_connect_options();
+        assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
+        assert_eq!(options.get_host(), "db.example.com");
+        // Herald's session settings are added, not put in place of the URL's.
+        let plain = DbConfig::from_source(&[("DATABASE_URL", URL)]).expect("valid");
+        assert!(
+            matches!(plain.pg_connect_options().get_ssl_mode(), PgSslMode::Prefer),
+            "sqlx's default when the URL says nothing"
+        );
+    }
+
+    #[test]
     fn a_missing_url_names_the_variable() {
         let err = DbConfig::from_source(&[("DB_MAX_CONNECTIONS", "5")]).expect_err("missing");
         assert_eq!(err.to_string(), "DATABASE_URL is required but not set");
