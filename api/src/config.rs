@@ -89,7 +89,7 @@ impl ApiConfig {
                     reason: "must be at least 32 characters".into(),
                 });
             }
-            None => random_secret(),
+            None => random_secret()?,
         };
         let hours: u64 = parse_or(env, "ADMIN_SESSION_HOURS", 12)?;
         if hours == 0 || hours > 24 * 30 {
@@ -141,16 +141,17 @@ impl ApiConfig {
     }
 }
 
-/// 32 random bytes, hex.
-fn random_secret() -> String {
+/// 32 random bytes, hex; the system's generator failing is a start-up error naming the variable.
+fn random_secret() -> Result<String, ConfigError> {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0_u8; 32];
-    // The system's generator failing is not something to run on.
-    #[allow(clippy::expect_used)]
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
-        .expect("the system random number generator works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+        .map_err(|_| ConfigError::Invalid {
+            var: "ADMIN_SESSION_SECRET",
+            reason: "unset, and no random one could be made (the system's generator failed)".into(),
+        })?;
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

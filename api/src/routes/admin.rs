@@ -28,16 +28,13 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// HMAC-SHA256 of `message` under `ADMIN_SESSION_SECRET`, hex.
 fn mac_hex(state: &AppState, message: &str) -> String {
     let key = ring::hmac::Key::new(
         ring::hmac::HMAC_SHA256,
         state.config.admin_session_secret.expose().as_bytes(),
     );
-    ring::hmac::sign(&key, message.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(ring::hmac::sign(&key, message.as_bytes()))
 }
 
 /// A session cookie's value: `v1.<issued>.<expires>.<token fingerprint>.<HMAC of the rest>`.
@@ -63,24 +60,13 @@ fn valid_session(state: &AppState, value: &str) -> bool {
     let (Ok(issued), Ok(expires)) = (issued.parse::<u64>(), expires.parse::<u64>()) else {
         return false;
     };
-    let Ok(mac) = (0..mac.len())
-        .step_by(2)
-        .map(|i| {
-            mac.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-        .ok_or(())
-    else {
-        return false;
-    };
-    let key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        state.config.admin_session_secret.expose().as_bytes(),
-    );
+    let genuine = bool::from(subtle::ConstantTimeEq::ct_eq(
+        mac_hex(state, body).as_bytes(),
+        mac.as_bytes(),
+    ));
     let now = now_secs();
     *version == "v1"
-        && ring::hmac::verify(&key, body.as_bytes(), &mac).is_ok()
+        && genuine
         && issued <= now + 60
         && now < expires
         && expires - issued <= state.config.admin_session_ttl.as_secs()
@@ -144,19 +130,21 @@ fn same_origin(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The headers every dashboard page carries: a CSP that allows the page's own hashed stylesheet
-/// and nothing else (no script at all), no framing, no caching.
-fn page_headers() -> [(header::HeaderName, HeaderValue); 5] {
+/// The pages' CSP: the hashed stylesheet and nothing else (no script at all), computed once.
+static CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+    use base64::Engine as _;
     let digest = ring::digest::digest(&ring::digest::SHA256, STYLE.as_bytes());
     let csp = format!(
         "default-src 'none'; style-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        base64_std(digest.as_ref())
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
     );
+    HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static("default-src 'none'"))
+});
+
+/// The headers every dashboard page carries: the CSP, no framing, no caching.
+fn page_headers() -> [(header::HeaderName, HeaderValue); 5] {
     [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static("default-src 'none'")),
-        ),
+        (header::CONTENT_SECURITY_POLICY, CSP.clone()),
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         (
@@ -168,28 +156,6 @@ fn page_headers() -> [(header::HeaderName, HeaderValue); 5] {
             HeaderValue::from_static("same-origin"),
         ),
     ]
-}
-
-/// Standard base64 with padding (for the CSP hash).
-fn base64_std(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn page(status: StatusCode, html: String) -> Response {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::parse::{self, Format};
+use super::parse::Format;
 use super::sns::{Reason, Rejection, SnsVerifier};
 
 /// The trust settings of the feedback consumer.
@@ -74,28 +74,22 @@ impl Trust {
         else {
             return Ok(false);
         };
-        let Ok(parse::Body::Control {
-            kind,
-            subscribe_url: Some(url),
-            ..
-        }) = parse::parse_value(outer.clone())
+        let text = |name: &str| outer.get(name).and_then(Value::as_str);
+        let (Some("SubscriptionConfirmation"), Some(url)) = (text("Type"), text("SubscribeURL"))
         else {
             return Ok(false);
         };
-        if kind != "SubscriptionConfirmation" {
-            return Ok(false);
-        }
         let cert_url = outer
             .get("SigningCertURL")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if origin(&url).is_none() || origin(&url) != origin(cert_url) {
+        if origin(url).is_none() || origin(url) != origin(cert_url) {
             return Err(format!(
                 "SubscribeURL is not on the signing certificate's host ({:?})",
-                origin(&url)
+                origin(url)
             ));
         }
-        verifier.get(&url).await.map(|()| true)
+        verifier.get(url).await.map(|()| true)
     }
 }
 

@@ -165,6 +165,14 @@ fn sign(envelope: &mut Value, version: u8, key: &RsaPrivateKey) {
     envelope["Signature"] = json!(base64::engine::general_purpose::STANDARD.encode(signature));
 }
 
+/// `message` naming another certificate URL, signed again (version 1) with `key`.
+fn resigned(message: &Value, cert_url: &str, key: &RsaPrivateKey) -> Value {
+    let mut v = message.clone();
+    v["SigningCertURL"] = json!(cert_url);
+    sign(&mut v, 1, key);
+    v
+}
+
 fn envelope_map(v: &Value) -> serde_json::Map<String, Value> {
     v.as_object().expect("object").clone()
 }
@@ -213,12 +221,7 @@ async fn every_forgery_is_refused_with_its_reason() {
         edit(&mut v);
         v
     };
-    let resigned = |url: String, key: &RsaPrivateKey| {
-        let mut v = good.clone();
-        v["SigningCertURL"] = json!(url);
-        sign(&mut v, 1, key);
-        v
-    };
+    let resigned = |url: String, key: &RsaPrivateKey| resigned(&good, &url, key);
     let cases: Vec<(&str, Value, Reason)> = vec![
         (
             "a changed byte in Message",
@@ -397,19 +400,22 @@ async fn forged_feedback_ends_in_the_dlq_unapplied_while_signed_feedback_is_appl
     let mut m = base.clone();
     m["TopicArn"] = json!(format!("{TOPIC}-other"));
     forgeries.push((Reason::Topic, m));
-    let mut m = base.clone();
-    m["SigningCertURL"] = json!(server.url("expired"));
-    sign(&mut m, 1, &KEYS[0]);
-    forgeries.push((Reason::CertificateExpired, m));
-    let mut m = base.clone();
-    m["SigningCertURL"] = json!(server.url("other"));
-    sign(&mut m, 1, &KEYS[0]);
-    forgeries.push((Reason::Signature, m));
-    let mut m = base.clone();
-    m["SigningCertURL"] =
-        json!("https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-x.pem");
-    sign(&mut m, 1, &KEYS[0]);
-    forgeries.push((Reason::CertificateUrl, m));
+    forgeries.push((
+        Reason::CertificateExpired,
+        resigned(&base, &server.url("expired"), &KEYS[0]),
+    ));
+    forgeries.push((
+        Reason::Signature,
+        resigned(&base, &server.url("other"), &KEYS[0]),
+    ));
+    forgeries.push((
+        Reason::CertificateUrl,
+        resigned(
+            &base,
+            "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-x.pem",
+            &KEYS[0],
+        ),
+    ));
     let mut m = base.clone();
     m.as_object_mut().expect("obj").remove("Signature");
     forgeries.push((Reason::SignatureMissing, m));
