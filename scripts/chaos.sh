@@ -20,6 +20,7 @@ Sizes (full run / --ci, which scripts/test.sh uses):
   HERALD_CHAOS_FEEDBACK        good notifications among poison      1000 / 200
 Environment:
   HERALD_CHAOS_PG_PORT  port of the dedicated server (default 5434)
+  HERALD_CHAOS_PG_DOWN_SECS  how long the restart keeps the server down (default 10)
   HERALD_CHAOS_ONLY     run only the tests whose names match (a regex: kill, restart, ses, poison)
 EOT
 }
@@ -48,7 +49,8 @@ export HERALD_CHAOS_EMAILS HERALD_CHAOS_RESTART_EMAILS HERALD_CHAOS_FAULT_EMAILS
 port="${HERALD_CHAOS_PG_PORT:-5434}"
 pg=(env HERALD_PG_PORT="$port" HERALD_PG_DATA="$PG_EMBEDDED_HOME/chaos-data" "$HERALD_ROOT/scripts/pg-embedded.sh")
 printf -v pg_cmd '%q ' "${pg[@]}"
-export HERALD_CHAOS_PG_RESTART="$pg_cmd stop && sleep 3 && $pg_cmd start"
+# Down long enough for sqlx's reconnect backoff to reach seconds (it doubles from 10 ms).
+export HERALD_CHAOS_PG_RESTART="$pg_cmd stop && sleep ${HERALD_CHAOS_PG_DOWN_SECS:-10} && $pg_cmd start"
 
 stop_emulator=false
 on_exit() {

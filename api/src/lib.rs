@@ -26,8 +26,8 @@ use routes::{admin, compliance, emails, health, jobs, schedules, suppressions, u
 pub struct AppState {
     /// Validated configuration.
     pub config: Arc<ApiConfig>,
-    /// The database pool.
-    pub pool: PgPool,
+    /// The database pool, with bounded acquisition (see [`herald_shared::db::Db`]).
+    pub db: herald_shared::db::Db,
     /// Metrics (the database-backed gauges; the API updates no counters of its own).
     pub metrics: Arc<herald_shared::metrics::Metrics>,
 }
@@ -134,7 +134,7 @@ async fn metrics(
     let format = herald_shared::metrics::Format::negotiate(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
-    match state.metrics.render_as(&state.pool, format).await {
+    match state.metrics.render_as(state.db.pool(), format).await {
         Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "cannot read the database for /metrics");
@@ -233,8 +233,8 @@ impl Application {
         let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
         let config_compliance = config.compliance.clone();
         let state = AppState {
+            db: herald_shared::db::Db::new(pool, config.db.acquire_timeout),
             config: Arc::new(config),
-            pool,
             metrics: Arc::new(herald_shared::metrics::Metrics::with_compliance(
                 config_compliance,
             )),

@@ -26,7 +26,7 @@ async fn run() -> anyhow::Result<()> {
     let pool = db::connect(&config.db)
         .await
         .context("connecting to the database")?;
-    db::ensure_current(&pool).await?;
+    db::ensure_current(&mut *pool.acquire().await?).await?;
     let app = Application::build(config, pool.clone())
         .await
         .context("binding API_ADDR or API_METRICS_ADDR")?;

@@ -1,6 +1,9 @@
 //! The connection pool and the embedded migrator.
 
+use std::time::Duration;
+
 use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
@@ -51,9 +54,68 @@ pub async fn connect(config: &DbConfig) -> Result<PgPool, DbError> {
         .max_connections(config.max_connections)
         .min_connections(config.min_connections)
         .acquire_timeout(config.acquire_timeout)
+        // An idle connection may have died with a restarted server: ping it before handing it out.
+        .test_before_acquire(true)
         .connect_with(config.pg_connect_options())
         .await?;
     Ok(pool)
+}
+
+/// Longest single try at a connection inside [`Db::acquire`]. sqlx bounds a connection attempt
+/// only by the whole acquire timeout and, while the server refuses, sleeps a backoff that doubles
+/// up to a fifth of it (6 s at 30 s); a fresh try restarts that backoff at 10 ms.
+pub const ACQUIRE_ATTEMPT: Duration = Duration::from_secs(2);
+
+/// Pause between tries after the server refused or dropped the connection.
+const ACQUIRE_PAUSE: Duration = Duration::from_millis(100);
+
+/// The pool, handing out connections in bounded tries so a caller waiting through a database
+/// restart gets its connection within about a second of the server accepting again, not after
+/// sqlx's backoff (up to `DB_ACQUIRE_TIMEOUT / 5`) or a hung connection attempt.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: PgPool,
+    acquire_timeout: Duration,
+}
+
+impl Db {
+    /// Wraps `pool`; [`Db::acquire`] gives up after `acquire_timeout` (`DB_ACQUIRE_TIMEOUT`).
+    pub fn new(pool: PgPool, acquire_timeout: Duration) -> Self {
+        Self {
+            pool,
+            acquire_timeout,
+        }
+    }
+
+    /// The underlying pool, for code that manages its own waiting (apalis, start-up checks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A connection, tried for at most [`ACQUIRE_ATTEMPT`] at a time until `DB_ACQUIRE_TIMEOUT`.
+    /// Ends with `PoolTimedOut` (or the last refusal) when the database stays out of reach.
+    pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        let mut last = sqlx::Error::PoolTimedOut;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(last);
+            }
+            // Dropping an unfinished acquire is safe: sqlx gives back its slot.
+            match tokio::time::timeout(ACQUIRE_ATTEMPT.min(left), self.pool.acquire()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                // Nothing ran yet, so trying again is safe.
+                Ok(Err(e)) if is_unavailable(&e) && !matches!(e, sqlx::Error::PoolClosed) => {
+                    last = e;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::time::sleep(ACQUIRE_PAUSE.min(left)).await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => last = sqlx::Error::PoolTimedOut,
+            }
+        }
+    }
 }
 
 /// Creates the configured database when it does not exist; returns whether it did so.
@@ -76,8 +138,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 }
 
 /// True when apalis-postgres's migrations are all applied.
-pub async fn queue_schema_current(pool: &PgPool) -> Result<bool, DbError> {
-    let Some(applied) = crate::jobs::queue_migrations_applied(pool).await? else {
+pub async fn queue_schema_current(conn: &mut sqlx::PgConnection) -> Result<bool, DbError> {
+    let Some(applied) = crate::jobs::queue_migrations_applied(conn).await? else {
         return Ok(false);
     };
     let migrator = apalis_postgres::PostgresStorage::migrations();
@@ -128,16 +190,16 @@ impl MigrationStatus {
 }
 
 /// Reads the migration status without changing anything (no bookkeeping table is created).
-pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, DbError> {
+pub async fn migration_status(conn: &mut sqlx::PgConnection) -> Result<MigrationStatus, DbError> {
     let table_exists: bool =
         sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     let rows = if table_exists {
         sqlx::query(
             "SELECT version, success, checksum FROM public._sqlx_migrations ORDER BY version",
         )
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?
     } else {
         Vec::new()
@@ -180,10 +242,10 @@ pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, DbError>
 }
 
 /// Fails unless every embedded migration is applied, unedited, and none failed.
-pub async fn ensure_current(pool: &PgPool) -> Result<(), DbError> {
-    let status = migration_status(pool).await?;
+pub async fn ensure_current(conn: &mut sqlx::PgConnection) -> Result<(), DbError> {
+    let status = migration_status(conn).await?;
     if status.is_current() {
-        if queue_schema_current(pool).await? {
+        if queue_schema_current(conn).await? {
             return Ok(());
         }
         return Err(DbError::NotCurrent(
@@ -249,9 +311,49 @@ pub async fn server_version(pool: &PgPool) -> Result<String, DbError> {
         .await?)
 }
 
-/// Creates or updates the login role the API and worker use: data rights only (no DDL), read-only
-/// on the migration bookkeeping, MAINTAIN on the search tables on PostgreSQL 17+. Run it as the
-/// owner after migrating. `role` must be a plain lower-case SQL name.
+/// What the application role may do on each table of `public`; any other table (user_roles,
+/// roles, the app's own tables) it cannot touch. Columns are listed where a table holds more than
+/// Herald reads: no `password_hash`, no token hashes.
+pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
+    ("_sqlx_migrations", "SELECT"),
+    ("api_idempotency_keys", "SELECT, INSERT, DELETE"),
+    ("compliance_pauses", "SELECT, UPDATE"),
+    ("email_deliveries", "SELECT, INSERT, UPDATE, DELETE"),
+    // The audit trail: pruned only through prune_email_feedback_events().
+    ("email_feedback_events", "SELECT, INSERT"),
+    ("email_sending_control", "SELECT, UPDATE"),
+    ("email_suppressions", "SELECT, INSERT, UPDATE, DELETE"),
+    ("maintenance_schedules", "SELECT, INSERT, UPDATE"),
+    (
+        "password_reset_tokens",
+        "SELECT (id, user_id, expires_at, used_at), INSERT, DELETE",
+    ),
+    (
+        "phrases",
+        "SELECT (id, phrase_text, active, search_vector), UPDATE (search_vector)",
+    ),
+    ("refresh_tokens", "SELECT (id, expires_at), DELETE"),
+    (
+        "users",
+        "SELECT (id, email, display_name, slug, active, search_vector), UPDATE (search_vector)",
+    ),
+    (
+        "verification_tokens",
+        "SELECT (id, user_id, expires_at), INSERT, DELETE",
+    ),
+];
+
+/// The security-definer functions the application role may call (see their migration).
+pub const APP_ROLE_FUNCTIONS: &[&str] = &[
+    "public.user_email_verified(uuid)",
+    "public.prune_email_feedback_events(timestamptz, bigint)",
+];
+
+/// Creates or narrows the login role the API and worker use: exactly [`APP_ROLE_GRANTS`] in
+/// `public` (earlier, wider grants are revoked first), data rights on apalis's tables but not its
+/// bookkeeping, no DDL, no TEMPORARY (revoked from PUBLIC on this database too, which otherwise
+/// grants it to everyone), MAINTAIN on the search tables on PostgreSQL 17+. Run it as the owner
+/// after migrating, and again after an upgrade. `role` must be a plain lower-case SQL name.
 pub async fn grant_app_role(
     pool: &PgPool,
     role: &str,
@@ -271,6 +373,7 @@ pub async fn grant_app_role(
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(pool)
         .await?;
+    let database = database.replace('"', "\"\"");
     let major: i32 =
         sqlx::query_scalar("SELECT current_setting('server_version_num')::int / 10000")
             .fetch_one(pool)
@@ -287,17 +390,36 @@ pub async fn grant_app_role(
     }
     statements.extend([
         format!("ALTER ROLE \"{role}\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"),
-        format!("GRANT CONNECT, TEMPORARY ON DATABASE \"{}\" TO \"{role}\"", database.replace('"', "\"\"")),
+        format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{role}\""),
+        format!("REVOKE TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC, \"{role}\""),
         format!("REVOKE CREATE ON SCHEMA public FROM \"{role}\""),
         format!("GRANT USAGE ON SCHEMA public, apalis TO \"{role}\""),
-        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, apalis TO \"{role}\""),
-        format!("REVOKE INSERT, UPDATE, DELETE ON public._sqlx_migrations, {} FROM \"{role}\"", crate::jobs::QUEUE_MIGRATIONS_TABLE),
-        format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public, apalis TO \"{role}\""),
-        format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public, apalis TO \"{role}\""),
-        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"{role}\""),
-        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO \"{role}\""),
-        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public, apalis GRANT EXECUTE ON FUNCTIONS TO \"{role}\""),
+        // Start from nothing in public, so that re-running narrows a role an older Herald granted.
+        format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM \"{role}\""),
+        format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM \"{role}\""),
+        format!("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON TABLES FROM \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON SEQUENCES FROM \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE ALL ON FUNCTIONS FROM \"{role}\""),
+        // apalis's queue tables are the worker's and the API's to change, its bookkeeping is not.
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA apalis TO \"{role}\""),
+        format!("REVOKE INSERT, UPDATE, DELETE ON {} FROM \"{role}\"", crate::jobs::QUEUE_MIGRATIONS_TABLE),
+        format!("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA apalis TO \"{role}\""),
+        format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA apalis TO \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA apalis GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA apalis GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO \"{role}\""),
+        format!("ALTER DEFAULT PRIVILEGES IN SCHEMA apalis GRANT EXECUTE ON FUNCTIONS TO \"{role}\""),
     ]);
+    for (table, privileges) in APP_ROLE_GRANTS {
+        statements.push(format!(
+            "GRANT {privileges} ON public.{table} TO \"{role}\""
+        ));
+    }
+    for function in APP_ROLE_FUNCTIONS {
+        statements.push(format!(
+            "GRANT EXECUTE ON FUNCTION {function} TO \"{role}\""
+        ));
+    }
     if major >= 17 {
         // Lets the role ANALYZE and REINDEX the tables the search repair job maintains.
         statements.push(format!(

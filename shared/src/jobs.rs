@@ -462,18 +462,18 @@ pub async fn prune_failed(
 
 /// The versions of apalis-postgres's own migrations applied here, or `None` before its schema exists.
 pub async fn queue_migrations_applied(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
 ) -> Result<Option<Vec<i64>>, sqlx::Error> {
     let table_exists: bool =
         sqlx::query_scalar("SELECT to_regclass('apalis._sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     if !table_exists {
         return Ok(None);
     }
     Ok(Some(
         sqlx::query_scalar("SELECT version FROM apalis._sqlx_migrations WHERE success")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?,
     ))
 }

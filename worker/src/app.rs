@@ -43,7 +43,7 @@ impl Application {
     /// `METRICS_ADDR` (port 0 picks a free one; see [`Self::metrics_addr`]).
     pub async fn build(config: WorkerConfig) -> Result<Self, AppError> {
         let pool = db::connect(&config.db).await?;
-        db::ensure_current(&pool).await?;
+        db::ensure_current(&mut *pool.acquire().await.map_err(db::DbError::from)?).await?;
         // The compliance gauges use the configured windows and minimum sample, as the guard does.
         let metrics = Arc::new(Metrics::with_compliance(config.compliance.clone()));
         let ctx = email_context(&config, pool.clone(), metrics.clone()).await;

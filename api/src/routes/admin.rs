@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use herald_shared::jobs::{self, JobStatus};
 use serde::Deserialize;
+use sqlx::Connection;
 
 use crate::AppState;
 
@@ -284,7 +285,8 @@ pub async fn retry(
     };
     let budget = i32::try_from(state.config.email_max_attempts).unwrap_or(i32::MAX);
     let result = async {
-        let mut tx = state.pool.begin().await?;
+        let mut conn = state.db.acquire().await?;
+        let mut tx = conn.begin().await?;
         let retried = super::jobs::retry(&mut tx, &id, budget).await?;
         if retried == super::jobs::Retried::Yes {
             tx.commit().await?;
@@ -307,7 +309,12 @@ pub async fn retry(
 }
 
 async fn render(state: &AppState, csrf: &str) -> Result<String, herald_shared::jobs::JobError> {
-    let counts = jobs::count_by_state(&state.pool).await?;
+    let mut conn = state
+        .db
+        .acquire()
+        .await
+        .map_err(herald_shared::jobs::JobError::from)?;
+    let counts = jobs::count_by_state(&mut *conn).await?;
     let states = ["queued", "running", "succeeded", "failed", "cancelled"];
     let mut queues: Vec<(String, [i64; 5])> = Vec::new();
     for q in [
@@ -333,8 +340,8 @@ async fn render(state: &AppState, csrf: &str) -> Result<String, herald_shared::j
             }
         }
     }
-    let failed = jobs::failed_for_good(&state.pool, 50).await?;
-    let recent = jobs::recent(&state.pool, 50).await?;
+    let failed = jobs::failed_for_good(&mut *conn, 50).await?;
+    let recent = jobs::recent(&mut *conn, 50).await?;
 
     let mut html = String::from(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Herald queues</title>",

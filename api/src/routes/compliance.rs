@@ -27,7 +27,7 @@ pub struct ComplianceView {
 }
 
 async fn view(state: &AppState) -> Result<ComplianceView, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.db.acquire().await?;
     Ok(ComplianceView {
         rates: compliance::rates(&mut conn, &state.config.compliance).await?,
         thresholds: state.config.compliance.clone(),
@@ -69,7 +69,7 @@ pub async fn resume(
         "marketing" => vec![Category::Marketing],
         other => return Err(ApiError::Validation(format!("unknown category {other:?}"))),
     };
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.db.acquire().await?;
     let resumed = compliance::resume(&mut conn, &categories).await?;
     drop(conn);
     tracing::warn!(?resumed, "sending resumed by API call");

@@ -9,6 +9,7 @@ use herald_shared::jobs::EnqueueOptions;
 use herald_shared::{address, tokens};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::Connection;
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -153,7 +154,8 @@ pub async fn send_email(
         }
     };
     let body_hash = tokens::sha256_hex(&String::from_utf8_lossy(&body.raw));
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = conn.begin().await?;
     if let Some(key) = &key
         && let Some(job_id) = replay(&mut tx, key, &body_hash).await?
     {
@@ -182,7 +184,6 @@ pub async fn send_email(
         if stored.is_none() {
             // A concurrent request with this key won: drop our job and answer with theirs.
             tx.rollback().await?;
-            let mut conn = state.pool.acquire().await?;
             let job_id = replay(&mut conn, key, &body_hash)
                 .await?
                 .ok_or_else(|| ApiError::Internal("idempotency key vanished".into()))?;

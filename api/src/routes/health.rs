@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use herald_shared::db::DbError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -30,7 +31,11 @@ pub async fn health() -> Json<StatusBody> {
 pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
     // The cause goes to the log; the answer is fixed, so a prober learns nothing of the schema,
     // the roles or the server.
-    if let Err(e) = herald_shared::db::ensure_current(&state.pool).await {
+    let check = async {
+        let mut conn = state.db.acquire().await.map_err(DbError::from)?;
+        herald_shared::db::ensure_current(&mut conn).await
+    };
+    if let Err(e) = check.await {
         tracing::warn!(error = %herald_shared::telemetry::error_chain(&e), "not ready");
         return Err(ApiError::NotReady("not ready".into()));
     }

@@ -8,6 +8,7 @@ use herald_shared::email::{self, EMAIL_QUEUE};
 use herald_shared::jobs::{self, JobStatus};
 use serde::Serialize;
 use serde_json::{Value, json};
+use sqlx::Connection;
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -44,7 +45,7 @@ fn parse_id(id: &str) -> Result<String, ApiError> {
 
 async fn load(state: &AppState, id: &str) -> Result<JobView, ApiError> {
     let id = parse_id(id)?;
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.db.acquire().await?;
     let row = jobs::find(&mut conn, &id)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
@@ -100,7 +101,8 @@ pub async fn retry_job(
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
     let budget = i32::try_from(state.config.email_max_attempts).unwrap_or(i32::MAX);
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = conn.begin().await?;
     jobs::find(&mut tx, &id)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
@@ -130,7 +132,8 @@ pub async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = conn.begin().await?;
     jobs::find(&mut tx, &id)
         .await?
         .ok_or(ApiError::NotFound("job"))?;

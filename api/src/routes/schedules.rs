@@ -53,7 +53,7 @@ pub struct ScheduleList {
         (status = 200, description = "The schedules", body = ScheduleList),
         (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.db.acquire().await?;
     let schedules = maintenance::list(&mut conn)
         .await?
         .into_iter()

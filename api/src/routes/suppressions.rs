@@ -8,6 +8,7 @@ use herald_shared::address;
 use herald_shared::suppressions::{self, Raise, Suppression, SuppressionType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::Connection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -106,7 +107,7 @@ pub async fn list(
             ApiError::Validation(format!("type must be one of {}", names.join(", ")))
         })?),
     };
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.db.acquire().await?;
     let rows = suppressions::list(
         &mut conn,
         q.email.as_deref(),
@@ -135,7 +136,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(email): Path<String>,
 ) -> Result<Json<SuppressionView>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = state.db.acquire().await?;
     let row = suppressions::find(&mut conn, &email)
         .await?
         .ok_or(ApiError::NotFound("suppression"))?;
@@ -177,7 +178,8 @@ pub async fn add(
             ));
         }
     };
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = conn.begin().await?;
     let row = suppressions::raise(
         &mut tx,
         &Raise {
@@ -209,7 +211,8 @@ pub async fn remove(
     State(state): State<AppState>,
     Path(email): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = conn.begin().await?;
     let row = suppressions::remove(&mut tx, &email)
         .await?
         .ok_or(ApiError::NotFound("suppression"))?;

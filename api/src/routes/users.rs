@@ -7,6 +7,7 @@ use herald_shared::address;
 use herald_shared::email::{self, Category, EmailContent, EmailJob};
 use herald_shared::jobs::EnqueueOptions;
 use serde::{Deserialize, Serialize};
+use sqlx::Connection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -28,11 +29,10 @@ pub async fn verification_email(
     Path(user_id): Path<String>,
 ) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
     let user_id: Uuid = user_id.parse().map_err(|_| ApiError::NotFound("user"))?;
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = conn.begin().await?;
     let user = sqlx::query!(
-        r#"SELECT u.email, EXISTS (
-               SELECT 1 FROM user_roles ur JOIN roles r ON r.id = ur.role_id
-               WHERE ur.user_id = u.id AND r.name = 'email-verified') AS "verified!"
+        r#"SELECT u.email, user_email_verified(u.id) AS "verified!"
            FROM users u WHERE u.id = $1 AND u.active"#,
         user_id
     )
@@ -88,7 +88,8 @@ pub async fn password_reset(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let email_addr =
         address::validate(&body.value.email).map_err(|e| ApiError::Validation(e.to_string()))?;
-    let mut tx = state.pool.begin().await?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = conn.begin().await?;
     let user = sqlx::query!(
         "SELECT id, email FROM users WHERE lower(email) = lower($1) AND active",
         email_addr

@@ -91,10 +91,12 @@ async fn execute(command: &str) -> Result<ExitCode, String> {
         .await
         .map_err(|e| format!("cannot connect to database {database}: {}", error_chain(&e)))?;
     if command == "run" {
-        let before = db::migration_status(&pool)
+        let mut conn = pool.acquire().await.map_err(|e| error_chain(&e))?;
+        let before = db::migration_status(&mut conn)
             .await
             .map_err(|e| error_chain(&e))?;
         let pending: Vec<_> = before.pending().map(|m| m.version).collect();
+        drop(conn);
         db::migrate(&pool).await.map_err(|e| error_chain(&e))?;
         if pending.is_empty() {
             println!("database {database} is up to date; nothing to apply");
@@ -111,7 +113,8 @@ async fn execute(command: &str) -> Result<ExitCode, String> {
 
 async fn report(pool: &sqlx::PgPool, database: &str) -> Result<ExitCode, String> {
     let err = |e: db::DbError| error_chain(&e);
-    let status = db::migration_status(pool).await.map_err(err)?;
+    let mut conn = pool.acquire().await.map_err(|e| error_chain(&e))?;
+    let status = db::migration_status(&mut conn).await.map_err(err)?;
     println!(
         "server:     PostgreSQL {}",
         db::server_version(pool).await.map_err(err)?
@@ -149,7 +152,7 @@ async fn report(pool: &sqlx::PgPool, database: &str) -> Result<ExitCode, String>
     if let Some(version) = status.dirty {
         println!("  FAILED   {version} (a failed attempt is recorded; fix it by hand)");
     }
-    let queue = db::queue_schema_current(pool).await.map_err(err)?;
+    let queue = db::queue_schema_current(&mut conn).await.map_err(err)?;
     println!(
         "job queue:  {}",
         if queue {

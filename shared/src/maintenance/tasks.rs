@@ -78,7 +78,7 @@ pub async fn expire_tokens(pool: &PgPool, s: &Settings) -> Result<ExpiryReport, 
     r.refresh_tokens = in_batches(&mut r.timing, b, || async {
         Ok(sqlx::query!(
             "WITH doomed AS (SELECT id FROM refresh_tokens WHERE expires_at < $1
-                             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                             ORDER BY expires_at LIMIT $2)
              DELETE FROM refresh_tokens t USING doomed WHERE t.id = doomed.id",
             now,
             b
@@ -91,7 +91,7 @@ pub async fn expire_tokens(pool: &PgPool, s: &Settings) -> Result<ExpiryReport, 
     r.verification_tokens = in_batches(&mut r.timing, b, || async {
         Ok(sqlx::query!(
             "WITH doomed AS (SELECT id FROM verification_tokens WHERE expires_at < $1
-                             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                             ORDER BY expires_at LIMIT $2)
              DELETE FROM verification_tokens t USING doomed WHERE t.id = doomed.id",
             now,
             b
@@ -104,7 +104,7 @@ pub async fn expire_tokens(pool: &PgPool, s: &Settings) -> Result<ExpiryReport, 
     let expired = in_batches(&mut r.timing, b, || async {
         Ok(sqlx::query!(
             "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE expires_at < $1
-                             ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                             ORDER BY expires_at LIMIT $2)
              DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
             now,
             b
@@ -118,7 +118,7 @@ pub async fn expire_tokens(pool: &PgPool, s: &Settings) -> Result<ExpiryReport, 
     let used = in_batches(&mut r.timing, b, || async {
         Ok(sqlx::query!(
             "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE used_at < $1
-                             LIMIT $2 FOR UPDATE SKIP LOCKED)
+                             LIMIT $2)
              DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
             used_before,
             b
@@ -276,16 +276,15 @@ pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Err
     })
     .await?;
     r.feedback_events = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM email_feedback_events WHERE created_at < $1
-                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-             DELETE FROM email_feedback_events e USING doomed WHERE e.id = doomed.id",
+        // The audit trail: the app role may not delete it, only this function may (old rows).
+        let n = sqlx::query_scalar!(
+            r#"SELECT prune_email_feedback_events($1, $2) AS "n!""#,
             events_before,
             b
         )
-        .execute(pool)
-        .await?
-        .rows_affected())
+        .fetch_one(pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     })
     .await?;
     r.deliveries = in_batches(&mut r.timing, b, || {
@@ -295,7 +294,7 @@ pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Err
     r.idempotency_keys = in_batches(&mut r.timing, b, || async {
         Ok(sqlx::query!(
             "WITH doomed AS (SELECT idempotency_key FROM api_idempotency_keys WHERE created_at < $1
-                             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                             ORDER BY created_at LIMIT $2)
              DELETE FROM api_idempotency_keys k USING doomed WHERE k.idempotency_key = doomed.idempotency_key",
             jobs_before,
             b

@@ -88,7 +88,9 @@ async fn each_down_migration_undoes_exactly_its_own_up_migration(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn status_reports_pending_migrations_without_creating_the_bookkeeping_table(pool: PgPool) {
-    let status = db::migration_status(&pool).await.expect("status");
+    let status = db::migration_status(&mut pool.acquire().await.expect("conn"))
+        .await
+        .expect("status");
     assert_eq!(status.pending().count(), versions().len());
     assert!(!status.is_current());
     let table: Option<String> =
@@ -97,7 +99,11 @@ async fn status_reports_pending_migrations_without_creating_the_bookkeeping_tabl
             .await
             .expect("regclass");
     assert_eq!(table, None, "reading the status must not create anything");
-    assert!(db::ensure_current(&pool).await.is_err());
+    assert!(
+        db::ensure_current(&mut pool.acquire().await.expect("conn"))
+            .await
+            .is_err()
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -111,10 +117,14 @@ async fn migrating_records_each_version_in_the_sqlx_cli_table_and_is_idempotent(
             .expect("bookkeeping");
     let expected: Vec<(i64, bool)> = versions().into_iter().map(|v| (v, true)).collect();
     assert_eq!(recorded, expected);
-    let status = db::migration_status(&pool).await.expect("status");
+    let status = db::migration_status(&mut pool.acquire().await.expect("conn"))
+        .await
+        .expect("status");
     assert!(status.is_current());
     assert!(status.unknown_applied.is_empty());
-    db::ensure_current(&pool).await.expect("current");
+    db::ensure_current(&mut pool.acquire().await.expect("conn"))
+        .await
+        .expect("current");
 }
 
 #[sqlx::test(migrations = false)]
@@ -126,7 +136,9 @@ async fn an_edited_migration_is_reported_as_not_current(pool: PgPool) {
     .execute(&pool)
     .await
     .expect("tamper");
-    let status = db::migration_status(&pool).await.expect("status");
+    let status = db::migration_status(&mut pool.acquire().await.expect("conn"))
+        .await
+        .expect("status");
     assert!(!status.is_current());
     let edited: Vec<i64> = status
         .migrations

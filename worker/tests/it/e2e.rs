@@ -55,9 +55,15 @@ pub fn unique(prefix: &str) -> String {
 
 /// A fresh, migrated database plus the running binaries, all stopped and dropped on `finish`.
 pub struct Stack {
+    /// The owner's pool, for the test's own setup and checks.
     pub pool: PgPool,
+    /// The binaries connect as `app_role`, the data-only role `setup-db.sh --app-role` creates,
+    /// so every end-to-end run shows that role's rights suffice.
     db_url: String,
     db_name: String,
+    app_role: String,
+    /// The owner's URL of the `postgres` database, to drop ours at the end.
+    admin_url: String,
     pub api_url: String,
     /// The API's `/metrics` (`API_METRICS_ADDR`).
     pub api_metrics_url: String,
@@ -90,11 +96,20 @@ impl Stack {
         .expect("create db");
         let pool = PgPool::connect(&db_url).await.expect("pool");
         herald_shared::db::migrate(&pool).await.expect("migrate");
+        let app_role = format!("{db_name}_app");
+        herald_shared::db::grant_app_role(&pool, &app_role, None)
+            .await
+            .expect("app role");
+        let rest = base.split_once("://").map_or(base, |(_, r)| r);
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let db_url = format!("postgres://{app_role}@{host}/{db_name}");
         let logs = tempfile::tempdir().expect("log dir");
         let mut stack = Self {
             pool,
             db_url,
             db_name,
+            app_role,
+            admin_url: format!("{base}/postgres"),
             api_url: String::new(),
             api_metrics_url: String::new(),
             api: Command::new("true").spawn().expect("placeholder"),
@@ -263,11 +278,16 @@ impl Stack {
         let _ = self.api.kill();
         let _ = self.api.wait();
         self.pool.close().await;
-        let (base, _) = self.db_url.rsplit_once('/').expect("url");
-        if let Ok(mut admin) = PgConnection::connect(&format!("{base}/postgres")).await {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.db_name
+            )))
+            .execute(&mut admin)
+            .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP ROLE IF EXISTS \"{}\"",
+                self.app_role
             )))
             .execute(&mut admin)
             .await;
