@@ -50,7 +50,8 @@ port="${HERALD_CHAOS_PG_PORT:-5434}"
 pg=(env HERALD_PG_PORT="$port" HERALD_PG_DATA="$PG_EMBEDDED_HOME/chaos-data" "$HERALD_ROOT/scripts/pg-embedded.sh")
 printf -v pg_cmd '%q ' "${pg[@]}"
 # Down long enough for sqlx's reconnect backoff to reach seconds (it doubles from 10 ms).
-export HERALD_CHAOS_PG_RESTART="$pg_cmd stop && sleep ${HERALD_CHAOS_PG_DOWN_SECS:-10} && $pg_cmd start"
+export HERALD_CHAOS_PG_DOWN_SECS="${HERALD_CHAOS_PG_DOWN_SECS:-10}"
+export HERALD_CHAOS_PG_RESTART="$pg_cmd stop && sleep $HERALD_CHAOS_PG_DOWN_SECS && $pg_cmd start"
 
 stop_emulator=false
 on_exit() {

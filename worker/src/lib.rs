@@ -146,9 +146,57 @@ pub fn queue_backend<T>(
         .with_config(queue_config)
         .poll_with_strategy(
             Strategy::new()
-                .stream(Pubsub::new(pool.clone(), queue.to_owned()))
+                .stream(Driven::spawn(Pubsub::new(pool.clone(), queue.to_owned())))
                 .interval(poll_interval),
         )
+}
+
+/// A stream polled by a task of its own, its items handed over through a small buffer (extra
+/// items are dropped: they are wake-ups, and the interval poll covers a lost one).
+///
+/// apalis polls its wake-up streams only between fetches. After PostgreSQL cut the LISTEN
+/// connection, `Pubsub` reconnects on its next poll; a fetch then waiting for the database left
+/// that connection opened but never sent its startup packet, PostgreSQL's fast shutdown waited for
+/// it (up to its `authentication_timeout`), and the fetch waited for PostgreSQL: a circular wait
+/// that only the 30 s `DB_ACQUIRE_TIMEOUT` broke (seen in 5 of 20 restart runs). Driven, the
+/// reconnect always completes or fails at once.
+#[derive(Debug)]
+pub struct Driven<T> {
+    rx: tokio::sync::mpsc::Receiver<T>,
+}
+
+impl<T: Send + 'static> Driven<T> {
+    /// Spawns the task driving `stream`; it ends with the stream or when this is dropped.
+    pub fn spawn(stream: impl futures::Stream<Item = T> + Send + 'static) -> Self {
+        use futures::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    item = stream.next() => match item {
+                        Some(item) => {
+                            let _ = tx.try_send(item);
+                        }
+                        None => break,
+                    },
+                }
+            }
+        });
+        Self { rx }
+    }
+}
+
+impl<T> futures::Stream for Driven<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.rx.poll_recv(cx)
+    }
 }
 
 /// Runs the email workers until `shutdown` resolves, then lets in-flight jobs finish within
@@ -265,4 +313,44 @@ pub fn serve_metrics(
             tracing::error!(error = %err, "metrics server stopped");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::Driven;
+
+    #[tokio::test]
+    async fn a_driven_stream_progresses_with_nobody_reading_and_stops_when_dropped() {
+        let polled = Arc::new(AtomicUsize::new(0));
+        let counter = polled.clone();
+        let stream = futures::stream::unfold(0_u32, move |n| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((n, n + 1))
+            }
+        });
+        let mut driven = Driven::spawn(stream);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            polled.load(Ordering::SeqCst) > 20,
+            "the stream ran only while read"
+        );
+        assert_eq!(driven.next().await, Some(0), "buffered items come in order");
+        drop(driven);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = polled.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            polled.load(Ordering::SeqCst) <= before + 1,
+            "the task stops with its reader"
+        );
+    }
 }
