@@ -51,10 +51,11 @@ for name in ("api", "worker"):
                   for k, v in env.items()), f"{name} has no secret inline in its environment")
 api = services.get("api", {})
 check(api.get("environment", {}).get("API_TOKEN_FILE") == "/run/secrets/api_token", "the API token is a compose secret")
-check(all(str(p).startswith("${HERALD_API_PUBLISH:-127.0.0.1:") or str(p).startswith("127.0.0.1:") for p in api.get("ports", [])),
-      "the API is published on 127.0.0.1 by default")
+check(all(str(p).startswith(("${HERALD_API_PUBLISH:-127.0.0.1:", "${HERALD_PUBLIC_PUBLISH:-127.0.0.1:", "127.0.0.1:"))
+          for p in api.get("ports", [])),
+      "the API (and its public listener) is published on 127.0.0.1 by default")
 check(all(f.startswith("./secrets/") for f in secret_files.values()) and
-      {"postgres_password", "app_db_password", "owner_database_url", "database_url", "api_token"} <= set(secret_files),
+      {"postgres_password", "app_db_password", "owner_database_url", "database_url", "api_token", "unsubscribe_secrets"} <= set(secret_files),
       "secrets are files under ./secrets")
 check(db.get("environment", {}).get("POSTGRES_PASSWORD_FILE") == "/run/secrets/postgres_password", "the database password is a secret file")
 backup = services.get("backup", {})

@@ -66,6 +66,17 @@ if [ -z "${API_TOKEN:-}" ]; then
     API_TOKEN="$(cat "$token_file")"
 fi
 export API_TOKEN
+secret_file="$HERALD_LOCAL/unsubscribe-secret"
+if [ -z "${UNSUBSCRIBE_SECRETS:-}" ]; then
+    if [ ! -s "$secret_file" ]; then
+        python3 -c 'import secrets; print(secrets.token_hex(32))' >"$secret_file"
+        chmod 600 "$secret_file"
+    fi
+    UNSUBSCRIBE_SECRETS="$(cat "$secret_file")"
+fi
+export UNSUBSCRIBE_SECRETS
+export PUBLIC_ADDR="${PUBLIC_ADDR:-127.0.0.1:8081}"
+export PUBLIC_URL="${PUBLIC_URL:-http://$PUBLIC_ADDR}"
 export API_ADDR="${API_ADDR:-127.0.0.1:8080}"
 export FRONTEND_URL="${FRONTEND_URL:-http://localhost:3000}"
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-$EMULATOR_URL}"

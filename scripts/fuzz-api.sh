@@ -62,6 +62,7 @@ cleanup() {
 trap cleanup EXIT
 mkfifo "$work/out"
 DATABASE_URL="$db_url" API_TOKEN="$token" API_ADDR=127.0.0.1:0 API_METRICS_ADDR=127.0.0.1:0 FRONTEND_URL=https://app.example.com \
+    UNSUBSCRIBE_SECRETS="fuzz-unsubscribe-$(python3 -c 'import secrets; print(secrets.token_hex(16))')" \
     EMAIL_FROM=noreply@herald.test RUST_LOG=warn "$target/debug/herald-api" >"$work/out" 2>"$HERALD_LOCAL/fuzz-api.log" &
 api_pid=$!
 exec 3<"$work/out"

@@ -40,6 +40,18 @@ pub struct ApiConfig {
     pub max_concurrent_requests: usize,
     /// `ADMIN_SESSION_HOURS` (default 12): how long a dashboard session lasts.
     pub admin_session_ttl: std::time::Duration,
+    /// `PUBLIC_ADDR` (default 127.0.0.1:8081, or port 0 when `API_ADDR` asks for port 0): the
+    /// public listener, serving only `/unsubscribe/{token}`; expose it through the site's proxy.
+    pub public_addr: SocketAddr,
+    /// `PUBLIC_RATE_LIMIT_PER_MINUTE` (default 30): requests one client may make to the public
+    /// listener per minute.
+    pub public_rate_limit: u32,
+    /// `PUBLIC_TRUST_PROXY` (default false): take the client's address for the rate limit from
+    /// the last `X-Forwarded-For` entry (set it only behind a proxy that appends one).
+    pub public_trust_proxy: bool,
+    /// Marketing mail (`MARKETING_EMAIL_ENABLED`, default true) and its unsubscribe links
+    /// (`UNSUBSCRIBE_SECRETS`, `PUBLIC_URL`, `UNSUBSCRIBE_MAILTO`); `None` when disabled.
+    pub marketing: Option<std::sync::Arc<herald_shared::unsubscribe::Marketing>>,
 }
 
 impl ApiConfig {
@@ -124,7 +136,27 @@ impl ApiConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        // Unset, it follows an API_ADDR that asks for port 0 (tests running many APIs at once).
+        let public_default = if addr.port() == 0 {
+            SocketAddr::new(addr.ip(), 0)
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], 8081))
+        };
+        let public_addr = parse_or(env, "PUBLIC_ADDR", public_default)?;
+        let public_rate_limit: u32 = parse_or(env, "PUBLIC_RATE_LIMIT_PER_MINUTE", 30)?;
+        if public_rate_limit == 0 {
+            return Err(ConfigError::Invalid {
+                var: "PUBLIC_RATE_LIMIT_PER_MINUTE",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let app_env = herald_shared::config::AppEnv::from_source(env)?;
         Ok(Self {
+            public_addr,
+            public_rate_limit,
+            public_trust_proxy: parse_or(env, "PUBLIC_TRUST_PROXY", false)?,
+            marketing: herald_shared::unsubscribe::Marketing::from_source(env, app_env)?
+                .map(std::sync::Arc::new),
             request_timeout: std::time::Duration::from_secs(request_timeout),
             max_concurrent_requests,
             metrics_addr,
@@ -162,14 +194,19 @@ mod tests {
 
     #[test]
     fn a_complete_environment_loads_with_defaults() {
-        let config = ApiConfig::from_source(&[
+        let env = [
             ("API_TOKEN", TOKEN),
             ("FRONTEND_URL", "https://app.example.com/"),
             ("EMAIL_FROM", "noreply@example.com"),
             ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
-        ])
-        .expect("valid");
+            ("UNSUBSCRIBE_SECRETS", TOKEN),
+        ];
+        let config = ApiConfig::from_source(&env).expect("valid");
         assert_eq!(config.addr.port(), 8080);
+        assert_eq!(config.public_addr.port(), 8081);
+        let err = ApiConfig::from_source(&[env[0], env[1], env[2], env[3]])
+            .expect_err("marketing on by default needs UNSUBSCRIBE_SECRETS");
+        assert!(err.to_string().starts_with("UNSUBSCRIBE_SECRETS"), "{err}");
         assert_eq!(config.frontend_url, "https://app.example.com");
         assert_eq!(config.email_max_attempts, 8);
     }
@@ -196,6 +233,7 @@ mod tests {
             ("FRONTEND_URL", "https://x.y"),
             ("EMAIL_FROM", "noreply@example.com"),
             ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
+            ("UNSUBSCRIBE_SECRETS", TOKEN),
         ];
         let send = "send:ssssssssssssssssssssssssssssssss";
         let env =

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod pages;
 pub mod routes;
 
 use std::future::Future;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub db: herald_shared::db::Db,
     /// Metrics (the database-backed gauges; the API updates no counters of its own).
     pub metrics: Arc<herald_shared::metrics::Metrics>,
+    /// The public listener's per-client budget (`PUBLIC_RATE_LIMIT_PER_MINUTE`).
+    pub public_limiter: Arc<routes::unsubscribe::RateLimiter>,
 }
 
 /// The OpenAPI document of every route.
@@ -222,17 +225,23 @@ async fn request_timeout(
 pub struct Application {
     listener: tokio::net::TcpListener,
     metrics_listener: tokio::net::TcpListener,
+    public_listener: tokio::net::TcpListener,
     router: Router,
     metrics_router: Router,
+    public_router: Router,
 }
 
 impl Application {
-    /// Binds `API_ADDR` and `API_METRICS_ADDR` and builds the routers.
+    /// Binds `API_ADDR`, `API_METRICS_ADDR` and `PUBLIC_ADDR` and builds the routers.
     pub async fn build(config: ApiConfig, pool: PgPool) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
+        let public_listener = tokio::net::TcpListener::bind(config.public_addr).await?;
         let config_compliance = config.compliance.clone();
         let state = AppState {
+            public_limiter: Arc::new(routes::unsubscribe::RateLimiter::new(
+                config.public_rate_limit,
+            )),
             db: herald_shared::db::Db::new(pool, config.db.acquire_timeout),
             config: Arc::new(config),
             metrics: Arc::new(herald_shared::metrics::Metrics::with_compliance(
@@ -242,7 +251,9 @@ impl Application {
         Ok(Self {
             listener,
             metrics_listener,
+            public_listener,
             metrics_router: metrics_router(state.clone()),
+            public_router: routes::unsubscribe::public_router(state.clone()),
             router: router(state),
         })
     }
@@ -257,6 +268,11 @@ impl Application {
         self.metrics_listener.local_addr()
     }
 
+    /// The address the public routes (`/unsubscribe/{token}`) are served on.
+    pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public_listener.local_addr()
+    }
+
     /// Serves both listeners until `shutdown` completes, then drains in-flight requests.
     pub async fn serve(
         self,
@@ -267,11 +283,20 @@ impl Application {
         let metrics_server = axum::serve(self.metrics_listener, self.metrics_router)
             .with_graceful_shutdown(metrics_stop.cancelled_owned());
         let metrics = tokio::spawn(async move { metrics_server.await });
+        // The rate limit keys on the peer's address.
+        let public_server = axum::serve(
+            self.public_listener,
+            self.public_router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let public = tokio::spawn(async move { public_server.await });
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await;
         stop.cancel();
         let _ = metrics.await;
+        let _ = public.await;
         served
     }
 }

@@ -35,7 +35,9 @@ async fn run() -> anyhow::Result<()> {
     println!("herald-api listening on http://{addr}");
     let metrics_addr = app.metrics_addr()?;
     println!("herald-api metrics on http://{metrics_addr}/metrics");
-    tracing::info!(%addr, %metrics_addr, "api listening");
+    let public_addr = app.public_addr()?;
+    println!("herald-api public on http://{public_addr}");
+    tracing::info!(%addr, %metrics_addr, %public_addr, "api listening");
     app.serve(telemetry::shutdown_signal()).await?;
     pool.close().await;
     tracing::info!("api stopped");

@@ -13,6 +13,7 @@ pub mod secret;
 pub mod suppressions;
 pub mod telemetry;
 pub mod tokens;
+pub mod unsubscribe;
 
 pub use config::{ConfigError, DbConfig};
 pub use secret::Secret;

@@ -210,6 +210,7 @@ fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> Chil
         .env("DB_MAX_CONNECTIONS", (concurrency + 8).to_string())
         .env("EMAIL_FROM", "noreply@herald.test")
         .env("FRONTEND_URL", "https://app.example.com")
+        .env("MARKETING_EMAIL_ENABLED", "false")
         .env("WORKER_BATCH_SIZE", batch.to_string())
         .env("WORKER_CONCURRENCY", concurrency.to_string())
         .env("SES_MAX_SEND_RATE", "1000000")
@@ -339,6 +340,7 @@ async fn main() {
             ("API_ADDR", "127.0.0.1:0"),
             ("API_METRICS_ADDR", "127.0.0.1:0"),
             ("FRONTEND_URL", "https://app.example.com"),
+            ("MARKETING_EMAIL_ENABLED", "false"),
             ("EMAIL_FROM", "noreply@herald.test"),
             ("DATABASE_URL", url.as_str()),
         ])

@@ -13,8 +13,11 @@ pub struct WorkerConfig {
     pub db: DbConfig,
     /// `EMAIL_FROM`: the verified SES sender.
     pub email_from: String,
-    /// `FRONTEND_URL`: base of verification, reset and unsubscribe links.
+    /// `FRONTEND_URL`: base of verification and reset links.
     pub frontend_url: String,
+    /// Marketing mail (`MARKETING_EMAIL_ENABLED`, default true): the unsubscribe links' secrets
+    /// and base (`UNSUBSCRIBE_SECRETS`, `PUBLIC_URL`, `UNSUBSCRIBE_MAILTO`); `None` when disabled.
+    pub marketing: Option<std::sync::Arc<herald_shared::unsubscribe::Marketing>>,
     /// `SES_CONFIGURATION_SET` (optional): where SES publishes events.
     pub ses_configuration_set: Option<String>,
     /// `SES_MAX_SEND_RATE` (emails/s, optional): overrides the account's quota.
@@ -145,6 +148,8 @@ impl WorkerConfig {
             });
         }
         Ok(Self {
+            marketing: herald_shared::unsubscribe::Marketing::from_source(env, app_env)?
+                .map(std::sync::Arc::new),
             app_env,
             sns_verify_signatures,
             sns_signing_cert_url_pattern,
@@ -242,11 +247,34 @@ fn feedback_formats(
 mod tests {
     use super::*;
 
-    const BASE: [(&str, &str); 3] = [
+    const BASE: [(&str, &str); 4] = [
         ("EMAIL_FROM", "noreply@example.com"),
         ("FRONTEND_URL", "https://app.example.com"),
         ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
+        ("UNSUBSCRIBE_SECRETS", "0123456789abcdef0123456789abcdef"),
     ];
+
+    #[test]
+    fn marketing_mail_needs_the_unsubscribe_secrets_unless_disabled() {
+        let without: Vec<_> = BASE[..3].to_vec();
+        let without: [(&str, &str); 3] = without.try_into().expect("3");
+        let err = WorkerConfig::from_source(&without).expect_err("no secrets");
+        assert!(err.to_string().starts_with("UNSUBSCRIBE_SECRETS"), "{err}");
+        let off = [
+            without[0],
+            without[1],
+            without[2],
+            ("MARKETING_EMAIL_ENABLED", "false"),
+        ];
+        assert!(
+            WorkerConfig::from_source(&off)
+                .expect("valid")
+                .marketing
+                .is_none()
+        );
+        let on = WorkerConfig::from_source(&BASE).expect("valid");
+        assert!(on.marketing.is_some());
+    }
 
     #[test]
     fn defaults_are_sane() {
@@ -261,7 +289,7 @@ mod tests {
     fn bad_numbers_name_their_variable() {
         let mut env: Vec<(&str, &str)> = BASE.to_vec();
         env.push(("WORKER_CONCURRENCY", "0"));
-        let env: [(&str, &str); 4] = env.try_into().expect("4");
+        let env: [(&str, &str); 5] = env.try_into().expect("5");
         let err = WorkerConfig::from_source(&env).expect_err("zero");
         assert!(err.to_string().starts_with("WORKER_CONCURRENCY"), "{err}");
         let err = WorkerConfig::from_source(&[("EMAIL_FROM", "x")]).expect_err("from");

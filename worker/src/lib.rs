@@ -56,6 +56,7 @@ pub async fn email_context(
         pool,
         sender: Arc::new(sender),
         frontend_url: config.frontend_url.clone(),
+        marketing: config.marketing.clone(),
         send_rate,
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,

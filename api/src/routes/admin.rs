@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sqlx::Connection;
 
 use crate::AppState;
+use crate::pages::{self, escape};
 
 /// `__Host-`: only over https (browsers treat http://localhost as secure too), path `/`, no
 /// `Domain`, so no sibling host can set or read it.
@@ -132,43 +133,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 /// The pages' CSP: the hashed stylesheet and nothing else (no script at all), computed once.
-static CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
-    use base64::Engine as _;
-    let digest = ring::digest::digest(&ring::digest::SHA256, STYLE.as_bytes());
-    let csp = format!(
-        "default-src 'none'; style-src 'sha256-{}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-    );
-    HeaderValue::from_str(&csp).unwrap_or(HeaderValue::from_static("default-src 'none'"))
-});
+static CSP: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| pages::csp_for(STYLE));
 
 /// The headers every dashboard page carries: the CSP, no framing, no caching.
 fn page_headers() -> [(header::HeaderName, HeaderValue); 5] {
-    [
-        (header::CONTENT_SECURITY_POLICY, CSP.clone()),
-        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-        (
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        ),
-    ]
+    pages::headers(&CSP, "same-origin")
 }
 
 fn page(status: StatusCode, html: String) -> Response {
     (status, page_headers(), Html(html)).into_response()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 fn login_form(message: &str) -> String {

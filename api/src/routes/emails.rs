@@ -162,6 +162,11 @@ pub async fn send_email(
         return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
     }
     let (job, send_at) = build_job(body.value)?;
+    if job.category == Category::Marketing && state.config.marketing.is_none() {
+        return Err(ApiError::Validation(
+            "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
+        ));
+    }
     if email::ledger::is_suppressed(&mut tx, &job.to, job.category).await? {
         return Err(ApiError::RecipientSuppressed(job.category.as_str()));
     }

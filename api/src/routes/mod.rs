@@ -7,4 +7,5 @@ pub mod health;
 pub mod jobs;
 pub mod schedules;
 pub mod suppressions;
+pub mod unsubscribe;
 pub mod users;

@@ -271,3 +271,49 @@ async fn the_dashboard_signs_in_shows_the_queues_and_retries_in_a_real_browser(p
     browser.goto(&format!("{}/admin", app.url)).await;
     assert!(browser.current_url().await.ends_with("/admin/login"));
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_unsubscribe_page_has_no_script_and_its_button_unsubscribes_in_a_real_browser(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool, true).await;
+    let signer = herald_shared::unsubscribe::Signer::from_list(crate::api::UNSUBSCRIBE_SECRET)
+        .expect("signer");
+    let token = signer.sign(
+        "Reader@Example.com",
+        herald_shared::email::Category::Marketing,
+        chrono::Utc::now(),
+    );
+    let link = format!("{}/unsubscribe/{token}", app.public_url);
+    let browser = Browser::start().await;
+    browser.goto(&link).await;
+    let page = browser.source().await;
+    assert!(!page.contains("<script"), "no script: {page}");
+    assert!(
+        page.contains("r***@example.com"),
+        "the masked address: {page}"
+    );
+    let (status, _) = app
+        .send("GET", "/v1/suppressions/reader@example.com", None, &[])
+        .await;
+    assert_eq!(status, 404, "opening the page suppresses nothing");
+
+    browser.click("button[type=submit]").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, row) = app
+            .send("GET", "/v1/suppressions/reader@example.com", None, &[])
+            .await;
+        if status == 200 {
+            assert_eq!(row["type"], "unsubscribe", "{row}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the button did not unsubscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = browser.source().await;
+    assert!(done.contains("no more marketing email"), "{done}");
+}

@@ -8,12 +8,16 @@ use sqlx::PgPool;
 
 pub const TOKEN: &str = "api-test-token-0123456789abcdef0123";
 /// A token with the `send` scope only.
+/// The unsubscribe secret the test APIs verify links with.
+pub const UNSUBSCRIBE_SECRET: &str = "test-unsubscribe-secret-0123456789abcdef";
 pub const SEND_TOKEN: &str = "api-test-send-only-0123456789abcdef";
 
 pub struct TestApp {
     pub url: String,
     /// Where `/metrics` is served (`API_METRICS_ADDR`), apart from `url`.
     pub metrics_url: String,
+    /// The public listener (`PUBLIC_ADDR`).
+    pub public_url: String,
     pub http: reqwest::Client,
     pub pool: PgPool,
 }
@@ -37,6 +41,8 @@ impl TestApp {
             ("API_ADDR", "127.0.0.1:0"),
             ("API_METRICS_ADDR", "127.0.0.1:0"),
             ("FRONTEND_URL", "https://app.example.com"),
+            ("UNSUBSCRIBE_SECRETS", UNSUBSCRIBE_SECRET),
+            ("PUBLIC_URL", "https://mail.example.com"),
             ("EMAIL_FROM", "noreply@herald.test"),
             ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
         ]
@@ -51,10 +57,12 @@ impl TestApp {
             .expect("bind");
         let url = format!("http://{}", app.local_addr().expect("addr"));
         let metrics_url = format!("http://{}/metrics", app.metrics_addr().expect("addr"));
+        let public_url = format!("http://{}", app.public_addr().expect("addr"));
         tokio::spawn(app.serve(std::future::pending()));
         Self {
             url,
             metrics_url,
+            public_url,
             http: reqwest::Client::new(),
             pool,
         }

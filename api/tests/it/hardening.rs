@@ -510,3 +510,70 @@ async fn header_injection_and_unicode_tricks_are_refused_at_enqueue(pool: PgPool
         .expect("row");
     assert_eq!(to, "ada@xn--bcher-kva.example");
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_public_listener_serves_only_unsubscribe_refuses_bad_tokens_and_limits_each_client(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with(pool, true, &[("PUBLIC_RATE_LIMIT_PER_MINUTE", "4")]).await;
+    let http = reqwest::Client::new();
+    for path in [
+        "/v1/emails",
+        "/admin",
+        "/metrics",
+        "/openapi.json",
+        "/unsubscribe",
+    ] {
+        let res = http
+            .get(format!("{}{path}", app.public_url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(res.status(), 404, "{path} on PUBLIC_ADDR");
+    }
+    let signer = herald_shared::unsubscribe::Signer::from_list(crate::api::UNSUBSCRIBE_SECRET)
+        .expect("signer");
+    let transactional = signer.sign(
+        "a@example.com",
+        herald_shared::email::Category::Transactional,
+        chrono::Utc::now(),
+    );
+    let foreign = herald_shared::unsubscribe::Signer::from_list(
+        "another-deployments-secret-0123456789abcdef",
+    )
+    .expect("signer")
+    .sign(
+        "a@example.com",
+        herald_shared::email::Category::Marketing,
+        chrono::Utc::now(),
+    );
+    // Each refused without a change; the fourth request of the minute is the last allowed.
+    for token in [
+        transactional.as_str(),
+        foreign.as_str(),
+        "%00%0d%0a",
+        &"x".repeat(700),
+    ] {
+        let res = http
+            .post(format!("{}/unsubscribe/{token}", app.public_url))
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(res.status(), 400, "{token}");
+        let page = res.text().await.expect("page");
+        assert!(
+            page.contains("not valid") && !page.contains("<script"),
+            "{page}"
+        );
+    }
+    let res = http
+        .get(format!("{}/unsubscribe/{foreign}", app.public_url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(res.status(), 429, "the fifth request in a minute");
+    let (_, list) = app.send("GET", "/v1/suppressions", None, &[]).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+}

@@ -17,11 +17,14 @@ pub(super) async fn build(
     tx: &mut sqlx::PgConnection,
 ) -> Result<(OutgoingEmail, Option<uuid::Uuid>), JobFailure> {
     let content_error = |e: templates::TemplateError| JobFailure::Content(e.to_string());
+    let unsubscribe = unsubscribe_link(ctx, job)?;
     let (rendered, token_id) = match &job.content {
-        EmailContent::Template { .. } | EmailContent::Raw { .. } => match render_plain(job) {
-            Some(rendered) => (rendered.map_err(content_error)?, None),
-            None => return Err(JobFailure::Content("no content".into())),
-        },
+        EmailContent::Template { .. } | EmailContent::Raw { .. } => {
+            match render_plain(job, unsubscribe.as_deref()) {
+                Some(rendered) => (rendered.map_err(content_error)?, None),
+                None => return Err(JobFailure::Content("no content".into())),
+            }
+        }
         EmailContent::Verification { user_id } | EmailContent::PasswordReset { user_id } => {
             let (kind, template, path) = match job.content {
                 EmailContent::Verification { .. } => (
@@ -51,15 +54,44 @@ pub(super) async fn build(
             (rendered, Some(token_id))
         }
     };
-    Ok((outgoing(ctx, id, job, rendered), token_id))
+    Ok((
+        outgoing(ctx, id, job, rendered, unsubscribe.as_deref()),
+        token_id,
+    ))
 }
 
-/// Renders content that needs no token (`None` for verification and reset emails).
+/// The unsubscribe link a marketing email carries (`None` for transactional mail); an error when
+/// marketing mail is disabled (`MARKETING_EMAIL_ENABLED=false`), so such a job fails for good.
+pub(super) fn unsubscribe_link(
+    ctx: &EmailContext,
+    job: &EmailJob,
+) -> Result<Option<String>, JobFailure> {
+    if job.category != Category::Marketing {
+        return Ok(None);
+    }
+    match &ctx.marketing {
+        Some(marketing) => Ok(Some(marketing.link(&job.to, Category::Marketing))),
+        None => Err(JobFailure::Content(
+            "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
+        )),
+    }
+}
+
+/// Renders content that needs no token (`None` for verification and reset emails); templates of
+/// marketing mail get `unsubscribe_url`.
 pub(super) fn render_plain(
     job: &EmailJob,
+    unsubscribe_url: Option<&str>,
 ) -> Option<Result<templates::Rendered, templates::TemplateError>> {
     match &job.content {
-        EmailContent::Template { name, data } => Some(templates::render(name, data)),
+        EmailContent::Template { name, data } => Some(match (unsubscribe_url, data.as_object()) {
+            (Some(url), Some(fields)) => {
+                let mut fields = fields.clone();
+                fields.insert("unsubscribe_url".into(), url.into());
+                templates::render(name, &serde_json::Value::Object(fields))
+            }
+            _ => templates::render(name, data),
+        }),
         EmailContent::Raw {
             subject,
             text,
@@ -73,24 +105,35 @@ pub(super) fn render_plain(
     }
 }
 
-/// The message SES gets: the rendered content, with unsubscribe headers on marketing mail.
+/// The message SES gets: the rendered content; marketing mail (`unsubscribe` set) carries the
+/// RFC 8058 one-click headers and the link in a footer of each part that does not show it yet.
 pub(super) fn outgoing(
     ctx: &EmailContext,
     id: &str,
     job: &EmailJob,
-    rendered: templates::Rendered,
+    mut rendered: templates::Rendered,
+    unsubscribe: Option<&str>,
 ) -> OutgoingEmail {
     let mut headers = Vec::new();
-    if job.category == Category::Marketing {
-        // RFC 8058 one-click unsubscribe; the frontend resolves the job id to the address.
-        headers.push((
-            "List-Unsubscribe".to_owned(),
-            format!("<{}/unsubscribe?job={id}>", ctx.frontend_url),
-        ));
+    if let Some(url) = unsubscribe {
+        let mut list = format!("<{url}>");
+        if let Some(mailto) = ctx.marketing.as_ref().and_then(|m| m.mailto.as_deref()) {
+            list.push_str(&format!(", <mailto:{mailto}?subject=unsubscribe>"));
+        }
+        headers.push(("List-Unsubscribe".to_owned(), list));
         headers.push((
             "List-Unsubscribe-Post".to_owned(),
             "List-Unsubscribe=One-Click".to_owned(),
         ));
+        if !rendered.text.is_empty() && !rendered.text.contains(url) {
+            rendered.text = format!(
+                "{}\n\n--\nTo stop receiving these emails: {url}\n",
+                rendered.text.trim_end()
+            );
+        }
+        if !rendered.html.is_empty() && !rendered.html.contains(url) {
+            rendered.html = with_footer(&rendered.html, url);
+        }
     }
     OutgoingEmail {
         to: job.to.clone(),
@@ -99,5 +142,21 @@ pub(super) fn outgoing(
         html: Some(rendered.html).filter(|h| !h.is_empty()),
         headers,
         job_id: id.to_owned(),
+    }
+}
+
+/// `html` with an unsubscribe paragraph before its closing `</body>` (or at its end).
+fn with_footer(html: &str, url: &str) -> String {
+    let escaped = url
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let footer = format!(
+        "<p style=\"font-size:12px;color:#666\"><a href=\"{escaped}\">Unsubscribe</a> from these emails.</p>"
+    );
+    match html.to_ascii_lowercase().rfind("</body>") {
+        Some(at) => format!("{}{footer}{}", &html[..at], &html[at..]),
+        None => format!("{html}{footer}"),
     }
 }

@@ -37,8 +37,10 @@ pub struct EmailContext {
     pub pool: PgPool,
     /// What sends: SES in production.
     pub sender: Arc<dyn EmailSender>,
-    /// Base of links.
+    /// Base of verification and reset links.
     pub frontend_url: String,
+    /// Unsubscribe links for marketing mail; `None` when marketing mail is disabled.
+    pub marketing: Option<Arc<herald_shared::unsubscribe::Marketing>>,
     /// Emails per second across every worker process.
     pub send_rate: f64,
     /// First retry delay.
@@ -128,7 +130,8 @@ async fn run(
     }
 
     // Plain content with nothing holding it back: one grouped statement, not a transaction of four.
-    if let Some(Ok(rendered)) = render_plain(job) {
+    let unsubscribe = content::unsubscribe_link(ctx, job)?;
+    if let Some(Ok(rendered)) = render_plain(job, unsubscribe.as_deref()) {
         let request = (
             id.to_owned(),
             job.to.clone(),
@@ -136,7 +139,7 @@ async fn run(
         );
         if let Some(claim) = ctx.ledger.claims.call(request).await {
             warn_if_uncertain(id, &claim.before);
-            let outgoing = outgoing(ctx, id, job, rendered);
+            let outgoing = outgoing(ctx, id, job, rendered, unsubscribe.as_deref());
             return send(ctx, id, &outgoing, &claim.before, runs.is_last()).await;
         }
     }

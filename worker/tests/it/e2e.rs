@@ -67,6 +67,8 @@ pub struct Stack {
     pub api_url: String,
     /// The API's `/metrics` (`API_METRICS_ADDR`).
     pub api_metrics_url: String,
+    /// The API's public listener (`PUBLIC_ADDR`); the workers' `PUBLIC_URL`.
+    pub public_url: String,
     api: Child,
     pub workers: Vec<Child>,
     logs: tempfile::TempDir,
@@ -112,6 +114,7 @@ impl Stack {
             admin_url: format!("{base}/postgres"),
             api_url: String::new(),
             api_metrics_url: String::new(),
+            public_url: String::new(),
             api: Command::new("true").spawn().expect("placeholder"),
             workers: Vec::new(),
             logs,
@@ -133,6 +136,8 @@ impl Stack {
             // Tests run in parallel: every worker takes a free port for its metrics.
             .env("METRICS_ADDR", "127.0.0.1:0")
             .env("FRONTEND_URL", "https://app.example.com")
+            .env("UNSUBSCRIBE_SECRETS", crate::helpers::UNSUBSCRIBE_SECRET)
+            .env("PUBLIC_ADDR", "127.0.0.1:0")
             .env("EMAIL_FROM", "noreply@herald.test")
             .env("AWS_ENDPOINT_URL", emulator())
             .env("AWS_REGION", "us-east-1")
@@ -180,6 +185,15 @@ impl Stack {
             .strip_prefix("herald-api metrics on ")
             .unwrap_or_else(|| panic!("unexpected second line from herald-api: {metrics_line:?}"))
             .to_owned();
+        let mut public_line = String::new();
+        reader
+            .read_line(&mut public_line)
+            .expect("api prints its public address");
+        self.public_url = public_line
+            .trim()
+            .strip_prefix("herald-api public on ")
+            .unwrap_or_else(|| panic!("unexpected third line from herald-api: {public_line:?}"))
+            .to_owned();
         // Keep reading: a closed pipe would make the API's later writes to stdout fail.
         let mut rest = std::fs::File::create(self.logs.path().join("api-stdout.log")).expect("log");
         std::thread::spawn(move || std::io::copy(&mut reader, &mut rest));
@@ -194,6 +208,8 @@ impl Stack {
     /// Starts a worker process; its logs go to worker-N.log.
     pub fn spawn_worker(&mut self, extra: &[(&str, &str)]) {
         let mut cmd = Command::new(binary("herald-worker"));
+        // Links in marketing mail lead to this stack's public listener.
+        cmd.env("PUBLIC_URL", &self.public_url);
         self.env(&mut cmd, extra);
         let n = self.workers.len();
         let log =
@@ -232,6 +248,19 @@ impl Stack {
             .post(format!("{}{path}", self.api_url))
             .bearer_auth(TOKEN)
             .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs an API path with the admin token.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.api_url))
+            .bearer_auth(TOKEN)
             .send()
             .await
             .expect("request");
@@ -352,7 +381,7 @@ async fn moto_messages() -> Vec<Value> {
         .unwrap_or_default()
 }
 
-async fn moto_message(id: &str) -> Option<Value> {
+pub async fn moto_message(id: &str) -> Option<Value> {
     moto_messages().await.into_iter().find(|m| m["id"] == id)
 }
 

@@ -14,6 +14,11 @@ use tokio::sync::oneshot;
 
 pub const FROM: &str = "noreply@herald.test";
 
+/// The unsubscribe secret and public base the tests' workers and APIs share.
+pub const UNSUBSCRIBE_SECRET: &str = "test-unsubscribe-secret-0123456789abcdef";
+/// `PUBLIC_URL` in tests.
+pub const PUBLIC_URL: &str = "https://mail.example.com";
+
 /// Creates apalis's schema in a `#[sqlx::test]` database (which has only the app's migrations).
 pub async fn setup_queue(pool: &PgPool) {
     apalis_postgres::PostgresStorage::setup(pool)
@@ -28,6 +33,8 @@ pub fn worker_config(pool: &PgPool, extra: &[(&str, &str)]) -> WorkerConfig {
         ("DATABASE_URL", url.as_str()),
         ("EMAIL_FROM", FROM),
         ("FRONTEND_URL", "https://app.example.com"),
+        ("UNSUBSCRIBE_SECRETS", UNSUBSCRIBE_SECRET),
+        ("PUBLIC_URL", PUBLIC_URL),
         ("WORKER_POLL_INTERVAL_MS", "100"),
         ("WORKER_HEARTBEAT_SECS", "1"),
         ("WORKER_MISSED_HEARTBEATS", "2"),
@@ -65,6 +72,7 @@ pub fn context_with_sender(
         pool: pool.clone(),
         sender,
         frontend_url: config.frontend_url.clone(),
+        marketing: config.marketing.clone(),
         send_rate: 1000.0,
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,

@@ -12,3 +12,4 @@ mod retry_policy;
 mod ses_dispatch;
 mod ses_stub;
 mod sns_trust;
+mod unsubscribe;

@@ -280,7 +280,7 @@ async fn marketing_mail_carries_one_click_unsubscribe_headers_and_the_job_tag(po
     });
     let client = mock_client!(aws_sdk_sesv2, RuleMode::MatchAny, [&rule], |c| c
         .retry_config(RetryConfig::disabled()));
-    let config = worker_config(&pool, &[]);
+    let config = worker_config(&pool, &[("UNSUBSCRIBE_MAILTO", "unsubscribe@herald.test")]);
     let mut ids = enqueue(&pool, 1, "news", Category::Marketing).await;
     ids.extend(enqueue(&pool, 1, "receipt", Category::Transactional).await);
     let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
@@ -297,13 +297,25 @@ async fn marketing_mail_carries_one_click_unsubscribe_headers_and_the_job_tag(po
         .iter()
         .find(|(n, _)| n == "List-Unsubscribe")
         .expect("List-Unsubscribe");
-    assert!(
-        unsubscribe
-            .1
-            .starts_with("<https://app.example.com/unsubscribe?job="),
-        "{}",
-        unsubscribe.1
+    // `<PUBLIC_URL/unsubscribe/TOKEN>, <mailto:…>`: the token names the recipient, not the job.
+    let prefix = format!("<{}/unsubscribe/", crate::helpers::PUBLIC_URL);
+    let (token, mailto) = unsubscribe
+        .1
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split_once(">, "))
+        .unwrap_or_else(|| panic!("List-Unsubscribe: {}", unsubscribe.1));
+    assert_eq!(
+        mailto,
+        "<mailto:unsubscribe@herald.test?subject=unsubscribe>"
     );
+    assert!(ids.iter().all(|id| !token.contains(id.as_str())));
+    let signer = herald_shared::unsubscribe::Signer::from_list(crate::helpers::UNSUBSCRIBE_SECRET)
+        .expect("signer");
+    let claim = signer
+        .verify(token)
+        .expect("a token signed with UNSUBSCRIBE_SECRETS");
+    assert_eq!(claim.email, "news-0@example.com");
+    assert_eq!(claim.category, Category::Marketing);
     assert!(marketing.0.contains(&(
         "List-Unsubscribe-Post".into(),
         "List-Unsubscribe=One-Click".into()
