@@ -145,6 +145,13 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Who made an admin request, for the record: `token:<fingerprint>` (never the token).
+pub fn caller(state: &AppState, headers: &axum::http::HeaderMap) -> String {
+    bearer(headers)
+        .and_then(|t| state.config.tokens.admin_fingerprint(t))
+        .map_or_else(|| "unknown".to_owned(), |fp| format!("token:{fp}"))
+}
+
 async fn require(
     state: &AppState,
     needed: Scope,

@@ -36,6 +36,12 @@ pub enum ApiError {
     /// The template needs data the request lacks.
     #[error("{0}")]
     TemplateData(String),
+    /// A template's sources do not parse, or do not render against their sample data.
+    #[error("{0}")]
+    TemplateInvalid(String),
+    /// Queued emails still use the template (`?force=true` deletes it anyway).
+    #[error("{0} queued emails use this template; wait, or delete with ?force=true")]
+    TemplateInUse(i64),
     /// The recipient is suppressed for this category.
     #[error("the recipient is suppressed for {0} email")]
     RecipientSuppressed(&'static str),
@@ -81,6 +87,8 @@ impl ApiError {
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnknownTemplate(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_template"),
             Self::TemplateData(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template_data_invalid"),
+            Self::TemplateInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template_invalid"),
+            Self::TemplateInUse(_) => (StatusCode::CONFLICT, "template_in_use"),
             Self::RecipientSuppressed(_) => (StatusCode::CONFLICT, "recipient_suppressed"),
             Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict"),
             Self::AlreadyVerified => (StatusCode::CONFLICT, "already_verified"),
@@ -149,6 +157,21 @@ impl From<sqlx::Error> for ApiError {
             Self::DatabaseUnavailable(herald_shared::telemetry::error_chain(&err))
         } else {
             Self::internal(err)
+        }
+    }
+}
+
+impl ApiError {
+    /// A template store failure met while sending: an unknown template, data it cannot render,
+    /// or the database.
+    pub fn from_template_store(err: herald_shared::email::templates::store::StoreError) -> Self {
+        use herald_shared::email::templates::{TemplateError, store::StoreError};
+        match err {
+            StoreError::Template(TemplateError::Unknown(name)) => {
+                Self::UnknownTemplate(format!("unknown template {name}"))
+            }
+            StoreError::Template(e) => Self::TemplateData(e.to_string()),
+            StoreError::Db(e) => e.into(),
         }
     }
 }

@@ -20,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use config::ApiConfig;
 use error::ApiError;
-use routes::{admin, compliance, emails, health, jobs, schedules, suppressions, users};
+use routes::{admin, compliance, emails, health, jobs, schedules, suppressions, templates, users};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: Arc<herald_shared::metrics::Metrics>,
     /// The public listener's per-client budget (`PUBLIC_RATE_LIMIT_PER_MINUTE`).
     pub public_limiter: Arc<routes::unsubscribe::RateLimiter>,
+    /// Compiled template versions.
+    pub templates: Arc<herald_shared::email::templates::Cache>,
 }
 
 /// The OpenAPI document of every route.
@@ -47,6 +49,8 @@ pub struct AppState {
         suppressions::list, suppressions::get, suppressions::add, suppressions::remove,
         schedules::list,
         compliance::get, compliance::resume,
+        templates::put, templates::list, templates::get, templates::version, templates::delete,
+        templates::preview,
     ),
     modifiers(&BearerAuth, &CommonResponses)
 )]
@@ -179,6 +183,18 @@ pub fn router(state: AppState) -> Router {
             "/v1/suppressions/{email}",
             get(suppressions::get).delete(suppressions::remove),
         )
+        .route("/v1/templates", get(templates::list))
+        .route(
+            "/v1/templates/{name}",
+            get(templates::get)
+                .put(templates::put)
+                .delete(templates::delete),
+        )
+        .route(
+            "/v1/templates/{name}/versions/{version}",
+            get(templates::version),
+        )
+        .route("/v1/templates/{name}/preview", post(templates::preview))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,
@@ -192,6 +208,11 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/login", get(admin::login_page).post(admin::login))
         .route("/admin/logout", post(admin::logout))
         .route("/admin/jobs/{id}/retry", post(admin::retry))
+        .route("/admin/templates", get(routes::admin_templates::list))
+        .route(
+            "/admin/templates/{name}/{locale}/{version}/preview",
+            get(routes::admin_templates::preview),
+        )
         .merge(v1)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
@@ -239,6 +260,7 @@ impl Application {
         let public_listener = tokio::net::TcpListener::bind(config.public_addr).await?;
         let config_compliance = config.compliance.clone();
         let state = AppState {
+            templates: Arc::default(),
             public_limiter: Arc::new(routes::unsubscribe::RateLimiter::new(
                 config.public_rate_limit,
             )),

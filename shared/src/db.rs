@@ -323,6 +323,8 @@ pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
     ("email_feedback_events", "SELECT, INSERT"),
     ("email_sending_control", "SELECT, UPDATE"),
     ("email_suppressions", "SELECT, INSERT, UPDATE, DELETE"),
+    // Versions are immutable: published (INSERT) and deleted, never edited.
+    ("email_templates", "SELECT, INSERT, DELETE"),
     ("maintenance_schedules", "SELECT, INSERT, UPDATE"),
     (
         "password_reset_tokens",

@@ -57,6 +57,7 @@ pub async fn email_context(
         sender: Arc::new(sender),
         frontend_url: config.frontend_url.clone(),
         marketing: config.marketing.clone(),
+        templates: Arc::default(),
         send_rate,
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,

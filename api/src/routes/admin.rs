@@ -21,7 +21,7 @@ use crate::pages::{self, escape};
 const COOKIE: &str = "__Host-herald_admin";
 
 /// The dashboard's stylesheet; its hash is the only style the page's CSP allows.
-const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
+pub(crate) const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f4f4f4}";
 
 fn now_secs() -> u64 {
@@ -89,14 +89,14 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// How a dashboard request is authenticated.
-enum Access {
+pub(crate) enum Access {
     /// `Authorization: Bearer` with an admin token: no cookie, so no CSRF check.
     Bearer,
     /// The session cookie (its value, which the CSRF token is derived from).
     Session(String),
 }
 
-fn access(state: &AppState, headers: &HeaderMap) -> Option<Access> {
+pub(crate) fn access(state: &AppState, headers: &HeaderMap) -> Option<Access> {
     if crate::auth::bearer(headers).and_then(|t| state.config.tokens.scope_of(t))
         == Some(crate::auth::Scope::Admin)
     {
@@ -140,7 +140,7 @@ fn page_headers() -> [(header::HeaderName, HeaderValue); 5] {
     pages::headers(&CSP, "same-origin")
 }
 
-fn page(status: StatusCode, html: String) -> Response {
+pub(crate) fn page(status: StatusCode, html: String) -> Response {
     (status, page_headers(), Html(html)).into_response()
 }
 
@@ -322,7 +322,8 @@ async fn render(state: &AppState, csrf: &str) -> Result<String, herald_shared::j
     html.push_str(&format!("<style>{STYLE}</style></head><body>"));
     html.push_str(
         "<form method=\"post\" action=\"/admin/logout\"><button>Sign out</button></form>\
-         <h1>Herald queues</h1><table id=\"queues\"><tr><th>queue</th>",
+         <h1>Herald queues</h1><p><a href=\"/admin/templates\">Templates</a></p>\
+         <table id=\"queues\"><tr><th>queue</th>",
     );
     for s in states {
         html.push_str(&format!("<th>{s}</th>"));

@@ -23,8 +23,11 @@ pub struct SendEmailRequest {
     /// Recipient address.
     #[schema(example = "ada@example.com")]
     pub to: String,
-    /// Template name (`welcome`, `notification`); or give `subject` and `text`/`html`.
+    /// Template name (`welcome`, `notification`, or any stored with `PUT /v1/templates/{name}`);
+    /// or give `subject` and `text`/`html`.
     pub template: Option<String>,
+    /// The recipient's locale (`de-AT`): the template's version in `de-AT`, else `de`, else `en`.
+    pub locale: Option<String>,
     /// Template variables (a JSON object).
     #[schema(value_type = Option<Object>)]
     pub data: Option<Value>,
@@ -76,25 +79,37 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
                     "text and html go with subject, not template".into(),
                 ));
             }
-            if !templates::PUBLIC_TEMPLATES.contains(&name.as_str()) {
+            if templates::INTERNAL_TEMPLATES.contains(&name.as_str())
+                || !templates::valid_name(&name)
+            {
                 return Err(ApiError::UnknownTemplate(format!(
                     "unknown template {name:?}"
+                )));
+            }
+            let locale = req
+                .locale
+                .unwrap_or_else(|| templates::DEFAULT_LOCALE.into());
+            if !templates::valid_locale(&locale) {
+                return Err(ApiError::Validation(format!(
+                    "locale {locale:?} is not a BCP 47 tag such as en or de-AT"
                 )));
             }
             let data = req
                 .data
                 .unwrap_or_else(|| Value::Object(Default::default()));
-            let rendered = templates::render(&name, &data)
-                .map_err(|e| ApiError::TemplateData(e.to_string()))?;
-            // The data can put a line break into the subject: the same check as a raw one.
-            herald_shared::email::check_subject(&rendered.subject).map_err(|reason| {
-                ApiError::TemplateData(format!("the rendered subject is refused: {reason}"))
-            })?;
-            EmailContent::Template { name, data }
+            // Resolved, checked and pinned in `pin_template`, with the database at hand.
+            EmailContent::Template {
+                name,
+                data,
+                locale: Some(locale),
+                version: None,
+            }
         }
         (None, Some(subject)) => {
-            if req.data.is_some() {
-                return Err(ApiError::Validation("data goes with template".into()));
+            if req.data.is_some() || req.locale.is_some() {
+                return Err(ApiError::Validation(
+                    "data and locale go with template".into(),
+                ));
             }
             herald_shared::email::check_subject(&subject)
                 .map_err(|reason| ApiError::Validation(format!("subject: {reason}")))?;
@@ -123,6 +138,43 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
         },
         req.send_at,
     ))
+}
+
+/// Resolves a template email's locale (with fallback) to the newest version there, checks `data`
+/// against it and renders it once, so bad data fails here, not later; pins that version.
+async fn pin_template(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    job: &mut EmailJob,
+) -> Result<(), ApiError> {
+    let EmailContent::Template {
+        name,
+        data,
+        locale,
+        version,
+    } = &mut job.content
+    else {
+        return Ok(());
+    };
+    let wanted = locale.as_deref().unwrap_or(templates::DEFAULT_LOCALE);
+    let (found, newest) = templates::store::resolve(conn, name, wanted)
+        .await?
+        .ok_or_else(|| ApiError::UnknownTemplate(format!("unknown template {name:?}")))?;
+    let compiled = state
+        .templates
+        .get(conn, name, &found, newest)
+        .await
+        .map_err(ApiError::from_template_store)?;
+    let rendered = compiled
+        .render(data, "")
+        .map_err(|e| ApiError::TemplateData(e.to_string()))?;
+    // The data can put a line break into the subject: the same check as a raw one.
+    herald_shared::email::check_subject(&rendered.subject).map_err(|reason| {
+        ApiError::TemplateData(format!("the rendered subject is refused: {reason}"))
+    })?;
+    *locale = Some(found);
+    *version = Some(newest);
+    Ok(())
 }
 
 /// Queues an email.
@@ -161,12 +213,13 @@ pub async fn send_email(
     {
         return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
     }
-    let (job, send_at) = build_job(body.value)?;
+    let (mut job, send_at) = build_job(body.value)?;
     if job.category == Category::Marketing && state.config.marketing.is_none() {
         return Err(ApiError::Validation(
             "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
         ));
     }
+    pin_template(&state, &mut tx, &mut job).await?;
     if email::ledger::is_suppressed(&mut tx, &job.to, job.category).await? {
         return Err(ApiError::RecipientSuppressed(job.category.as_str()));
     }

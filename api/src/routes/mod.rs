@@ -1,11 +1,13 @@
 //! The HTTP routes, one module per resource.
 
 pub mod admin;
+pub mod admin_templates;
 pub mod compliance;
 pub mod emails;
 pub mod health;
 pub mod jobs;
 pub mod schedules;
 pub mod suppressions;
+pub mod templates;
 pub mod unsubscribe;
 pub mod users;

@@ -355,6 +355,12 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "GET /v1/schedules",
         "GET /v1/compliance",
         "POST /v1/compliance/resume",
+        "PUT /v1/templates/{name}",
+        "GET /v1/templates",
+        "GET /v1/templates/{name}",
+        "GET /v1/templates/{name}/versions/{version}",
+        "DELETE /v1/templates/{name}",
+        "POST /v1/templates/{name}/preview",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -366,7 +372,9 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         let path = path
             .replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
             .replace("{user_id}", &uuid::Uuid::nil().to_string())
-            .replace("{email}", "nobody@example.com");
+            .replace("{email}", "nobody@example.com")
+            .replace("{name}", "no_such_template")
+            .replace("{version}", "1");
         let (status, body) = app.send(method, &path, Some("{}"), &[]).await;
         assert_ne!(
             body["error"]["message"], "route not found",
@@ -649,4 +657,168 @@ async fn retrying_after_an_unknown_outcome_counts_the_resend_as_uncertain(pool: 
         .await;
     assert_eq!(code_, 200);
     assert_eq!(ledger_status(&app.pool, &id).await, "pending");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn templates_are_versioned_previewed_listed_and_deleted_only_when_unused(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let body = |subject: &str| {
+        json!({"subject": subject, "text": "Hi {{ name }}", "html": "<b>{{ name }}</b>",
+               "sample_data": {"name": "Ada"}})
+    };
+    let (status, v1) = app
+        .send(
+            "PUT",
+            "/v1/templates/promo",
+            Some(&body("v1").to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{v1}");
+    assert!(
+        v1["created_by"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("token:"),
+        "{v1}"
+    );
+    let (_, v2) = app
+        .send(
+            "PUT",
+            "/v1/templates/promo",
+            Some(&body("v2").to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(v2["version"], 2);
+    let (status, versions) = app.send("GET", "/v1/templates/promo", None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(versions["items"][0]["version"], 2, "{versions}");
+    let (status, one) = app
+        .send("GET", "/v1/templates/promo/versions/1", None, &[])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["subject"], "v1");
+    let (status, preview) = app
+        .send(
+            "POST",
+            "/v1/templates/promo/preview",
+            Some(&json!({"data": {"name": "<Eve>"}, "version": 1}).to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["subject"], "v1");
+    assert_eq!(preview["html"], "<b>&lt;Eve&gt;</b>");
+    let (status, list) = app.send("GET", "/v1/templates", None, &[]).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    for name in [
+        "promo",
+        "welcome",
+        "notification",
+        "verification",
+        "password_reset",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    // The token flows' templates cannot be sent by callers.
+    let (status, refused) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "a@example.com", "template": "verification", "data": {"name": "x", "link": "y"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    // Queued email using it: DELETE refused unless forced.
+    let (status, queued) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "a@example.com", "template": "promo", "data": {"name": "Ada"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let (status, busy) = app.send("DELETE", "/v1/templates/promo", None, &[]).await;
+    assert_eq!(status, 409, "{busy}");
+    assert_eq!(busy["error"]["code"], "template_in_use");
+    let (status, _) = app
+        .send("DELETE", "/v1/templates/promo?force=true", None, &[])
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app.send("GET", "/v1/templates/promo", None, &[]).await;
+    assert_eq!(status, 404);
+    for (path, bad) in [
+        ("/v1/templates/Bad-Name", body("x")),
+        (
+            "/v1/templates/ok",
+            json!({"locale": "de_AT", "subject": "s", "text": "t", "html": "h", "sample_data": {}}),
+        ),
+        (
+            "/v1/templates/ok",
+            json!({"subject": "s", "text": "t", "html": "h", "sample_data": []}),
+        ),
+        (
+            "/v1/templates/ok",
+            json!({"subject": "{% if %}", "text": "t", "html": "h", "sample_data": {}}),
+        ),
+    ] {
+        let (status, err) = app.send("PUT", path, Some(&bad.to_string()), &[]).await;
+        assert_eq!(status, 422, "{path} {bad}: {err}");
+    }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_dashboard_lists_templates_with_sandboxed_previews(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let page = app
+        .http
+        .get(format!("{}/admin/templates", app.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
+    assert!(
+        csp.contains("frame-src 'self'") && !csp.contains("script"),
+        "{csp}"
+    );
+    let html = page.text().await.expect("html");
+    assert!(html.contains(r#"data-template="welcome""#), "{html}");
+    assert!(
+        html.contains(r#"<iframe sandbox src="/admin/templates/welcome/en/1/preview""#),
+        "{html}"
+    );
+    let preview = app
+        .http
+        .get(format!("{}/admin/templates/welcome/en/1/preview", app.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("preview");
+    assert_eq!(preview.status(), 200);
+    let csp = preview.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
+    assert!(
+        csp.starts_with("sandbox;") && !csp.contains("script"),
+        "{csp}"
+    );
+    assert!(preview.text().await.expect("html").contains("Hello Ada"));
+    let anonymous = app
+        .http
+        .get(format!("{}/admin/templates/welcome/en/1/preview", app.url))
+        .send()
+        .await
+        .expect("preview");
+    assert_eq!(anonymous.status(), 401);
 }

@@ -49,6 +49,13 @@ pub enum EmailContent {
         name: String,
         /// Variables (a JSON object).
         data: Value,
+        /// The locale chosen at enqueue (after fallback); jobs queued before templates were
+        /// versioned have none and use the newest English version.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locale: Option<String>,
+        /// The version pinned at enqueue.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<i32>,
     },
     /// Content given by the caller, used as is.
     Raw {

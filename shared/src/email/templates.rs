@@ -1,43 +1,40 @@
-//! Email templates (minijinja), embedded in the binary: a subject, a text and an HTML part each.
+//! Email templates (minijinja) as data: a subject, a text and an HTML part per name, locale and
+//! version, stored in `email_templates` (see [`store`]), compiled once per version and cached.
+//! HTML parts autoescape; a variable the data lacks is an error, never an empty string.
 
-use std::sync::OnceLock;
+pub mod store;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
-/// Templates callers may name in `POST /v1/emails`.
-pub const PUBLIC_TEMPLATES: [&str; 2] = ["welcome", "notification"];
-/// Templates only Herald's own flows use (they need a link with a fresh token).
+/// Templates only Herald's own flows use (they need a link with a fresh token); `POST /v1/emails`
+/// may not name them.
+pub const INTERNAL_TEMPLATES: [&str; 2] = [VERIFICATION, PASSWORD_RESET];
+/// The email-verification template.
 pub const VERIFICATION: &str = "verification";
 /// The password-reset template.
 pub const PASSWORD_RESET: &str = "password_reset";
+/// The locale every template has, the end of every fallback chain.
+pub const DEFAULT_LOCALE: &str = "en";
+/// Variables Herald gives every template itself: `unsubscribe_url` (the one-click link of
+/// marketing mail, empty in transactional mail).
+pub const PROVIDED_VARIABLES: [&str; 1] = ["unsubscribe_url"];
 
-macro_rules! embed {
-    ($env:ident, $($name:literal),+) => {$(
-        $env.add_template(concat!($name, "/subject.txt"), include_str!(concat!("../../templates/", $name, "/subject.txt")))
-            .expect("embedded template parses");
-        $env.add_template(concat!($name, "/body.txt"), include_str!(concat!("../../templates/", $name, "/body.txt")))
-            .expect("embedded template parses");
-        $env.add_template(concat!($name, "/body.html"), include_str!(concat!("../../templates/", $name, "/body.html")))
-            .expect("embedded template parses");
-    )+};
-}
+/// The three parts, as their file names, which also choose autoescaping (`.html` escapes).
+const PARTS: [&str; 3] = ["subject.txt", "body.txt", "body.html"];
 
-fn environment() -> &'static Environment<'static> {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        // A missing variable is the caller's error, not an empty string in someone's inbox.
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        embed!(
-            env,
-            "welcome",
-            "notification",
-            "verification",
-            "password_reset"
-        );
-        env
-    })
+/// A template version's sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text part.
+    pub text: String,
+    /// HTML part (autoescaped).
+    pub html: String,
 }
 
 /// A rendered email.
@@ -51,73 +48,235 @@ pub struct Rendered {
     pub html: String,
 }
 
-/// Why a template could not be rendered.
+/// Why a template could not be stored or rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    /// No template has that name.
+    /// No template has that name (in any locale), or not that version.
     #[error("unknown template {0:?}")]
     Unknown(String),
     /// `data` must be a JSON object.
     #[error("template data must be a JSON object")]
     DataNotObject,
-    /// The template uses a variable that `data` lacks.
-    #[error("template {template:?} needs a variable that data lacks: {detail}")]
-    MissingVariable {
-        /// Template name.
-        template: String,
-        /// minijinja's description (names the variable's use).
+    /// A part does not parse.
+    #[error("{part}, line {line}: {detail}")]
+    Syntax {
+        /// `subject`, `text` or `html`.
+        part: &'static str,
+        /// 1-based line in that part.
+        line: usize,
+        /// minijinja's description.
         detail: String,
     },
+    /// `data` lacks a variable the template uses.
+    #[error("{part}, line {line}: data lacks the variable {variable:?}")]
+    MissingVariable {
+        /// The first part that uses it.
+        part: &'static str,
+        /// 1-based line of its first use there (0 when it cannot be told).
+        line: usize,
+        /// The variable's name.
+        variable: String,
+    },
     /// Any other rendering failure.
-    #[error("template {template:?} failed to render: {detail}")]
+    #[error("{part}, line {line}: {detail}")]
     Render {
-        /// Template name.
-        template: String,
+        /// `subject`, `text` or `html`.
+        part: &'static str,
+        /// 1-based line.
+        line: usize,
         /// minijinja's description.
         detail: String,
     },
 }
 
-/// True for every template name Herald knows, public or internal.
-pub fn exists(name: &str) -> bool {
-    environment()
-        .get_template(&format!("{name}/subject.txt"))
-        .is_ok()
+fn part_label(file: &str) -> &'static str {
+    match file {
+        "subject.txt" => "subject",
+        "body.txt" => "text",
+        _ => "html",
+    }
 }
 
-/// Renders the three parts of a template with `data` (a JSON object).
-pub fn render(name: &str, data: &Value) -> Result<Rendered, TemplateError> {
-    if !exists(name) {
-        return Err(TemplateError::Unknown(name.to_owned()));
+/// A template version compiled once: its parts and the variables its data must hold.
+#[derive(Debug)]
+pub struct Compiled {
+    env: Environment<'static>,
+    /// Variables the sources use that Herald does not provide, sorted.
+    pub required: Vec<String>,
+}
+
+impl Compiled {
+    /// Parses the three parts; a syntax error names the part and the line.
+    pub fn compile(sources: &Sources) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        let texts = [&sources.subject, &sources.text, &sources.html];
+        let mut used = BTreeSet::new();
+        for (file, text) in PARTS.iter().zip(texts) {
+            env.add_template_owned(*file, text.clone())
+                .map_err(|e| TemplateError::Syntax {
+                    part: part_label(file),
+                    line: e.line().unwrap_or(0),
+                    detail: e.detail().unwrap_or("syntax error").to_owned(),
+                })?;
+            let template = env.get_template(file).map_err(|e| TemplateError::Syntax {
+                part: part_label(file),
+                line: e.line().unwrap_or(0),
+                detail: e.to_string(),
+            })?;
+            used.extend(template.undeclared_variables(false));
+        }
+        let required = used
+            .into_iter()
+            .filter(|v| !PROVIDED_VARIABLES.contains(&v.as_str()))
+            .collect();
+        Ok(Self { env, required })
     }
-    if !data.is_object() {
-        return Err(TemplateError::DataNotObject);
-    }
-    let env = environment();
-    let part = |file: &str| -> Result<String, TemplateError> {
-        let template = env
-            .get_template(&format!("{name}/{file}"))
-            .map_err(|_| TemplateError::Unknown(name.to_owned()))?;
-        template.render(data).map_err(|e| {
-            let detail = e.to_string();
-            if e.kind() == minijinja::ErrorKind::UndefinedError {
-                TemplateError::MissingVariable {
-                    template: name.to_owned(),
-                    detail,
-                }
-            } else {
-                TemplateError::Render {
-                    template: name.to_owned(),
-                    detail,
-                }
+
+    /// The first variable of [`Self::required`] that `data` lacks, with where it is used.
+    pub fn check_data(&self, data: &Value) -> Result<(), TemplateError> {
+        let fields = data.as_object().ok_or(TemplateError::DataNotObject)?;
+        let Some(missing) = self.required.iter().find(|v| !fields.contains_key(*v)) else {
+            return Ok(());
+        };
+        // Render without it to learn the part and line minijinja stops at.
+        for file in PARTS {
+            if let Ok(template) = self.env.get_template(file)
+                && template.undeclared_variables(false).contains(missing)
+            {
+                let line = template
+                    .render(data)
+                    .err()
+                    .and_then(|e| e.line())
+                    .unwrap_or(0);
+                return Err(TemplateError::MissingVariable {
+                    part: part_label(file),
+                    line,
+                    variable: missing.clone(),
+                });
             }
+        }
+        Err(TemplateError::MissingVariable {
+            part: "subject",
+            line: 0,
+            variable: missing.clone(),
         })
-    };
-    Ok(Rendered {
-        subject: part("subject.txt")?.trim().to_owned(),
-        text: part("body.txt")?,
-        html: part("body.html")?,
-    })
+    }
+
+    /// Renders the three parts with `data` (a JSON object) and Herald's own variables.
+    pub fn render(&self, data: &Value, unsubscribe_url: &str) -> Result<Rendered, TemplateError> {
+        self.check_data(data)?;
+        let mut fields = data.as_object().cloned().unwrap_or_default();
+        fields.insert("unsubscribe_url".into(), unsubscribe_url.into());
+        let context = Value::Object(fields);
+        let part = |file: &str| -> Result<String, TemplateError> {
+            let template = self
+                .env
+                .get_template(file)
+                .map_err(|_| TemplateError::Unknown(file.to_owned()))?;
+            template
+                .render(&context)
+                .map_err(|e| TemplateError::Render {
+                    part: part_label(file),
+                    line: e.line().unwrap_or(0),
+                    detail: e.detail().map_or_else(|| e.to_string(), str::to_owned),
+                })
+        };
+        Ok(Rendered {
+            subject: part("subject.txt")?.trim().to_owned(),
+            text: part("body.txt")?,
+            html: part("body.html")?,
+        })
+    }
+}
+
+/// The fallback chain of a locale: `de-AT` → `de-AT`, `de`, `en`.
+pub fn locale_chain(locale: &str) -> Vec<String> {
+    let mut chain = Vec::new();
+    let mut current = locale.trim().to_owned();
+    while !current.is_empty() {
+        if !chain.contains(&current) {
+            chain.push(current.clone());
+        }
+        match current.rfind('-') {
+            Some(at) => current.truncate(at),
+            None => break,
+        }
+    }
+    if !chain.iter().any(|l| l == DEFAULT_LOCALE) {
+        chain.push(DEFAULT_LOCALE.to_owned());
+    }
+    chain
+}
+
+/// Whether `locale` looks like a BCP 47 tag Herald stores (`en`, `de-AT`, `zh-Hant-TW`).
+pub fn valid_locale(locale: &str) -> bool {
+    let mut parts = locale.split('-');
+    let first_ok = parts
+        .next()
+        .is_some_and(|p| (2..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase()));
+    let rest: Vec<&str> = parts.collect();
+    first_ok
+        && rest.len() <= 3
+        && rest
+            .iter()
+            .all(|p| (2..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Whether `name` is a template name Herald stores: lower-case letters, digits and `_`, starting
+/// with a letter, at most 100 characters.
+pub fn valid_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Compiled template versions, by (name, locale, version). Versions never change once stored, so
+/// nothing is ever stale; at most `CAPACITY` are kept (all dropped when it fills).
+#[derive(Debug, Default)]
+pub struct Cache {
+    compiled: Mutex<HashMap<(String, String, i32), Arc<Compiled>>>,
+}
+
+const CAPACITY: usize = 512;
+
+impl Cache {
+    /// The compiled version, loading and compiling it on first use.
+    pub async fn get(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        name: &str,
+        locale: &str,
+        version: i32,
+    ) -> Result<Arc<Compiled>, store::StoreError> {
+        let key = (name.to_owned(), locale.to_owned(), version);
+        if let Some(hit) = self.lock().get(&key) {
+            return Ok(hit.clone());
+        }
+        let stored = store::load(conn, name, locale, version)
+            .await?
+            .ok_or_else(|| TemplateError::Unknown(format!("{name} {locale} v{version}")))?;
+        let compiled = Arc::new(Compiled::compile(&stored.sources)?);
+        let mut map = self.lock();
+        if map.len() >= CAPACITY {
+            map.clear();
+        }
+        map.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// The compiled version if it is cached (no database needed).
+    pub fn cached(&self, name: &str, locale: &str, version: i32) -> Option<Arc<Compiled>> {
+        self.lock()
+            .get(&(name.to_owned(), locale.to_owned(), version))
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, i32), Arc<Compiled>>> {
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -125,45 +284,70 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn every_template_renders_with_its_variables() {
-        let data =
-            json!({"name": "Ada", "title": "T", "message": "M", "link": "https://x/y?token=abc"});
-        for name in ["welcome", "notification", VERIFICATION, PASSWORD_RESET] {
-            let r = render(name, &data).expect(name);
-            assert!(
-                !r.subject.is_empty() && !r.text.is_empty() && r.html.contains('<'),
-                "{name}"
-            );
+    fn sources(subject: &str, text: &str, html: &str) -> Sources {
+        Sources {
+            subject: subject.into(),
+            text: text.into(),
+            html: html.into(),
         }
     }
 
     #[test]
-    fn html_is_escaped_and_text_is_not() {
-        let r = render(
-            "notification",
-            &json!({"title": "Hi", "message": "<b>&</b>"}),
-        )
-        .expect("render");
-        assert!(r.html.contains("&lt;b&gt;&amp;&lt;"), "{}", r.html);
-        assert!(!r.html.contains("<b>"), "{}", r.html);
-        assert!(r.text.contains("<b>&</b>"));
+    fn a_syntax_error_names_the_part_and_the_line() {
+        let err = Compiled::compile(&sources("Hi", "line one\nline two {{ oops", "<p></p>"))
+            .expect_err("syntax");
+        let TemplateError::Syntax { part, line, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!((*part, *line), ("text", 2), "{err}");
     }
 
     #[test]
-    fn a_missing_variable_and_an_unknown_template_are_errors() {
-        let err = render("welcome", &json!({})).expect_err("missing name");
+    fn required_variables_leave_out_what_herald_provides_and_missing_ones_are_named() {
+        let c = Compiled::compile(&sources(
+            "Order {{ order_id }}",
+            "Total: {{ total }}\n{{ unsubscribe_url }}",
+            "<p>{{ total }}</p>",
+        ))
+        .expect("compiles");
+        assert_eq!(c.required, vec!["order_id", "total"]);
+        let err = c
+            .render(&json!({"order_id": 7}), "")
+            .expect_err("missing total");
+        assert_eq!(
+            err,
+            TemplateError::MissingVariable {
+                part: "text",
+                line: 1,
+                variable: "total".into()
+            }
+        );
+        let ok = c
+            .render(
+                &json!({"order_id": 7, "total": "<5 €>"}),
+                "https://u.example/x",
+            )
+            .expect("renders");
+        assert_eq!(ok.subject, "Order 7");
+        assert_eq!(ok.html, "<p>&lt;5 €&gt;</p>", "HTML autoescapes");
+        assert!(ok.text.ends_with("https://u.example/x"));
+    }
+
+    #[test]
+    fn locales_fall_back_to_their_language_then_english() {
+        assert_eq!(locale_chain("de-AT"), vec!["de-AT", "de", "en"]);
+        assert_eq!(locale_chain("en"), vec!["en"]);
+        assert_eq!(
+            locale_chain("zh-Hant-TW"),
+            vec!["zh-Hant-TW", "zh-Hant", "zh", "en"]
+        );
+        assert!(valid_locale("de-AT") && valid_locale("en") && valid_locale("zh-Hant-TW"));
         assert!(
-            matches!(err, TemplateError::MissingVariable { .. }),
-            "{err}"
+            !valid_locale("DE")
+                && !valid_locale("de_AT")
+                && !valid_locale("x")
+                && !valid_locale("de-")
         );
-        assert_eq!(
-            render("nope", &json!({})),
-            Err(TemplateError::Unknown("nope".into()))
-        );
-        assert_eq!(
-            render("welcome", &json!([1])),
-            Err(TemplateError::DataNotObject)
-        );
+        assert!(valid_name("order_confirmation") && !valid_name("Order") && !valid_name("a-b"));
     }
 }

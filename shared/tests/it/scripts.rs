@@ -539,6 +539,7 @@ async fn the_app_role_has_exactly_the_rights_herald_needs_and_no_more() {
         "public.email_feedback_events: SELECT, INSERT",
         "public.email_sending_control: SELECT, UPDATE",
         "public.email_suppressions: SELECT, INSERT, UPDATE, DELETE",
+        "public.email_templates: SELECT, INSERT, DELETE",
         "public.incident_timers: -",
         "public.maintenance_schedules: SELECT, INSERT, UPDATE",
         "public.password_reset_tokens: SELECT(id, user_id, expires_at, used_at), INSERT, DELETE",

@@ -22,6 +22,7 @@ async fn every_updated_at_table_has_the_trigger_and_no_trigger_lacks_the_column(
             "email_deliveries",
             "email_sending_control",
             "email_suppressions",
+            "email_templates",
             "incident_timers",
             "maintenance_schedules",
             "phrase_suggestions",

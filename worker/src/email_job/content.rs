@@ -20,8 +20,8 @@ pub(super) async fn build(
     let unsubscribe = unsubscribe_link(ctx, job)?;
     let (rendered, token_id) = match &job.content {
         EmailContent::Template { .. } | EmailContent::Raw { .. } => {
-            match render_plain(job, unsubscribe.as_deref()) {
-                Some(rendered) => (rendered.map_err(content_error)?, None),
+            match render_plain(ctx, job, unsubscribe.as_deref()).await {
+                Some(rendered) => (rendered?, None),
                 None => return Err(JobFailure::Content("no content".into())),
             }
         }
@@ -49,7 +49,9 @@ pub(super) async fn build(
             })?;
             let (token_id, token) = tokens::issue(tx, kind, *user_id, Utc::now()).await?;
             let link = format!("{}/{path}?token={}", ctx.frontend_url, token.raw);
-            let rendered = templates::render(template, &json!({"name": name, "link": link}))
+            let compiled = compiled_for(ctx, template, None, None).await?;
+            let rendered = compiled
+                .render(&json!({"name": name, "link": link}), "")
                 .map_err(content_error)?;
             (rendered, Some(token_id))
         }
@@ -77,21 +79,58 @@ pub(super) fn unsubscribe_link(
     }
 }
 
+/// The compiled template version an email renders with: the one pinned at enqueue, else (jobs
+/// queued before templates were versioned, and the token flows) the newest in its locale. The
+/// database is read only when the version is not cached yet.
+async fn compiled_for(
+    ctx: &EmailContext,
+    name: &str,
+    locale: Option<&str>,
+    version: Option<i32>,
+) -> Result<std::sync::Arc<templates::Compiled>, JobFailure> {
+    let locale = locale.unwrap_or(templates::DEFAULT_LOCALE);
+    if let Some(version) = version
+        && let Some(hit) = ctx.templates.cached(name, locale, version)
+    {
+        return Ok(hit);
+    }
+    let mut conn = ctx.pool.acquire().await?;
+    let (locale, version) = match version {
+        Some(version) => (locale.to_owned(), version),
+        None => templates::store::resolve(&mut conn, name, locale)
+            .await?
+            .ok_or_else(|| JobFailure::Content(format!("unknown template {name:?}")))?,
+    };
+    ctx.templates
+        .get(&mut conn, name, &locale, version)
+        .await
+        .map_err(|e| match e {
+            templates::store::StoreError::Db(e) => JobFailure::Db(e),
+            templates::store::StoreError::Template(e) => JobFailure::Content(e.to_string()),
+        })
+}
+
 /// Renders content that needs no token (`None` for verification and reset emails); templates of
 /// marketing mail get `unsubscribe_url`.
-pub(super) fn render_plain(
+pub(super) async fn render_plain(
+    ctx: &EmailContext,
     job: &EmailJob,
     unsubscribe_url: Option<&str>,
-) -> Option<Result<templates::Rendered, templates::TemplateError>> {
+) -> Option<Result<templates::Rendered, JobFailure>> {
     match &job.content {
-        EmailContent::Template { name, data } => Some(match (unsubscribe_url, data.as_object()) {
-            (Some(url), Some(fields)) => {
-                let mut fields = fields.clone();
-                fields.insert("unsubscribe_url".into(), url.into());
-                templates::render(name, &serde_json::Value::Object(fields))
-            }
-            _ => templates::render(name, data),
-        }),
+        EmailContent::Template {
+            name,
+            data,
+            locale,
+            version,
+        } => Some(
+            match compiled_for(ctx, name, locale.as_deref(), *version).await {
+                Ok(compiled) => compiled
+                    .render(data, unsubscribe_url.unwrap_or(""))
+                    .map_err(|e| JobFailure::Content(e.to_string())),
+                Err(e) => Err(e),
+            },
+        ),
         EmailContent::Raw {
             subject,
             text,

@@ -39,6 +39,8 @@ pub struct EmailContext {
     pub sender: Arc<dyn EmailSender>,
     /// Base of verification and reset links.
     pub frontend_url: String,
+    /// Compiled template versions.
+    pub templates: Arc<herald_shared::email::templates::Cache>,
     /// Unsubscribe links for marketing mail; `None` when marketing mail is disabled.
     pub marketing: Option<Arc<herald_shared::unsubscribe::Marketing>>,
     /// Emails per second across every worker process.
@@ -131,7 +133,7 @@ async fn run(
 
     // Plain content with nothing holding it back: one grouped statement, not a transaction of four.
     let unsubscribe = content::unsubscribe_link(ctx, job)?;
-    if let Some(Ok(rendered)) = render_plain(job, unsubscribe.as_deref()) {
+    if let Some(Ok(rendered)) = render_plain(ctx, job, unsubscribe.as_deref()).await {
         let request = (
             id.to_owned(),
             job.to.clone(),

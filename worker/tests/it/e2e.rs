@@ -368,7 +368,7 @@ pub async fn moto_sqs() -> aws_sdk_sqs::Client {
 }
 
 /// Messages moto recorded, by SES message id.
-async fn moto_messages() -> Vec<Value> {
+pub async fn moto_messages() -> Vec<Value> {
     let data: Value = reqwest::get(format!("{}/moto-api/data.json", emulator()))
         .await
         .expect("moto data")

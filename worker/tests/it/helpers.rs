@@ -73,6 +73,7 @@ pub fn context_with_sender(
         sender,
         frontend_url: config.frontend_url.clone(),
         marketing: config.marketing.clone(),
+        templates: Default::default(),
         send_rate: 1000.0,
         backoff_base: config.backoff_base,
         backoff_max: config.backoff_max,

@@ -12,4 +12,5 @@ mod retry_policy;
 mod ses_dispatch;
 mod ses_stub;
 mod sns_trust;
+mod templates;
 mod unsubscribe;
