@@ -12,7 +12,8 @@
 //!
 //! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_ROUNDS (3), BENCH_PICKUPS (30),
 //! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15);
-//! BENCH_PARTS (all, or a comma list of enqueue, drain, email: email includes pgbench and pick-up);
+//! BENCH_PARTS (all, or a comma list of enqueue, drain, email, templates: email includes pgbench
+//! and pick-up; templates sends a stored template vs raw content, alternating rounds);
 //! BENCH_WORKER_BIN (another herald-worker binary to measure instead of this build's).
 //!
 //! Long on purpose: the baselines and Herald run in one process, alternating, so they share it.
@@ -622,6 +623,66 @@ async fn main() {
                 h.as_secs_f64() / r.as_secs_f64(),
             ));
         }
+    }
+    if want("templates") {
+        // 6. Rendering from the template cache must not slow the email path: the same worker
+        // sends rounds of a stored template (`notification`, pinned to v1) and of raw content
+        // (no rendering at all: the fastest any embedded template could be), alternating.
+        let stub = SesStub::start().await;
+        let mut worker = spawn_worker(&url, &stub.url, batch, concurrency);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (mut stored, mut raw) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            for templated in [round % 2 == 0, round % 2 != 0] {
+                let before = count_done(&pool, email::EMAIL_QUEUE).await;
+                let mut tx = pool.begin().await.expect("tx");
+                for i in 0..jobs {
+                    let mut job = email(i);
+                    if templated {
+                        job.content = EmailContent::Template {
+                            name: "notification".into(),
+                            data: serde_json::json!({"title": "Bench", "message": "Hello"}),
+                            locale: Some("en".into()),
+                            version: Some(1),
+                        };
+                    }
+                    let options = EnqueueOptions {
+                        max_attempts: 3,
+                        run_at: None,
+                        idempotency_key: None,
+                    };
+                    email::enqueue(&mut tx, &job, options)
+                        .await
+                        .expect("enqueue");
+                }
+                tx.commit().await.expect("commit");
+                let start = Instant::now();
+                wait_done(&pool, email::EMAIL_QUEUE, before + jobs as i64).await;
+                let rate = jobs as f64 / start.elapsed().as_secs_f64();
+                println!(
+                    "round {round}: {} {rate:.0} emails/s",
+                    if templated {
+                        "stored template"
+                    } else {
+                        "raw content"
+                    }
+                );
+                if templated { &mut stored } else { &mut raw }.push(rate);
+            }
+        }
+        let _ = worker.kill();
+        let _ = worker.wait();
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (s, r) = (median(&mut stored), median(&mut raw));
+        rows.push(Row::new(
+            "email path: stored template (cached) vs raw content, emails/s (medians)",
+            format!("{s:.0}"),
+            format!("{r:.0}"),
+            s / r,
+        ));
     }
     print_rows("baseline (raw apalis / pgbench / idle)", &rows);
     db.drop_db().await;
