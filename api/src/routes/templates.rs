@@ -167,6 +167,16 @@ pub async fn put(
             "sample_data must be a JSON object".into(),
         ));
     }
+    // PostgreSQL stores no NUL in text or jsonb.
+    if [&req.subject, &req.text, &req.html]
+        .iter()
+        .any(|s| s.contains('\0'))
+        || req.sample_data.to_string().contains("\\u0000")
+    {
+        return Err(ApiError::Validation(
+            "templates and sample_data cannot hold NUL characters".into(),
+        ));
+    }
     let sources = Sources {
         subject: req.subject,
         text: req.text,

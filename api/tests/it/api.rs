@@ -766,6 +766,14 @@ async fn templates_are_versioned_previewed_listed_and_deleted_only_when_unused(p
             "/v1/templates/ok",
             json!({"subject": "{% if %}", "text": "t", "html": "h", "sample_data": {}}),
         ),
+        (
+            "/v1/templates/ok",
+            json!({"subject": "a\u{0}b", "text": "t", "html": "h", "sample_data": {}}),
+        ),
+        (
+            "/v1/templates/ok",
+            json!({"subject": "s", "text": "t", "html": "h", "sample_data": {"x": "\u{0}"}}),
+        ),
     ] {
         let (status, err) = app.send("PUT", path, Some(&bad.to_string()), &[]).await;
         assert_eq!(status, 422, "{path} {bad}: {err}");
