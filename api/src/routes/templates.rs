@@ -146,9 +146,10 @@ fn check_locale(locale: Option<String>) -> Result<String, ApiError> {
     }
 }
 
-/// Stores a new version of a template after parsing it and rendering it with `sample_data`.
+/// Stores a new version of a template after parsing it and rendering it with `sample_data`. The
+/// locale comes from the body or `?locale=` (they must agree when both are given).
 #[utoipa::path(put, path = "/v1/templates/{name}", tag = "templates", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Template name (lower-case letters, digits, _)")),
+    params(("name" = String, Path, description = "Template name (lower-case letters, digits, _)"), LocaleQuery),
     request_body = PutTemplate,
     responses(
         (status = 201, description = "Stored as the next version", body = TemplateVersion),
@@ -156,12 +157,20 @@ fn check_locale(locale: Option<String>) -> Result<String, ApiError> {
 pub async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<LocaleQuery>,
     headers: HeaderMap,
     body: JsonBody<PutTemplate>,
 ) -> Result<(StatusCode, Json<TemplateVersion>), ApiError> {
     check_name(&name)?;
     let req = body.value;
-    let locale = check_locale(req.locale)?;
+    let locale = match (req.locale, query.locale) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::Validation(format!(
+                "locale {a:?} in the body and {b:?} in the query differ"
+            )));
+        }
+        (body, query) => check_locale(body.or(query))?,
+    };
     if !req.sample_data.is_object() {
         return Err(ApiError::Validation(
             "sample_data must be a JSON object".into(),
@@ -212,7 +221,7 @@ fn view(v: store::VersionInfo) -> TemplateVersion {
         name: v.name,
         locale: v.locale,
         version: v.version,
-        required_variables: Vec::new(),
+        required_variables: v.required_variables,
         created_by: v.created_by,
         created_at: Some(v.created_at),
     }

@@ -691,9 +691,29 @@ async fn templates_are_versioned_previewed_listed_and_deleted_only_when_unused(p
         )
         .await;
     assert_eq!(v2["version"], 2);
+    let (status, de) = app
+        .send(
+            "PUT",
+            "/v1/templates/promo?locale=de",
+            Some(&body("de").to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{de}");
+    assert_eq!(
+        (de["locale"].as_str(), de["version"].as_i64()),
+        (Some("de"), Some(1))
+    );
     let (status, versions) = app.send("GET", "/v1/templates/promo", None, &[]).await;
     assert_eq!(status, 200);
-    assert_eq!(versions["items"][0]["version"], 2, "{versions}");
+    let en: Vec<&Value> = versions["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|v| v["locale"] == "en")
+        .collect();
+    assert_eq!(en[0]["version"], 2, "newest first: {versions}");
+    assert_eq!(en[0]["required_variables"], json!(["name"]), "{versions}");
     let (status, one) = app
         .send("GET", "/v1/templates/promo/versions/1", None, &[])
         .await;

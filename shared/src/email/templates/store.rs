@@ -48,6 +48,8 @@ pub struct VersionInfo {
     pub locale: String,
     /// Version.
     pub version: i32,
+    /// Variables data must hold.
+    pub required_variables: Vec<String>,
     /// Who stored it.
     pub created_by: Option<String>,
     /// When.
@@ -153,7 +155,8 @@ pub async fn publish(
 /// The newest version of every (name, locale).
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<VersionInfo>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT DISTINCT ON (name, locale) name, locale, version, created_by, created_at
+        r#"SELECT DISTINCT ON (name, locale) name, locale, version, required_variables,
+                  created_by, created_at
            FROM email_templates ORDER BY name, locale, version DESC"#
     )
     .fetch_all(conn)
@@ -164,6 +167,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<VersionInfo>, sqlx::Err
             name: r.name,
             locale: r.locale,
             version: r.version,
+            required_variables: r.required_variables,
             created_by: r.created_by,
             created_at: r.created_at,
         })
@@ -176,8 +180,8 @@ pub async fn versions(
     name: &str,
 ) -> Result<Vec<VersionInfo>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT name, locale, version, created_by, created_at FROM email_templates
-           WHERE name = $1 ORDER BY locale, version DESC"#,
+        r#"SELECT name, locale, version, required_variables, created_by, created_at
+           FROM email_templates WHERE name = $1 ORDER BY locale, version DESC"#,
         name
     )
     .fetch_all(conn)
@@ -188,6 +192,7 @@ pub async fn versions(
             name: r.name,
             locale: r.locale,
             version: r.version,
+            required_variables: r.required_variables,
             created_by: r.created_by,
             created_at: r.created_at,
         })
