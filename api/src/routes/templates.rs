@@ -30,6 +30,12 @@ pub struct PutTemplate {
     /// variable they use must be in it.
     #[schema(value_type = Object)]
     pub sample_data: Value,
+    /// Variables `data` must hold besides those the sources use (optional).
+    pub required_variables: Option<Vec<String>>,
+    /// A JSON Schema for `data` (optional); its top-level `required` list is enforced at
+    /// enqueue, the rest is stored nowhere.
+    #[schema(value_type = Option<Object>)]
+    pub data_schema: Option<Value>,
 }
 
 /// A stored version.
@@ -186,6 +192,35 @@ pub async fn put(
             "templates and sample_data cannot hold NUL characters".into(),
         ));
     }
+    let mut declared = req.required_variables.unwrap_or_default();
+    if let Some(schema) = &req.data_schema {
+        let required = schema
+            .get("required")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        let list: Option<Vec<String>> = required
+            .as_array()
+            .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect());
+        match (schema.is_object(), list) {
+            (true, Some(list)) => declared.extend(list),
+            _ => {
+                return Err(ApiError::Validation(
+                    "data_schema must be a JSON Schema object whose required is a list of names"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let identifier = |v: &String| {
+        (1..=100).contains(&v.len())
+            && v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if let Some(bad) = declared.iter().find(|v| !identifier(v)) {
+        return Err(ApiError::Validation(format!(
+            "required variable {bad:?} is not a name (letters, digits, _)"
+        )));
+    }
     let sources = Sources {
         subject: req.subject,
         text: req.text,
@@ -194,13 +229,20 @@ pub async fn put(
     let by = crate::auth::caller(&state, &headers);
     let mut conn = state.db.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let (version, required_variables) =
-        store::publish(&mut tx, &name, &locale, &sources, &req.sample_data, &by)
-            .await
-            .map_err(|e| match e {
-                store::StoreError::Template(e) => ApiError::TemplateInvalid(e.to_string()),
-                store::StoreError::Db(e) => e.into(),
-            })?;
+    let (version, required_variables) = store::publish(
+        &mut tx,
+        &name,
+        &locale,
+        &sources,
+        &req.sample_data,
+        &declared,
+        &by,
+    )
+    .await
+    .map_err(|e| match e {
+        store::StoreError::Template(e) => ApiError::TemplateInvalid(e.to_string()),
+        store::StoreError::Db(e) => e.into(),
+    })?;
     tx.commit().await?;
     tracing::info!(template = %name, %locale, version, "template version stored");
     Ok((

@@ -850,3 +850,75 @@ async fn the_dashboard_lists_templates_with_sandboxed_previews(pool: PgPool) {
         .expect("preview");
     assert_eq!(anonymous.status(), 401);
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn declared_required_variables_and_a_data_schema_are_enforced_at_enqueue(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let put = |extra: Value, sample: Value| {
+        let mut body = json!({"subject": "Hi", "text": "Hello {{ name }}", "html": "<p>{{ name }}</p>",
+                              "sample_data": sample});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        body.to_string()
+    };
+    let (status, err) = app
+        .send(
+            "PUT",
+            "/v1/templates/coupon",
+            Some(&put(
+                json!({"required_variables": ["code"]}),
+                json!({"name": "Ada"}),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("\"code\""),
+        "{err}"
+    );
+    let (status, stored) = app
+        .send(
+            "PUT",
+            "/v1/templates/coupon",
+            Some(&put(
+                json!({"data_schema": {"type": "object", "required": ["code"]}}),
+                json!({"name": "Ada", "code": "X1"}),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["required_variables"], json!(["code", "name"]));
+    let (status, refused) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "a@example.com", "template": "coupon", "data": {"name": "Ada"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "template_data_invalid");
+    let (status, queued) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "a@example.com", "template": "coupon", "data": {"name": "Ada", "code": "X2"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let (status, _) = app
+        .send(
+            "PUT",
+            "/v1/templates/coupon",
+            Some(&put(
+                json!({"data_schema": {"required": "code"}}),
+                json!({"name": "Ada"}),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 422, "a schema whose required is not a list");
+}

@@ -67,8 +67,8 @@ pub enum TemplateError {
         /// minijinja's description.
         detail: String,
     },
-    /// `data` lacks a variable the template uses.
-    #[error("{part}, line {line}: data lacks the variable {variable:?}")]
+    /// `data` lacks a variable the template uses (or declares required).
+    #[error("{}", missing(part, *line, variable))]
     MissingVariable {
         /// The first part that uses it.
         part: &'static str,
@@ -89,6 +89,14 @@ pub enum TemplateError {
     },
 }
 
+fn missing(part: &str, line: usize, variable: &str) -> String {
+    if line == 0 {
+        format!("{part}: data lacks the variable {variable:?}")
+    } else {
+        format!("{part}, line {line}: data lacks the variable {variable:?}")
+    }
+}
+
 fn part_label(file: &str) -> &'static str {
     match file {
         "subject.txt" => "subject",
@@ -106,6 +114,13 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Adds variables declared required beyond those the sources use (kept sorted, unique).
+    pub fn require(&mut self, declared: &[String]) {
+        self.required.extend(declared.iter().cloned());
+        self.required.sort();
+        self.required.dedup();
+    }
+
     /// Parses the three parts; a syntax error names the part and the line.
     pub fn compile(sources: &Sources) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
@@ -156,8 +171,9 @@ impl Compiled {
                 });
             }
         }
+        // Declared required, not used by the sources.
         Err(TemplateError::MissingVariable {
-            part: "subject",
+            part: "required_variables",
             line: 0,
             variable: missing.clone(),
         })
@@ -258,7 +274,9 @@ impl Cache {
         let stored = store::load(conn, name, locale, version)
             .await?
             .ok_or_else(|| TemplateError::Unknown(format!("{name} {locale} v{version}")))?;
-        let compiled = Arc::new(Compiled::compile(&stored.sources)?);
+        let mut compiled = Compiled::compile(&stored.sources)?;
+        compiled.require(&stored.required_variables);
+        let compiled = Arc::new(compiled);
         let mut map = self.lock();
         if map.len() >= CAPACITY {
             map.clear();

@@ -111,16 +111,19 @@ pub async fn load(
 }
 
 /// Checks `sources` (they parse, and render against `sample_data`) and stores them as the next
-/// version of (`name`, `locale`); returns that version and the variables data must hold.
+/// version of (`name`, `locale`); returns that version and the variables data must hold (those
+/// the sources use and those `declared` required).
 pub async fn publish(
     conn: &mut PgConnection,
     name: &str,
     locale: &str,
     sources: &Sources,
     sample_data: &Value,
+    declared: &[String],
     created_by: &str,
 ) -> Result<(i32, Vec<String>), StoreError> {
-    let compiled = Compiled::compile(sources)?;
+    let mut compiled = Compiled::compile(sources)?;
+    compiled.require(declared);
     // As marketing mail would have it.
     compiled.render(sample_data, "https://example.invalid/unsubscribe/sample")?;
     // One publisher at a time per (name, locale), so versions are consecutive.
