@@ -43,7 +43,7 @@ pub struct AppState {
     info(title = "Herald API", description = "Enqueue emails and follow their jobs."),
     paths(
         health::health, health::ready,
-        emails::send_email,
+        emails::send_email, routes::batch::send_batch,
         jobs::get_job, jobs::retry_job, jobs::cancel_job,
         users::verification_email, users::password_reset,
         suppressions::list, suppressions::get, suppressions::add, suppressions::remove,
@@ -159,6 +159,7 @@ pub fn router(state: AppState) -> Router {
     // Send scope: what an application server needs to send mail and follow it.
     let send = Router::new()
         .route("/v1/emails", post(emails::send_email))
+        .route("/v1/emails/batch", post(routes::batch::send_batch))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route(
             "/v1/users/{user_id}/verification-email",

@@ -64,7 +64,9 @@ impl Enqueued {
 }
 
 /// Turns the request into a job, rendering templates now so that bad data fails here, not later.
-fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
+pub(crate) fn build_job(
+    req: SendEmailRequest,
+) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
     let to = address::validate(&req.to).map_err(|e| ApiError::Validation(e.to_string()))?;
     let category = req.category.unwrap_or_default();
     let content = match (req.template, req.subject) {
@@ -142,7 +144,7 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
 
 /// Resolves a template email's locale (with fallback) to the newest version there, checks `data`
 /// against it and renders it once, so bad data fails here, not later; pins that version.
-async fn pin_template(
+pub(crate) async fn pin_template(
     state: &AppState,
     conn: &mut sqlx::PgConnection,
     job: &mut EmailJob,
@@ -254,7 +256,7 @@ pub async fn send_email(
 }
 
 /// The job of an earlier request with this key, or a conflict if its body differed.
-async fn replay(
+pub(crate) async fn replay(
     conn: &mut sqlx::PgConnection,
     key: &str,
     body_hash: &str,

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod admin_templates;
+pub mod batch;
 pub mod compliance;
 pub mod emails;
 pub mod health;

@@ -355,6 +355,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "GET /v1/schedules",
         "GET /v1/compliance",
         "POST /v1/compliance/resume",
+        "POST /v1/emails/batch",
         "PUT /v1/templates/{name}",
         "GET /v1/templates",
         "GET /v1/templates/{name}",
@@ -921,4 +922,78 @@ async fn declared_required_variables_and_a_data_schema_are_enforced_at_enqueue(p
         )
         .await;
     assert_eq!(status, 422, "a schema whose required is not a list");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_batch_answers_each_item_in_order_and_queues_only_the_good_ones(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone(), true).await;
+    sqlx::query("INSERT INTO email_suppressions (email, suppression_type, suppress_transactional) VALUES ('gone@example.com', 'bounce', true)")
+        .execute(&pool)
+        .await
+        .expect("suppress");
+    let batch = json!({"emails": [
+        {"to": "a@example.com", "subject": "Hi", "text": "one", "idempotency_key": "k-1"},
+        {"to": "not-an-address", "subject": "Hi", "text": "two"},
+        {"to": "gone@example.com", "subject": "Hi", "text": "three"},
+        {"to": "b@example.com", "template": "welcome", "data": {"name": "Bo"}},
+        {"to": "c@example.com", "template": "welcome", "data": {}},
+        {"to": "d@example.com", "subject": "Hi", "text": "six", "unknown": true},
+    ]});
+    let (status, body) = app.post("/v1/emails/batch", batch).await;
+    assert_eq!(status, 200, "{body}");
+    let statuses: Vec<i64> = body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(statuses, vec![202, 422, 409, 202, 422, 422], "{body}");
+    assert_eq!(body["results"][2]["code"], "recipient_suppressed");
+    assert_eq!(body["results"][4]["code"], "template_data_invalid");
+    let first = body["results"][0]["job_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (status, job) = app
+        .send("GET", &format!("/v1/jobs/{first}"), None, &[])
+        .await;
+    assert_eq!(status, 200, "{job}");
+    let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM email_deliveries")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(ledger, 2, "only the two good items were queued");
+
+    // The same key and item: replayed (200, same job); the same key with another item: 409.
+    let again = json!({"emails": [
+        {"to": "a@example.com", "subject": "Hi", "text": "one", "idempotency_key": "k-1"},
+        {"to": "a@example.com", "subject": "Hi", "text": "changed", "idempotency_key": "k-1"},
+        {"to": "e@example.com", "subject": "Hi", "text": "new"},
+    ]});
+    let (status, body) = app.post("/v1/emails/batch", again).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], 200);
+    assert_eq!(body["results"][0]["job_id"], first.as_str());
+    assert_eq!(body["results"][1]["status"], 409);
+    assert_eq!(body["results"][1]["code"], "idempotency_conflict");
+    assert_eq!(body["results"][2]["status"], 202);
+
+    // 1,001 items, or none: refused whole.
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"to": format!("m{i}@example.com"), "subject": "s", "text": "t"}))
+        .collect();
+    let (status, body) = app.post("/v1/emails/batch", json!({"emails": many})).await;
+    assert!(matches!(status, 413 | 422), "{status} {body}");
+    let (status, _) = app.post("/v1/emails/batch", json!({"emails": []})).await;
+    assert_eq!(status, 422);
+    // A send-scope token may use it.
+    let res = app
+        .http
+        .post(format!("{}/v1/emails/batch", app.url))
+        .bearer_auth(SEND_TOKEN)
+        .json(&json!({"emails": [{"to": "f@example.com", "subject": "s", "text": "t"}]}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 200);
 }
