@@ -4,15 +4,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use herald_shared::email::{self, Category};
-use herald_shared::jobs::EnqueueOptions;
 use herald_shared::{address, tokens};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::Connection;
 use utoipa::ToSchema;
 
-use super::emails::{SendEmailRequest, build_job, pin_template, replay};
+use super::emails::{SendEmailRequest, queue, replay, store_key};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
@@ -145,36 +143,12 @@ async fn one(
     }
     let req: SendEmailRequest =
         serde_json::from_value(item).map_err(|e| ApiError::Validation(e.to_string()))?;
-    let (mut job, send_at) = build_job(req)?;
-    if job.category == Category::Marketing && state.config.marketing.is_none() {
-        return Err(ApiError::Validation(
-            "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
-        ));
-    }
-    pin_template(state, conn, &mut job).await?;
-    if email::ledger::is_suppressed(conn, &job.to, job.category).await? {
-        return Err(ApiError::RecipientSuppressed(job.category.as_str()));
-    }
-    let options = EnqueueOptions {
-        max_attempts: state.config.email_max_attempts,
-        run_at: send_at,
-        idempotency_key: None,
-    };
-    let job_id = email::enqueue(conn, &job, options).await?.to_string();
-    if let Some(key) = &key {
-        let stored = sqlx::query_scalar!(
-            "INSERT INTO api_idempotency_keys (idempotency_key, request_sha256, job_id)
-             VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING RETURNING job_id",
-            key,
-            item_hash,
-            job_id
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
-        if stored.is_none() {
-            // Another request took the key meanwhile: this item's savepoint is rolled back.
-            return Err(ApiError::IdempotencyConflict);
-        }
+    let (job_id, job) = queue(state, conn, req).await?;
+    // Another request holding the key meanwhile: this item's savepoint is rolled back.
+    if let Some(key) = &key
+        && !store_key(conn, key, &item_hash, &job_id).await?
+    {
+        return Err(ApiError::IdempotencyConflict);
     }
     tracing::debug!(job_id, to = %address::mask(&job.to), "batch item queued");
     Ok(Done::Queued(job_id))

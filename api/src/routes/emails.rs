@@ -64,9 +64,7 @@ impl Enqueued {
 }
 
 /// Turns the request into a job, rendering templates now so that bad data fails here, not later.
-pub(crate) fn build_job(
-    req: SendEmailRequest,
-) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
+fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
     let to = address::validate(&req.to).map_err(|e| ApiError::Validation(e.to_string()))?;
     let category = req.category.unwrap_or_default();
     let content = match (req.template, req.subject) {
@@ -144,7 +142,7 @@ pub(crate) fn build_job(
 
 /// Resolves a template email's locale (with fallback) to the newest version there, checks `data`
 /// against it and renders it once, so bad data fails here, not later; pins that version.
-pub(crate) async fn pin_template(
+async fn pin_template(
     state: &AppState,
     conn: &mut sqlx::PgConnection,
     job: &mut EmailJob,
@@ -215,14 +213,37 @@ pub async fn send_email(
     {
         return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
     }
-    let (mut job, send_at) = build_job(body.value)?;
+    let (job_id, job) = queue(&state, &mut tx, body.value).await?;
+    if let Some(key) = &key
+        && !store_key(&mut tx, key, &body_hash, &job_id).await?
+    {
+        // A concurrent request with this key won: drop our job and answer with theirs.
+        tx.rollback().await?;
+        let job_id = replay(&mut conn, key, &body_hash)
+            .await?
+            .ok_or_else(|| ApiError::Internal("idempotency key vanished".into()))?;
+        return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
+    }
+    tx.commit().await?;
+    tracing::info!(job_id, to = %address::mask(&job.to), template = job.content.label(), "email queued");
+    Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))))
+}
+
+/// Checks a request as every enqueue route does (address, content, the marketing switch, template
+/// pinning, suppression) and queues it in `conn`'s transaction; returns the job id and the job.
+pub(crate) async fn queue(
+    state: &AppState,
+    conn: &mut sqlx::PgConnection,
+    req: SendEmailRequest,
+) -> Result<(String, EmailJob), ApiError> {
+    let (mut job, send_at) = build_job(req)?;
     if job.category == Category::Marketing && state.config.marketing.is_none() {
         return Err(ApiError::Validation(
             "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
         ));
     }
-    pin_template(&state, &mut tx, &mut job).await?;
-    if email::ledger::is_suppressed(&mut tx, &job.to, job.category).await? {
+    pin_template(state, conn, &mut job).await?;
+    if email::ledger::is_suppressed(conn, &job.to, job.category).await? {
         return Err(ApiError::RecipientSuppressed(job.category.as_str()));
     }
     let options = EnqueueOptions {
@@ -230,29 +251,27 @@ pub async fn send_email(
         run_at: send_at,
         idempotency_key: None,
     };
-    let job_id = email::enqueue(&mut tx, &job, options).await?.to_string();
-    if let Some(key) = &key {
-        let stored = sqlx::query_scalar!(
-            "INSERT INTO api_idempotency_keys (idempotency_key, request_sha256, job_id)
-             VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING RETURNING job_id",
-            key,
-            body_hash,
-            job_id
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if stored.is_none() {
-            // A concurrent request with this key won: drop our job and answer with theirs.
-            tx.rollback().await?;
-            let job_id = replay(&mut conn, key, &body_hash)
-                .await?
-                .ok_or_else(|| ApiError::Internal("idempotency key vanished".into()))?;
-            return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
-        }
-    }
-    tx.commit().await?;
-    tracing::info!(job_id, to = %address::mask(&job.to), template = job.content.label(), "email queued");
-    Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))))
+    let job_id = email::enqueue(conn, &job, options).await?.to_string();
+    Ok((job_id, job))
+}
+
+/// Records `key` for `job_id`; false when another request holds the key already.
+pub(crate) async fn store_key(
+    conn: &mut sqlx::PgConnection,
+    key: &str,
+    body_hash: &str,
+    job_id: &str,
+) -> Result<bool, ApiError> {
+    let stored = sqlx::query_scalar!(
+        "INSERT INTO api_idempotency_keys (idempotency_key, request_sha256, job_id)
+         VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING RETURNING job_id",
+        key,
+        body_hash,
+        job_id
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(stored.is_some())
 }
 
 /// The job of an earlier request with this key, or a conflict if its body differed.

@@ -157,24 +157,14 @@ pub async fn publish(
 
 /// The newest version of every (name, locale).
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<VersionInfo>, sqlx::Error> {
-    let rows = sqlx::query!(
+    sqlx::query_as!(
+        VersionInfo,
         r#"SELECT DISTINCT ON (name, locale) name, locale, version, required_variables,
                   created_by, created_at
            FROM email_templates ORDER BY name, locale, version DESC"#
     )
     .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| VersionInfo {
-            name: r.name,
-            locale: r.locale,
-            version: r.version,
-            required_variables: r.required_variables,
-            created_by: r.created_by,
-            created_at: r.created_at,
-        })
-        .collect())
+    .await
 }
 
 /// Every version of `name`, by locale, newest first.
@@ -182,24 +172,14 @@ pub async fn versions(
     conn: &mut PgConnection,
     name: &str,
 ) -> Result<Vec<VersionInfo>, sqlx::Error> {
-    let rows = sqlx::query!(
+    sqlx::query_as!(
+        VersionInfo,
         r#"SELECT name, locale, version, required_variables, created_by, created_at
            FROM email_templates WHERE name = $1 ORDER BY locale, version DESC"#,
         name
     )
     .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| VersionInfo {
-            name: r.name,
-            locale: r.locale,
-            version: r.version,
-            required_variables: r.required_variables,
-            created_by: r.created_by,
-            created_at: r.created_at,
-        })
-        .collect())
+    .await
 }
 
 /// Emails still to be sent with template `name` (their ledger rows are `pending` or `sending`).
