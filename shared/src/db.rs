@@ -349,6 +349,7 @@ pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
 pub const APP_ROLE_FUNCTIONS: &[&str] = &[
     "public.user_email_verified(uuid)",
     "public.prune_email_feedback_events(timestamptz, bigint)",
+    "public.enqueue_emails(text, boolean, text[], bytea[], text[], text[], text[], timestamptz[], integer[], text[], text[])",
 ];
 
 /// Creates or narrows the login role the API and worker use: exactly [`APP_ROLE_GRANTS`] in

@@ -1,16 +1,18 @@
-//! `POST /v1/emails/batch`: up to 1,000 emails in one request and one transaction, each checked as
-//! `POST /v1/emails` checks it and answered on its own, in request order. Each item runs in a
-//! savepoint, so a refused item leaves the others untouched.
+//! `POST /v1/emails/batch`: up to 1,000 emails in one request, each checked as `POST /v1/emails`
+//! checks it and answered on its own, in request order. Set-based: one read of the idempotency
+//! keys, the checks in memory (a template resolved once per name and locale), then one statement
+//! (`enqueue_emails`) that checks suppression and writes every key, job and ledger row at once.
 
 use axum::Json;
 use axum::extract::State;
-use herald_shared::{address, tokens};
+use herald_shared::email::{self, NewEmail, Queued};
+use herald_shared::tokens;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::Connection;
+use std::collections::HashMap;
 use utoipa::ToSchema;
 
-use super::emails::{SendEmailRequest, queue, replay, store_key};
+use super::emails::{Checked, Resolved, SendEmailRequest, check, replay_many};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
@@ -52,10 +54,39 @@ pub struct BatchResponse {
     pub results: Vec<ItemResult>,
 }
 
-/// What happened to one item.
-enum Done {
-    Queued(String),
-    Replayed(String),
+impl ItemResult {
+    fn job(status: u16, job_id: String) -> Self {
+        Self {
+            status,
+            job_id: Some(job_id),
+            code: None,
+            message: None,
+        }
+    }
+
+    fn error(e: &ApiError) -> Self {
+        let (status, code) = e.parts();
+        Self {
+            status: status.as_u16(),
+            job_id: None,
+            code: Some(code),
+            message: Some(e.to_string()),
+        }
+    }
+}
+
+/// An item on its way: answered already, or checked and waiting for the statement that queues.
+enum Item {
+    Answered(ItemResult),
+    Checked {
+        checked: Checked,
+        key: Option<(String, String)>,
+    },
+    /// Repeats the key of item `first` in this batch, with the same item (`same`) or another.
+    Repeat {
+        first: usize,
+        same: bool,
+    },
 }
 
 /// Queues a batch of emails.
@@ -68,61 +99,133 @@ pub async fn send_batch(
     State(state): State<AppState>,
     body: JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let items = body.value.emails;
-    if items.is_empty() || items.len() > MAX_BATCH {
+    let raw = body.value.emails;
+    if raw.is_empty() || raw.len() > MAX_BATCH {
         return Err(ApiError::Validation(format!(
             "a batch holds 1 to {MAX_BATCH} emails, got {}",
-            items.len()
+            raw.len()
         )));
     }
     let mut conn = state.db.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let mut results = Vec::with_capacity(items.len());
-    for item in items {
-        let mut savepoint = tx.begin().await?;
-        match one(&state, &mut savepoint, item).await {
-            Ok(done) => {
-                savepoint.commit().await?;
-                results.push(match done {
-                    Done::Queued(id) => ItemResult {
-                        status: 202,
-                        job_id: Some(id),
-                        code: None,
-                        message: None,
-                    },
-                    Done::Replayed(id) => ItemResult {
-                        status: 200,
-                        job_id: Some(id),
-                        code: None,
-                        message: None,
-                    },
-                });
-            }
-            // The database itself failing ends the whole batch (nothing is committed).
-            Err(e @ (ApiError::DatabaseUnavailable(_) | ApiError::Internal(_))) => return Err(e),
-            Err(e) => {
-                savepoint.rollback().await?;
-                let (status, code) = e.parts();
-                results.push(ItemResult {
-                    status: status.as_u16(),
-                    job_id: None,
-                    code: Some(code),
-                    message: Some(e.to_string()),
-                });
-            }
-        }
+    // Keys and hashes first: an earlier request's replay is answered before the item is checked
+    // again, as POST /v1/emails does.
+    let mut parsed = Vec::with_capacity(raw.len());
+    for item in raw {
+        parsed.push(split_key(item));
     }
-    tx.commit().await?;
-    let queued = results.iter().filter(|r| r.status == 202).count();
-    tracing::info!(items = results.len(), queued, "email batch queued");
+    let keys: Vec<String> = parsed
+        .iter()
+        .filter_map(|p| p.as_ref().ok().and_then(|(k, _, _)| k.clone()))
+        .collect();
+    let earlier = replay_many(&mut conn, &keys).await?;
+    let mut first_with_key: HashMap<String, (usize, String)> = HashMap::new();
+    let mut resolved = Resolved::new();
+    let mut items = Vec::with_capacity(parsed.len());
+    for (i, p) in parsed.into_iter().enumerate() {
+        let (key, hash, req) = match p {
+            Ok(p) => p,
+            Err(e) => {
+                items.push(Item::Answered(ItemResult::error(&e)));
+                continue;
+            }
+        };
+        if let Some(key) = &key {
+            if let Some((stored_hash, job_id)) = earlier.get(key) {
+                items.push(Item::Answered(if *stored_hash == hash {
+                    ItemResult::job(200, job_id.clone())
+                } else {
+                    ItemResult::error(&ApiError::IdempotencyConflict)
+                }));
+                continue;
+            }
+            if let Some((first, first_hash)) = first_with_key.get(key) {
+                items.push(Item::Repeat {
+                    first: *first,
+                    same: *first_hash == hash,
+                });
+                continue;
+            }
+            first_with_key.insert(key.clone(), (i, hash.clone()));
+        }
+        let item = match req {
+            Err(e) => Item::Answered(ItemResult::error(&e)),
+            Ok(req) => match check(&state, &mut conn, req, &mut resolved).await {
+                Ok(checked) => Item::Checked {
+                    checked,
+                    key: key.map(|k| (k, hash)),
+                },
+                // The database itself failing ends the whole batch (nothing was queued).
+                Err(e @ (ApiError::DatabaseUnavailable(_) | ApiError::Internal(_))) => {
+                    return Err(e);
+                }
+                Err(e) => Item::Answered(ItemResult::error(&e)),
+            },
+        };
+        items.push(item);
+    }
+    let to_queue: Vec<(usize, NewEmail<'_>)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| match item {
+            Item::Checked { checked, key } => Some((
+                i,
+                checked.item(&state, key.as_ref().map(|(k, h)| (k.as_str(), h.as_str()))),
+            )),
+            _ => None,
+        })
+        .collect();
+    let emails: Vec<NewEmail<'_>> = to_queue.iter().map(|(_, e)| *e).collect();
+    let queued = email::enqueue_many(&mut conn, &emails, true).await?;
+    let mut answers: HashMap<usize, ItemResult> = HashMap::with_capacity(queued.len());
+    for ((i, email), outcome) in to_queue.iter().zip(queued) {
+        let answer = match outcome {
+            Queued::New(id) => ItemResult::job(202, id.to_string()),
+            Queued::Replayed(job_id) => ItemResult::job(200, job_id),
+            Queued::KeyConflict => ItemResult::error(&ApiError::IdempotencyConflict),
+            Queued::Suppressed => {
+                ItemResult::error(&ApiError::RecipientSuppressed(email.job.category.as_str()))
+            }
+        };
+        answers.insert(*i, answer);
+    }
+    let mut results: Vec<ItemResult> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let answer = match item {
+            Item::Answered(answer) => answer,
+            Item::Checked { .. } => answers
+                .remove(&i)
+                .ok_or_else(|| ApiError::Internal("a batch item was not answered".into()))?,
+            Item::Repeat { first, same } => {
+                let first = results
+                    .get(first)
+                    .ok_or_else(|| ApiError::Internal("a repeated key came first".into()))?;
+                match (&first.job_id, same) {
+                    (Some(job_id), true) => ItemResult::job(200, job_id.clone()),
+                    (None, true) => ItemResult {
+                        status: first.status,
+                        job_id: None,
+                        code: first.code,
+                        message: first.message.clone(),
+                    },
+                    (_, false) => ItemResult::error(&ApiError::IdempotencyConflict),
+                }
+            }
+        };
+        results.push(answer);
+    }
+    let accepted = results.iter().filter(|r| r.status == 202).count();
+    tracing::info!(
+        items = results.len(),
+        queued = accepted,
+        "email batch queued"
+    );
     Ok(Json(BatchResponse { results }))
 }
 
-async fn one(
-    state: &AppState,
-    conn: &mut sqlx::PgConnection,
-    mut item: Value,
-) -> Result<Done, ApiError> {
+/// An item's idempotency key, the hash of the item without it, and the request it holds.
+type Split = (Option<String>, String, Result<SendEmailRequest, ApiError>);
+
+fn split_key(mut item: Value) -> Result<Split, ApiError> {
     let fields = item
         .as_object_mut()
         .ok_or_else(|| ApiError::Validation("each email is a JSON object".into()))?;
@@ -135,21 +238,7 @@ async fn one(
             ));
         }
     };
-    let item_hash = tokens::sha256_hex(&item.to_string());
-    if let Some(key) = &key
-        && let Some(job_id) = replay(conn, key, &item_hash).await?
-    {
-        return Ok(Done::Replayed(job_id));
-    }
-    let req: SendEmailRequest =
-        serde_json::from_value(item).map_err(|e| ApiError::Validation(e.to_string()))?;
-    let (job_id, job) = queue(state, conn, req).await?;
-    // Another request holding the key meanwhile: this item's savepoint is rolled back.
-    if let Some(key) = &key
-        && !store_key(conn, key, &item_hash, &job_id).await?
-    {
-        return Err(ApiError::IdempotencyConflict);
-    }
-    tracing::debug!(job_id, to = %address::mask(&job.to), "batch item queued");
-    Ok(Done::Queued(job_id))
+    let hash = tokens::sha256_hex(&item.to_string());
+    let req = serde_json::from_value(item).map_err(|e| ApiError::Validation(e.to_string()));
+    Ok((key, hash, req))
 }

@@ -4,12 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use herald_shared::email::{self, Category, EmailContent, EmailJob, templates};
-use herald_shared::jobs::EnqueueOptions;
+use herald_shared::email::{self, Category, EmailContent, EmailJob, NewEmail, Queued, templates};
 use herald_shared::{address, tokens};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::Connection;
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -140,12 +138,16 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
     ))
 }
 
+/// Templates already resolved in this request: (name, locale asked) → (locale found, newest version).
+pub(crate) type Resolved = std::collections::HashMap<(String, String), Option<(String, i32)>>;
+
 /// Resolves a template email's locale (with fallback) to the newest version there, checks `data`
 /// against it and renders it once, so bad data fails here, not later; pins that version.
 async fn pin_template(
     state: &AppState,
     conn: &mut sqlx::PgConnection,
     job: &mut EmailJob,
+    resolved: &mut Resolved,
 ) -> Result<(), ApiError> {
     let EmailContent::Template {
         name,
@@ -157,9 +159,16 @@ async fn pin_template(
         return Ok(());
     };
     let wanted = locale.as_deref().unwrap_or(templates::DEFAULT_LOCALE);
-    let (found, newest) = templates::store::resolve(conn, name, wanted)
-        .await?
-        .ok_or_else(|| ApiError::UnknownTemplate(format!("unknown template {name:?}")))?;
+    let asked = (name.clone(), wanted.to_owned());
+    let (found, newest) = match resolved.get(&asked) {
+        Some(hit) => hit.clone(),
+        None => {
+            let found = templates::store::resolve(conn, name, wanted).await?;
+            resolved.insert(asked, found.clone());
+            found
+        }
+    }
+    .ok_or_else(|| ApiError::UnknownTemplate(format!("unknown template {name:?}")))?;
     let compiled = state
         .templates
         .get(conn, name, &found, newest)
@@ -207,71 +216,89 @@ pub async fn send_email(
     };
     let body_hash = tokens::sha256_hex(&String::from_utf8_lossy(&body.raw));
     let mut conn = state.db.acquire().await?;
-    let mut tx = conn.begin().await?;
     if let Some(key) = &key
-        && let Some(job_id) = replay(&mut tx, key, &body_hash).await?
+        && let Some(job_id) = replay(&mut conn, key, &body_hash).await?
     {
         return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
     }
-    let (job_id, job) = queue(&state, &mut tx, body.value).await?;
-    if let Some(key) = &key
-        && !store_key(&mut tx, key, &body_hash, &job_id).await?
-    {
-        // A concurrent request with this key won: drop our job and answer with theirs.
-        tx.rollback().await?;
-        let job_id = replay(&mut conn, key, &body_hash)
-            .await?
-            .ok_or_else(|| ApiError::Internal("idempotency key vanished".into()))?;
-        return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
-    }
-    tx.commit().await?;
-    tracing::info!(job_id, to = %address::mask(&job.to), template = job.content.label(), "email queued");
+    let checked = check(&state, &mut conn, body.value, &mut Resolved::new()).await?;
+    let item = checked.item(&state, key.as_deref().map(|k| (k, body_hash.as_str())));
+    let queued = email::enqueue_many(&mut conn, &[item], true).await?.pop();
+    let job_id = match queued {
+        Some(Queued::New(id)) => id.to_string(),
+        Some(Queued::Replayed(job_id)) => job_id,
+        Some(Queued::Suppressed) => {
+            return Err(ApiError::RecipientSuppressed(checked.job.category.as_str()));
+        }
+        // A concurrent request with this key committed first: answer with its job.
+        Some(Queued::KeyConflict) | None => match &key {
+            Some(key) => replay(&mut conn, key, &body_hash)
+                .await?
+                .ok_or(ApiError::IdempotencyConflict)?,
+            None => return Err(ApiError::Internal("no answer for the email".into())),
+        },
+    };
+    tracing::info!(job_id, to = %address::mask(&checked.job.to), template = checked.job.content.label(), "email queued");
     Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))))
 }
 
+/// An email that passed every check an enqueue route makes before the database's own.
+pub(crate) struct Checked {
+    /// The job to queue.
+    pub job: EmailJob,
+    /// Its earliest send.
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+impl Checked {
+    /// The email as `email::enqueue_many` takes it.
+    pub fn item<'a>(&'a self, state: &AppState, key: Option<(&'a str, &'a str)>) -> NewEmail<'a> {
+        NewEmail {
+            job: &self.job,
+            run_at: self.send_at,
+            max_attempts: state.config.email_max_attempts,
+            idempotency: key,
+        }
+    }
+}
+
 /// Checks a request as every enqueue route does (address, content, the marketing switch, template
-/// pinning, suppression) and queues it in `conn`'s transaction; returns the job id and the job.
-pub(crate) async fn queue(
+/// pinning); suppression is checked by the statement that queues it.
+pub(crate) async fn check(
     state: &AppState,
     conn: &mut sqlx::PgConnection,
     req: SendEmailRequest,
-) -> Result<(String, EmailJob), ApiError> {
+    resolved: &mut Resolved,
+) -> Result<Checked, ApiError> {
     let (mut job, send_at) = build_job(req)?;
     if job.category == Category::Marketing && state.config.marketing.is_none() {
         return Err(ApiError::Validation(
             "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
         ));
     }
-    pin_template(state, conn, &mut job).await?;
-    if email::ledger::is_suppressed(conn, &job.to, job.category).await? {
-        return Err(ApiError::RecipientSuppressed(job.category.as_str()));
-    }
-    let options = EnqueueOptions {
-        max_attempts: state.config.email_max_attempts,
-        run_at: send_at,
-        idempotency_key: None,
-    };
-    let job_id = email::enqueue(conn, &job, options).await?.to_string();
-    Ok((job_id, job))
+    pin_template(state, conn, &mut job, resolved).await?;
+    Ok(Checked { job, send_at })
 }
 
-/// Records `key` for `job_id`; false when another request holds the key already.
-pub(crate) async fn store_key(
+/// Earlier requests' keys among `keys`: key → (request hash, job id).
+pub(crate) async fn replay_many(
     conn: &mut sqlx::PgConnection,
-    key: &str,
-    body_hash: &str,
-    job_id: &str,
-) -> Result<bool, ApiError> {
-    let stored = sqlx::query_scalar!(
-        "INSERT INTO api_idempotency_keys (idempotency_key, request_sha256, job_id)
-         VALUES ($1, $2, $3) ON CONFLICT (idempotency_key) DO NOTHING RETURNING job_id",
-        key,
-        body_hash,
-        job_id
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, (String, String)>, ApiError> {
+    if keys.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows = sqlx::query!(
+        "SELECT idempotency_key, request_sha256, job_id FROM api_idempotency_keys
+         WHERE idempotency_key = ANY($1)",
+        keys
     )
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(stored.is_some())
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.idempotency_key, (r.request_sha256, r.job_id)))
+        .collect())
 }
 
 /// The job of an earlier request with this key, or a conflict if its body differed.

@@ -185,6 +185,74 @@ pub async fn insert(
     Ok(done.rows_affected() == 1)
 }
 
+/// New emails for [`enqueue`], column by column.
+#[derive(Debug, Default)]
+pub struct NewRows {
+    /// Job ids (ULIDs).
+    pub ids: Vec<String>,
+    /// Job payloads (JSON).
+    pub payloads: Vec<Vec<u8>>,
+    /// Normalised recipients.
+    pub recipients: Vec<String>,
+    /// Template labels.
+    pub templates: Vec<String>,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Earliest runs (`None`: now).
+    pub run_at: Vec<Option<DateTime<Utc>>>,
+    /// Runs allowed.
+    pub max_attempts: Vec<i32>,
+    /// Idempotency keys.
+    pub keys: Vec<Option<String>>,
+    /// Request hashes, beside their keys.
+    pub hashes: Vec<Option<String>>,
+}
+
+impl NewRows {
+    /// Room for `n` emails.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            recipients: Vec::with_capacity(n),
+            templates: Vec::with_capacity(n),
+            categories: Vec::with_capacity(n),
+            run_at: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// The ledger's first step, with the job and the key in the same statement (`enqueue_emails`, in
+/// the migrations): each email's outcome (`queued`, `replayed`, `key_conflict`, `suppressed`) and
+/// job id, in order.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    queue: &str,
+    refuse_suppressed: bool,
+    rows: &NewRows,
+) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    let answers = sqlx::query!(
+        r#"SELECT outcome AS "outcome!", job_id FROM enqueue_emails($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
+        queue,
+        refuse_suppressed,
+        &rows.ids,
+        &rows.payloads,
+        &rows.recipients,
+        &rows.templates,
+        &rows.categories,
+        &rows.run_at as &[Option<DateTime<Utc>>],
+        &rows.max_attempts,
+        &rows.keys as &[Option<String>],
+        &rows.hashes as &[Option<String>],
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(answers.into_iter().map(|a| (a.outcome, a.job_id)).collect())
+}
+
 /// Loads a job's ledger row.
 pub async fn find(conn: &mut PgConnection, job_id: &str) -> Result<Option<Delivery>, sqlx::Error> {
     sqlx::query_as!(

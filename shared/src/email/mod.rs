@@ -105,28 +105,104 @@ pub struct EmailJob {
     pub content: EmailContent,
 }
 
-/// Enqueues an email job and its ledger row on the caller's transaction; returns the job id.
+/// Enqueues an email job and its ledger row on the caller's connection (one statement, so no
+/// transaction is needed for it alone); returns the job id. Suppressed recipients are queued too:
+/// the worker's send gate refuses them and records why.
 #[tracing::instrument(skip_all, fields(to = %address::mask(&job.to), template = job.content.label()))]
 pub async fn enqueue(
     conn: &mut PgConnection,
     job: &EmailJob,
     options: EnqueueOptions,
 ) -> Result<Ulid, JobError> {
-    let jobs::Enqueued::New(id) = jobs::enqueue(&mut *conn, job, options).await? else {
-        // Email jobs carry no idempotency key of apalis's (the API keeps its own).
-        return Err(JobError::Db(sqlx::Error::Protocol(
-            "an email job without a key was reported as a duplicate".into(),
-        )));
+    let item = NewEmail {
+        job,
+        run_at: options.run_at,
+        max_attempts: options.max_attempts,
+        idempotency: None,
     };
-    ledger::insert(
-        &mut *conn,
-        &id.to_string(),
-        &job.to,
-        job.content.label(),
-        job.category,
-    )
-    .await?;
-    Ok(id)
+    match enqueue_many(conn, &[item], false).await?.pop() {
+        Some(Queued::New(id)) => Ok(id),
+        other => Err(JobError::Db(sqlx::Error::Protocol(format!(
+            "an email without a key or suppression check was answered {other:?}"
+        )))),
+    }
+}
+
+/// One email for [`enqueue_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewEmail<'a> {
+    /// The payload.
+    pub job: &'a EmailJob,
+    /// Earliest send; `None` means now. Stored in whole seconds, as apalis does.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Total runs allowed.
+    pub max_attempts: u32,
+    /// The API's idempotency key and the SHA-256 (hex) of the request it came with.
+    pub idempotency: Option<(&'a str, &'a str)>,
+}
+
+/// What [`enqueue_many`] did with one email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued as this new job.
+    New(Ulid),
+    /// Its key was used before with the same request: that request's job.
+    Replayed(String),
+    /// Its key was used before with another request, or by a transaction that committed meanwhile.
+    KeyConflict,
+    /// The send rule suppresses the recipient in its category; nothing was queued.
+    Suppressed,
+}
+
+/// Queues emails in one statement (the `enqueue_emails` function): for each, in order, its
+/// idempotency key, its job and its pending ledger row, or why not. With `refuse_suppressed`,
+/// recipients the send rule suppresses are answered [`Queued::Suppressed`] instead of queued.
+/// Keys must be distinct within one call.
+pub async fn enqueue_many(
+    conn: &mut PgConnection,
+    emails: &[NewEmail<'_>],
+    refuse_suppressed: bool,
+) -> Result<Vec<Queued>, JobError> {
+    let n = emails.len();
+    let mut rows = ledger::NewRows::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    for email in emails {
+        let id = Ulid::generate();
+        ids.push(id);
+        rows.ids.push(id.to_string());
+        rows.payloads.push(serde_json::to_vec(email.job)?);
+        rows.recipients.push(address::normalize(&email.job.to));
+        rows.templates.push(email.job.content.label().to_owned());
+        rows.categories.push(email.job.category.as_str().to_owned());
+        rows.run_at.push(
+            email
+                .run_at
+                .and_then(|at| DateTime::from_timestamp(at.timestamp(), 0)),
+        );
+        rows.max_attempts
+            .push(i32::try_from(email.max_attempts.max(1)).unwrap_or(i32::MAX));
+        rows.keys
+            .push(email.idempotency.map(|(key, _)| key.to_owned()));
+        rows.hashes
+            .push(email.idempotency.map(|(_, hash)| hash.to_owned()));
+    }
+    let answers = ledger::enqueue(conn, EMAIL_QUEUE, refuse_suppressed, &rows).await?;
+    if answers.len() != n {
+        return Err(JobError::Db(sqlx::Error::Protocol(format!(
+            "enqueue_emails answered {} of {n} emails",
+            answers.len()
+        ))));
+    }
+    Ok(answers
+        .into_iter()
+        .zip(ids)
+        .map(|((outcome, job_id), id)| match outcome.as_str() {
+            "queued" => Queued::New(id),
+            "replayed" => Queued::Replayed(job_id.unwrap_or_default()),
+            "suppressed" => Queued::Suppressed,
+            _ => Queued::KeyConflict,
+        })
+        .collect())
 }
 
 /// What decides whether a job may send now, read in one round trip.
