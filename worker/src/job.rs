@@ -108,14 +108,24 @@ pub trait HeraldJob: QueueJob + DeserializeOwned + Send + Sync + Unpin + 'static
 #[error("{0}")]
 pub struct RunFailed(String);
 
-/// The apalis handler of every Herald job.
-pub async fn handle<J: HeraldJob>(
+/// The apalis handler of every Herald job. Boxed: apalis moves the handler's future through its
+/// layers several times per job, and a pointer is cheaper to move than the run's state.
+pub fn handle<J: HeraldJob>(
     job: J,
     task_id: TaskId,
     runs: Runs,
     ctx: Data<Arc<J::Context>>,
-) -> Result<Value, BoxDynError> {
+) -> futures::future::BoxFuture<'static, Result<Value, BoxDynError>> {
     let ctx: Arc<J::Context> = Arc::clone(&ctx);
+    Box::pin(run_once(job, task_id, runs, ctx))
+}
+
+async fn run_once<J: HeraldJob>(
+    job: J,
+    task_id: TaskId,
+    runs: Runs,
+    ctx: Arc<J::Context>,
+) -> Result<Value, BoxDynError> {
     let id = task_id.to_string();
     let span = job.span(&id);
     let started = std::time::Instant::now();
@@ -123,20 +133,19 @@ pub async fn handle<J: HeraldJob>(
     // future (a worker restarted after a database outage, whose jobs the next instance rescues):
     // the rescue then waits for it and finds the work done instead of doing it again.
     let guard = ctx.in_flight().enter(&id).await;
+    // Boxed where it is made, and instrumented inside: each move of a run's future copies all of
+    // it (~11 KB for an email), so it is moved once.
     let run = {
-        let (ctx, id) = (Arc::clone(&ctx), id.clone());
-        async move {
+        let (ctx, id, span) = (Arc::clone(&ctx), id.clone(), span.clone());
+        FinishOnDrop::from_box(Box::pin(async move {
             let _guard = guard;
-            job.run(id, runs, ctx).await
-        }
-        .instrument(span.clone())
+            job.run(id, runs, ctx).instrument(span).await
+        }))
     };
-    let outcome = FinishOnDrop::new(run)
-        .await
-        .unwrap_or_else(|panic| Outcome::Retry {
-            after: Duration::from_secs(1),
-            error: format!("the run panicked: {}", panic_text(&panic)),
-        });
+    let outcome = run.await.unwrap_or_else(|panic| Outcome::Retry {
+        after: Duration::from_secs(1),
+        error: format!("the run panicked: {}", panic_text(&panic)),
+    });
     let label = match &outcome {
         Outcome::Done(_) => "succeeded",
         Outcome::Hold { .. } => "held",
@@ -164,10 +173,13 @@ struct FinishOnDrop<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> FinishOnDrop<T> {
+    #[cfg(test)]
     fn new(run: impl Future<Output = T> + Send + 'static) -> Self {
-        Self {
-            run: Some(Box::pin(run)),
-        }
+        Self::from_box(Box::pin(run))
+    }
+
+    fn from_box(run: Pin<Box<dyn Future<Output = T> + Send>>) -> Self {
+        Self { run: Some(run) }
     }
 }
 
