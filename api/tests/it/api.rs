@@ -978,6 +978,26 @@ async fn a_batch_answers_each_item_in_order_and_queues_only_the_good_ones(pool: 
     assert_eq!(body["results"][1]["code"], "idempotency_conflict");
     assert_eq!(body["results"][2]["status"], 202);
 
+    // A key repeated inside one batch: the same item answers the first's job; another item, 409.
+    let repeated = json!({"emails": [
+        {"to": "r@example.com", "subject": "Hi", "text": "r", "idempotency_key": "k-2"},
+        {"to": "r@example.com", "subject": "Hi", "text": "r", "idempotency_key": "k-2"},
+        {"to": "r@example.com", "subject": "Hi", "text": "other", "idempotency_key": "k-2"},
+    ]});
+    let (status, body) = app.post("/v1/emails/batch", repeated).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], 202, "{body}");
+    assert_eq!(body["results"][1]["status"], 200, "{body}");
+    assert_eq!(body["results"][1]["job_id"], body["results"][0]["job_id"]);
+    assert_eq!(body["results"][2]["status"], 409, "{body}");
+    let r_jobs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM email_deliveries WHERE recipient = 'r@example.com'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(r_jobs, 1, "a repeated key queued once");
+
     // 1,001 items, or none: refused whole.
     let many: Vec<Value> = (0..1001)
         .map(|i| json!({"to": format!("m{i}@example.com"), "subject": "s", "text": "t"}))

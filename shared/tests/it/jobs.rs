@@ -65,3 +65,123 @@ async fn a_rolled_back_transaction_drops_the_job_and_its_ledger_row(pool: PgPool
         .expect("ledger row");
     assert_eq!(delivery.status, "pending");
 }
+
+/// The columns apalis-postgres reads of a job, as text, for comparing two jobs.
+async fn job_shape(pool: &PgPool, id: &str) -> Vec<Option<String>> {
+    let row: (Vec<Option<String>>,) = sqlx::query_as(
+        "SELECT ARRAY[status, attempts::text, max_attempts::text, priority::text, metadata::text,
+                      idempotency_key, lock_at::text, lock_by, done_at::text, last_result::text,
+                      (run_at <= now())::text]
+         FROM apalis.jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("job");
+    row.0
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn enqueue_emails_writes_a_job_as_apalis_own_push_does(pool: PgPool) {
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis");
+    let options = EnqueueOptions {
+        max_attempts: 3,
+        run_at: None,
+        idempotency_key: None,
+    };
+    let mut conn = pool.acquire().await.expect("conn");
+    // The SQL function's job beside one pushed through apalis-postgres's own push_tasks.
+    let ours = email::enqueue(&mut conn, &job(), options.clone())
+        .await
+        .expect("enqueue");
+    let theirs = match jobs::enqueue(&mut conn, &job(), options)
+        .await
+        .expect("push")
+    {
+        jobs::Enqueued::New(id) => id,
+        jobs::Enqueued::Duplicate => panic!("no key, no duplicate"),
+    };
+    let (a, b) = (
+        job_shape(&pool, &ours.to_string()).await,
+        job_shape(&pool, &theirs.to_string()).await,
+    );
+    assert_eq!(a, b, "the two jobs differ");
+    assert_eq!(a[0].as_deref(), Some("Pending"));
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn enqueue_many_answers_keys_and_suppressions_per_email_and_queues_the_rest(pool: PgPool) {
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis");
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
+         VALUES ('gone@example.com', 'bounce', true)",
+    )
+    .execute(&pool)
+    .await
+    .expect("suppress");
+    let mut gone = job();
+    gone.to = "Gone@Example.com".into();
+    let fine = job();
+    let item = |job, key| email::NewEmail {
+        job,
+        run_at: None,
+        max_attempts: 3,
+        idempotency: key,
+    };
+    let mut conn = pool.acquire().await.expect("conn");
+    let first = email::enqueue_many(
+        &mut conn,
+        &[
+            item(&fine, Some(("k1", "h1"))),
+            item(&gone, None),
+            item(&fine, None),
+        ],
+        true,
+    )
+    .await
+    .expect("enqueue");
+    let email::Queued::New(keyed) = first[0] else {
+        panic!("{first:?}")
+    };
+    assert_eq!(first[1], email::Queued::Suppressed);
+    assert!(matches!(first[2], email::Queued::New(_)), "{first:?}");
+    let again = email::enqueue_many(
+        &mut conn,
+        &[
+            item(&fine, Some(("k1", "h1"))),
+            item(&fine, Some(("k1x", "h1"))),
+        ],
+        true,
+    )
+    .await
+    .expect("again");
+    assert_eq!(again[0], email::Queued::Replayed(keyed.to_string()));
+    assert!(matches!(again[1], email::Queued::New(_)));
+    let other_body = email::enqueue_many(&mut conn, &[item(&fine, Some(("k1", "h2")))], true)
+        .await
+        .expect("conflict");
+    assert_eq!(other_body, vec![email::Queued::KeyConflict]);
+    // Without the suppression check (schedules, account mail) the worker's gate decides later.
+    let queued_anyway = email::enqueue_many(&mut conn, &[item(&gone, None)], false)
+        .await
+        .expect("unchecked");
+    assert!(matches!(queued_anyway[0], email::Queued::New(_)));
+    assert_eq!(count(&pool, "SELECT count(*) FROM apalis.jobs").await, 4);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM email_deliveries").await,
+        4
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM email_deliveries WHERE recipient = 'gone@example.com'"
+        )
+        .await,
+        1,
+        "recipients are stored normalised"
+    );
+}
