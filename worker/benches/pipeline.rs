@@ -3,7 +3,9 @@
 //! `DATABASE_URL=postgres://… cargo bench -p herald-worker --bench pipeline` (scripts/bench.sh sets
 //! it up, with PGBENCH). It creates and drops its own database, runs the API in-process, the real
 //! `herald-worker` binary against a local SES stub, and prints:
-//! - API `POST /v1/emails` rate and p50/p99 latency vs raw concurrent apalis pushes;
+//! - API `POST /v1/emails` rate and p50/p99 latency vs raw concurrent apalis pushes, closed loop
+//!   and open loop at half the maximum;
+//! - `POST /v1/emails/batch` vs apalis's own bulk push;
 //! - no-op drain through Herald's queue backend vs raw apalis, same batch size and concurrency
 //!   (alternating rounds, medians);
 //! - the full email path (worker binary, SES stub) vs `pgbench -N` TPS on the same server;
@@ -12,8 +14,10 @@
 //!
 //! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_ROUNDS (3), BENCH_PICKUPS (30),
 //! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15);
-//! BENCH_PARTS (all, or a comma list of enqueue, drain, email, templates: email includes pgbench
-//! and pick-up; templates sends a stored template vs raw content, alternating rounds);
+//! BENCH_PARTS (all, or a comma list of enqueue, batch, drain, email, templates: enqueue includes
+//! an open loop at half its maximum for BENCH_OPEN_SECS (5); batch posts BENCH_BATCH_EMAILS
+//! (20000) in batches of 1,000 from BENCH_BATCH_CLIENTS (2); email includes pgbench and pick-up;
+//! templates sends a stored template vs raw content, alternating rounds);
 //! BENCH_WORKER_BIN (another herald-worker binary to measure instead of this build's).
 //!
 //! Long on purpose: the baselines and Herald run in one process, alternating, so they share it.
@@ -149,6 +153,56 @@ fn herald_noop_worker(
         move || herald_worker::queue_backend::<Noop>(&pool, &queue, queue_config.clone(), poll),
         config.concurrency,
     )
+}
+
+/// Starts the API in this process on the bench database; its base URL.
+async fn start_api(url: &str, pool: &PgPool) -> String {
+    let api_config = herald_api::ApiConfig::from_source(&[
+        ("API_TOKEN", TOKEN),
+        ("API_ADDR", "127.0.0.1:0"),
+        ("API_METRICS_ADDR", "127.0.0.1:0"),
+        ("FRONTEND_URL", "https://app.example.com"),
+        ("MARKETING_EMAIL_ENABLED", "false"),
+        ("EMAIL_FROM", "noreply@herald.test"),
+        ("DATABASE_URL", url),
+    ])
+    .expect("api config");
+    let app = herald_api::Application::build(api_config, pool.clone())
+        .await
+        .expect("api");
+    let api_url = format!("http://{}", app.local_addr().expect("addr"));
+    tokio::spawn(app.serve(std::future::pending()));
+    api_url
+}
+
+type Call = Arc<dyn Fn(usize) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Starts `f` at a fixed `rate` for `secs`, each call on its own whatever the others do; each
+/// call's latency counted from its scheduled start.
+async fn open_loop(rate: f64, secs: f64, f: Call) -> Vec<Duration> {
+    let n = (rate * secs).max(1.0) as usize;
+    let every = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let due = start + every.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let f = f.clone();
+        handles.push(tokio::spawn(async move {
+            f(i).await;
+            due.elapsed()
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for h in handles {
+        lat.push(h.await.expect("open-loop call"));
+    }
+    lat
+}
+
+/// A figure for `.local/bench-report.json` (scripts/bench.sh collects these lines).
+fn key(name: &str, value: f64) {
+    println!("BENCH-KEY\t{name}\t{value:.4}");
 }
 
 async fn push_raw(pool: &PgPool, queue: &str, n: u64) {
@@ -336,21 +390,8 @@ async fn main() {
     let want = |part: &str| parts == "all" || parts.split(',').any(|p| p == part);
     if want("enqueue") {
         // 1. Enqueue: the API over HTTP vs raw concurrent apalis pushes.
-        let api_config = herald_api::ApiConfig::from_source(&[
-            ("API_TOKEN", TOKEN),
-            ("API_ADDR", "127.0.0.1:0"),
-            ("API_METRICS_ADDR", "127.0.0.1:0"),
-            ("FRONTEND_URL", "https://app.example.com"),
-            ("MARKETING_EMAIL_ENABLED", "false"),
-            ("EMAIL_FROM", "noreply@herald.test"),
-            ("DATABASE_URL", url.as_str()),
-        ])
-        .expect("api config");
-        let app = herald_api::Application::build(api_config, pool.clone())
-            .await
-            .expect("api");
-        let api_url = format!("http://{}", app.local_addr().expect("addr"));
-        tokio::spawn(app.serve(std::future::pending()));
+        let api_url = start_api(&url, &pool).await;
+        let open_url = format!("{api_url}/v1/emails");
         let http = reqwest::Client::new();
         let timed = |lat: Vec<Duration>, elapsed: Duration| {
             let mut lat = lat;
@@ -426,7 +467,141 @@ async fn main() {
             ms(raw_p99),
             api_p99.as_secs_f64() / raw_p99.as_secs_f64(),
         ));
+        key("enqueue_vs_push", api_rate / raw_rate);
+        // Open loop at half the measured maximum: latency without the queueing of saturation,
+        // counted from each request's scheduled start (no coordinated omission).
+        let half = api_rate / 2.0;
+        let open_secs = env_usize("BENCH_OPEN_SECS", 5) as f64;
+        let raw_pool = pool.clone();
+        let mut raw_open = open_loop(
+            half,
+            open_secs,
+            Arc::new(move |i| {
+                let pool = raw_pool.clone();
+                Box::pin(async move { push_raw(&pool, "bench.push", (1_000_000 + i) as u64).await })
+            }),
+        )
+        .await;
+        let open_http = reqwest::Client::new();
+        let mut api_open = open_loop(half, open_secs, Arc::new(move |i| {
+            let (http, url) = (open_http.clone(), open_url.clone());
+            Box::pin(async move {
+                let res = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&serde_json::json!({"to": format!("open-{i}@example.com"), "subject": "Bench", "text": "Hello"}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(res.status(), 202);
+            })
+        }))
+        .await;
+        raw_open.sort();
+        api_open.sort();
+        for (what, p) in [
+            ("enqueue latency p50 at half load (open loop)", 0.5),
+            ("enqueue latency p99 at half load (open loop)", 0.99),
+        ] {
+            let (h, r) = (percentile(&api_open, p), percentile(&raw_open, p));
+            rows.push(Row::new(
+                &format!("{what}, {half:.0}/s"),
+                ms(h),
+                ms(r),
+                h.as_secs_f64() / r.as_secs_f64(),
+            ));
+        }
+        key(
+            "enqueue_p99_ms_half_load",
+            percentile(&api_open, 0.99).as_secs_f64() * 1000.0,
+        );
         // Those API jobs are not drained here; clear them so the drains below start from empty queues.
+        for table in ["apalis.jobs", "email_deliveries"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&pool)
+                .await
+                .expect("clear");
+        }
+    }
+    if want("batch") {
+        // 1b. Batches: POST /v1/emails/batch (1,000 emails each) vs apalis's own bulk push of
+        // 1,000 tasks per statement, the same number from the same clients, alternating rounds.
+        let api_url = start_api(&url, &pool).await;
+        let total = env_usize("BENCH_BATCH_EMAILS", 20_000);
+        let batch_clients = env_usize("BENCH_BATCH_CLIENTS", 2);
+        let per_client = total / batch_clients / 1000;
+        let http = reqwest::Client::new();
+        let (mut herald_rates, mut bulk_rates) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let start = Instant::now();
+            let mut handles = Vec::new();
+            for c in 0..batch_clients {
+                let pool = pool.clone();
+                handles.push(tokio::spawn(async move {
+                    for b in 0..per_client {
+                        let first = ((round * batch_clients + c) * per_client + b) * 1000;
+                        push_raw_many(&pool, "bench.bulk", first as u64, 1000).await;
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.expect("bulk client");
+            }
+            bulk_rates
+                .push((per_client * batch_clients * 1000) as f64 / start.elapsed().as_secs_f64());
+            // Bodies built before the clock starts: the client's JSON is not the server's work.
+            let bodies: Vec<Vec<Vec<u8>>> = (0..batch_clients)
+                .map(|c| {
+                    (0..per_client)
+                        .map(|b| {
+                            let first = ((round * batch_clients + c) * per_client + b) * 1000;
+                            let emails: Vec<serde_json::Value> = (first..first + 1000)
+                                .map(|i| serde_json::json!({"to": format!("batch-{i}@example.com"), "subject": "Bench", "text": "Hello"}))
+                                .collect();
+                            serde_json::to_vec(&serde_json::json!({"emails": emails})).expect("json")
+                        })
+                        .collect()
+                })
+                .collect();
+            let start = Instant::now();
+            let mut handles = Vec::new();
+            for client_bodies in bodies {
+                let (http, url) = (http.clone(), format!("{api_url}/v1/emails/batch"));
+                handles.push(tokio::spawn(async move {
+                    for body in client_bodies {
+                        let res = http
+                            .post(&url)
+                            .bearer_auth(TOKEN)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await
+                            .expect("post batch");
+                        assert_eq!(res.status(), 200);
+                        let answer: serde_json::Value = res.json().await.expect("answer");
+                        let accepted = answer["results"]
+                            .as_array()
+                            .map_or(0, |r| r.iter().filter(|i| i["status"] == 202).count());
+                        assert_eq!(accepted, 1000, "every batch item was accepted");
+                    }
+                }));
+            }
+            for h in handles {
+                h.await.expect("batch client");
+            }
+            herald_rates
+                .push((per_client * batch_clients * 1000) as f64 / start.elapsed().as_secs_f64());
+        }
+        println!("batch rounds, emails/s: bulk push {bulk_rates:.0?}, Herald {herald_rates:.0?}");
+        let (h, b) = (median(&herald_rates), median(&bulk_rates));
+        rows.push(Row::new(
+            &format!("batch enqueue (POST /v1/emails/batch, 1,000 each, {batch_clients} clients) vs apalis bulk push, emails/s, median of {rounds}"),
+            format!("{h:.0}"),
+            format!("{b:.0}"),
+            h / b,
+        ));
+        key("batch_enqueue_per_s", h);
+        key("batch_vs_bulk_push", h / b);
         for table in ["apalis.jobs", "email_deliveries"] {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&pool)
@@ -463,6 +638,7 @@ async fn main() {
         }
         let herald_drain = median(&herald_rates);
         raw_drain = median(&raw_rates);
+        key("noop_drain_per_s", herald_drain);
         println!("no-op drain rounds, jobs/s: raw {raw_rates:.0?}, Herald {herald_rates:.0?}");
         rows.push(Row::new(
             &format!(
@@ -543,12 +719,15 @@ async fn main() {
             "every email job called SES exactly once"
         );
         match tps {
-            Some(tps) => rows.push(Row::new(
-                "full email path (worker binary, SES stub) vs pgbench -N TPS",
-                format!("{email_rate:.0}"),
-                format!("{tps:.0}"),
-                email_rate / tps,
-            )),
+            Some(tps) => {
+                key("email_path_vs_pgbench", email_rate / tps);
+                rows.push(Row::new(
+                    "full email path (worker binary, SES stub) vs pgbench -N TPS",
+                    format!("{email_rate:.0}"),
+                    format!("{tps:.0}"),
+                    email_rate / tps,
+                ));
+            }
             None => println!("PGBENCH is not set: no pgbench -N baseline"),
         }
         rows.push(Row::new(
