@@ -86,7 +86,7 @@ run_peers() {
     for n in $BENCH_PEER_JOBS; do
         log "no-op drain of $n jobs: Herald"
         BENCH_PARTS=drain BENCH_JOBS="$n" BENCH_ROUNDS=1 \
-            cargo bench -p herald-worker --quiet --bench pipeline 2>&1 | tee -a "$raw" |
+            cargo bench -p herald-worker --quiet --bench pipeline 2>&1 | tee -a "$HERALD_LOCAL/bench-peers-output.txt" |
             sed -n "s/^BENCH-KEY\tnoop_drain_per_s\t/PEER\therald\tbatched\t$n\t/p" >>"$peers_out"
         for peer in graphile pgboss; do
             for mode in default batched; do
@@ -97,7 +97,7 @@ run_peers() {
                 out="$(cd "$dir" && DATABASE_URL="$url" JOBS="$n" LIMIT_SECS="${BENCH_PEER_LIMIT_SECS:-60}" "$node" drain.mjs "$peer" "$mode" | tail -n1)" ||
                     die "the $peer drain failed"
                 "$(any_psql)" "$(url_with_db "$DATABASE_URL" postgres)" -XAqc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
-                echo "$out" >>"$raw"
+                echo "$out" >>"$HERALD_LOCAL/bench-peers-output.txt"
                 printf 'PEER\t%s\t%s\t%s\t%s\t%s\n' "$peer" "$mode" "$n" \
                     "$(echo "$out" | sed -n 's/.*"per_s":\([0-9.e+-]*\).*/\1/p')" \
                     "$(echo "$out" | sed -n 's/.*"completed":\([0-9]*\).*/\1/p')" >>"$peers_out"
@@ -120,6 +120,7 @@ for bench in pipeline expiry feedback; do
 done
 peers_out="$HERALD_LOCAL/bench-peers.tsv"
 : >"$peers_out"
+: >"$HERALD_LOCAL/bench-peers-output.txt"
 if $peers; then
     run_peers
 fi
@@ -138,13 +139,13 @@ report="$HERALD_LOCAL/bench-report.md"
     echo "|---|---|---|---|"
     awk -F'\t' '/^BENCH-ROW/ {printf "| %s | %s | %s | %s |\n", $2, $3, $4, $5}' "$raw"
     # Peers: Herald's no-op drain (batch 100, concurrency 32) beside each peer's, same jobs, same server.
-    awk -F'\t' '
+    awk -F'\t' -v limit="${BENCH_PEER_LIMIT_SECS:-60}" '
         $2 == "herald" { herald[$4] = $5 }
         $2 != "herald" { line[++n] = $0 }
         END {
             for (i = 1; i <= n; i++) {
                 split(line[i], f, "\t")
-                note = (f[7] < f[4]) ? sprintf(" (%d of %d done in the time limit)", f[7], f[4]) : ""
+                note = (f[6] < f[4]) ? sprintf(" (%d of %d done in the %d s limit)", f[6], f[4], limit) : ""
                 name = (f[2] == "graphile") ? "graphile-worker 0.18" : "pg-boss 12"
                 printf "| no-op drain, %d jobs: Herald vs %s, %s settings%s, jobs/s | %.0f | %.0f | %.2f |\n",
                     f[4], name, f[3], note, herald[f[4]], f[5], (f[5] > 0 ? herald[f[4]] / f[5] : 0)

@@ -27,9 +27,9 @@ mod common;
 #[path = "../tests/it/ses_stub.rs"]
 mod ses_stub;
 
-use common::{BenchDb, Row, median, print_rows};
+use common::{BenchDb, Row, TOKEN, median, print_rows, rss_mib, spawn_worker, start_api};
 use ses_stub::SesStub;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,6 @@ use herald_shared::jobs::EnqueueOptions;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
-
-const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -155,26 +153,6 @@ fn herald_noop_worker(
     )
 }
 
-/// Starts the API in this process on the bench database; its base URL.
-async fn start_api(url: &str, pool: &PgPool) -> String {
-    let api_config = herald_api::ApiConfig::from_source(&[
-        ("API_TOKEN", TOKEN),
-        ("API_ADDR", "127.0.0.1:0"),
-        ("API_METRICS_ADDR", "127.0.0.1:0"),
-        ("FRONTEND_URL", "https://app.example.com"),
-        ("MARKETING_EMAIL_ENABLED", "false"),
-        ("EMAIL_FROM", "noreply@herald.test"),
-        ("DATABASE_URL", url),
-    ])
-    .expect("api config");
-    let app = herald_api::Application::build(api_config, pool.clone())
-        .await
-        .expect("api");
-    let api_url = format!("http://{}", app.local_addr().expect("addr"));
-    tokio::spawn(app.serve(std::future::pending()));
-    api_url
-}
-
 type Call = Arc<dyn Fn(usize) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Starts `f` at a fixed `rate` for `secs`, each call on its own whatever the others do; each
@@ -253,43 +231,6 @@ fn email(i: usize) -> EmailJob {
             html: None,
         },
     }
-}
-
-/// The worker binary cargo built for this bench, against the database and the SES stub.
-fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> Child {
-    // BENCH_WORKER_BIN compares another build of the worker (say, the previous commit's) in one run.
-    let bin = std::env::var("BENCH_WORKER_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald-worker").to_owned());
-    Command::new(bin)
-        .env("DATABASE_URL", url)
-        .env("DB_MAX_CONNECTIONS", (concurrency + 8).to_string())
-        .env("EMAIL_FROM", "noreply@herald.test")
-        .env("FRONTEND_URL", "https://app.example.com")
-        .env("MARKETING_EMAIL_ENABLED", "false")
-        .env("WORKER_BATCH_SIZE", batch.to_string())
-        .env("WORKER_CONCURRENCY", concurrency.to_string())
-        .env("SES_MAX_SEND_RATE", "1000000")
-        .env("AWS_ENDPOINT_URL", stub)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("METRICS_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start herald-worker")
-}
-
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// CPU seconds (user + system) a process has used.
@@ -616,6 +557,7 @@ async fn main() {
             ("DATABASE_URL", url.as_str()),
             ("EMAIL_FROM", "noreply@herald.test"),
             ("FRONTEND_URL", "https://app.example.com"),
+            ("MARKETING_EMAIL_ENABLED", "false"),
             ("WORKER_BATCH_SIZE", &batch.to_string()),
             ("WORKER_CONCURRENCY", &concurrency.to_string()),
         ]

@@ -2,6 +2,8 @@
 // Each bench compiles this module on its own and uses part of it.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Stdio};
+
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -117,4 +119,64 @@ pub fn median(values: &[f64]) -> f64 {
     } else {
         (v[mid - 1] + v[mid]) / 2.0
     }
+}
+
+/// The API token the benches use.
+pub const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
+
+/// Starts the API in this process on the bench database; its base URL.
+pub async fn start_api(url: &str, pool: &PgPool) -> String {
+    let api_config = herald_api::ApiConfig::from_source(&[
+        ("API_TOKEN", TOKEN),
+        ("API_ADDR", "127.0.0.1:0"),
+        ("API_METRICS_ADDR", "127.0.0.1:0"),
+        ("FRONTEND_URL", "https://app.example.com"),
+        ("MARKETING_EMAIL_ENABLED", "false"),
+        ("EMAIL_FROM", "noreply@herald.test"),
+        ("DATABASE_URL", url),
+    ])
+    .expect("api config");
+    let app = herald_api::Application::build(api_config, pool.clone())
+        .await
+        .expect("api");
+    let api_url = format!("http://{}", app.local_addr().expect("addr"));
+    tokio::spawn(app.serve(std::future::pending()));
+    api_url
+}
+
+/// The worker binary cargo built for this bench, against the database and the SES stub.
+pub fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> Child {
+    // BENCH_WORKER_BIN compares another build of the worker (say, the previous commit's) in one run.
+    let bin = std::env::var("BENCH_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald-worker").to_owned());
+    Command::new(bin)
+        .env("DATABASE_URL", url)
+        .env("DB_MAX_CONNECTIONS", (concurrency + 8).to_string())
+        .env("EMAIL_FROM", "noreply@herald.test")
+        .env("FRONTEND_URL", "https://app.example.com")
+        .env("MARKETING_EMAIL_ENABLED", "false")
+        .env("WORKER_BATCH_SIZE", batch.to_string())
+        .env("WORKER_CONCURRENCY", concurrency.to_string())
+        .env("SES_MAX_SEND_RATE", "1000000")
+        .env("AWS_ENDPOINT_URL", stub)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start herald-worker")
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
 }

@@ -37,6 +37,8 @@ struct State {
     hung: AtomicU64,
     accepted: Mutex<HashMap<String, u32>>,
     call_times: Mutex<Vec<Instant>>,
+    /// Each call's time and recipient, kept only when asked (the soak).
+    log: Option<Mutex<Vec<(Instant, String)>>>,
 }
 
 /// A running stub; clones share the counts.
@@ -50,8 +52,21 @@ pub struct SesStub {
 impl SesStub {
     /// Binds a free local port and serves until the runtime ends.
     pub async fn start() -> Self {
+        Self::start_with(State::default()).await
+    }
+
+    /// As [`SesStub::start`], and keeps each call's time and recipient for [`SesStub::log_since`].
+    pub async fn start_logging() -> Self {
+        Self::start_with(State {
+            log: Some(Mutex::new(Vec::new())),
+            ..State::default()
+        })
+        .await
+    }
+
+    async fn start_with(state: State) -> Self {
         use axum::routing::post;
-        let state = Arc::new(State::default());
+        let state = Arc::new(state);
         let shared = state.clone();
         let app = axum::Router::new().route(
             "/v2/email/outbound-emails",
@@ -100,6 +115,14 @@ impl SesStub {
     pub async fn call_times(&self) -> Vec<Instant> {
         self.state.call_times.lock().await.clone()
     }
+
+    /// The calls after the first `from`, with their recipients (a stub from `start_logging`).
+    pub async fn log_since(&self, from: usize) -> Vec<(Instant, String)> {
+        match &self.state.log {
+            Some(log) => log.lock().await.get(from..).unwrap_or_default().to_vec(),
+            None => Vec::new(),
+        }
+    }
 }
 
 async fn answer(state: &State, body: &[u8]) -> (StatusCode, HeaderMap, String) {
@@ -119,6 +142,9 @@ async fn answer(state: &State, body: &[u8]) -> (StatusCode, HeaderMap, String) {
         headers.insert("content-type", "application/json".parse().expect("header"));
         (status, headers, format!(r#"{{"message":"stub: {code}"}}"#))
     };
+    if let Some(log) = &state.log {
+        log.lock().await.push((Instant::now(), to.clone()));
+    }
     let mode = state.mode.load(Ordering::SeqCst);
     if mode == Mode::Throttle as u8 {
         state.refused.fetch_add(1, Ordering::SeqCst);
