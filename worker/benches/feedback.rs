@@ -12,18 +12,11 @@ use std::time::Instant;
 mod common;
 
 use base64::Engine as _;
-use common::{BenchDb, Row, median, print_rows};
+use common::{BenchDb, Row, env_usize, median, print_rows};
 use herald_worker::feedback::parse::Format;
 use herald_worker::feedback::{Outcome, Policy, SnsVerifier, Trust, apply, apply_value, parse};
 use rsa::signature::{SignatureEncoding as _, Signer as _};
 use serde_json::{Value, json};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// An SNS-wrapped notification: mostly deliveries, some soft and hard bounces, a few complaints.
 fn message(i: usize) -> String {

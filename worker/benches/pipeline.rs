@@ -27,7 +27,10 @@ mod common;
 #[path = "../tests/it/ses_stub.rs"]
 mod ses_stub;
 
-use common::{BenchDb, Row, TOKEN, median, print_rows, rss_mib, spawn_worker, start_api};
+use common::{
+    BenchDb, Row, TOKEN, env_usize, median, percentile, print_rows, rss_mib, spawn_worker,
+    start_api,
+};
 use ses_stub::SesStub;
 use std::process::Command;
 use std::sync::Arc;
@@ -42,21 +45,6 @@ use herald_shared::jobs::EnqueueOptions;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::sync::oneshot;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)

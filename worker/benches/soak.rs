@@ -18,23 +18,16 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{BenchDb, TOKEN, rss_mib, spawn_worker, start_api};
+use common::{BenchDb, TOKEN, env_usize, percentile, rss_mib, spawn_worker, start_api};
 use ses_stub::SesStub;
 use tokio::sync::Mutex;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// A percentile in milliseconds (NaN when there is none).
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    percentile(sorted, p).as_secs_f64() * 1000.0
 }
 
 #[tokio::main]
@@ -146,8 +139,8 @@ async fn main() {
         let per_s = calls.len() as f64 / window.elapsed().as_secs_f64();
         let line = format!(
             "{minute},{per_s:.0},{:.1},{:.1},{}{:.1},{},{},{:.1},{},{}",
-            percentile(&pickups, 0.5),
-            percentile(&pickups, 0.99),
+            percentile_ms(&pickups, 0.5),
+            percentile_ms(&pickups, 0.99),
             rss.iter().map(|r| format!("{r:.1},")).collect::<String>(),
             tables[0].0,
             tables[0].1,
