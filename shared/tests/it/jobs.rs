@@ -165,6 +165,27 @@ async fn enqueue_many_answers_keys_and_suppressions_per_email_and_queues_the_res
         .await
         .expect("conflict");
     assert_eq!(other_body, vec![email::Queued::KeyConflict]);
+    // One email takes the function's plain path: the same answers.
+    let one_replayed = email::enqueue_many(&mut conn, &[item(&fine, Some(("k1", "h1")))], true)
+        .await
+        .expect("replay one");
+    assert_eq!(
+        one_replayed,
+        vec![email::Queued::Replayed(keyed.to_string())]
+    );
+    let one_suppressed = email::enqueue_many(&mut conn, &[item(&gone, Some(("k9", "h9")))], true)
+        .await
+        .expect("suppressed one");
+    assert_eq!(one_suppressed, vec![email::Queued::Suppressed]);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM api_idempotency_keys WHERE idempotency_key = 'k9'"
+        )
+        .await,
+        0,
+        "a refused email keeps no key"
+    );
     // Without the suppression check (schedules, account mail) the worker's gate decides later.
     let queued_anyway = email::enqueue_many(&mut conn, &[item(&gone, None)], false)
         .await
