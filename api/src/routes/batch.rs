@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use utoipa::ToSchema;
 
-use super::emails::{Checked, Resolved, SendEmailRequest, check, replay_many};
+use super::emails::{Checked, Resolved, SendEmailRequest, answer_earlier, check, replay_many};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
@@ -130,11 +130,10 @@ pub async fn send_batch(
             }
         };
         if let Some(key) = &key {
-            if let Some((stored_hash, job_id)) = earlier.get(key) {
-                items.push(Item::Answered(if *stored_hash == hash {
-                    ItemResult::job(200, job_id.clone())
-                } else {
-                    ItemResult::error(&ApiError::IdempotencyConflict)
+            if let Some(stored) = earlier.get(key).cloned() {
+                items.push(Item::Answered(match answer_earlier(stored, &hash) {
+                    Ok(job_id) => ItemResult::job(200, job_id),
+                    Err(e) => ItemResult::error(&e),
                 }));
                 continue;
             }

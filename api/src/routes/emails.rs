@@ -307,15 +307,22 @@ pub(crate) async fn replay(
     key: &str,
     body_hash: &str,
 ) -> Result<Option<String>, ApiError> {
-    let row = sqlx::query!(
-        "SELECT request_sha256, job_id FROM api_idempotency_keys WHERE idempotency_key = $1",
-        key
-    )
-    .fetch_optional(conn)
-    .await?;
-    match row {
-        None => Ok(None),
-        Some(r) if r.request_sha256 == body_hash => Ok(Some(r.job_id)),
-        Some(_) => Err(ApiError::IdempotencyConflict),
+    replay_many(conn, &[key.to_owned()])
+        .await?
+        .remove(key)
+        .map(|earlier| answer_earlier(earlier, body_hash))
+        .transpose()
+}
+
+/// An earlier request's (hash, job id) for the same key: its job when this request is the same,
+/// else a conflict.
+pub(crate) fn answer_earlier(
+    (earlier_hash, job_id): (String, String),
+    hash: &str,
+) -> Result<String, ApiError> {
+    if earlier_hash == hash {
+        Ok(job_id)
+    } else {
+        Err(ApiError::IdempotencyConflict)
     }
 }

@@ -14,6 +14,18 @@ fn job() -> EmailJob {
     }
 }
 
+/// Sets up apalis's tables; the options the tests enqueue with.
+async fn with_apalis(pool: &PgPool) -> EnqueueOptions {
+    apalis_postgres::PostgresStorage::setup(pool)
+        .await
+        .expect("apalis");
+    EnqueueOptions {
+        max_attempts: 3,
+        run_at: None,
+        idempotency_key: None,
+    }
+}
+
 async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql)
         .fetch_one(pool)
@@ -23,14 +35,7 @@ async fn count(pool: &PgPool, sql: &'static str) -> i64 {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_rolled_back_transaction_drops_the_job_and_its_ledger_row(pool: PgPool) {
-    apalis_postgres::PostgresStorage::setup(&pool)
-        .await
-        .expect("apalis");
-    let options = EnqueueOptions {
-        max_attempts: 3,
-        run_at: None,
-        idempotency_key: None,
-    };
+    let options = with_apalis(&pool).await;
 
     let mut tx = pool.begin().await.expect("tx");
     let dropped = email::enqueue(&mut tx, &job(), options.clone())
@@ -83,14 +88,7 @@ async fn job_shape(pool: &PgPool, id: &str) -> Vec<Option<String>> {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn enqueue_emails_writes_a_job_as_apalis_own_push_does(pool: PgPool) {
-    apalis_postgres::PostgresStorage::setup(&pool)
-        .await
-        .expect("apalis");
-    let options = EnqueueOptions {
-        max_attempts: 3,
-        run_at: None,
-        idempotency_key: None,
-    };
+    let options = with_apalis(&pool).await;
     let mut conn = pool.acquire().await.expect("conn");
     // The SQL function's job beside one pushed through apalis-postgres's own push_tasks.
     let ours = email::enqueue(&mut conn, &job(), options.clone())
