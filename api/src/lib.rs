@@ -20,7 +20,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use config::ApiConfig;
 use error::ApiError;
-use routes::{admin, compliance, emails, health, jobs, schedules, suppressions, templates, users};
+use routes::{
+    admin, compliance, console, emails, health, jobs, schedules, suppressions, templates, users,
+};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ pub struct AppState {
     paths(
         health::health, health::ready,
         emails::send_email, routes::batch::send_batch,
-        jobs::get_job, jobs::retry_job, jobs::cancel_job,
+        jobs::get_job, jobs::list_jobs, jobs::retry_job, jobs::cancel_job,
         users::verification_email, users::password_reset,
         suppressions::list, suppressions::get, suppressions::add, suppressions::remove,
         schedules::list,
@@ -171,6 +173,7 @@ pub fn router(state: AppState) -> Router {
             auth::require_send,
         ));
     let admin = Router::new()
+        .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/schedules", get(schedules::list))
@@ -205,10 +208,23 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi_json))
-        .route("/admin", get(admin::dashboard))
+        .route("/admin", get(console::overview))
         .route("/admin/login", get(admin::login_page).post(admin::login))
         .route("/admin/logout", post(admin::logout))
-        .route("/admin/jobs/{id}/retry", post(admin::retry))
+        .route("/admin/jobs", get(console::jobs_page))
+        .route("/admin/jobs/{id}", get(console::job_page))
+        .route("/admin/jobs/{id}/retry", post(console::retry))
+        .route("/admin/jobs/{id}/cancel", post(console::cancel))
+        .route(
+            "/admin/suppressions",
+            get(console::suppressions_page).post(console::add_suppression),
+        )
+        .route(
+            "/admin/suppressions/remove",
+            post(console::remove_suppression),
+        )
+        .route("/admin/schedules", get(console::schedules_page))
+        .route("/admin/feedback", get(console::feedback_page))
         .route("/admin/templates", get(routes::admin_templates::list))
         .route(
             "/admin/templates/{name}/{locale}/{version}/preview",

@@ -325,6 +325,8 @@ pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
     ("email_suppressions", "SELECT, INSERT, UPDATE, DELETE"),
     // Versions are immutable: published (INSERT) and deleted, never edited.
     ("email_templates", "SELECT, INSERT, DELETE"),
+    ("feedback_queue_depths", "SELECT, INSERT, UPDATE"),
+    ("feedback_rejections", "SELECT, INSERT, UPDATE"),
     ("maintenance_schedules", "SELECT, INSERT, UPDATE"),
     (
         "password_reset_tokens",

@@ -369,6 +369,163 @@ pub async fn recent<'e>(
         .collect())
 }
 
+impl JobStatus {
+    /// Every state, in the order pages show them.
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The state's name, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// What [`search`] keeps; every field narrows, none given lists every job.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Queue name.
+    pub queue: Option<String>,
+    /// Herald state.
+    pub state: Option<JobStatus>,
+    /// The email's template (the ledger's label: a template name, `raw`, …).
+    pub template: Option<String>,
+    /// `transactional` or `marketing`.
+    pub category: Option<String>,
+    /// Enqueued at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Enqueued before.
+    pub to: Option<DateTime<Utc>>,
+    /// Recipient, normalised (exact match).
+    pub recipient: Option<String>,
+    /// Keyset cursor: only jobs older than this id.
+    pub before: Option<String>,
+}
+
+/// A job as lists show it, with its email's ledger columns when it is an email job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobListing {
+    /// Job id (ULID: its time is when it was enqueued).
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// Herald state.
+    pub status: JobStatus,
+    /// Runs made.
+    pub attempts: i32,
+    /// Runs allowed.
+    pub max_attempts: i32,
+    /// When it was enqueued (the time in its id).
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// Next (or last) start.
+    pub run_at: DateTime<Utc>,
+    /// When its last run ended.
+    pub done_at: Option<DateTime<Utc>>,
+    /// Recipient (email jobs only; normalised).
+    pub recipient: Option<String>,
+    /// Template label.
+    pub template: Option<String>,
+    /// Category.
+    pub category: Option<String>,
+    /// The ledger's status.
+    pub email_status: Option<String>,
+}
+
+/// When a job was enqueued: the time in its ULID.
+pub fn enqueued_at(id: &str) -> Option<DateTime<Utc>> {
+    let ulid = id.parse::<Ulid>().ok()?;
+    DateTime::from_timestamp_millis(i64::try_from(ulid.timestamp_ms()).ok()?)
+}
+
+/// The smallest ULID of time `at`: a bound on ids, so a time range reads the primary key.
+fn ulid_floor(at: DateTime<Utc>) -> String {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    Ulid::from_parts(ms, 0).to_string()
+}
+
+/// Up to `limit` jobs matching `filter`, newest first (by id, so pages are stable keysets).
+pub async fn search<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    filter: &JobFilter,
+    limit: i64,
+) -> Result<Vec<JobListing>, JobError> {
+    let lower = filter.from.map(ulid_floor);
+    let upper = match (filter.to.map(ulid_floor), filter.before.clone()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let rows = sqlx::query!(
+        r#"SELECT j.id, j.job_type AS "queue!", j.status, j.attempts, j.max_attempts, j.run_at,
+                  j.done_at, d.recipient AS "recipient?", d.template AS "template?",
+                  d.category AS "category?", d.status AS "email_status?"
+           FROM apalis.jobs j LEFT JOIN email_deliveries d ON d.job_id = j.id
+           WHERE ($1::text IS NULL OR j.job_type = $1)
+             AND ($2::text IS NULL OR CASE
+                   WHEN j.status = 'Done' THEN 'succeeded'
+                   WHEN j.status = 'Killed' THEN 'cancelled'
+                   WHEN j.status IN ('Queued', 'Running') THEN 'running'
+                   WHEN j.status = 'Failed' AND j.attempts >= j.max_attempts THEN 'failed'
+                   ELSE 'queued' END = $2)
+             AND ($3::text IS NULL OR d.template = $3)
+             AND ($4::text IS NULL OR d.category = $4)
+             AND ($5::text IS NULL OR j.id >= $5)
+             AND ($6::text IS NULL OR j.id < $6)
+             AND ($7::text IS NULL OR d.recipient = $7)
+           ORDER BY j.id DESC LIMIT $8"#,
+        filter.queue,
+        filter.state.map(JobStatus::as_str),
+        filter.template,
+        filter.category,
+        lower,
+        upper,
+        filter.recipient,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| JobListing {
+            status: JobStatus::from_apalis(&r.status, r.attempts, r.max_attempts),
+            enqueued_at: enqueued_at(&r.id),
+            id: r.id,
+            queue: r.queue,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            run_at: r.run_at,
+            done_at: r.done_at,
+            recipient: r.recipient,
+            template: r.template,
+            category: r.category,
+            email_status: r.email_status,
+        })
+        .collect())
+}
+
+/// A job's payload as enqueued (JSON bytes); `None` for an unknown id.
+pub async fn payload(conn: &mut PgConnection, id: &str) -> Result<Option<Vec<u8>>, JobError> {
+    Ok(
+        sqlx::query_scalar!("SELECT job FROM apalis.jobs WHERE id = $1", id)
+            .fetch_optional(conn)
+            .await?,
+    )
+}
+
 /// Per queue, the age in seconds of the oldest job that is due and waiting.
 pub async fn oldest_waiting<'e>(
     db: impl sqlx::PgExecutor<'e>,
@@ -408,20 +565,31 @@ pub async fn latest_by_key_prefix<'e>(
     queue: &str,
     prefix: &str,
 ) -> Result<Option<JobRow>, JobError> {
+    Ok(runs_by_key_prefix(db, queue, prefix, 1).await?.pop())
+}
+
+/// The newest `limit` jobs on `queue` whose idempotency key starts with `prefix@` (a schedule's
+/// runs), newest first.
+pub async fn runs_by_key_prefix<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    queue: &str,
+    prefix: &str,
+    limit: i64,
+) -> Result<Vec<JobRow>, JobError> {
     Ok(sqlx::query_as!(
         JobRow,
         r#"SELECT id, job_type AS queue, status AS raw_status, attempts, max_attempts, run_at,
                   done_at, last_result
            FROM apalis.jobs
            WHERE job_type = $1 AND idempotency_key LIKE $2 || '@%'
-           ORDER BY run_at DESC, id DESC LIMIT 1"#,
+           ORDER BY run_at DESC, id DESC LIMIT $3"#,
         queue,
-        prefix
+        prefix,
+        limit
     )
-    .fetch_optional(db)
+    .fetch_all(db)
     .await?)
 }
-
 /// Deletes up to `limit` jobs that succeeded or were cancelled before `before`; returns how many.
 pub async fn prune_finished(
     pool: &sqlx::PgPool,

@@ -5,6 +5,7 @@ pub mod compliance;
 pub mod config;
 pub mod db;
 pub mod email;
+pub mod feedback;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;

@@ -220,3 +220,60 @@ pub async fn record_admin_event(
     .await?;
     Ok(())
 }
+
+/// An operator's suppression (`manual`: no mail at all; `unsubscribe`: no marketing mail) with its
+/// audit event, in one transaction; `via` names where it was made (`api`, `console`). Returns the
+/// row as it now is, or `None` for another type.
+pub async fn add_recorded(
+    conn: &mut PgConnection,
+    email: &str,
+    kind: SuppressionType,
+    reason: Option<&str>,
+    via: &str,
+) -> Result<Option<Suppression>, sqlx::Error> {
+    use sqlx::Connection as _;
+    let transactional = match kind {
+        SuppressionType::Manual => true,
+        SuppressionType::Unsubscribe => false,
+        _ => return Ok(None),
+    };
+    let mut tx = conn.begin().await?;
+    let row = raise(
+        &mut tx,
+        &Raise {
+            email,
+            suppression_type: kind,
+            reason,
+            transactional,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
+    )
+    .await?;
+    let detail = serde_json::json!({"type": kind.as_str(), "reason": reason, "via": via});
+    record_admin_event(&mut tx, "suppression_added", email, &detail).await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}
+
+/// Removes an address's suppression with its audit event (the operator's `reason`, the removed
+/// row's type and reason), in one transaction; `None` when it was not suppressed.
+pub async fn remove_recorded(
+    conn: &mut PgConnection,
+    email: &str,
+    reason: Option<&str>,
+    via: &str,
+) -> Result<Option<Suppression>, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    let Some(row) = remove(&mut tx, email).await? else {
+        return Ok(None);
+    };
+    let detail = serde_json::json!({
+        "type": row.suppression_type, "reason": row.reason, "removal_reason": reason, "via": via
+    });
+    record_admin_event(&mut tx, "suppression_removed", &row.email, &detail).await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}

@@ -1,28 +1,24 @@
-//! A small queue dashboard at `/admin`: queues by state, failures with a retry button, recent jobs.
-//! Behind an admin-scope API token: `Authorization: Bearer …`, or a session from the POST login
+//! The console's sign-in (its pages: [`super::console`]). Behind an admin-scope API token: `Authorization: Bearer …`, or a session from the POST login
 //! form (an HMAC-signed cookie; state-changing forms carry a CSRF token and must come from this
 //! origin). Every page sends a strict CSP, `X-Frame-Options: DENY` and `Cache-Control: no-store`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use herald_shared::jobs::{self, JobStatus};
 use serde::Deserialize;
-use sqlx::Connection;
 
 use crate::AppState;
-use crate::pages::{self, escape};
+use crate::pages;
 
 /// `__Host-`: only over https (browsers treat http://localhost as secure too), path `/`, no
 /// `Domain`, so no sibling host can set or read it.
 const COOKIE: &str = "__Host-herald_admin";
 
-/// The dashboard's stylesheet; its hash is the only style the page's CSP allows.
-pub(crate) const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f4f4f4}";
+/// The pages' one stylesheet; its hash is the only style their CSP allows.
+pub(crate) use super::console::STYLE;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -108,13 +104,13 @@ pub(crate) fn access(state: &AppState, headers: &HeaderMap) -> Option<Access> {
 }
 
 /// The CSRF token of a session: forms carry it, state-changing requests must send it back.
-fn csrf_token(state: &AppState, session: &str) -> String {
+pub(crate) fn csrf_token(state: &AppState, session: &str) -> String {
     mac_hex(state, &format!("csrf.{session}"))
 }
 
 /// A state-changing request from a browser must come from this origin: `Origin` (or, without it,
 /// `Referer`) names the host the request was sent to. Requests with neither are refused.
-fn same_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -202,176 +198,4 @@ pub async fn logout(headers: HeaderMap) -> Response {
     }
     let cookie = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/admin/login")).into_response()
-}
-
-/// The dashboard page.
-pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let csrf = match access(&state, &headers) {
-        None => return Redirect::to("/admin/login").into_response(),
-        Some(Access::Bearer) => String::new(),
-        Some(Access::Session(session)) => csrf_token(&state, &session),
-    };
-    match render(&state, &csrf).await {
-        Ok(html) => page(StatusCode::OK, html),
-        Err(err) => {
-            tracing::error!(error = %err, "dashboard query failed");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "<p>The database did not answer.</p>".to_owned(),
-            )
-        }
-    }
-}
-
-/// A dashboard action's form: the session's CSRF token.
-#[derive(Debug, Default, Deserialize)]
-pub struct Action {
-    /// See [`csrf_token`].
-    #[serde(default)]
-    pub csrf: String,
-}
-
-/// Retries a failed job from the dashboard.
-pub async fn retry(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    form: Result<Form<Action>, axum::extract::rejection::FormRejection>,
-) -> Response {
-    match access(&state, &headers) {
-        None => return StatusCode::UNAUTHORIZED.into_response(),
-        Some(Access::Bearer) => {}
-        Some(Access::Session(session)) => {
-            let sent = form.map(|Form(a)| a.csrf).unwrap_or_default();
-            let expected = csrf_token(&state, &session);
-            let csrf_ok = bool::from(subtle::ConstantTimeEq::ct_eq(
-                sent.as_bytes(),
-                expected.as_bytes(),
-            ));
-            if !(csrf_ok && same_origin(&headers)) {
-                return StatusCode::FORBIDDEN.into_response();
-            }
-        }
-    }
-    let Ok(id) = id.parse::<ulid::Ulid>().map(|u| u.to_string()) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let budget = i32::try_from(state.config.email_max_attempts).unwrap_or(i32::MAX);
-    let result = async {
-        let mut conn = state.db.acquire().await?;
-        let mut tx = conn.begin().await?;
-        let retried = super::jobs::retry(&mut tx, &id, budget).await?;
-        if retried == super::jobs::Retried::Yes {
-            tx.commit().await?;
-        }
-        Ok::<_, crate::error::ApiError>(retried)
-    }
-    .await;
-    match result {
-        Ok(super::jobs::Retried::AlreadySent) => (
-            StatusCode::CONFLICT,
-            "The email was sent already; retrying would send it twice.",
-        )
-            .into_response(),
-        Ok(_) => Redirect::to("/admin").into_response(),
-        Err(err) => {
-            tracing::error!(error = %err, "dashboard retry failed");
-            StatusCode::SERVICE_UNAVAILABLE.into_response()
-        }
-    }
-}
-
-async fn render(state: &AppState, csrf: &str) -> Result<String, herald_shared::jobs::JobError> {
-    let mut conn = state
-        .db
-        .acquire()
-        .await
-        .map_err(herald_shared::jobs::JobError::from)?;
-    let counts = jobs::count_by_state(&mut *conn).await?;
-    let states = ["queued", "running", "succeeded", "failed", "cancelled"];
-    let mut queues: Vec<(String, [i64; 5])> = Vec::new();
-    for q in [
-        herald_shared::email::EMAIL_QUEUE,
-        herald_shared::maintenance::MAINTENANCE_QUEUE,
-    ] {
-        queues.push((q.to_owned(), [0; 5]));
-    }
-    for row in counts {
-        let index = match row.state {
-            JobStatus::Queued => 0,
-            JobStatus::Running => 1,
-            JobStatus::Succeeded => 2,
-            JobStatus::Failed => 3,
-            JobStatus::Cancelled => 4,
-        };
-        match queues.iter_mut().find(|(q, _)| *q == row.queue) {
-            Some((_, c)) => c[index] += row.n,
-            None => {
-                let mut c = [0; 5];
-                c[index] = row.n;
-                queues.push((row.queue, c));
-            }
-        }
-    }
-    let failed = jobs::failed_for_good(&mut *conn, 50).await?;
-    let recent = jobs::recent(&mut *conn, 50).await?;
-
-    let mut html = String::from(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Herald queues</title>",
-    );
-    html.push_str(&format!("<style>{STYLE}</style></head><body>"));
-    html.push_str(
-        "<form method=\"post\" action=\"/admin/logout\"><button>Sign out</button></form>\
-         <h1>Herald queues</h1><p><a href=\"/admin/templates\">Templates</a></p>\
-         <table id=\"queues\"><tr><th>queue</th>",
-    );
-    for s in states {
-        html.push_str(&format!("<th>{s}</th>"));
-    }
-    html.push_str("</tr>");
-    for (queue, c) in &queues {
-        html.push_str(&format!(
-            "<tr class=\"queue\" data-queue=\"{0}\"><td>{0}</td>",
-            escape(queue)
-        ));
-        for n in c {
-            html.push_str(&format!("<td>{n}</td>"));
-        }
-        html.push_str("</tr>");
-    }
-    html.push_str("</table><h2>Failed jobs</h2><table id=\"failed\"><tr><th>job</th><th>queue</th><th>attempts</th><th>last error</th><th></th></tr>");
-    for j in &failed {
-        let error = j
-            .last_result
-            .as_ref()
-            .and_then(|r| r.get("Err"))
-            .map(|e| {
-                e.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| e.to_string())
-            })
-            .unwrap_or_default();
-        html.push_str(&format!(
-            "<tr><td>{id}</td><td>{q}</td><td>{a}</td><td>{e}</td><td><form method=\"post\" action=\"/admin/jobs/{id}/retry\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>retry</button></form></td></tr>",
-            id = escape(&j.id),
-            csrf = escape(csrf),
-            q = escape(&j.queue),
-            a = j.attempts,
-            e = escape(&error)
-        ));
-    }
-    html.push_str("</table><h2>Recent jobs</h2><table id=\"recent\"><tr><th>job</th><th>queue</th><th>state</th><th>attempts</th><th>run at</th></tr>");
-    for j in &recent {
-        html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{:?}</td><td>{}/{}</td><td>{}</td></tr>",
-            escape(&j.id),
-            escape(&j.queue),
-            j.status,
-            j.attempts,
-            j.max_attempts,
-            j.run_at.to_rfc3339()
-        ));
-    }
-    html.push_str("</table></body></html>");
-    Ok(html)
 }

@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use herald_shared::email::ledger::Status;
 use herald_shared::email::{self, EMAIL_QUEUE};
 use herald_shared::jobs::{self, JobStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Connection;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
@@ -35,6 +35,120 @@ pub struct JobView {
     /// For email jobs that finished: `{"outcome": "sent"|"suppressed", "ses_message_id"}`.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+}
+
+/// The filters of a jobs list (all optional; empty values are ignored, as a form sends them).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Queue name.
+    pub queue: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: Option<String>,
+    /// The email's template (`raw` for content given inline).
+    pub template: Option<String>,
+    /// `transactional` or `marketing`.
+    pub category: Option<String>,
+    /// Enqueued at or after (`YYYY-MM-DD` or RFC 3339).
+    pub from: Option<String>,
+    /// Enqueued before (RFC 3339), or on or before (`YYYY-MM-DD`).
+    pub to: Option<String>,
+    /// Recipient, exact (case-insensitive).
+    pub recipient: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub before: Option<String>,
+}
+
+/// A form value, trimmed; `None` when absent or blank.
+pub(crate) fn given(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn parse_time(text: &str, end_of_day: bool) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("{text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time"))?;
+    let day = if end_of_day {
+        day.succ_opt().unwrap_or(day)
+    } else {
+        day
+    };
+    Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
+}
+
+impl ListQuery {
+    /// The filter asked for, or what is wrong with it.
+    pub fn parse(&self) -> Result<jobs::JobFilter, String> {
+        let state = match given(&self.state) {
+            None => None,
+            Some(name) => Some(JobStatus::parse(&name).ok_or_else(|| {
+                format!(
+                    "state must be one of {}",
+                    JobStatus::ALL.map(JobStatus::as_str).join(", ")
+                )
+            })?),
+        };
+        let before = match given(&self.before) {
+            None => None,
+            Some(id) => Some(
+                id.parse::<ulid::Ulid>()
+                    .map_err(|_| "before must be a job id".to_owned())?
+                    .to_string(),
+            ),
+        };
+        let recipient = given(&self.recipient).map(|r| herald_shared::address::normalize(&r));
+        Ok(jobs::JobFilter {
+            queue: given(&self.queue),
+            state,
+            template: given(&self.template),
+            category: given(&self.category),
+            from: given(&self.from)
+                .map(|t| parse_time(&t, false))
+                .transpose()?,
+            to: given(&self.to).map(|t| parse_time(&t, true)).transpose()?,
+            recipient,
+            before,
+        })
+    }
+}
+
+/// Jobs per page of `GET /v1/jobs` and the console's list.
+pub const PAGE_SIZE: i64 = 50;
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    /// The jobs, newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<jobs::JobListing>,
+    /// Pass as `before` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists jobs, newest first, filtered (the console's jobs page reads the same function).
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of 50 at most", body = JobPage),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 422, description = "Bad filter", body = ErrorBody)))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobPage>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::Validation(e.body_text()))?;
+    let filter = q.parse().map_err(ApiError::Validation)?;
+    let mut conn = state.db.acquire().await?;
+    let items = jobs::search(&mut *conn, &filter, PAGE_SIZE).await?;
+    let next_cursor = (items.len() as i64 == PAGE_SIZE)
+        .then(|| items.last().map(|j| j.id.clone()))
+        .flatten();
+    Ok(Json(JobPage { items, next_cursor }))
 }
 
 fn parse_id(id: &str) -> Result<String, ApiError> {
@@ -137,15 +251,24 @@ pub async fn cancel_job(
     jobs::find(&mut tx, &id)
         .await?
         .ok_or(ApiError::NotFound("job"))?;
-    if !jobs::cancel(&mut tx, &id).await? {
+    if !cancel(&mut tx, &id).await? {
         return Err(ApiError::InvalidJobState(
             "only a queued job can be cancelled".into(),
         ));
     }
-    // Not an email job, or its row is gone: nothing to record.
-    email::ledger::cancel(&mut tx, &id).await?;
     tx.commit().await?;
     Ok(Json(load(&state, &id).await?))
+}
+
+/// Cancels a job that has not started, with its ledger row; false when it is not waiting. Shared
+/// by the API and the console; the caller commits.
+pub(crate) async fn cancel(tx: &mut sqlx::PgConnection, id: &str) -> Result<bool, ApiError> {
+    if !jobs::cancel(tx, id).await? {
+        return Ok(false);
+    }
+    // Not an email job, or its row is gone: nothing to record.
+    email::ledger::cancel(tx, id).await?;
+    Ok(true)
 }
 
 /// What an operator's retry did.

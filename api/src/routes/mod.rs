@@ -4,6 +4,7 @@ pub mod admin;
 pub mod admin_templates;
 pub mod batch;
 pub mod compliance;
+pub mod console;
 pub mod emails;
 pub mod health;
 pub mod jobs;

@@ -5,10 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use herald_shared::address;
-use herald_shared::suppressions::{self, Raise, Suppression, SuppressionType};
+use herald_shared::suppressions::{self, Suppression, SuppressionType};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use sqlx::Connection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -169,33 +167,16 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<SuppressionView>), ApiError> {
     let req = body.value;
     let email = address::validate(&req.email).map_err(|e| ApiError::Validation(e.to_string()))?;
-    let (kind, transactional) = match SuppressionType::parse(&req.suppression_type) {
-        Some(kind @ SuppressionType::Manual) => (kind, true),
-        Some(kind @ SuppressionType::Unsubscribe) => (kind, false),
-        _ => {
-            return Err(ApiError::Validation(
-                "type must be manual or unsubscribe".into(),
-            ));
-        }
-    };
+    let kind = SuppressionType::parse(&req.suppression_type);
     let mut conn = state.db.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let row = suppressions::raise(
-        &mut tx,
-        &Raise {
-            email: &email,
-            suppression_type: kind,
-            reason: req.reason.as_deref(),
-            transactional,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
-    )
-    .await?;
-    let detail = json!({"type": req.suppression_type, "reason": req.reason, "via": "api"});
-    suppressions::record_admin_event(&mut tx, "suppression_added", &email, &detail).await?;
-    tx.commit().await?;
+    let row = match kind {
+        Some(kind) => {
+            suppressions::add_recorded(&mut conn, &email, kind, req.reason.as_deref(), "api")
+                .await?
+        }
+        None => None,
+    }
+    .ok_or_else(|| ApiError::Validation("type must be manual or unsubscribe".into()))?;
     tracing::info!(to = %address::mask(&email), kind = %req.suppression_type, "suppression added");
     Ok((StatusCode::CREATED, Json(row.into())))
 }
@@ -212,13 +193,9 @@ pub async fn remove(
     Path(email): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let mut conn = state.db.acquire().await?;
-    let mut tx = conn.begin().await?;
-    let row = suppressions::remove(&mut tx, &email)
+    let row = suppressions::remove_recorded(&mut conn, &email, None, "api")
         .await?
         .ok_or(ApiError::NotFound("suppression"))?;
-    let detail = json!({"type": row.suppression_type, "reason": row.reason, "via": "api"});
-    suppressions::record_admin_event(&mut tx, "suppression_removed", &row.email, &detail).await?;
-    tx.commit().await?;
     tracing::info!(to = %address::mask(&row.email), "suppression removed");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -343,6 +343,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "GET /health",
         "GET /ready",
         "POST /v1/emails",
+        "GET /v1/jobs",
         "GET /v1/jobs/{id}",
         "POST /v1/jobs/{id}/retry",
         "POST /v1/jobs/{id}/cancel",

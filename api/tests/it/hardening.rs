@@ -398,7 +398,17 @@ async fn dashboard_actions_need_the_csrf_token_and_this_origin(pool: PgPool) {
     );
     let (_, job) = app.send("GET", &format!("/v1/jobs/{id}"), None, &[]).await;
     assert_eq!(job["status"], "failed", "nothing changed yet");
-    assert_eq!(retry(&[("csrf", &csrf)], Some(&app.url)).await, 303);
+    assert_eq!(
+        retry(&[("csrf", &csrf)], Some(&app.url)).await,
+        200,
+        "first a page that asks to confirm"
+    );
+    let (_, job) = app.send("GET", &format!("/v1/jobs/{id}"), None, &[]).await;
+    assert_eq!(job["status"], "failed", "asking changes nothing");
+    assert_eq!(
+        retry(&[("csrf", &csrf), ("confirm", "yes")], Some(&app.url)).await,
+        303
+    );
     let (_, job) = app.send("GET", &format!("/v1/jobs/{id}"), None, &[]).await;
     assert_eq!(job["status"], "queued");
 }

@@ -2,4 +2,6 @@
 
 mod admin;
 mod api;
+mod browser;
+mod console;
 mod hardening;

@@ -163,6 +163,103 @@ pub struct Delivery {
     pub token_id: Option<Uuid>,
 }
 
+/// Everything the ledger knows of one email, for the console's job page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Recipient (normalised).
+    pub recipient: String,
+    /// Template label.
+    pub template: String,
+    /// Category.
+    pub category: String,
+    /// Ledger status.
+    pub status: String,
+    /// SES's message id, once accepted.
+    pub ses_message_id: Option<String>,
+    /// SES calls made.
+    pub attempts: i32,
+    /// Resends after an unanswered call.
+    pub uncertain_resends: i32,
+    /// Last failure or note.
+    pub last_error: Option<String>,
+    /// Each run's outcome (oldest first, the newest 20): `n`, `event`, `error`, `started_at`,
+    /// `ended_at`, `ses_message_id`.
+    pub attempt_log: serde_json::Value,
+    /// When SES accepted it.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Delivery reported.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Bounce reported.
+    pub bounced_at: Option<DateTime<Utc>>,
+    /// Bounce type.
+    pub bounce_type: Option<String>,
+    /// Complaint reported.
+    pub complained_at: Option<DateTime<Utc>>,
+    /// Row written (enqueued).
+    pub created_at: DateTime<Utc>,
+}
+
+/// The ledger row of a job, every column the console shows.
+pub async fn record(conn: &mut PgConnection, job_id: &str) -> Result<Option<Record>, sqlx::Error> {
+    sqlx::query_as!(
+        Record,
+        "SELECT recipient, template, category, status, ses_message_id, attempts, uncertain_resends,
+                last_error, attempt_log, sent_at, delivered_at, bounced_at, bounce_type,
+                complained_at, created_at
+         FROM email_deliveries WHERE job_id = $1",
+        job_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Emails that reached `sent`, `failed` or `suppressed` in one hour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HourCounts {
+    /// The hour's start.
+    pub hour: Option<DateTime<Utc>>,
+    /// Accepted by SES.
+    pub sent: i64,
+    /// Failed for good.
+    pub failed: i64,
+    /// Refused by the send rule.
+    pub suppressed: i64,
+}
+
+/// Per hour of the last 24 (oldest first, 24 entries, empty hours included), the emails that
+/// ended `sent`, `failed` or `suppressed` in it. Reads rows created in the last 48 hours only.
+pub async fn hourly_outcomes(conn: &mut PgConnection) -> Result<Vec<HourCounts>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"WITH hours AS (
+               SELECT generate_series(date_trunc('hour', now()) - interval '23 hours',
+                                      date_trunc('hour', now()), interval '1 hour') AS hour
+           ), ended AS (
+               SELECT date_trunc('hour', coalesce(sent_at, updated_at)) AS hour, status
+               FROM email_deliveries
+               WHERE created_at >= now() - interval '48 hours'
+                 AND status IN ('sent', 'failed', 'suppressed')
+                 AND coalesce(sent_at, updated_at) >= date_trunc('hour', now()) - interval '23 hours'
+           )
+           SELECT h.hour AS "hour!",
+                  count(*) FILTER (WHERE e.status = 'sent') AS "sent!",
+                  count(*) FILTER (WHERE e.status = 'failed') AS "failed!",
+                  count(*) FILTER (WHERE e.status = 'suppressed') AS "suppressed!"
+           FROM hours h LEFT JOIN ended e ON e.hour = h.hour
+           GROUP BY h.hour ORDER BY h.hour"#
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| HourCounts {
+            hour: Some(r.hour),
+            sent: r.sent,
+            failed: r.failed,
+            suppressed: r.suppressed,
+        })
+        .collect())
+}
+
 /// Creates the row of a new email job (`pending`); a second insert for the same job is a no-op.
 /// Returns whether a row was created.
 pub async fn insert(
@@ -412,7 +509,11 @@ pub async fn mark_sent_many(
          )
          UPDATE email_deliveries AS d
          SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(), last_error = NULL,
-             outcome_unknown = false
+             outcome_unknown = false,
+             attempt_log = email_attempt_log_append(d.attempt_log, jsonb_build_object(
+                 'n', d.attempts, 'event', 'sent', 'ses_message_id', v.ses_message_id,
+                 'started_at', CASE WHEN d.status = 'sending' THEN d.sending_started_at END,
+                 'ended_at', now()))
          FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id), lock_wait
          WHERE d.job_id = v.job_id AND d.status = ANY($3)",
         job_ids,
@@ -434,7 +535,11 @@ pub async fn mark_sent_without_id(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query!(
         "UPDATE email_deliveries SET status = 'sent', sent_at = now(), last_error = $2,
-                outcome_unknown = false
+                outcome_unknown = false,
+                attempt_log = email_attempt_log_append(attempt_log, jsonb_build_object(
+                    'n', attempts, 'event', 'sent', 'error', $2::text,
+                    'started_at', CASE WHEN status = 'sending' THEN sending_started_at END,
+                    'ended_at', now()))
          WHERE job_id = $1 AND status = ANY($3)",
         job_id,
         note,
@@ -445,24 +550,29 @@ pub async fn mark_sent_without_id(
     Ok(done.rows_affected() == 1)
 }
 
-/// One guarded status change with a reason.
+/// One guarded status change with a reason, logged on the row as `event` (the job's timeline).
 async fn transition(
     conn: &mut PgConnection,
     job_id: &str,
     from: &[Status],
-    to: Status,
+    (to, event): (Status, &str),
     reason: Option<&str>,
     outcome_unknown: Option<bool>,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query!(
         "UPDATE email_deliveries
-         SET status = $2, last_error = $3, outcome_unknown = coalesce($4, outcome_unknown)
+         SET status = $2, last_error = $3, outcome_unknown = coalesce($4, outcome_unknown),
+             attempt_log = email_attempt_log_append(attempt_log, jsonb_build_object(
+                 'n', attempts, 'event', $6::text, 'error', $3::text,
+                 'started_at', CASE WHEN status = 'sending' THEN sending_started_at END,
+                 'ended_at', now()))
          WHERE job_id = $1 AND status = ANY($5)",
         job_id,
         to.as_str(),
         reason,
         outcome_unknown,
-        &names(from)
+        &names(from),
+        event
     )
     .execute(conn)
     .await?;
@@ -480,7 +590,7 @@ pub async fn release(
         conn,
         job_id,
         &CLAIMABLE,
-        Status::Pending,
+        (Status::Pending, "released"),
         Some(reason),
         Some(false),
     )
@@ -496,7 +606,10 @@ pub async fn note_wait(
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query!(
-        "UPDATE email_deliveries SET last_error = $2 WHERE job_id = $1 AND status = ANY($3)",
+        "UPDATE email_deliveries SET last_error = $2,
+                attempt_log = email_attempt_log_append(attempt_log, jsonb_build_object(
+                    'n', attempts, 'event', 'held', 'error', $2::text, 'ended_at', now()))
+         WHERE job_id = $1 AND status = ANY($3)",
         job_id,
         reason,
         &names(&CLAIMABLE)
@@ -516,7 +629,7 @@ pub async fn keep_unknown(
         conn,
         job_id,
         &[Status::Sending],
-        Status::Sending,
+        (Status::Sending, "unknown"),
         Some(reason),
         Some(true),
     )
@@ -535,7 +648,7 @@ pub async fn fail(
         conn,
         job_id,
         &CLAIMABLE,
-        Status::Failed,
+        (Status::Failed, "failed"),
         Some(reason),
         Some(outcome_unknown),
     )
@@ -544,7 +657,15 @@ pub async fn fail(
 
 /// pending/sending → suppressed: the recipient is suppressed for the email's category.
 pub async fn suppress(conn: &mut PgConnection, job_id: &str) -> Result<bool, sqlx::Error> {
-    transition(conn, job_id, &CLAIMABLE, Status::Suppressed, None, None).await
+    transition(
+        conn,
+        job_id,
+        &CLAIMABLE,
+        (Status::Suppressed, "suppressed"),
+        None,
+        None,
+    )
+    .await
 }
 
 /// pending/sending → cancelled: the queued job was cancelled.
@@ -553,7 +674,7 @@ pub async fn cancel(conn: &mut PgConnection, job_id: &str) -> Result<bool, sqlx:
         conn,
         job_id,
         &CLAIMABLE,
-        Status::Cancelled,
+        (Status::Cancelled, "cancelled"),
         Some("cancelled"),
         None,
     )
@@ -598,7 +719,7 @@ pub async fn operator_retry(
         conn,
         job_id,
         &[Status::Failed, Status::Suppressed, Status::Cancelled],
-        to,
+        (to, "retried"),
         None,
         None,
     )

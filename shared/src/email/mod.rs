@@ -315,3 +315,54 @@ pub fn check_subject(subject: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// The subject an email job's content renders to, as the worker would render it (a verification or
+/// reset email's own data, its user name and link, are not stored: placeholders stand in). `Err`
+/// says why it cannot be rendered (unknown template, data it refuses).
+pub async fn subject_of(
+    conn: &mut sqlx::PgConnection,
+    content: &EmailContent,
+) -> Result<String, templates::store::StoreError> {
+    let (name, data, locale, version) = match content {
+        EmailContent::Raw { subject, .. } => return Ok(subject.clone()),
+        EmailContent::Template {
+            name,
+            data,
+            locale,
+            version,
+        } => (name.as_str(), data.clone(), locale.as_deref(), *version),
+        other => (
+            other.label(),
+            serde_json::json!({"name": "…", "link": "…"}),
+            None,
+            None,
+        ),
+    };
+    let locale = locale.unwrap_or(templates::DEFAULT_LOCALE);
+    let (locale, version) = match version {
+        Some(version) => (locale.to_owned(), version),
+        None => templates::store::resolve(conn, name, locale)
+            .await?
+            .ok_or_else(|| templates::TemplateError::Unknown(name.to_owned()))?,
+    };
+    let stored = templates::store::load(conn, name, &locale, version)
+        .await?
+        .ok_or_else(|| templates::TemplateError::Unknown(format!("{name} {locale} v{version}")))?;
+    let compiled = templates::Compiled::compile(&stored.sources)?;
+    Ok(compiled.render(&data, "")?.subject)
+}
+
+/// The sending pause in force (after SES throttled or paused the account), if any.
+pub async fn sending_pause(conn: &mut PgConnection) -> Result<Option<Pause>, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT paused_until, pause_reason FROM email_sending_control WHERE paused_until > now()"
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|r| {
+        r.paused_until.map(|until| Pause {
+            until,
+            reason: r.pause_reason,
+        })
+    }))
+}

@@ -68,10 +68,94 @@ impl FeedbackConsumer {
             let token = token.clone();
             tasks.push(tokio::spawn(async move { me.poll_loop(token).await }));
         }
+        let me = self.clone();
+        let depth_token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            me.depth_loop(depth_token).await;
+        }));
         for task in tasks {
             let _ = task.await;
         }
         tracing::info!("feedback consumer stopped");
+    }
+
+    /// Every minute, stores the queue's depth and its dead-letter queue's (found through its
+    /// redrive policy; skipped when there is none or it cannot be read) for the console.
+    async fn depth_loop(&self, token: CancellationToken) {
+        loop {
+            if let Err(error) = self.record_depths().await {
+                tracing::debug!(%error, "could not read the feedback queues' depths");
+            }
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+        }
+    }
+
+    async fn record_depths(&self) -> Result<(), String> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let depth = |attrs: Option<&std::collections::HashMap<A, String>>| {
+            attrs
+                .and_then(|a| a.get(&A::ApproximateNumberOfMessages))
+                .and_then(|n| n.parse::<i64>().ok())
+        };
+        let main = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
+        let mut found = vec![("feedback", depth(main.attributes()))];
+        let target = main
+            .attributes()
+            .and_then(|a| a.get(&A::RedrivePolicy))
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
+        if let Some(name) = target.as_deref().and_then(|arn| arn.rsplit(':').next()) {
+            let url = self
+                .sqs
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
+            if let Some(url) = url.queue_url() {
+                let dlq = self
+                    .sqs
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(A::ApproximateNumberOfMessages)
+                    .send()
+                    .await
+                    .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
+                found.push(("dead_letter", depth(dlq.attributes())));
+            }
+        }
+        let mut conn = self.pool.acquire().await.map_err(|e| e.to_string())?;
+        for (queue, messages) in found {
+            if let Some(messages) = messages {
+                herald_shared::feedback::record_depth(&mut conn, queue, messages)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a refused message in the database for the console (a failure only logs).
+    async fn count_refused(&self, reason: &str) {
+        let counted = async {
+            let mut conn = self.pool.acquire().await?;
+            herald_shared::feedback::count_rejection(&mut conn, reason).await
+        }
+        .await;
+        if let Err(error) = counted {
+            tracing::warn!(%error, reason, "could not count a refused feedback message");
+        }
     }
 
     async fn poll_loop(&self, token: CancellationToken) {
@@ -128,7 +212,7 @@ impl FeedbackConsumer {
                         .map(|o| (o, control))
                 }
                 Err(rejection) => {
-                    self.rejected(id, receives, &rejection);
+                    self.rejected(id, receives, &rejection).await;
                     return;
                 }
             },
@@ -189,6 +273,9 @@ impl FeedbackConsumer {
             Err(ApplyError::Parse(err)) => {
                 self.stats.poison.fetch_add(1, Ordering::Relaxed);
                 self.metrics.poison_messages.inc();
+                if receives == 1 {
+                    self.count_refused("poison").await;
+                }
                 tracing::warn!(sqs_message_id = id, receives, error = %err, "poison feedback message; left for the dead-letter queue");
                 false
             }
@@ -215,7 +302,7 @@ impl FeedbackConsumer {
 
     /// A refused message stays on the queue (the redrive policy moves it to the DLQ); it is logged
     /// and counted once, on its first receive, however often SQS shows it again.
-    fn rejected(&self, id: &str, receives: u32, rejection: &Rejection) {
+    async fn rejected(&self, id: &str, receives: u32, rejection: &Rejection) {
         if receives > 1 {
             tracing::debug!(sqs_message_id = id, receives, %rejection, "refused feedback seen again");
             return;
@@ -227,6 +314,7 @@ impl FeedbackConsumer {
                 reason: rejection.reason.as_str().to_owned(),
             })
             .inc();
+        self.count_refused(rejection.reason.as_str()).await;
         tracing::warn!(
             sqs_message_id = id,
             reason = rejection.reason.as_str(),

@@ -2,6 +2,7 @@
 //! and a real database, and end-to-end runs of the real binaries against moto.
 
 mod chaos;
+mod console;
 mod drain;
 mod e2e;
 mod feedback;
