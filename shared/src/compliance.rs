@@ -149,21 +149,27 @@ pub struct Rate {
 /// The rates of every window and category. A rate is over the messages sent in the window (a
 /// cohort): each message counts once as a bounce and once as a complaint, however often SES reports it.
 pub async fn rates(conn: &mut PgConnection, s: &Settings) -> Result<Vec<Rate>, sqlx::Error> {
+    let [(short_label, short), (long_label, long)] = s.windows();
+    let now = Utc::now();
+    // One scan for both windows: the short one is counted with FILTERs inside the long one's rows.
+    let rows = sqlx::query!(
+        r#"SELECT category AS "category!",
+                  count(*) FILTER (WHERE sent_at >= $1) AS "short_sends!",
+                  count(*) FILTER (WHERE sent_at >= $1 AND bounce_type = 'Permanent') AS "short_bounces!",
+                  count(*) FILTER (WHERE sent_at >= $1 AND complained_at IS NOT NULL) AS "short_complaints!",
+                  count(*) FILTER (WHERE sent_at >= $2) AS "long_sends!",
+                  count(*) FILTER (WHERE sent_at >= $2 AND bounce_type = 'Permanent') AS "long_bounces!",
+                  count(*) FILTER (WHERE sent_at >= $2 AND complained_at IS NOT NULL) AS "long_complaints!"
+           FROM email_deliveries
+           WHERE status = 'sent' AND sent_at >= least($1, $2)
+           GROUP BY category"#,
+        now - short,
+        now - long
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let mut out = Vec::new();
-    for (label, window) in s.windows() {
-        let since = Utc::now() - window;
-        let rows = sqlx::query!(
-            r#"SELECT category AS "category!",
-                      count(*) AS "sends!",
-                      count(*) FILTER (WHERE bounce_type = 'Permanent') AS "bounces!",
-                      count(*) FILTER (WHERE complained_at IS NOT NULL) AS "complaints!"
-               FROM email_deliveries
-               WHERE status = 'sent' AND sent_at >= $1
-               GROUP BY category"#,
-            since
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+    for (label, long_window) in [(short_label, false), (long_label, true)] {
         let mut all = (0, 0, 0);
         let mut push = |category: &str, (sends, bounces, complaints): (i64, i64, i64)| {
             let ratio = |n: i64| {
@@ -186,7 +192,13 @@ pub async fn rates(conn: &mut PgConnection, s: &Settings) -> Result<Vec<Rate>, s
         };
         for category in [Category::Transactional, Category::Marketing] {
             let row = rows.iter().find(|r| r.category == category.as_str());
-            let counts = row.map_or((0, 0, 0), |r| (r.sends, r.bounces, r.complaints));
+            let counts = row.map_or((0, 0, 0), |r| {
+                if long_window {
+                    (r.long_sends, r.long_bounces, r.long_complaints)
+                } else {
+                    (r.short_sends, r.short_bounces, r.short_complaints)
+                }
+            });
             all = (all.0 + counts.0, all.1 + counts.1, all.2 + counts.2);
             push(category.as_str(), counts);
         }

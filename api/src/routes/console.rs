@@ -145,8 +145,30 @@ fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<String> {
     }
 }
 
-fn to_login() -> Response {
-    Redirect::to("/admin/login").into_response()
+/// A signed-in operator, with the session's CSRF token for the page's forms (empty for a bearer
+/// request); without a session the browser is sent to the login form.
+#[derive(Debug)]
+pub struct Operator(String);
+
+impl axum::extract::FromRequestParts<AppState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        signed_in(state, &parts.headers)
+            .map(Operator)
+            .ok_or_else(|| Redirect::to("/admin/login").into_response())
+    }
+}
+
+/// The page `name` from what was built, or 503 when the database did not answer.
+fn answer(name: &str, built: Result<Value, PageError>) -> Response {
+    match built {
+        Ok(ctx) => render(name, ctx),
+        Err(error) => unavailable(&error),
+    }
 }
 
 /// A state-changing request must be signed in and, from a browser session, carry the session's
@@ -247,22 +269,35 @@ fn rate_bars(rates: &[compliance::Rate], s: &compliance::Settings) -> Value {
 /// against their thresholds, the pauses, failed and recent jobs.
 pub async fn overview(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Operator(csrf): Operator,
     Query(refresh): Query<Refresh>,
 ) -> Response {
-    let Some(csrf) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     let built = async {
-        let mut conn = state.db.acquire().await?;
-        let counts = jobs::count_by_state(&mut *conn).await?;
-        let oldest = jobs::oldest_waiting(&mut *conn).await?;
-        let failed = jobs::failed_for_good(&mut *conn, 20).await?;
-        let recent = jobs::search(&mut *conn, &JobFilter::default(), 20).await?;
-        let hours = ledger::hourly_outcomes(&mut conn).await?;
-        let rates = compliance::rates(&mut conn, &state.config.compliance).await?;
-        let pauses = compliance::pauses(&mut conn).await?;
-        let sending = email::sending_pause(&mut conn).await?;
+        // Four connections at once: the page waits for the slowest aggregate, not their sum.
+        let db = &state.db;
+        let ((counts, oldest), (failed, recent), hours, (rates, pauses, sending)) = tokio::try_join!(
+            async {
+                let mut conn = db.acquire().await?;
+                let counts = jobs::count_by_state(&mut *conn).await?;
+                Ok::<_, PageError>((counts, jobs::oldest_waiting(&mut *conn).await?))
+            },
+            async {
+                let mut conn = db.acquire().await?;
+                let failed = jobs::failed_for_good(&mut *conn, 20).await?;
+                let recent = jobs::search(&mut *conn, &JobFilter::default(), 20).await?;
+                Ok::<_, PageError>((failed, recent))
+            },
+            async {
+                let mut conn = db.acquire().await?;
+                Ok::<_, PageError>(ledger::hourly_outcomes(&mut conn).await?)
+            },
+            async {
+                let mut conn = db.acquire().await?;
+                let rates = compliance::rates(&mut conn, &state.config.compliance).await?;
+                let pauses = compliance::pauses(&mut conn).await?;
+                Ok::<_, PageError>((rates, pauses, email::sending_pause(&mut conn).await?))
+            },
+        )?;
         let mut queues: Vec<(String, [i64; 5])> = [
             herald_shared::email::EMAIL_QUEUE,
             herald_shared::maintenance::MAINTENANCE_QUEUE,
@@ -312,10 +347,7 @@ pub async fn overview(
         }))
     }
     .await;
-    match built {
-        Ok(ctx) => render("overview.html", ctx),
-        Err(error) => unavailable(&error),
-    }
+    answer("overview.html", built)
 }
 
 /// The jobs list's query: the API's filters and `refresh`.
@@ -331,12 +363,9 @@ pub struct JobsQuery {
 /// `GET /admin/jobs`: the filtered list, newest first, 50 a page (keyset: `before`).
 pub async fn jobs_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Operator(csrf): Operator,
     Query(query): Query<JobsQuery>,
 ) -> Response {
-    let Some(csrf) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     let q = &query.filter;
     let (filter, problem) = match q.parse() {
         Ok(f) => (Some(f), None),
@@ -417,12 +446,9 @@ fn encode(s: &str) -> String {
 /// message, its rendered subject; retry and cancel.
 pub async fn job_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Operator(csrf): Operator,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(csrf) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     let Ok(id) = id.parse::<ulid::Ulid>().map(|u| u.to_string()) else {
         return not_found();
     };
@@ -456,7 +482,7 @@ pub async fn job_page(
                 "attempts": job.attempts, "max_attempts": job.max_attempts,
                 "run_at": job.run_at, "done_at": job.done_at, "error": job.last_error(),
                 "enqueued_at": jobs::enqueued_at(&job.id),
-                "result": job.last_result.as_ref().and_then(|r| r.get("Ok")).map(Value::to_string),
+                "result": job.last_result.as_ref().and_then(|r| r.get("Ok")).map(report_text),
             },
             "can_retry": status == JobStatus::Failed,
             "can_cancel": status == JobStatus::Queued,
@@ -618,12 +644,9 @@ pub struct SuppressionsQuery {
 /// `GET /admin/suppressions`: search, the list (100 a page), add and remove, the audit trail.
 pub async fn suppressions_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Operator(csrf): Operator,
     Query(q): Query<SuppressionsQuery>,
 ) -> Response {
-    let Some(csrf) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     let email = given(&q.email);
     let kind = given(&q.kind).and_then(|k| SuppressionType::parse(&k));
     let built = async {
@@ -651,19 +674,19 @@ pub async fn suppressions_page(
     )
 }
 
-/// The add form.
+/// The add and remove forms.
 #[derive(Debug, Default, Deserialize)]
-pub struct AddForm {
+pub struct SuppressionForm {
     /// CSRF token.
     #[serde(default)]
     pub csrf: String,
     /// Address.
     #[serde(default)]
     pub email: String,
-    /// `manual` or `unsubscribe`.
+    /// `manual` or `unsubscribe` (adding only).
     #[serde(default, rename = "type")]
     pub kind: String,
-    /// Why.
+    /// Why (required to remove).
     #[serde(default)]
     pub reason: String,
 }
@@ -672,7 +695,7 @@ pub struct AddForm {
 pub async fn add_suppression(
     State(state): State<AppState>,
     headers: HeaderMap,
-    form: Result<Form<AddForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<SuppressionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let form = form.map(|Form(f)| f).unwrap_or_default();
     if let Err(refused) = allowed(&state, &headers, &form.csrf) {
@@ -707,25 +730,11 @@ pub async fn add_suppression(
     }
 }
 
-/// The remove form.
-#[derive(Debug, Default, Deserialize)]
-pub struct RemoveForm {
-    /// CSRF token.
-    #[serde(default)]
-    pub csrf: String,
-    /// Address.
-    #[serde(default)]
-    pub email: String,
-    /// Why (required).
-    #[serde(default)]
-    pub reason: String,
-}
-
 /// `POST /admin/suppressions/remove`: removes a suppression; the reason is required and recorded.
 pub async fn remove_suppression(
     State(state): State<AppState>,
     headers: HeaderMap,
-    form: Result<Form<RemoveForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<SuppressionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let form = form.map(|Form(f)| f).unwrap_or_default();
     if let Err(refused) = allowed(&state, &headers, &form.csrf) {
@@ -766,28 +775,21 @@ fn bad_input(message: &str) -> Response {
 }
 
 /// `GET /admin/schedules`: each schedule's cron, next tick and last ten runs with their reports.
-pub async fn schedules_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(csrf) = signed_in(&state, &headers) else {
-        return to_login();
-    };
+pub async fn schedules_page(State(state): State<AppState>, Operator(csrf): Operator) -> Response {
     let built = async {
         let mut conn = state.db.acquire().await?;
         let mut out = Vec::new();
         for s in maintenance::list(&mut conn).await? {
-            let runs = jobs::runs_by_key_prefix(
-                &mut *conn,
-                maintenance::MAINTENANCE_QUEUE,
-                &s.name,
-                10,
-            )
-            .await?;
+            let runs =
+                jobs::runs_by_key_prefix(&mut *conn, maintenance::MAINTENANCE_QUEUE, &s.name, 10)
+                    .await?;
             let runs: Vec<Value> = runs
                 .iter()
                 .map(|r| {
                     json!({
                         "id": r.id, "status": r.status().as_str(), "run_at": r.run_at,
                         "done_at": r.done_at, "error": r.last_error(),
-                        "report": r.last_result.as_ref().and_then(|v| v.get("Ok")).map(Value::to_string),
+                        "report": r.last_result.as_ref().and_then(|v| v.get("Ok")).map(report_text),
                     })
                 })
                 .collect();
@@ -796,24 +798,46 @@ pub async fn schedules_page(State(state): State<AppState>, headers: HeaderMap) -
         Ok::<_, PageError>(out)
     }
     .await;
-    match built {
-        Ok(schedules) => render(
-            "schedules.html",
-            json!({"title": "Schedules", "nav": "schedules", "csrf": csrf, "schedules": schedules}),
-        ),
-        Err(error) => unavailable(&error),
+    answer(
+        "schedules.html",
+        built.map(|schedules| {
+            json!({"title": "Schedules", "nav": "schedules", "csrf": csrf, "schedules": schedules})
+        }),
+    )
+}
+
+/// A task's report as `key value · key value` (nested keys joined with `.`, fractions rounded).
+fn report_text(report: &Value) -> String {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            Value::Number(n) if n.is_f64() => {
+                out.push(format!("{prefix} {:.1}", n.as_f64().unwrap_or(0.0)));
+            }
+            Value::String(t) => out.push(format!("{prefix} {t}")),
+            other => out.push(format!("{prefix} {other}")),
+        }
     }
+    let mut out = Vec::new();
+    walk("", report, &mut out);
+    out.join(" · ")
 }
 
 /// `GET /admin/feedback`: the newest feedback events, refused messages per reason, queue depths.
 pub async fn feedback_page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Operator(csrf): Operator,
     Query(refresh): Query<Refresh>,
 ) -> Response {
-    let Some(csrf) = signed_in(&state, &headers) else {
-        return to_login();
-    };
     let built = async {
         let mut conn = state.db.acquire().await?;
         Ok::<_, PageError>((
@@ -823,14 +847,13 @@ pub async fn feedback_page(
         ))
     }
     .await;
-    match built {
-        Ok((events, rejections, depths)) => render(
-            "feedback.html",
+    answer(
+        "feedback.html",
+        built.map(|(events, rejections, depths)| {
             json!({
                 "title": "Feedback", "nav": "feedback", "csrf": csrf, "refresh": refresh_of(&refresh),
                 "events": events, "rejections": rejections, "depths": depths,
-            }),
-        ),
-        Err(error) => unavailable(&error),
-    }
+            })
+        }),
+    )
 }

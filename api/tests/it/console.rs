@@ -93,6 +93,25 @@ async fn the_console_needs_a_session_and_every_page_renders(pool: PgPool) {
         "the live refresh is clamped to 5 s"
     );
     assert!(overview.contains("<svg id=\"hourly\""), "{overview}");
+    assert!(!overview.contains("paused since"), "nothing is paused");
+    sqlx::query(
+        "UPDATE compliance_pauses SET paused = true, paused_at = now(), reason = 'bounce rate 5.1 % over 24h'
+         WHERE category = 'marketing'",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("pause");
+    let (_, overview) = get(&app, "/admin").await;
+    let marketing = overview
+        .split(r#"data-category="marketing""#)
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .expect("the marketing row");
+    assert!(marketing.contains("paused since"), "{marketing}");
+    assert!(
+        marketing.contains("bounce rate 5.1 % over 24h"),
+        "{marketing}"
+    );
     assert!(overview.contains("<svg id=\"rates\""), "{overview}");
 }
 
@@ -117,7 +136,12 @@ async fn jobs_filter_by_recipient_state_template_and_page_by_keyset(pool: PgPool
     assert!(job_rows(&html).is_empty(), "exact, not a substring");
     // The API's list reads the same function.
     let (status, page) = app
-        .send("GET", "/v1/jobs?recipient=ADA.LOVELACE%40example.COM", None, &[])
+        .send(
+            "GET",
+            "/v1/jobs?recipient=ADA.LOVELACE%40example.COM",
+            None,
+            &[],
+        )
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["items"][0]["id"], ada.as_str(), "{page}");

@@ -230,22 +230,23 @@ pub struct HourCounts {
 /// ended `sent`, `failed` or `suppressed` in it. Reads rows created in the last 48 hours only.
 pub async fn hourly_outcomes(conn: &mut PgConnection) -> Result<Vec<HourCounts>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"WITH hours AS (
-               SELECT generate_series(date_trunc('hour', now()) - interval '23 hours',
-                                      date_trunc('hour', now()), interval '1 hour') AS hour
-           ), ended AS (
-               SELECT date_trunc('hour', coalesce(sent_at, updated_at)) AS hour, status
+        r#"WITH ended AS (
+               SELECT date_trunc('hour', coalesce(sent_at, updated_at)) AS hour,
+                      count(*) FILTER (WHERE status = 'sent') AS sent,
+                      count(*) FILTER (WHERE status = 'failed') AS failed,
+                      count(*) FILTER (WHERE status = 'suppressed') AS suppressed
                FROM email_deliveries
                WHERE created_at >= now() - interval '48 hours'
                  AND status IN ('sent', 'failed', 'suppressed')
                  AND coalesce(sent_at, updated_at) >= date_trunc('hour', now()) - interval '23 hours'
+               GROUP BY 1
            )
-           SELECT h.hour AS "hour!",
-                  count(*) FILTER (WHERE e.status = 'sent') AS "sent!",
-                  count(*) FILTER (WHERE e.status = 'failed') AS "failed!",
-                  count(*) FILTER (WHERE e.status = 'suppressed') AS "suppressed!"
-           FROM hours h LEFT JOIN ended e ON e.hour = h.hour
-           GROUP BY h.hour ORDER BY h.hour"#
+           SELECT h.hour AS "hour!", coalesce(e.sent, 0) AS "sent!", coalesce(e.failed, 0) AS "failed!",
+                  coalesce(e.suppressed, 0) AS "suppressed!"
+           FROM generate_series(date_trunc('hour', now()) - interval '23 hours',
+                                date_trunc('hour', now()), interval '1 hour') AS h(hour)
+           LEFT JOIN ended e ON e.hour = h.hour
+           ORDER BY h.hour"#
     )
     .fetch_all(conn)
     .await?;

@@ -540,6 +540,8 @@ async fn the_app_role_has_exactly_the_rights_herald_needs_and_no_more() {
         "public.email_sending_control: SELECT, UPDATE",
         "public.email_suppressions: SELECT, INSERT, UPDATE, DELETE",
         "public.email_templates: SELECT, INSERT, DELETE",
+        "public.feedback_queue_depths: SELECT, INSERT, UPDATE",
+        "public.feedback_rejections: SELECT, INSERT, UPDATE",
         "public.incident_timers: -",
         "public.maintenance_schedules: SELECT, INSERT, UPDATE",
         "public.password_reset_tokens: SELECT(id, user_id, expires_at, used_at), INSERT, DELETE",

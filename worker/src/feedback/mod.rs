@@ -115,16 +115,15 @@ impl FeedbackConsumer {
             .and_then(|a| a.get(&A::RedrivePolicy))
             .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
             .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
+        let mut dlq_error = None;
         if let Some(name) = target.as_deref().and_then(|arn| arn.rsplit(':').next()) {
-            let url = self
-                .sqs
-                .get_queue_url()
-                .queue_name(name)
-                .send()
-                .await
-                .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
-            if let Some(url) = url.queue_url() {
-                let dlq = self
+            let dlq = async {
+                let url = self.sqs.get_queue_url().queue_name(name).send().await;
+                let url = url.map_err(|e| herald_shared::telemetry::error_chain(&e))?;
+                let Some(url) = url.queue_url() else {
+                    return Ok(None);
+                };
+                let attrs = self
                     .sqs
                     .get_queue_attributes()
                     .queue_url(url)
@@ -132,7 +131,13 @@ impl FeedbackConsumer {
                     .send()
                     .await
                     .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
-                found.push(("dead_letter", depth(dlq.attributes())));
+                Ok::<_, String>(depth(attrs.attributes()))
+            }
+            .await;
+            match dlq {
+                Ok(messages) => found.push(("dead_letter", messages)),
+                // The main queue's depth is still worth storing.
+                Err(error) => dlq_error = Some(error),
             }
         }
         let mut conn = self.pool.acquire().await.map_err(|e| e.to_string())?;
@@ -143,7 +148,7 @@ impl FeedbackConsumer {
                     .map_err(|e| e.to_string())?;
             }
         }
-        Ok(())
+        dlq_error.map_or(Ok(()), |e| Err(format!("dead-letter queue: {e}")))
     }
 
     /// Counts a refused message in the database for the console (a failure only logs).

@@ -77,7 +77,11 @@ async fn an_operator_finds_an_email_retries_it_and_manages_suppressions_in_a_rea
     let job = stack.wait_final(&id, Duration::from_secs(60)).await;
     assert_eq!(job["status"], "failed", "{job}");
     stack.kill_worker();
-    stack.spawn_worker(&[("SQS_FEEDBACK_QUEUE_URL", &feedback)]);
+    // Token expiry every second, so the schedules page has runs and reports to show.
+    stack.spawn_worker(&[
+        ("SQS_FEEDBACK_QUEUE_URL", &feedback),
+        ("EXPIRE_TOKENS_CRON", "* * * * * *"),
+    ]);
 
     let shots = screenshot_dir();
     let browser = Browser::start().await;
@@ -196,7 +200,13 @@ async fn an_operator_finds_an_email_retries_it_and_manages_suppressions_in_a_rea
     browser
         .goto(&format!("{}/admin/schedules", stack.api_url))
         .await;
-    browser.wait_for_text("<h1>Schedules</h1>", false, 10).await;
+    let schedules = browser
+        .wait_for_text("verification_tokens 0", true, 30)
+        .await;
+    assert!(
+        schedules.contains("id=\"schedule-expire_tokens\""),
+        "{schedules}"
+    );
     browser.screenshot(&shots.join("07-schedules.png")).await;
 
     browser
