@@ -1,7 +1,8 @@
 -- What the operator's console reads that no table kept yet.
 
 -- Each run's outcome on its ledger row (the job page's timeline), the newest 20 kept: apalis
--- keeps only a job's last result.
+-- keeps only a job's last result. Runs that end `sent` are not logged (the row's own columns say
+-- it), so the send path writes nothing more.
 ALTER TABLE email_deliveries ADD COLUMN attempt_log jsonb NOT NULL DEFAULT '[]'::jsonb;
 
 CREATE FUNCTION email_attempt_log_append(log jsonb, entry jsonb) RETURNS jsonb

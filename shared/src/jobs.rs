@@ -297,78 +297,6 @@ pub async fn count_by_state<'e>(
         .collect())
 }
 
-/// A job that failed for good, for the dashboard.
-#[derive(Debug, Clone)]
-pub struct FailedJob {
-    /// Job id.
-    pub id: String,
-    /// Queue name.
-    pub queue: String,
-    /// Runs made.
-    pub attempts: i32,
-    /// When it last ran.
-    pub run_at: DateTime<Utc>,
-    /// apalis's record of the last run.
-    pub last_result: Option<serde_json::Value>,
-}
-
-/// The newest jobs that failed for good.
-pub async fn failed_for_good<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    limit: i64,
-) -> Result<Vec<FailedJob>, JobError> {
-    Ok(sqlx::query_as!(
-        FailedJob,
-        r#"SELECT id, job_type AS "queue!", attempts, run_at, last_result FROM apalis.jobs
-           WHERE status = 'Failed' AND attempts >= max_attempts ORDER BY done_at DESC NULLS LAST LIMIT $1"#,
-        limit
-    )
-    .fetch_all(db)
-    .await?)
-}
-
-/// A recent job, for the dashboard.
-#[derive(Debug, Clone)]
-pub struct RecentJob {
-    /// Job id.
-    pub id: String,
-    /// Queue name.
-    pub queue: String,
-    /// Herald's state.
-    pub status: JobStatus,
-    /// Runs made.
-    pub attempts: i32,
-    /// Runs allowed.
-    pub max_attempts: i32,
-    /// When it runs (or ran).
-    pub run_at: DateTime<Utc>,
-}
-
-/// The newest jobs by run time.
-pub async fn recent<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    limit: i64,
-) -> Result<Vec<RecentJob>, JobError> {
-    let rows = sqlx::query!(
-        r#"SELECT id, job_type AS "queue!", status, attempts, max_attempts, run_at FROM apalis.jobs
-           ORDER BY run_at DESC, id DESC LIMIT $1"#,
-        limit
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| RecentJob {
-            status: JobStatus::from_apalis(&r.status, r.attempts, r.max_attempts),
-            id: r.id,
-            queue: r.queue,
-            attempts: r.attempts,
-            max_attempts: r.max_attempts,
-            run_at: r.run_at,
-        })
-        .collect())
-}
-
 impl JobStatus {
     /// Every state, in the order pages show them.
     pub const ALL: [Self; 5] = [
@@ -436,6 +364,8 @@ pub struct JobListing {
     pub run_at: DateTime<Utc>,
     /// When its last run ended.
     pub done_at: Option<DateTime<Utc>>,
+    /// The last run's error, if it failed.
+    pub last_error: Option<String>,
     /// Recipient (email jobs only; normalised).
     pub recipient: Option<String>,
     /// Template label.
@@ -471,7 +401,7 @@ pub async fn search<'e>(
     };
     let rows = sqlx::query!(
         r#"SELECT j.id, j.job_type AS "queue!", j.status, j.attempts, j.max_attempts, j.run_at,
-                  j.done_at, d.recipient AS "recipient?", d.template AS "template?",
+                  j.done_at, j.last_result -> 'Err' AS last_error, d.recipient AS "recipient?", d.template AS "template?",
                   d.category AS "category?", d.status AS "email_status?"
            FROM apalis.jobs j LEFT JOIN email_deliveries d ON d.job_id = j.id
            WHERE ($1::text IS NULL OR j.job_type = $1)
@@ -509,6 +439,9 @@ pub async fn search<'e>(
             max_attempts: r.max_attempts,
             run_at: r.run_at,
             done_at: r.done_at,
+            last_error: r
+                .last_error
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned)),
             recipient: r.recipient,
             template: r.template,
             category: r.category,

@@ -111,39 +111,72 @@ async fn main() {
         "/admin/schedules".to_owned(),
         "/admin/feedback".to_owned(),
     ];
-    println!(
-        "{:<52} {:>10} {:>10} {:>8}",
-        "page", "median ms", "p95 ms", "bytes"
-    );
-    let mut worst = 0.0_f64;
-    for path in &pages {
-        let mut times = Vec::with_capacity(runs);
-        let mut bytes = 0;
-        for n in 0..runs + 3 {
-            let t = Instant::now();
-            let res = http
-                .get(format!("{url}{path}"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .expect("get");
-            assert!(res.status().is_success(), "{path}: {}", res.status());
-            bytes = res.bytes().await.expect("body").len();
-            if n >= 3 {
-                times.push(t.elapsed());
+    // Twice: every job from the last hour (the 24-hour aggregates read all of them), then the
+    // same jobs spread over a week, as a queue in use looks.
+    let mut worst = Vec::new();
+    for shape in ["burst", "week"] {
+        if shape == "week" {
+            for sql in [
+                "UPDATE email_deliveries SET created_at = now() - (abs(hashtext(job_id)) % 168) * interval '1 hour'",
+                "UPDATE email_deliveries SET sent_at = created_at + interval '1 second', updated_at = created_at + interval '1 second'",
+                "VACUUM ANALYZE",
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&db.pool)
+                    .await
+                    .expect("spread");
             }
         }
-        times.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let median = ms(times[times.len() / 2]);
-        let p95 = ms(common::percentile(&times, 0.95));
-        worst = worst.max(median);
-        println!("{path:<52} {median:>10.1} {p95:>10.1} {bytes:>8}");
+        println!(
+            "\n{shape}: {:<45} {:>10} {:>10} {:>8}",
+            "page", "median ms", "p95 ms", "bytes"
+        );
+        let mut slowest = (0.0_f64, String::new());
+        for path in &pages {
+            let (median, p95, bytes) = measure(&http, &url, path, runs).await;
+            if median > slowest.0 {
+                slowest = (median, path.clone());
+            }
+            println!("{path:<52} {median:>10.1} {p95:>10.1} {bytes:>8}");
+        }
+        println!(
+            "BENCH-KEY console_{shape}_slowest_page_median_ms={:.1}",
+            slowest.0
+        );
+        worst.push((shape, slowest));
     }
-    println!("BENCH-KEY console_slowest_page_median_ms={worst:.1}");
-    println!(
-        "console pages over {jobs} jobs: slowest median {worst:.1} ms (target < 200 ms): {}",
-        if worst < 200.0 { "met" } else { "NOT met" }
-    );
+    for (shape, (ms, path)) in &worst {
+        println!(
+            "console pages over {jobs} jobs ({shape}): slowest median {ms:.1} ms ({path}; target < 200 ms): {}",
+            if *ms < 200.0 { "met" } else { "NOT met" }
+        );
+    }
     db.drop_db().await;
+}
+
+/// Asks for `path` `runs` times after three warm-ups: median and p95 in ms, and the body's size.
+async fn measure(http: &reqwest::Client, url: &str, path: &str, runs: usize) -> (f64, f64, usize) {
+    let mut times = Vec::with_capacity(runs);
+    let mut bytes = 0;
+    for n in 0..runs + 3 {
+        let t = Instant::now();
+        let res = http
+            .get(format!("{url}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("get");
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        bytes = res.bytes().await.expect("body").len();
+        if n >= 3 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (
+        ms(times[times.len() / 2]),
+        ms(common::percentile(&times, 0.95)),
+        bytes,
+    )
 }

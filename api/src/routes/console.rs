@@ -283,7 +283,12 @@ pub async fn overview(
             },
             async {
                 let mut conn = db.acquire().await?;
-                let failed = jobs::failed_for_good(&mut *conn, 20).await?;
+                // The newest that failed for good, by id: stops after 20 instead of sorting them all.
+                let failed = JobFilter {
+                    state: Some(JobStatus::Failed),
+                    ..JobFilter::default()
+                };
+                let failed = jobs::search(&mut *conn, &failed, 20).await?;
                 let recent = jobs::search(&mut *conn, &JobFilter::default(), 20).await?;
                 Ok::<_, PageError>((failed, recent))
             },
@@ -326,17 +331,7 @@ pub async fn overview(
                 json!({"name": name, "counts": counts, "oldest_wait": wait})
             })
             .collect();
-        let failed: Vec<Value> = failed
-            .iter()
-            .map(|j| {
-                let error = j
-                    .last_result
-                    .as_ref()
-                    .and_then(|r| r.get("Err"))
-                    .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned));
-                json!({"id": j.id, "queue": j.queue, "attempts": j.attempts, "error": error})
-            })
-            .collect();
+
         Ok::<_, PageError>(json!({
             "title": "Overview", "nav": "overview", "csrf": csrf, "refresh": refresh_of(&refresh),
             "states": JobStatus::ALL.map(JobStatus::as_str),
@@ -499,10 +494,18 @@ pub async fn job_page(
     }
 }
 
-/// The ledger row for the page, each logged attempt with `took_ms` when its start is known.
+/// The ledger row for the page: the logged runs, then the run that sent (from the row's columns),
+/// each with `took_ms` when its start is known.
 fn with_durations(record: ledger::Record) -> Value {
     let mut value = serde_json::to_value(&record).unwrap_or(Value::Null);
     if let Some(log) = value.get_mut("attempt_log").and_then(Value::as_array_mut) {
+        if let Some(sent_at) = record.sent_at {
+            log.push(json!({
+                "n": record.attempts, "event": "sent", "ses_message_id": record.ses_message_id,
+                "started_at": record.sending_started_at.filter(|s| *s <= sent_at),
+                "ended_at": sent_at,
+            }));
+        }
         for entry in log {
             let time = |k: &str| {
                 entry

@@ -182,9 +182,12 @@ pub struct Record {
     pub uncertain_resends: i32,
     /// Last failure or note.
     pub last_error: Option<String>,
-    /// Each run's outcome (oldest first, the newest 20): `n`, `event`, `error`, `started_at`,
-    /// `ended_at`, `ses_message_id`.
+    /// Each run that did not end `sent` (oldest first, the newest 20): `n`, `event`, `error`,
+    /// `started_at`, `ended_at`. The run that sent is the row's own columns (`sending_started_at`,
+    /// `sent_at`, `ses_message_id`): the send path writes no log.
     pub attempt_log: serde_json::Value,
+    /// When the latest SES call began.
+    pub sending_started_at: Option<DateTime<Utc>>,
     /// When SES accepted it.
     pub sent_at: Option<DateTime<Utc>>,
     /// Delivery reported.
@@ -204,7 +207,7 @@ pub async fn record(conn: &mut PgConnection, job_id: &str) -> Result<Option<Reco
     sqlx::query_as!(
         Record,
         "SELECT recipient, template, category, status, ses_message_id, attempts, uncertain_resends,
-                last_error, attempt_log, sent_at, delivered_at, bounced_at, bounce_type,
+                last_error, attempt_log, sending_started_at, sent_at, delivered_at, bounced_at, bounce_type,
                 complained_at, created_at
          FROM email_deliveries WHERE job_id = $1",
         job_id
@@ -510,11 +513,7 @@ pub async fn mark_sent_many(
          )
          UPDATE email_deliveries AS d
          SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(), last_error = NULL,
-             outcome_unknown = false,
-             attempt_log = email_attempt_log_append(d.attempt_log, jsonb_build_object(
-                 'n', d.attempts, 'event', 'sent', 'ses_message_id', v.ses_message_id,
-                 'started_at', CASE WHEN d.status = 'sending' THEN d.sending_started_at END,
-                 'ended_at', now()))
+             outcome_unknown = false
          FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id), lock_wait
          WHERE d.job_id = v.job_id AND d.status = ANY($3)",
         job_ids,
@@ -536,11 +535,7 @@ pub async fn mark_sent_without_id(
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query!(
         "UPDATE email_deliveries SET status = 'sent', sent_at = now(), last_error = $2,
-                outcome_unknown = false,
-                attempt_log = email_attempt_log_append(attempt_log, jsonb_build_object(
-                    'n', attempts, 'event', 'sent', 'error', $2::text,
-                    'started_at', CASE WHEN status = 'sending' THEN sending_started_at END,
-                    'ended_at', now()))
+                outcome_unknown = false
          WHERE job_id = $1 AND status = ANY($3)",
         job_id,
         note,
