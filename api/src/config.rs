@@ -10,6 +10,8 @@ use crate::auth::{Scope, TokenError, Tokens};
 /// Everything `herald-api` reads at start-up.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
+    /// `APP_ENV` (default development): production refuses http and internal webhook URLs.
+    pub app_env: herald_shared::config::AppEnv,
     /// `API_ADDR` (default 127.0.0.1:8080; port 0 picks a free port).
     pub addr: SocketAddr,
     /// `API_METRICS_ADDR` (default 127.0.0.1:9101; port 0 picks one): the only listener that
@@ -152,6 +154,7 @@ impl ApiConfig {
         }
         let app_env = herald_shared::config::AppEnv::from_source(env)?;
         Ok(Self {
+            app_env,
             public_addr,
             public_rate_limit,
             public_trust_proxy: parse_or(env, "PUBLIC_TRUST_PROXY", false)?,

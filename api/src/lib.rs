@@ -53,6 +53,8 @@ pub struct AppState {
         compliance::get, compliance::resume,
         templates::put, templates::list, templates::get, templates::version, templates::delete,
         templates::preview,
+        routes::webhooks::create, routes::webhooks::list, routes::webhooks::get,
+        routes::webhooks::update, routes::webhooks::delete,
     ),
     modifiers(&BearerAuth, &CommonResponses)
 )]
@@ -199,6 +201,16 @@ pub fn router(state: AppState) -> Router {
             get(templates::version),
         )
         .route("/v1/templates/{name}/preview", post(templates::preview))
+        .route(
+            "/v1/webhooks",
+            get(routes::webhooks::list).post(routes::webhooks::create),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(routes::webhooks::get)
+                .patch(routes::webhooks::update)
+                .delete(routes::webhooks::delete),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_admin,

@@ -345,6 +345,10 @@ pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
         "verification_tokens",
         "SELECT (id, user_id, expires_at), INSERT, DELETE",
     ),
+    // The outbox triggers write events and deliveries as the role that made the change.
+    ("webhook_deliveries", "SELECT, INSERT, UPDATE, DELETE"),
+    ("webhook_endpoints", "SELECT, INSERT, UPDATE, DELETE"),
+    ("webhook_events", "SELECT, INSERT, DELETE"),
 ];
 
 /// The security-definer functions the application role may call (see their migration).

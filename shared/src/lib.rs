@@ -15,6 +15,7 @@ pub mod suppressions;
 pub mod telemetry;
 pub mod tokens;
 pub mod unsubscribe;
+pub mod webhooks;
 
 pub use config::{ConfigError, DbConfig};
 pub use secret::Secret;

@@ -13,3 +13,4 @@ pub mod suppressions;
 pub mod templates;
 pub mod unsubscribe;
 pub mod users;
+pub mod webhooks;

@@ -363,6 +363,11 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "GET /v1/templates/{name}/versions/{version}",
         "DELETE /v1/templates/{name}",
         "POST /v1/templates/{name}/preview",
+        "POST /v1/webhooks",
+        "GET /v1/webhooks",
+        "GET /v1/webhooks/{id}",
+        "PATCH /v1/webhooks/{id}",
+        "DELETE /v1/webhooks/{id}",
     ]
     .into_iter()
     .map(str::to_owned)

@@ -5,3 +5,4 @@ mod api;
 mod browser;
 mod console;
 mod hardening;
+mod webhooks;

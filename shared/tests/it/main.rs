@@ -11,6 +11,7 @@ mod ledger;
 mod maintenance;
 mod metrics_cache;
 mod migrations;
+mod outbox;
 mod real_clients;
 mod scripts;
 mod search;

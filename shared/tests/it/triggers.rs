@@ -29,7 +29,9 @@ async fn every_updated_at_table_has_the_trigger_and_no_trigger_lacks_the_column(
             "phrases",
             "refresh_tokens",
             "roles",
-            "users"
+            "users",
+            "webhook_deliveries",
+            "webhook_endpoints"
         ]
     );
     let triggers: Vec<(String, String)> = sqlx::query_as(
@@ -75,6 +77,10 @@ async fn the_updated_at_trigger_stamps_every_update_on_every_table(pool: PgPool)
          , m AS (INSERT INTO maintenance_schedules (name, cron) VALUES ('test', '* * * * *'))
          , d AS (INSERT INTO email_deliveries (job_id, recipient, template, category)
                  VALUES ('01JOB', 'a@example.com', 'welcome', 'transactional'))
+         , w AS (INSERT INTO webhook_endpoints (url, events, secret)
+                 VALUES ('http://127.0.0.1/h', '{email.sent}', 'c2VjcmV0') RETURNING id)
+         , e AS (INSERT INTO webhook_events (event_type, data) VALUES ('email.sent', '{}') RETURNING id)
+         , wd AS (INSERT INTO webhook_deliveries (event_id, endpoint_id) SELECT e.id, w.id FROM e, w)
          INSERT INTO email_suppressions (email, suppression_type) VALUES ('x@example.com', 'manual')",
     )
     .execute(&pool)

@@ -1,0 +1,285 @@
+//! Webhook endpoints: register, list, read, change (enable, events, rotate the secret) and delete.
+//! The signing secret is shown once, when created or rotated. Delivery is not built yet.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use herald_shared::webhooks::{self, Change, Endpoint, NewEndpoint, SECRET_PREFIX};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::JsonBody;
+
+/// An endpoint as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    /// Id (UUIDv7).
+    pub id: Uuid,
+    /// Where events are POSTed.
+    pub url: String,
+    /// A note.
+    pub description: Option<String>,
+    /// Event types it receives.
+    pub events: Vec<String>,
+    /// Whether payloads carry full recipient addresses.
+    pub include_addresses: bool,
+    /// Whether events are delivered.
+    pub enabled: bool,
+    /// Why it is disabled.
+    pub disabled_reason: Option<String>,
+    /// Until when the previous secret still signs, after a rotation.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Registered.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The signing secret (`whsec_…`): only in the answer that created or rotated it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl WebhookView {
+    fn of(e: Endpoint, secret: Option<&str>) -> Self {
+        Self {
+            id: e.id,
+            url: e.url,
+            description: e.description,
+            events: e.events,
+            include_addresses: e.include_addresses,
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason,
+            previous_secret_expires_at: e.previous_secret_expires_at,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            secret: secret.map(|s| format!("{SECRET_PREFIX}{s}")),
+        }
+    }
+}
+
+/// A new endpoint.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// `https://…` (http and internal hosts only outside production).
+    pub url: String,
+    /// Event types, 1 to 20 of `email.sent`, `email.delivered`, `email.bounced`,
+    /// `email.complained`, `email.failed`, `email.suppressed`, `suppression.created`,
+    /// `suppression.removed`, `compliance.paused`, `compliance.resumed`.
+    pub events: Vec<String>,
+    /// A note (at most 500 characters).
+    pub description: Option<String>,
+    /// Put full recipient addresses in payloads (default false: masked).
+    #[serde(default)]
+    pub include_addresses: bool,
+}
+
+/// A change (absent fields stay as they are).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    /// A new URL (checked as on creation).
+    pub url: Option<String>,
+    /// New event types.
+    pub events: Option<Vec<String>>,
+    /// A new note; an empty one clears it.
+    pub description: Option<String>,
+    /// Full addresses in payloads.
+    pub include_addresses: Option<bool>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+    /// Issue a new secret; the old one keeps signing beside it for 24 hours.
+    #[serde(default)]
+    pub rotate_secret: bool,
+}
+
+fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for e in events {
+        if !webhooks::EVENT_TYPES.contains(&e.as_str()) {
+            return Err(ApiError::Validation(format!(
+                "unknown event type {e:?}; known: {}",
+                webhooks::EVENT_TYPES.join(", ")
+            )));
+        }
+        if !out.contains(e) {
+            out.push(e.clone());
+        }
+    }
+    if out.is_empty() || out.len() > 20 {
+        return Err(ApiError::Validation(
+            "events must name 1 to 20 event types".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn check_description(d: Option<&str>) -> Result<Option<&str>, ApiError> {
+    let d = d.map(str::trim).filter(|d| !d.is_empty());
+    if d.is_some_and(|d| d.chars().count() > 500) {
+        return Err(ApiError::Validation(
+            "description is longer than 500 characters".into(),
+        ));
+    }
+    Ok(d)
+}
+
+async fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+    if url.len() > 2048 {
+        return Err(ApiError::Validation("url is longer than 2048 bytes".into()));
+    }
+    webhooks::check_url(url, state.config.app_env)
+        .await
+        .map(|u| u.to_string())
+        .map_err(|e| ApiError::Validation(e.to_string()))
+}
+
+fn fresh_secret() -> Result<String, ApiError> {
+    webhooks::new_secret().map_err(|e| ApiError::Internal(format!("no randomness: {e}")))
+}
+
+/// Registers an endpoint; the answer carries its signing secret, shown this once.
+///
+/// Not delivered to yet: this release stores endpoints and their secrets; the event outbox and
+/// the delivery queue come next (docs/webhooks.md).
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "Registered, with its secret", body = WebhookView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 422, description = "Bad URL (http or an internal host in production), unknown event type", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    body: JsonBody<CreateWebhook>,
+) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
+    let req = body.value;
+    let events = check_events(&req.events)?;
+    let description = check_description(req.description.as_deref())?;
+    let url = check_url(&state, &req.url).await?;
+    let secret = fresh_secret()?;
+    let mut conn = state.db.acquire().await?;
+    let row = webhooks::create(
+        &mut conn,
+        &NewEndpoint {
+            url: &url,
+            description,
+            events: &events,
+            include_addresses: req.include_addresses,
+            secret: &secret,
+        },
+    )
+    .await?;
+    tracing::info!(webhook = %row.id, "webhook endpoint registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookView::of(row, Some(&secret))),
+    ))
+}
+
+/// Every endpoint (secrets are never listed).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The endpoints", body = Vec<WebhookView>),
+        (status = 401, description = "No valid token", body = ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<WebhookView>>, ApiError> {
+    let mut conn = state.db.acquire().await?;
+    let rows = webhooks::list(&mut conn).await?;
+    Ok(Json(
+        rows.into_iter().map(|e| WebhookView::of(e, None)).collect(),
+    ))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound("webhook"))
+}
+
+/// One endpoint.
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint", body = WebhookView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown endpoint", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut conn = state.db.acquire().await?;
+    let row = webhooks::find(&mut conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    Ok(Json(WebhookView::of(row, None)))
+}
+
+/// Changes an endpoint: URL, events, note, addresses, enabled; `rotate_secret` issues a new secret
+/// (in this answer only) while the old one keeps signing for 24 hours.
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Endpoint id")),
+    request_body = UpdateWebhook,
+    responses(
+        (status = 200, description = "Changed (with the new secret when rotated)", body = WebhookView),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown endpoint", body = ErrorBody),
+        (status = 422, description = "Bad URL or event type", body = ErrorBody)))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: JsonBody<UpdateWebhook>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let id = parse_id(&id)?;
+    let req = body.value;
+    let events = req.events.as_deref().map(check_events).transpose()?;
+    let description = req
+        .description
+        .as_deref()
+        .map(|d| check_description(Some(d)))
+        .transpose()?;
+    let url = match req.url.as_deref() {
+        Some(url) => Some(check_url(&state, url).await?),
+        None => None,
+    };
+    let secret = req.rotate_secret.then(fresh_secret).transpose()?;
+    let mut conn = state.db.acquire().await?;
+    let row = webhooks::update(
+        &mut conn,
+        id,
+        &Change {
+            url: url.as_deref(),
+            description,
+            events: events.as_deref(),
+            include_addresses: req.include_addresses,
+            enabled: req.enabled,
+            new_secret: secret.as_deref(),
+        },
+    )
+    .await?
+    .ok_or(ApiError::NotFound("webhook"))?;
+    if secret.is_some() {
+        tracing::info!(webhook = %id, "webhook secret rotated");
+    }
+    Ok(Json(WebhookView::of(row, secret.as_deref())))
+}
+
+/// Deletes an endpoint.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown endpoint", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let mut conn = state.db.acquire().await?;
+    if webhooks::delete(&mut conn, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("webhook"))
+    }
+}

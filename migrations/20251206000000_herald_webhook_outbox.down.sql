@@ -1,0 +1,10 @@
+DROP TRIGGER webhook_compliance_events ON compliance_pauses;
+DROP FUNCTION webhook_compliance_events();
+DROP TRIGGER webhook_suppression_events ON email_suppressions;
+DROP FUNCTION webhook_suppression_events();
+DROP TRIGGER webhook_email_events ON email_deliveries;
+DROP FUNCTION webhook_email_events();
+DROP FUNCTION webhook_record(text, text, integer, text, jsonb);
+ALTER TABLE email_deliveries DROP COLUMN webhook_sequence;
+DROP TABLE webhook_deliveries;
+DROP TABLE webhook_events;
