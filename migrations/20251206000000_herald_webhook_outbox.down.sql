@@ -5,6 +5,8 @@ DROP FUNCTION webhook_suppression_events();
 DROP TRIGGER webhook_email_events ON email_deliveries;
 DROP FUNCTION webhook_email_events();
 DROP FUNCTION webhook_record(text, text, integer, text, jsonb);
+DROP FUNCTION ulid_of(uuid);
+DROP TABLE webhook_attempts;
 ALTER TABLE email_deliveries DROP COLUMN webhook_sequence;
 DROP TABLE webhook_deliveries;
 DROP TABLE webhook_events;

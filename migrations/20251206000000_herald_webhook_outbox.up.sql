@@ -31,6 +31,34 @@ CREATE INDEX idx_webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id,
 CREATE TRIGGER update_webhook_deliveries_updated_at BEFORE UPDATE ON webhook_deliveries
     FOR EACH ROW EXECUTE FUNCTION update_updated_at_column();
 
+-- Every POST made for a delivery: what came back and how long it took.
+CREATE TABLE webhook_attempts (
+    id               uuid PRIMARY KEY DEFAULT uuid_generate_v7(),
+    delivery_id      uuid NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+    attempted_at     timestamptz NOT NULL DEFAULT now(),
+    status_code      integer,
+    latency_ms       integer NOT NULL CHECK (latency_ms >= 0),
+    error            text,
+    -- The first bytes of the answer's body (at most 512).
+    response_excerpt text CHECK (length(response_excerpt) <= 512),
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX idx_webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
+
+-- A UUIDv7 written as a ULID (both start with the Unix time in ms): the delivery job's id, so
+-- the trigger can queue it in apalis without a round trip to the application.
+CREATE FUNCTION ulid_of(u uuid) RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    bits bit(130) := B'00' || ('x' || encode(uuid_send(u), 'hex'))::bit(128);
+    alphabet text := '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+    out text := '';
+BEGIN
+    FOR i IN 0..25 LOOP
+        out := out || substr(alphabet, substring(bits FROM i * 5 + 1 FOR 5)::integer + 1, 1);
+    END LOOP;
+    RETURN out;
+END $$;
+
 -- The per-email event counter (row-locked by the change itself, so strictly increasing).
 ALTER TABLE email_deliveries ADD COLUMN webhook_sequence integer NOT NULL DEFAULT 0;
 
@@ -46,8 +74,19 @@ BEGIN
     INSERT INTO webhook_events (event_type, email_job_id, sequence, data, recipient)
     VALUES (kind, job_id, seq, data, recipient)
     RETURNING id INTO event;
-    INSERT INTO webhook_deliveries (event_id, endpoint_id)
-    SELECT event, e.id FROM webhook_endpoints e WHERE e.enabled AND kind = ANY (e.events);
+    -- One delivery per subscribed endpoint, each with its job on the herald.webhooks queue (24
+    -- runs: the worker's backoff spreads them over about three days).
+    WITH delivery AS (
+        INSERT INTO webhook_deliveries (event_id, endpoint_id)
+        SELECT event, e.id FROM webhook_endpoints e WHERE e.enabled AND kind = ANY (e.events)
+        RETURNING id
+    )
+    INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority,
+                             metadata, idempotency_key)
+    SELECT ulid_of(d.id), 'herald.webhooks',
+           convert_to(jsonb_build_object('delivery_id', d.id)::text, 'UTF8'),
+           'Pending', 0, 24, now(), 0, ''::hstore, NULL
+    FROM delivery d;
     RETURN true;
 END $$;
 

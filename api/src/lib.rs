@@ -54,7 +54,8 @@ pub struct AppState {
         templates::put, templates::list, templates::get, templates::version, templates::delete,
         templates::preview,
         routes::webhooks::create, routes::webhooks::list, routes::webhooks::get,
-        routes::webhooks::update, routes::webhooks::delete,
+        routes::webhooks::update, routes::webhooks::delete, routes::webhooks::deliveries,
+        routes::webhooks::redeliver,
     ),
     modifiers(&BearerAuth, &CommonResponses)
 )]
@@ -210,6 +211,14 @@ pub fn router(state: AppState) -> Router {
             get(routes::webhooks::get)
                 .patch(routes::webhooks::update)
                 .delete(routes::webhooks::delete),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(routes::webhooks::deliveries),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery}/retry",
+            post(routes::webhooks::redeliver),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -346,6 +346,7 @@ pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
         "SELECT (id, user_id, expires_at), INSERT, DELETE",
     ),
     // The outbox triggers write events and deliveries as the role that made the change.
+    ("webhook_attempts", "SELECT, INSERT, DELETE"),
     ("webhook_deliveries", "SELECT, INSERT, UPDATE, DELETE"),
     ("webhook_endpoints", "SELECT, INSERT, UPDATE, DELETE"),
     ("webhook_events", "SELECT, INSERT, DELETE"),

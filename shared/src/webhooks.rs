@@ -415,3 +415,254 @@ mod tests {
         assert_eq!(sign("whsec_!!!", "id", 1, b""), None);
     }
 }
+
+/// The queue of webhook deliveries (the outbox trigger queues one job per delivery).
+pub const WEBHOOK_QUEUE: &str = "herald.webhooks";
+
+/// Runs a delivery job is allowed: with the worker's backoff, about three days.
+pub const DELIVERY_RUNS: u32 = 24;
+
+/// The payload of a delivery job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookJob {
+    /// The `webhook_deliveries` row.
+    pub delivery_id: Uuid,
+}
+
+impl crate::jobs::QueueJob for WebhookJob {
+    const QUEUE: &'static str = WEBHOOK_QUEUE;
+}
+
+/// One delivery with its event and endpoint, as the worker sends it.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Delivery id.
+    pub delivery_id: Uuid,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Event id: the `webhook-id`, the same on every attempt.
+    pub event_id: Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The email's job id and its place among that email's events.
+    pub email_job_id: Option<String>,
+    /// See [`Outgoing::email_job_id`].
+    pub sequence: Option<i32>,
+    /// The data without addresses.
+    pub data: serde_json::Value,
+    /// The address the event is about, if any.
+    pub recipient: Option<String>,
+    /// Endpoint id.
+    pub endpoint_id: Uuid,
+    /// Endpoint URL.
+    pub url: String,
+    /// Whether the endpoint gets full addresses.
+    pub include_addresses: bool,
+    /// Whether the endpoint is enabled.
+    pub enabled: bool,
+}
+
+impl Outgoing {
+    /// The request body: `{"type", "timestamp", "data"}` (Standard Webhooks), the data with the
+    /// address (masked unless the endpoint opted in), the email's job id and sequence.
+    pub fn body(&self) -> Vec<u8> {
+        let mut data = self.data.clone();
+        if let serde_json::Value::Object(map) = &mut data {
+            if let Some(to) = &self.recipient {
+                let shown = if self.include_addresses {
+                    to.clone()
+                } else {
+                    crate::address::mask(to)
+                };
+                map.insert("recipient".into(), serde_json::Value::String(shown));
+            }
+            if let Some(seq) = self.sequence {
+                map.insert("sequence".into(), serde_json::json!(seq));
+            }
+        }
+        serde_json::to_vec(&serde_json::json!({
+            "type": self.event_type,
+            "timestamp": self.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": data,
+        }))
+        .unwrap_or_default()
+    }
+
+    /// The `webhook-id` header: the event's id, the same on every attempt and every endpoint.
+    pub fn message_id(&self) -> String {
+        format!("msg_{}", self.event_id.simple())
+    }
+}
+
+/// Loads a delivery for sending; `None` when it is gone (its endpoint was deleted).
+pub async fn outgoing(
+    conn: &mut PgConnection,
+    delivery: Uuid,
+) -> Result<Option<Outgoing>, sqlx::Error> {
+    sqlx::query_as!(
+        Outgoing,
+        r#"SELECT d.id AS delivery_id, d.status, e.id AS event_id, e.event_type, e.occurred_at,
+                  e.email_job_id, e.sequence, e.data, e.recipient, p.id AS endpoint_id, p.url,
+                  p.include_addresses, p.enabled
+           FROM webhook_deliveries d
+           JOIN webhook_events e ON e.id = d.event_id
+           JOIN webhook_endpoints p ON p.id = d.endpoint_id
+           WHERE d.id = $1"#,
+        delivery
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// One POST's result, to be recorded.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    /// The HTTP status, if an answer came.
+    pub status_code: Option<u16>,
+    /// How long it took.
+    pub latency_ms: u32,
+    /// Why it failed, if it did.
+    pub error: Option<&'a str>,
+    /// The first bytes of the answer's body.
+    pub excerpt: Option<&'a str>,
+    /// The delivery's status after it: `delivered`, `pending` (another attempt comes) or `failed`.
+    pub status: &'a str,
+}
+
+/// How long an endpoint may fail every delivery before it is disabled.
+pub const DISABLE_AFTER: Duration = Duration::hours(24);
+
+/// Records an attempt on its delivery and the endpoint's health; returns true when this attempt
+/// disabled the endpoint (it had failed everything for [`DISABLE_AFTER`]).
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    out: &Outgoing,
+    a: &Attempt<'_>,
+) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    sqlx::query!(
+        "INSERT INTO webhook_attempts (delivery_id, status_code, latency_ms, error, response_excerpt)
+         VALUES ($1, $2, $3, $4, $5)",
+        out.delivery_id,
+        a.status_code.map(i32::from),
+        i32::try_from(a.latency_ms).unwrap_or(i32::MAX),
+        a.error,
+        a.excerpt
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1 WHERE id = $1",
+        out.delivery_id,
+        a.status
+    )
+    .execute(&mut *tx)
+    .await?;
+    let disabled = if a.status == "delivered" {
+        sqlx::query!(
+            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
+            out.endpoint_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        false
+    } else {
+        let since = Utc::now() - DISABLE_AFTER;
+        sqlx::query_scalar!(
+            r#"UPDATE webhook_endpoints
+               SET failing_since = coalesce(failing_since, now()),
+                   enabled = CASE WHEN failing_since < $2 THEN false ELSE enabled END,
+                   disabled_reason = CASE WHEN failing_since < $2 AND enabled
+                                          THEN 'every delivery failed for a day' ELSE disabled_reason END
+               WHERE id = $1
+               RETURNING (failing_since < $2 AND NOT enabled) AS "disabled!""#,
+            out.endpoint_id,
+            since
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(false)
+    };
+    tx.commit().await?;
+    Ok(disabled)
+}
+
+/// A delivery as `GET /v1/webhooks/{id}/deliveries` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    /// Delivery id.
+    pub id: Uuid,
+    /// The `webhook-id` it is sent with.
+    pub message_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Created (the event's commit).
+    pub created_at: DateTime<Utc>,
+    /// Every attempt, oldest first.
+    pub attempt_log: serde_json::Value,
+}
+
+/// An endpoint's deliveries, newest first, `limit` at most, before the `before` id.
+pub async fn deliveries(
+    conn: &mut PgConnection,
+    endpoint: Uuid,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeliveryView>, sqlx::Error> {
+    sqlx::query_as!(
+        DeliveryView,
+        r#"SELECT d.id, 'msg_' || replace(d.event_id::text, '-', '') AS "message_id!", e.event_type,
+                  d.status, d.attempts, d.created_at,
+                  coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                'at', a.attempted_at, 'status_code', a.status_code,
+                                'latency_ms', a.latency_ms, 'error', a.error,
+                                'response', a.response_excerpt) ORDER BY a.id)
+                            FROM webhook_attempts a WHERE a.delivery_id = d.id), '[]') AS "attempt_log!"
+           FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
+           WHERE d.endpoint_id = $1 AND ($2::uuid IS NULL OR d.id < $2)
+           ORDER BY d.id DESC LIMIT $3"#,
+        endpoint,
+        before,
+        limit
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Sends a delivery again (any status): back to `pending` with a new job. False when the delivery
+/// is not the endpoint's.
+pub async fn redeliver(
+    conn: &mut PgConnection,
+    endpoint: Uuid,
+    delivery: Uuid,
+) -> Result<bool, crate::jobs::JobError> {
+    let found = sqlx::query!(
+        "UPDATE webhook_deliveries SET status = 'pending' WHERE id = $1 AND endpoint_id = $2",
+        delivery,
+        endpoint
+    )
+    .execute(&mut *conn)
+    .await?;
+    if found.rows_affected() == 0 {
+        return Ok(false);
+    }
+    crate::jobs::enqueue(
+        conn,
+        &WebhookJob {
+            delivery_id: delivery,
+        },
+        crate::jobs::EnqueueOptions {
+            max_attempts: DELIVERY_RUNS,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(true)
+}

@@ -45,6 +45,15 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// `SHUTDOWN_TIMEOUT` seconds (default 30): how long in-flight jobs may take after a signal.
     pub shutdown_timeout: Duration,
+    /// `WEBHOOK_BACKOFF_BASE_MS` (default 5000): a failed webhook delivery's first retry delay;
+    /// doubles per attempt, with jitter, up to `WEBHOOK_BACKOFF_MAX_SECS` (default 21600).
+    pub webhook_backoff_base: Duration,
+    /// See [`WorkerConfig::webhook_backoff_base`].
+    pub webhook_backoff_max: Duration,
+    /// `WEBHOOK_TIMEOUT_SECS` (default 10): one webhook POST's deadline.
+    pub webhook_timeout: Duration,
+    /// `WEBHOOK_CONCURRENCY` (default 8): webhook deliveries in flight per process.
+    pub webhook_concurrency: usize,
     /// `SQS_FEEDBACK_QUEUE_URL` (optional): the queue SES feedback arrives on; unset, no consumer runs.
     pub sqs_feedback_queue_url: Option<String>,
     /// `FEEDBACK_CONCURRENCY` (default 2): concurrent long polls of the feedback queue.
@@ -216,6 +225,13 @@ impl WorkerConfig {
             )?,
             compliance: herald_shared::compliance::Settings::from_source(env)?,
             compliance_recheck: secs("COMPLIANCE_PAUSE_RECHECK_SECS", 60)?,
+            webhook_backoff_base: ms("WEBHOOK_BACKOFF_BASE_MS", 5000)?,
+            webhook_backoff_max: secs("WEBHOOK_BACKOFF_MAX_SECS", 21_600)?,
+            webhook_timeout: secs("WEBHOOK_TIMEOUT_SECS", 10)?,
+            webhook_concurrency: positive(
+                "WEBHOOK_CONCURRENCY",
+                parse_or(env, "WEBHOOK_CONCURRENCY", 8_usize)?,
+            )?,
         })
     }
 }

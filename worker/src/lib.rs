@@ -8,6 +8,7 @@ pub mod group;
 pub mod job;
 pub mod maintenance;
 pub mod ses;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -153,6 +154,18 @@ pub fn queue_backend<T>(
         )
 }
 
+/// A backend polled at `poll_interval` only, holding no LISTEN connection: for queues where a
+/// second of latency costs nothing (webhook deliveries), so each process keeps its pool for email.
+pub fn polled_backend<T>(
+    pool: &PgPool,
+    queue_config: QueueConfig,
+    poll_interval: Duration,
+) -> PollWith<PostgresStorage<T>, Strategy> {
+    PostgresStorage::<T>::new(pool)
+        .with_config(queue_config)
+        .poll_with_strategy(Strategy::new().interval(poll_interval))
+}
+
 /// A stream polled by a task of its own, its items handed over through a small buffer (extra
 /// items are dropped: they are wake-ups, and the interval poll covers a lost one).
 ///
@@ -221,6 +234,16 @@ pub async fn run(
     });
     let maintenance_config = queue_config.clone().queue(MAINTENANCE_QUEUE).batch_size(1);
     let maintenance_pool = pool.clone();
+    // Built once at start-up: only a broken TLS set-up makes it fail.
+    let webhook_ctx = Arc::new(
+        webhooks::WebhookContext::new(&config, pool.clone(), ctx.metrics.clone())
+            .expect("the webhook HTTP client builds"),
+    );
+    let webhook_config = queue_config
+        .clone()
+        .queue(herald_shared::webhooks::WEBHOOK_QUEUE);
+    let webhook_concurrency = config.webhook_concurrency;
+    let webhook_pool = pool.clone();
     Monitor::new()
         .should_restart(|worker, error| {
             tracing::error!(worker = worker.name(), error = %error, "worker stopped with an error; restarting");
@@ -253,6 +276,18 @@ pub async fn run(
                 .concurrency(1)
                 .data(maintenance_ctx.clone())
                 .build(job::handle::<MaintenanceJob>)
+        })
+        .register(move |_restarts| {
+            let backend = polled_backend::<herald_shared::webhooks::WebhookJob>(
+                &webhook_pool,
+                webhook_config.clone(),
+                poll_interval,
+            );
+            WorkerBuilder::new(format!("herald-webhooks-{}", ulid::Ulid::generate()))
+                .backend(backend)
+                .concurrency(webhook_concurrency)
+                .data(webhook_ctx.clone())
+                .build(job::handle::<herald_shared::webhooks::WebhookJob>)
         })
         .run_with_signal(async move {
             shutdown.await;

@@ -283,3 +283,66 @@ pub async fn delete(
         Err(ApiError::NotFound("webhook"))
     }
 }
+
+/// Paging of an endpoint's deliveries.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// The last id of the previous page.
+    pub before: Option<Uuid>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// An endpoint's deliveries, newest first, each with its attempts (status code, latency, error,
+/// the first bytes of the answer).
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
+    responses(
+        (status = 200, description = "Deliveries", body = Vec<Object>),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown endpoint", body = ErrorBody),
+        (status = 422, description = "Bad paging", body = ErrorBody)))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<webhooks::DeliveryView>>, ApiError> {
+    let id = parse_id(&id)?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::Validation(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::Validation("limit must be 1 to 200".into()));
+    }
+    let mut conn = state.db.acquire().await?;
+    webhooks::find(&mut conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    Ok(Json(
+        webhooks::deliveries(&mut conn, id, q.before, limit).await?,
+    ))
+}
+
+/// Sends a delivery again, with the same `webhook-id`.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Endpoint id"), ("delivery" = String, Path, description = "Delivery id")),
+    responses(
+        (status = 202, description = "Queued again"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown endpoint or delivery", body = ErrorBody)))]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    Path((id, delivery)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    let delivery: Uuid = delivery
+        .parse()
+        .map_err(|_| ApiError::NotFound("delivery"))?;
+    let mut conn = state.db.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    if !webhooks::redeliver(&mut tx, id, delivery).await? {
+        return Err(ApiError::NotFound("delivery"));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::ACCEPTED)
+}

@@ -368,6 +368,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         "GET /v1/webhooks/{id}",
         "PATCH /v1/webhooks/{id}",
         "DELETE /v1/webhooks/{id}",
+        "GET /v1/webhooks/{id}/deliveries",
+        "POST /v1/webhooks/{id}/deliveries/{delivery}/retry",
     ]
     .into_iter()
     .map(str::to_owned)

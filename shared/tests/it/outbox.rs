@@ -57,6 +57,10 @@ async fn sent_email(conn: &mut PgConnection) -> String {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn events_are_recorded_with_their_change_and_only_for_subscribed_kinds(pool: PgPool) {
+    // The trigger queues each delivery's job in apalis's table.
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
     let mut conn = pool.acquire().await.expect("conn");
     // No endpoint: nothing is recorded.
     sent_email(&mut conn).await;
@@ -104,6 +108,18 @@ async fn events_are_recorded_with_their_change_and_only_for_subscribed_kinds(poo
     expected.sort();
     expected.push((first, "email.bounced".to_owned()));
     assert_eq!(deliveries, expected, "one delivery per subscribed endpoint");
+    let queued: Vec<(String, String)> = sqlx::query_as(
+        "SELECT j.id, convert_from(j.job, 'UTF8') FROM apalis.jobs j
+         WHERE j.job_type = 'herald.webhooks' AND j.status = 'Pending' AND j.max_attempts = 24",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("jobs");
+    assert_eq!(queued.len(), 3, "each delivery has its job: {queued:?}");
+    for (id, payload) in &queued {
+        assert!(id.parse::<ulid::Ulid>().is_ok(), "{id} is a ULID");
+        assert!(payload.contains("delivery_id"), "{payload}");
+    }
     let data: serde_json::Value =
         sqlx::query_scalar("SELECT data FROM webhook_events WHERE event_type = 'email.bounced'")
             .fetch_one(&mut *conn)
@@ -150,6 +166,9 @@ async fn events_are_recorded_with_their_change_and_only_for_subscribed_kinds(poo
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn suppression_and_compliance_changes_are_events_too(pool: PgPool) {
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
     let mut conn = pool.acquire().await.expect("conn");
     endpoint(
         &mut conn,

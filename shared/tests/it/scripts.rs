@@ -553,6 +553,7 @@ async fn the_app_role_has_exactly_the_rights_herald_needs_and_no_more() {
         "public.user_roles: -",
         "public.users: SELECT(id, email, display_name, slug, active, search_vector), UPDATE(search_vector)",
         "public.verification_tokens: SELECT(id, user_id, expires_at), INSERT, DELETE",
+        "public.webhook_attempts: SELECT, INSERT, DELETE",
         "public.webhook_deliveries: SELECT, INSERT, UPDATE, DELETE",
         "public.webhook_endpoints: SELECT, INSERT, UPDATE, DELETE",
         "public.webhook_events: SELECT, INSERT, DELETE",

@@ -5,7 +5,7 @@
 //! a run failed, and the backoff) and `content` (rendering and the message SES gets).
 
 mod content;
-mod failure;
+pub(crate) mod failure;
 mod in_flight;
 mod ledger_groups;
 mod slots;

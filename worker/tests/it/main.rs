@@ -15,3 +15,4 @@ mod ses_stub;
 mod sns_trust;
 mod templates;
 mod unsubscribe;
+mod webhooks;

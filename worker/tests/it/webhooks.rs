@@ -1,0 +1,275 @@
+//! Webhook delivery end to end: the real binaries, moto, and a receiver this test runs. Signed
+//! events arrive (checked with Python's hmac, not Herald's code), 5xx is retried with growing delays
+//! under the same `webhook-id`, 410 fails at once, a worker killed mid-delivery loses nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use crate::e2e::{Stack, moto_sqs, unique};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+}
+
+type Log = Arc<Mutex<HashMap<String, Vec<Received>>>>;
+
+/// A receiver on 127.0.0.1: `/flaky` answers 500 to its first two requests, `/gone` 410, `/slow`
+/// sleeps 6 s on its first request; everything else (and later requests) 200.
+async fn receiver() -> (String, Log) {
+    let log: Log = Arc::default();
+    let shared = log.clone();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+            let log = shared.clone();
+            async move {
+                let header = |k: &str| {
+                    headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let path = uri.path().to_owned();
+                let n = {
+                    let mut log = log.lock().expect("log");
+                    let seen = log.entry(path.clone()).or_default();
+                    seen.push(Received {
+                        at: Instant::now(),
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                        body,
+                    });
+                    seen.len()
+                };
+                match (path.as_str(), n) {
+                    ("/flaky", 1 | 2) => (StatusCode::INTERNAL_SERVER_ERROR, "not now"),
+                    ("/gone", _) => (StatusCode::GONE, "this endpoint is gone"),
+                    ("/slow", 1) => {
+                        tokio::time::sleep(Duration::from_secs(6)).await;
+                        (StatusCode::OK, "late")
+                    }
+                    _ => (StatusCode::OK, "ok"),
+                }
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+    (url, log)
+}
+
+fn requests(log: &Log, path: &str) -> Vec<Received> {
+    log.lock()
+        .expect("log")
+        .get(path)
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn wait_for(log: &Log, path: &str, n: usize, what: &str) -> Vec<Received> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(60);
+    loop {
+        let got = requests(log, path);
+        if got.len() >= n {
+            eprintln!("{what}: {:?}", start.elapsed());
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {path} got {} of {n}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Verifies a request's signature with Python's hmac module, independent of Herald's code.
+fn verify_with_python(secret: &str, r: &Received) -> bool {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,hmac,sys\n\
+             key=base64.b64decode(sys.argv[1].removeprefix('whsec_'))\n\
+             mac=hmac.new(key,(sys.argv[2]+'.'+sys.argv[3]+'.'+sys.argv[4]).encode(),hashlib.sha256).digest()\n\
+             expected='v1,'+base64.b64encode(mac).decode()\n\
+             sys.exit(0 if any(hmac.compare_digest(expected,s) for s in sys.argv[5].split(' ')) else 1)",
+            secret,
+            &r.id,
+            &r.timestamp,
+            &r.body,
+            &r.signature,
+        ])
+        .status()
+        .expect("python3 runs");
+    out.success()
+}
+
+async fn register(stack: &Stack, url: &str, events: &[&str]) -> (String, String) {
+    let (status, body) = stack
+        .post("/v1/webhooks", json!({"url": url, "events": events}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    (
+        body["id"].as_str().expect("id").to_owned(),
+        body["secret"].as_str().expect("secret").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn events_arrive_signed_are_retried_with_backoff_and_survive_a_killed_worker() {
+    let mut stack = Stack::start().await;
+    let (base, log) = receiver().await;
+    let (flaky, secret) = register(
+        &stack,
+        &format!("{base}/flaky"),
+        &["email.sent", "email.bounced"],
+    )
+    .await;
+    let (gone, _) = register(&stack, &format!("{base}/gone"), &["email.sent"]).await;
+    let (slow, _) = register(&stack, &format!("{base}/slow"), &["email.sent"]).await;
+    let sqs = moto_sqs().await;
+    let feedback = sqs
+        .create_queue()
+        .queue_name(unique("wh-fb"))
+        // A message a killed worker's long poll took comes back after 2 s, not SQS's 30.
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "2",
+        )
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    let worker_env = [
+        ("SQS_FEEDBACK_QUEUE_URL", feedback.as_str()),
+        ("WEBHOOK_BACKOFF_BASE_MS", "1000"),
+    ];
+    stack.spawn_worker(&worker_env);
+
+    let to = format!("{}@example.com", unique("hooked"));
+    let (status, body) = stack
+        .post(
+            "/v1/emails",
+            json!({"to": to, "subject": "Hi", "text": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let job_id = body["job_id"].as_str().expect("id").to_owned();
+    let job = stack.wait_final(&job_id, Duration::from_secs(30)).await;
+    let message_id = job["result"]["ses_message_id"]
+        .as_str()
+        .expect("sent")
+        .to_owned();
+
+    // 410: failed at once, one attempt, visible in the deliveries (awaited before the kill below,
+    // which could otherwise land between the POST and its record, and send it again).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (_, listed) = stack.get(&format!("/v1/webhooks/{gone}/deliveries")).await;
+        if listed[0]["status"] == "failed" {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed[0]["attempts"], 1, "{listed}");
+    assert_eq!(listed[0]["attempt_log"][0]["status_code"], 410, "{listed}");
+    assert_eq!(
+        listed[0]["attempt_log"][0]["response"], "this endpoint is gone",
+        "{listed}"
+    );
+
+    // The slow receiver holds the first POST; the worker is killed while it waits.
+    wait_for(&log, "/slow", 1, "the slow POST started").await;
+    stack.kill_worker();
+    stack.spawn_worker(&worker_env);
+
+    // 500, 500, then 200: the same webhook-id each time, the delays growing.
+    let tries = wait_for(&log, "/flaky", 3, "three attempts").await;
+    let sent: Value = serde_json::from_str(&tries[2].body).expect("json");
+    assert_eq!(sent["type"], "email.sent", "{sent}");
+    assert_eq!(sent["data"]["job_id"], job_id.as_str());
+    assert_eq!(sent["data"]["ses_message_id"], message_id.as_str());
+    assert_eq!(sent["data"]["sequence"], 1);
+    assert!(
+        !tries[2].body.contains(&to),
+        "no full address unless asked: {}",
+        tries[2].body
+    );
+    assert!(
+        tries
+            .iter()
+            .all(|t| t.id == tries[0].id && t.id.starts_with("msg_"))
+    );
+    assert!(
+        tries.iter().all(|t| verify_with_python(&secret, t)),
+        "every attempt is signed"
+    );
+    let first_gap = tries[1].at - tries[0].at;
+    let second_gap = tries[2].at - tries[1].at;
+    assert!(
+        first_gap >= Duration::from_millis(450) && second_gap >= Duration::from_millis(950),
+        "backoff 1 s doubling with equal jitter: {first_gap:?}, {second_gap:?}"
+    );
+
+    // A bounce for the email, through the feedback queue, is the second event.
+    let bounce = json!({"notificationType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "bounceSubType": "NoEmail", "feedbackId": unique("fb"),
+                   "timestamp": chrono::Utc::now().to_rfc3339(), "bouncedRecipients": [{"emailAddress": to}]},
+        "mail": {"messageId": message_id, "timestamp": chrono::Utc::now().to_rfc3339(), "source": "noreply@herald.test", "destination": [to]}});
+    let envelope = json!({"Type": "Notification", "MessageId": unique("sns"), "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
+        "Message": bounce.to_string(), "Timestamp": chrono::Utc::now().to_rfc3339()});
+    sqs.send_message()
+        .queue_url(&feedback)
+        .message_body(envelope.to_string())
+        .send()
+        .await
+        .expect("send");
+    let tries = wait_for(&log, "/flaky", 4, "the bounce").await;
+    let bounced: Value = serde_json::from_str(&tries[3].body).expect("json");
+    assert_eq!(bounced["type"], "email.bounced", "{bounced}");
+    assert_eq!(bounced["data"]["hard"], true);
+    assert_eq!(bounced["data"]["sequence"], 2);
+    assert_ne!(tries[3].id, tries[0].id, "another event, another id");
+    assert!(verify_with_python(&secret, &tries[3]));
+
+    assert_eq!(requests(&log, "/gone").len(), 1, "not retried");
+
+    // The killed worker's delivery was sent again by the next worker and delivered.
+    let slow_tries = wait_for(&log, "/slow", 2, "the killed delivery again").await;
+    assert_eq!(slow_tries[0].id, slow_tries[1].id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listed) = stack.get(&format!("/v1/webhooks/{slow}/deliveries")).await;
+        if listed[0]["status"] == "delivered" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, flaky_deliveries) = stack.get(&format!("/v1/webhooks/{flaky}/deliveries")).await;
+    let statuses: Vec<&str> = flaky_deliveries
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|d| d["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["delivered", "delivered"], "{flaky_deliveries}");
+    stack.finish().await;
+}
