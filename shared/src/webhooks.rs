@@ -1,5 +1,5 @@
-//! Outbound webhooks: registered endpoints, their signing secrets (Standard Webhooks), and the
-//! rule for which URLs may be called. Delivery itself is not built yet (docs/webhooks.md).
+//! Outbound webhooks: registered endpoints, their signing secrets (Standard Webhooks), the rule for
+//! which URLs may be called, and what the delivery jobs read and record (docs/webhooks.md).
 
 use std::net::IpAddr;
 
@@ -665,4 +665,22 @@ pub async fn redeliver(
     )
     .await?;
     Ok(true)
+}
+
+/// Deletes up to `limit` events recorded before `before`, their deliveries and attempts with them
+/// (retention: far past the three days a delivery is retried); returns how many events.
+pub async fn prune(
+    pool: &sqlx::PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "WITH doomed AS (SELECT id FROM webhook_events WHERE created_at < $1 ORDER BY created_at LIMIT $2)
+         DELETE FROM webhook_events e USING doomed WHERE e.id = doomed.id",
+        before,
+        limit
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

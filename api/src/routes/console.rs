@@ -275,7 +275,7 @@ pub async fn overview(
     let built = async {
         // Four connections at once: the page waits for the slowest aggregate, not their sum.
         let db = &state.db;
-        let ((counts, oldest), (failed, recent), hours, (rates, pauses, sending)) = tokio::try_join!(
+        let ((counts, oldest), (failed, recent), hours, (rates, pauses, (sending, endpoints))) = tokio::try_join!(
             async {
                 let mut conn = db.acquire().await?;
                 let counts = jobs::count_by_state(&mut *conn).await?;
@@ -300,7 +300,9 @@ pub async fn overview(
                 let mut conn = db.acquire().await?;
                 let rates = compliance::rates(&mut conn, &state.config.compliance).await?;
                 let pauses = compliance::pauses(&mut conn).await?;
-                Ok::<_, PageError>((rates, pauses, email::sending_pause(&mut conn).await?))
+                let sending = email::sending_pause(&mut conn).await?;
+                let endpoints = herald_shared::webhooks::list(&mut conn).await?;
+                Ok::<_, PageError>((rates, pauses, (sending, endpoints)))
             },
         )?;
         let mut queues: Vec<(String, [i64; 5])> = [
@@ -339,6 +341,11 @@ pub async fn overview(
             "chart": hour_bars(&hours), "hours": hours,
             "rates": rate_bars(&rates, &state.config.compliance), "pauses": pauses,
             "sending_pause": sending.map(|p| json!({"until": p.until, "reason": p.reason})),
+            // Endpoints the worker disabled (a day of failures), not those an operator turned off.
+            "disabled_endpoints": endpoints
+                .iter()
+                .filter(|e| !e.enabled && e.disabled_reason.as_deref() != Some("disabled by an operator"))
+                .collect::<Vec<_>>(),
         }))
     }
     .await;

@@ -1,5 +1,6 @@
 //! Webhook endpoints: register, list, read, change (enable, events, rotate the secret) and delete.
-//! The signing secret is shown once, when created or rotated. Delivery is not built yet.
+//! The signing secret is shown once, when created or rotated. Deliveries are listed and can be
+//! sent again.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -141,10 +142,9 @@ fn fresh_secret() -> Result<String, ApiError> {
     webhooks::new_secret().map_err(|e| ApiError::Internal(format!("no randomness: {e}")))
 }
 
-/// Registers an endpoint; the answer carries its signing secret, shown this once.
-///
-/// Not delivered to yet: this release stores endpoints and their secrets; the event outbox and
-/// the delivery queue come next (docs/webhooks.md).
+/// Registers an endpoint; the answer carries its signing secret, shown this once. Events of its
+/// types are POSTed to it signed (Standard Webhooks), retried for about three days
+/// (docs/webhooks.md).
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
     request_body = CreateWebhook,
     responses(

@@ -113,6 +113,22 @@ async fn the_console_needs_a_session_and_every_page_renders(pool: PgPool) {
         "{marketing}"
     );
     assert!(overview.contains("<svg id=\"rates\""), "{overview}");
+    // A webhook endpoint the worker disabled is a warning; one an operator turned off is not.
+    sqlx::query(
+        "INSERT INTO webhook_endpoints (url, events, secret, enabled, disabled_reason) VALUES
+         ('https://down.example.com/h', '{email.sent}', 'c2VjcmV0', false, 'every delivery failed for a day'),
+         ('https://paused.example.com/h', '{email.sent}', 'c2VjcmV0', false, 'disabled by an operator')",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("endpoints");
+    let (_, overview) = get(&app, "/admin").await;
+    assert_eq!(
+        overview.matches("class=\"warn disabled-endpoint\"").count(),
+        1,
+        "{overview}"
+    );
+    assert!(overview.contains("down.example.com"), "{overview}");
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]

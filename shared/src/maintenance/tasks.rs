@@ -246,6 +246,8 @@ pub struct PruneReport {
     pub deliveries: u64,
     /// Idempotency keys past `JOB_RETENTION_DAYS`.
     pub idempotency_keys: u64,
+    /// Webhook events (with their deliveries and attempts) past `EVENT_RETENTION_DAYS`.
+    pub webhook_events: u64,
     /// Batch size used.
     pub batch_size: i64,
     /// Timing.
@@ -302,6 +304,10 @@ pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Err
         .execute(pool)
         .await?
         .rows_affected())
+    })
+    .await?;
+    r.webhook_events = in_batches(&mut r.timing, b, || {
+        crate::webhooks::prune(pool, events_before, b)
     })
     .await?;
     r.timing.total_ms = started.elapsed().as_secs_f64() * 1000.0;

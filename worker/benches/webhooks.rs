@@ -1,0 +1,181 @@
+//! Webhooks: events delivered per second to a local receiver, and the email path (worker binary,
+//! SES stub) with one endpoint subscribed to `email.sent` against none, rounds alternating in one
+//! run. `BENCH_JOBS` emails per round (2,000), `BENCH_ROUNDS` rounds of each (3),
+//! `BENCH_EVENTS` events for the delivery rate (2,000).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use herald_shared::email::{self, Category, EmailContent, EmailJob, NewEmail};
+use herald_shared::webhooks::{self, NewEndpoint};
+
+#[path = "../tests/it/ses_stub.rs"]
+mod ses_stub;
+
+async fn receiver() -> String {
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+    url
+}
+
+async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::main]
+async fn main() {
+    let jobs = common::env_usize("BENCH_JOBS", 2000);
+    let rounds = common::env_usize("BENCH_ROUNDS", 3);
+    let events = common::env_usize("BENCH_EVENTS", 2000);
+    let db = common::BenchDb::create("webhooks", 16).await;
+    let stub = ses_stub::SesStub::start().await;
+    let hook = receiver().await;
+    let mut conn = db.pool.acquire().await.expect("conn");
+    let endpoint = webhooks::create(
+        &mut conn,
+        &NewEndpoint {
+            url: &hook,
+            description: None,
+            events: &["email.sent".to_owned(), "suppression.created".to_owned()],
+            include_addresses: false,
+            secret: &webhooks::new_secret().expect("secret"),
+        },
+    )
+    .await
+    .expect("endpoint")
+    .id;
+    drop(conn);
+    println!("webhooks bench on PostgreSQL {}", db.version);
+
+    // 1. The email path, with the endpoint enabled (one subscriber) and disabled (none).
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds * 2 {
+        let subscribed = round % 2 == 1;
+        sqlx::query("UPDATE webhook_endpoints SET enabled = $2 WHERE id = $1")
+            .bind(endpoint)
+            .bind(subscribed)
+            .execute(&db.pool)
+            .await
+            .expect("toggle");
+        let mut worker = common::spawn_worker(&db.url, &stub.url, 20, 16);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = count(
+            &db.pool,
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = 'herald.email' AND status = 'Done'",
+        )
+        .await;
+        let payloads: Vec<EmailJob> = (0..jobs)
+            .map(|n| EmailJob {
+                to: format!("r{round}n{n}@example.com"),
+                category: Category::Transactional,
+                content: EmailContent::Raw {
+                    subject: "Bench".into(),
+                    text: Some("Hello".into()),
+                    html: None,
+                },
+            })
+            .collect();
+        let start = Instant::now();
+        let mut conn = db.pool.acquire().await.expect("conn");
+        for chunk in payloads.chunks(500) {
+            let batch: Vec<NewEmail<'_>> = chunk
+                .iter()
+                .map(|job| NewEmail {
+                    job,
+                    run_at: None,
+                    max_attempts: 3,
+                    idempotency: None,
+                })
+                .collect();
+            email::enqueue_many(&mut conn, &batch, false)
+                .await
+                .expect("enqueue");
+        }
+        drop(conn);
+        let target = before + jobs as i64;
+        while count(
+            &db.pool,
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = 'herald.email' AND status = 'Done'",
+        )
+        .await
+            < target
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "emails did not drain"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rate = jobs as f64 / start.elapsed().as_secs_f64();
+        rates[usize::from(subscribed)].push(rate);
+        println!(
+            "round {round}: {} subscriber(s), {rate:.0} emails/s",
+            usize::from(subscribed)
+        );
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    let none = common::median(&rates[0]);
+    let one = common::median(&rates[1]);
+    println!(
+        "email path: no subscriber {none:.0}/s, one subscribed endpoint {one:.0}/s, ratio {:.3} (the outbox may cost at most 10 %)",
+        one / none
+    );
+    println!(
+        "BENCH-KEY email_path_with_webhook_vs_none={:.3}",
+        one / none
+    );
+
+    // 2. Delivery rate: `events` events queued at once, drained by one worker process.
+    sqlx::query("UPDATE webhook_endpoints SET enabled = true WHERE id = $1")
+        .bind(endpoint)
+        .execute(&db.pool)
+        .await
+        .expect("enable");
+    let before = count(
+        &db.pool,
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered'",
+    )
+    .await;
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, suppression_type, reason)
+         SELECT 'bench' || g || '@example.com', 'manual', 'bench' FROM generate_series(1, $1) g",
+    )
+    .bind(i32::try_from(events).unwrap_or(i32::MAX))
+    .execute(&db.pool)
+    .await
+    .expect("events");
+    let start = Instant::now();
+    let mut worker = common::spawn_worker(&db.url, &stub.url, 20, 16);
+    let target = before + events as i64;
+    while count(
+        &db.pool,
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered'",
+    )
+    .await
+        < target
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "deliveries did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "webhook delivery: {events} events in {:.1} s, {rate:.0} events/s (one worker process, start-up included)",
+        start.elapsed().as_secs_f64()
+    );
+    println!("BENCH-KEY webhook_events_per_s={rate:.0}");
+    let _ = worker.kill();
+    let _ = worker.wait();
+    db.drop_db().await;
+}
