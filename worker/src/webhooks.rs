@@ -127,58 +127,45 @@ impl HeraldJob for WebhookJob {
         let started = Instant::now();
         let answer = post(&ctx, &out).await;
         let latency = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
-        match answer {
+        // What to record, the delivery's status after it, and the adapter's outcome.
+        let (code, error, excerpt, status, outcome) = match answer {
             Ok((Answer::Delivered(code), excerpt)) => {
-                let _ = record(
-                    &ctx,
-                    &out,
-                    Some(code),
-                    latency,
-                    None,
-                    Some(&excerpt),
-                    "delivered",
-                )
-                .await;
                 tracing::info!(delivery = %out.delivery_id, status = code, latency_ms = latency, "webhook delivered");
-                Outcome::Done(json!({"outcome": "delivered", "status": code}))
+                let done = Outcome::Done(json!({"outcome": "delivered", "status": code}));
+                (Some(code), None, Some(excerpt), "delivered", done)
             }
             Ok((Answer::Refused(why), excerpt)) => {
-                let code = excerpt_code(&why);
-                let _ = record(
-                    &ctx,
-                    &out,
-                    code,
-                    latency,
-                    Some(&why),
-                    Some(&excerpt),
-                    "failed",
-                )
-                .await;
                 tracing::warn!(delivery = %out.delivery_id, error = %why, "webhook refused; not retried");
-                Outcome::Fatal(why)
+                (
+                    excerpt_code(&why),
+                    Some(why.clone()),
+                    Some(excerpt),
+                    "failed",
+                    Outcome::Fatal(why),
+                )
             }
             Ok((Answer::Retryable(why), excerpt)) => {
-                let code = excerpt_code(&why);
-                let last = runs.is_last();
-                let status = if last { "failed" } else { "pending" };
-                let _ = record(
-                    &ctx,
-                    &out,
-                    code,
-                    latency,
-                    Some(&why),
-                    Some(&excerpt),
-                    status,
-                )
-                .await;
-                retry_or_fail(&ctx, runs, why)
+                let status = if runs.is_last() { "failed" } else { "pending" };
+                let next = retry_or_fail(&ctx, runs, why.clone());
+                (excerpt_code(&why), Some(why), Some(excerpt), status, next)
             }
             Err(why) => {
                 let status = if runs.is_last() { "failed" } else { "pending" };
-                let _ = record(&ctx, &out, None, latency, Some(&why), None, status).await;
-                retry_or_fail(&ctx, runs, why)
+                let next = retry_or_fail(&ctx, runs, why.clone());
+                (None, Some(why), None, status, next)
             }
-        }
+        };
+        let _ = record(
+            &ctx,
+            &out,
+            code,
+            latency,
+            error.as_deref(),
+            excerpt.as_deref(),
+            status,
+        )
+        .await;
+        outcome
     }
 }
 

@@ -578,10 +578,10 @@ async fn job_action(
     form: Result<Form<Action>, axum::extract::rejection::FormRejection>,
     action: JobAction,
 ) -> Response {
-    let form = form.map(|Form(a)| a).unwrap_or_default();
-    if let Err(refused) = allowed(&state, &headers, &form.csrf) {
-        return refused.into_response();
-    }
+    let form = match checked_form(&state, &headers, form) {
+        Ok(form) => form,
+        Err(refused) => return refused.into_response(),
+    };
     let Ok(id) = id.parse::<ulid::Ulid>().map(|u| u.to_string()) else {
         return not_found();
     };
@@ -701,16 +701,44 @@ pub struct SuppressionForm {
     pub reason: String,
 }
 
+/// A posted form, once the request may change something ([`allowed`]).
+fn checked_form<T: Default + HasCsrf>(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: Result<Form<T>, axum::extract::rejection::FormRejection>,
+) -> Result<T, StatusCode> {
+    let form = form.map(|Form(f)| f).unwrap_or_default();
+    allowed(state, headers, form.csrf())?;
+    Ok(form)
+}
+
+/// A form carrying the session's CSRF token.
+trait HasCsrf {
+    fn csrf(&self) -> &str;
+}
+
+impl HasCsrf for SuppressionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl HasCsrf for Action {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// `POST /admin/suppressions`: adds (or strengthens) a suppression, recorded in the audit trail.
 pub async fn add_suppression(
     State(state): State<AppState>,
     headers: HeaderMap,
     form: Result<Form<SuppressionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = form.map(|Form(f)| f).unwrap_or_default();
-    if let Err(refused) = allowed(&state, &headers, &form.csrf) {
-        return refused.into_response();
-    }
+    let form = match checked_form(&state, &headers, form) {
+        Ok(form) => form,
+        Err(refused) => return refused.into_response(),
+    };
     let email = match address::validate(&form.email) {
         Ok(email) => email,
         Err(e) => return bad_input(&format!("The address is not valid: {e}.")),
@@ -746,10 +774,10 @@ pub async fn remove_suppression(
     headers: HeaderMap,
     form: Result<Form<SuppressionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = form.map(|Form(f)| f).unwrap_or_default();
-    if let Err(refused) = allowed(&state, &headers, &form.csrf) {
-        return refused.into_response();
-    }
+    let form = match checked_form(&state, &headers, form) {
+        Ok(form) => form,
+        Err(refused) => return refused.into_response(),
+    };
     let reason = form.reason.trim();
     if reason.is_empty() || reason.len() > 500 {
         return bad_input("Say why the suppression is removed (at most 500 characters).");
