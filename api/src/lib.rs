@@ -132,8 +132,64 @@ impl utoipa::Modify for CommonResponses {
     }
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// The OpenAPI document: every route, and (OpenAPI 3.1 `webhooks`, which utoipa does not model)
+/// every event Herald POSTs to a registered endpoint, each with its headers and an example body.
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    doc["webhooks"] = webhooks_section();
+    doc
+}
+
+fn webhooks_section() -> serde_json::Value {
+    use herald_shared::webhooks::{EVENT_TYPES, example_body};
+    use serde_json::json;
+    let header = |name: &str, description: &str| {
+        json!({"name": name, "in": "header", "required": true, "description": description,
+               "schema": {"type": "string"}})
+    };
+    let parameters = json!([
+        header(
+            "webhook-id",
+            "`msg_` + the event's id: the same on every retry and every endpoint; dedupe on it"
+        ),
+        header(
+            "webhook-timestamp",
+            "Unix seconds of this attempt; refuse a stale one"
+        ),
+        header(
+            "webhook-signature",
+            "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, keyed by the base64 after `whsec_`; two, space-separated, during a secret rotation"
+        ),
+    ]);
+    let mut section = serde_json::Map::new();
+    for event in EVENT_TYPES {
+        let example = example_body(event);
+        section.insert(
+            event.to_owned(),
+            json!({"post": {
+                "summary": event,
+                "description": "Signed per Standard Webhooks (docs/webhooks.md). 2xx: delivered. Timeouts, 408, 409, 429 and 5xx: retried with backoff for about three days. Any other 4xx: failed at once.",
+                "parameters": parameters,
+                "requestBody": {"required": true, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["type", "timestamp", "data"],
+                               "properties": {"type": {"type": "string", "const": event},
+                                              "timestamp": {"type": "string", "format": "date-time"},
+                                              "data": {"type": "object"}}},
+                    "example": example,
+                }}},
+                "responses": {
+                    "2XX": {"description": "Delivered"},
+                    "410": {"description": "Refused: failed at once, not retried"},
+                    "5XX": {"description": "Retried with backoff"},
+                },
+            }}),
+        );
+    }
+    serde_json::Value::Object(section)
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi_document())
 }
 
 /// Prometheus metrics (unauthenticated, like most scrape targets; keep the port internal).

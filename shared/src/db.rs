@@ -345,11 +345,12 @@ pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
         "verification_tokens",
         "SELECT (id, user_id, expires_at), INSERT, DELETE",
     ),
-    // The outbox triggers write events and deliveries as the role that made the change.
+    // The outbox triggers write events as the role that made the change; the worker's relay
+    // marks them taken and writes their deliveries.
     ("webhook_attempts", "SELECT, INSERT, DELETE"),
     ("webhook_deliveries", "SELECT, INSERT, UPDATE, DELETE"),
     ("webhook_endpoints", "SELECT, INSERT, UPDATE, DELETE"),
-    ("webhook_events", "SELECT, INSERT, DELETE"),
+    ("webhook_events", "SELECT, INSERT, UPDATE, DELETE"),
 ];
 
 /// The security-definer functions the application role may call (see their migration).

@@ -13,6 +13,7 @@ use sqlx::PgPool;
 
 use crate::email::EMAIL_QUEUE;
 use crate::maintenance::{MAINTENANCE_QUEUE, Task};
+use crate::webhooks::WEBHOOK_QUEUE;
 
 /// `queue`, `state`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,6 +196,9 @@ pub struct Metrics {
     complaint_rate: Family<WindowCategory, Gauge<f64, AtomicU64>>,
     rate_sends: Family<WindowCategory, Gauge>,
     paused: Family<CategoryLabel, Gauge>,
+    /// Webhook delivery attempts, by outcome (delivered, retried, failed).
+    pub webhook_deliveries: Family<Outcome, Counter>,
+    webhook_endpoints_disabled: Gauge,
     compliance: crate::compliance::Settings,
     /// When the database-backed gauges were last read; the lock keeps one refresh in flight.
     refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
@@ -224,6 +228,8 @@ impl Default for Metrics {
             complaint_rate: Family::default(),
             rate_sends: Family::default(),
             paused: Family::default(),
+            webhook_deliveries: Family::default(),
+            webhook_endpoints_disabled: Gauge::default(),
             compliance: crate::compliance::Settings::default(),
             refreshed: tokio::sync::Mutex::new(None),
             registry: Registry::default(),
@@ -308,9 +314,24 @@ impl Default for Metrics {
             "1 while the compliance guard pauses the category",
             m.paused.clone(),
         );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retried, failed)",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints the worker disabled after a day in which every delivery failed",
+            m.webhook_endpoints_disabled.clone(),
+        );
         // Known label sets start at zero so that every family is visible from the first scrape.
         for outcome in ["sent", "suppressed", "failed"] {
             let _ = m.emails.get_or_create(&Outcome {
+                outcome: outcome.into(),
+            });
+        }
+        for outcome in ["delivered", "retried", "failed"] {
+            let _ = m.webhook_deliveries.get_or_create(&Outcome {
                 outcome: outcome.into(),
             });
         }
@@ -356,7 +377,7 @@ impl Metrics {
             .await
             .map_err(crate::jobs::JobError::into_sqlx)?;
         self.queue_depth.clear();
-        for queue in [EMAIL_QUEUE, MAINTENANCE_QUEUE] {
+        for queue in [EMAIL_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE] {
             for state in ["queued", "running", "succeeded", "failed", "cancelled"] {
                 let _ = self.queue_depth.get_or_create(&QueueState {
                     queue: queue.into(),
@@ -381,7 +402,7 @@ impl Metrics {
             .await
             .map_err(crate::jobs::JobError::into_sqlx)?;
         self.oldest_waiting.clear();
-        for queue in [EMAIL_QUEUE, MAINTENANCE_QUEUE] {
+        for queue in [EMAIL_QUEUE, MAINTENANCE_QUEUE, WEBHOOK_QUEUE] {
             self.oldest_waiting
                 .get_or_create(&QueueLabel {
                     queue: queue.into(),
@@ -445,6 +466,8 @@ impl Metrics {
                 })
                 .set(i64::from(pause.paused));
         }
+        self.webhook_endpoints_disabled
+            .set(crate::webhooks::auto_disabled(&mut conn).await?);
         Ok(())
     }
 }

@@ -25,6 +25,67 @@ pub const EVENT_TYPES: [&str; 10] = [
     "compliance.resumed",
 ];
 
+/// An example body of each event type, as an endpoint that did not opt into addresses receives it
+/// (the OpenAPI document's `webhooks` section; a test checks each against a real event's fields).
+pub fn example_body(event_type: &str) -> serde_json::Value {
+    use serde_json::json;
+    let email = json!({
+        "job_id": "01KBDB7CW0J3M4N5P6Q7R8S9TV",
+        "template": "welcome",
+        "category": "transactional",
+        "ses_message_id": "0100019ae3b1a2c3-5f1e2d3c-0000-4a5b-9c8d-7e6f5a4b3c2d-000000",
+        "recipient": "a***@example.com",
+    });
+    let (extra, sequence) = match event_type {
+        "email.sent" => (json!({"sent_at": "2026-12-02T05:40:20.400Z"}), 1),
+        "email.delivered" => (json!({"delivered_at": "2026-12-02T05:40:21.950Z"}), 2),
+        "email.bounced" => (
+            json!({"bounced_at": "2026-12-02T05:40:22.100Z", "bounce_type": "Permanent", "hard": true}),
+            2,
+        ),
+        "email.complained" => (json!({"complained_at": "2026-12-02T07:12:03.000Z"}), 3),
+        "email.failed" => (
+            json!({"reason": "SES: MessageRejected: Email address is not verified", "ses_message_id": null}),
+            1,
+        ),
+        "email.suppressed" => (json!({"ses_message_id": null}), 1),
+        "suppression.created" => {
+            return example(
+                event_type,
+                json!({"type": "bounce", "reason": "Permanent bounce (General)",
+                       "transactional": true, "marketing": true,
+                       "recipient": "a***@example.com"}),
+            );
+        }
+        "suppression.removed" => {
+            return example(
+                event_type,
+                json!({"type": "bounce", "recipient": "a***@example.com"}),
+            );
+        }
+        "compliance.paused" => {
+            return example(
+                event_type,
+                json!({"category": "marketing", "reason": "bounce rate 5.2 % over 24 h (threshold 5 %)"}),
+            );
+        }
+        "compliance.resumed" => {
+            return example(event_type, json!({"category": "marketing", "reason": null}));
+        }
+        _ => return serde_json::Value::Null,
+    };
+    let mut data = email;
+    if let (Some(map), serde_json::Value::Object(more)) = (data.as_object_mut(), extra) {
+        map.extend(more);
+        map.insert("sequence".into(), json!(sequence));
+    }
+    example(event_type, data)
+}
+
+fn example(event_type: &str, data: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"type": event_type, "timestamp": "2026-12-02T05:40:20.400Z", "data": data})
+}
+
 /// How long a rotated-out secret still signs, beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::hours(24);
 
@@ -321,13 +382,7 @@ pub async fn signing_secrets(
     .fetch_optional(conn)
     .await?;
     Ok(row.map_or_else(Vec::new, |r| {
-        let mut out = vec![r.secret];
-        if let (Some(previous), Some(until)) = (r.previous_secret, r.previous_secret_expires_at)
-            && until > Utc::now()
-        {
-            out.push(previous);
-        }
-        out
+        Secrets::of(r.secret, r.previous_secret, r.previous_secret_expires_at).0
     }))
 }
 
@@ -462,6 +517,40 @@ pub struct Outgoing {
     pub include_addresses: bool,
     /// Whether the endpoint is enabled.
     pub enabled: bool,
+    /// The secrets to sign with: the current one, and the previous one during a rotation.
+    pub secrets: Secrets,
+}
+
+/// Signing secrets, kept out of `Debug` output.
+#[derive(Clone, Default)]
+pub struct Secrets(pub Vec<String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
+}
+
+impl Secrets {
+    /// The current secret, and the previous one while its overlap lasts.
+    fn of(current: String, previous: Option<String>, until: Option<DateTime<Utc>>) -> Self {
+        let mut out = vec![current];
+        if let (Some(previous), Some(until)) = (previous, until)
+            && until > Utc::now()
+        {
+            out.push(previous);
+        }
+        Self(out)
+    }
+
+    /// The `webhook-signature` header: one `v1,…` per secret, space-separated.
+    pub fn signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        self.0
+            .iter()
+            .filter_map(|s| sign(s, id, timestamp, body))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 impl Outgoing {
@@ -496,16 +585,17 @@ impl Outgoing {
     }
 }
 
-/// Loads a delivery for sending; `None` when it is gone (its endpoint was deleted).
+/// Loads a delivery for sending, with its signing secrets; `None` when it is gone (its endpoint
+/// was deleted).
 pub async fn outgoing(
     conn: &mut PgConnection,
     delivery: Uuid,
 ) -> Result<Option<Outgoing>, sqlx::Error> {
-    sqlx::query_as!(
-        Outgoing,
+    let row = sqlx::query!(
         r#"SELECT d.id AS delivery_id, d.status, e.id AS event_id, e.event_type, e.occurred_at,
                   e.email_job_id, e.sequence, e.data, e.recipient, p.id AS endpoint_id, p.url,
-                  p.include_addresses, p.enabled
+                  p.include_addresses, p.enabled, p.secret, p.previous_secret,
+                  p.previous_secret_expires_at
            FROM webhook_deliveries d
            JOIN webhook_events e ON e.id = d.event_id
            JOIN webhook_endpoints p ON p.id = d.endpoint_id
@@ -513,7 +603,31 @@ pub async fn outgoing(
         delivery
     )
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(row.map(|r| Outgoing {
+        delivery_id: r.delivery_id,
+        status: r.status,
+        event_id: r.event_id,
+        event_type: r.event_type,
+        occurred_at: r.occurred_at,
+        email_job_id: r.email_job_id,
+        sequence: r.sequence,
+        data: r.data,
+        recipient: r.recipient,
+        endpoint_id: r.endpoint_id,
+        url: r.url,
+        include_addresses: r.include_addresses,
+        enabled: r.enabled,
+        secrets: Secrets::of(r.secret, r.previous_secret, r.previous_secret_expires_at),
+    }))
+}
+
+/// Makes the deliveries (and their jobs) of up to `batch` events the triggers recorded; returns
+/// how many events it took. Workers call it in a loop; concurrent callers take different events.
+pub async fn fan_out(conn: &mut PgConnection, batch: i32) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT webhook_fan_out($1) AS "taken!""#, batch)
+        .fetch_one(conn)
+        .await
 }
 
 /// One POST's result, to be recorded.
@@ -534,6 +648,19 @@ pub struct Attempt<'a> {
 /// How long an endpoint may fail every delivery before it is disabled.
 pub const DISABLE_AFTER: Duration = Duration::hours(24);
 
+/// The `disabled_reason` of an endpoint the worker disabled after [`DISABLE_AFTER`] of failures.
+pub const AUTO_DISABLED: &str = "every delivery failed for a day";
+
+/// How many endpoints the worker disabled (a metric, and a warning on the console).
+pub async fn auto_disabled(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM webhook_endpoints WHERE NOT enabled AND disabled_reason = $1"#,
+        AUTO_DISABLED
+    )
+    .fetch_one(conn)
+    .await
+}
+
 /// Records an attempt on its delivery and the endpoint's health; returns true when this attempt
 /// disabled the endpoint (it had failed everything for [`DISABLE_AFTER`]).
 pub async fn record_attempt(
@@ -541,52 +668,41 @@ pub async fn record_attempt(
     out: &Outgoing,
     a: &Attempt<'_>,
 ) -> Result<bool, sqlx::Error> {
-    use sqlx::Connection as _;
-    let mut tx = conn.begin().await?;
-    sqlx::query!(
-        "INSERT INTO webhook_attempts (delivery_id, status_code, latency_ms, error, response_excerpt)
-         VALUES ($1, $2, $3, $4, $5)",
+    // One statement, so one round trip and its own transaction. The endpoint row is written only
+    // when its failure streak starts, ends or reaches a day, not on every failed attempt.
+    let since = Utc::now() - DISABLE_AFTER;
+    let disabled = sqlx::query_scalar!(
+        r#"WITH attempt AS (
+               INSERT INTO webhook_attempts (delivery_id, status_code, latency_ms, error, response_excerpt)
+               VALUES ($1, $2, $3, $4, $5)
+           ), delivery AS (
+               UPDATE webhook_deliveries SET status = $6, attempts = attempts + 1 WHERE id = $1
+           ), endpoint AS (
+               UPDATE webhook_endpoints
+               SET failing_since = CASE WHEN $6 = 'delivered' THEN NULL
+                                        ELSE coalesce(failing_since, now()) END,
+                   enabled = CASE WHEN $6 <> 'delivered' AND failing_since < $8 THEN false
+                                  ELSE enabled END,
+                   disabled_reason = CASE WHEN $6 <> 'delivered' AND failing_since < $8
+                                          THEN $9 ELSE disabled_reason END
+               WHERE id = $7
+                 AND CASE WHEN $6 = 'delivered' THEN failing_since IS NOT NULL
+                          ELSE failing_since IS NULL OR (failing_since < $8 AND enabled) END
+               RETURNING ($6 <> 'delivered' AND NOT enabled) AS disabled
+           )
+           SELECT coalesce((SELECT disabled FROM endpoint), false) AS "disabled!""#,
         out.delivery_id,
         a.status_code.map(i32::from),
         i32::try_from(a.latency_ms).unwrap_or(i32::MAX),
         a.error,
-        a.excerpt
+        a.excerpt,
+        a.status,
+        out.endpoint_id,
+        since,
+        AUTO_DISABLED
     )
-    .execute(&mut *tx)
+    .fetch_one(conn)
     .await?;
-    sqlx::query!(
-        "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1 WHERE id = $1",
-        out.delivery_id,
-        a.status
-    )
-    .execute(&mut *tx)
-    .await?;
-    let disabled = if a.status == "delivered" {
-        sqlx::query!(
-            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL",
-            out.endpoint_id
-        )
-        .execute(&mut *tx)
-        .await?;
-        false
-    } else {
-        let since = Utc::now() - DISABLE_AFTER;
-        sqlx::query_scalar!(
-            r#"UPDATE webhook_endpoints
-               SET failing_since = coalesce(failing_since, now()),
-                   enabled = CASE WHEN failing_since < $2 THEN false ELSE enabled END,
-                   disabled_reason = CASE WHEN failing_since < $2 AND enabled
-                                          THEN 'every delivery failed for a day' ELSE disabled_reason END
-               WHERE id = $1
-               RETURNING (failing_since < $2 AND NOT enabled) AS "disabled!""#,
-            out.endpoint_id,
-            since
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(false)
-    };
-    tx.commit().await?;
     Ok(disabled)
 }
 
@@ -674,10 +790,14 @@ pub async fn prune(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, sqlx::Error> {
+    // Events are keyed by UUIDv7, which begins with its time in ms: the smallest id of `before`'s
+    // millisecond bounds the older ones, so the primary key serves.
+    let ms = u128::try_from(before.timestamp_millis()).unwrap_or(0);
+    let bound = Uuid::from_u128(ms << 80);
     Ok(sqlx::query!(
-        "WITH doomed AS (SELECT id FROM webhook_events WHERE created_at < $1 ORDER BY created_at LIMIT $2)
+        "WITH doomed AS (SELECT id FROM webhook_events WHERE id < $1 ORDER BY id LIMIT $2)
          DELETE FROM webhook_events e USING doomed WHERE e.id = doomed.id",
-        before,
+        bound,
         limit
     )
     .execute(pool)

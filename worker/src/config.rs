@@ -52,8 +52,12 @@ pub struct WorkerConfig {
     pub webhook_backoff_max: Duration,
     /// `WEBHOOK_TIMEOUT_SECS` (default 10): one webhook POST's deadline.
     pub webhook_timeout: Duration,
-    /// `WEBHOOK_CONCURRENCY` (default 8): webhook deliveries in flight per process.
+    /// `WEBHOOK_CONCURRENCY` (default 8): webhook deliveries in flight per process; 0 makes a
+    /// process that delivers none and runs no relay (others must).
     pub webhook_concurrency: usize,
+    /// `WEBHOOK_RELAY_INTERVAL_MS` (default 200): how often the relay looks for recorded events
+    /// when it has none left (it works through a backlog without pausing).
+    pub webhook_relay_interval: Duration,
     /// `SQS_FEEDBACK_QUEUE_URL` (optional): the queue SES feedback arrives on; unset, no consumer runs.
     pub sqs_feedback_queue_url: Option<String>,
     /// `FEEDBACK_CONCURRENCY` (default 2): concurrent long polls of the feedback queue.
@@ -228,10 +232,8 @@ impl WorkerConfig {
             webhook_backoff_base: ms("WEBHOOK_BACKOFF_BASE_MS", 5000)?,
             webhook_backoff_max: secs("WEBHOOK_BACKOFF_MAX_SECS", 21_600)?,
             webhook_timeout: secs("WEBHOOK_TIMEOUT_SECS", 10)?,
-            webhook_concurrency: positive(
-                "WEBHOOK_CONCURRENCY",
-                parse_or(env, "WEBHOOK_CONCURRENCY", 8_usize)?,
-            )?,
+            webhook_concurrency: parse_or(env, "WEBHOOK_CONCURRENCY", 8_usize)?,
+            webhook_relay_interval: ms("WEBHOOK_RELAY_INTERVAL_MS", 200)?,
         })
     }
 }

@@ -154,16 +154,26 @@ pub fn queue_backend<T>(
         )
 }
 
-/// A backend polled at `poll_interval` only, holding no LISTEN connection: for queues where a
-/// second of latency costs nothing (webhook deliveries), so each process keeps its pool for email.
-pub fn polled_backend<T>(
+/// A backend woken by `wake` (this process's webhook relay, after it queued deliveries) and polled
+/// at `poll_interval` for retries, holding no LISTEN connection, so each process keeps its pool
+/// for email.
+pub fn woken_backend<T>(
     pool: &PgPool,
     queue_config: QueueConfig,
     poll_interval: Duration,
+    wake: Arc<tokio::sync::Notify>,
 ) -> PollWith<PostgresStorage<T>, Strategy> {
+    let woken = futures::stream::unfold(wake, |wake| async move {
+        wake.notified().await;
+        Some(((), wake))
+    });
     PostgresStorage::<T>::new(pool)
         .with_config(queue_config)
-        .poll_with_strategy(Strategy::new().interval(poll_interval))
+        .poll_with_strategy(
+            Strategy::new()
+                .stream(Driven::spawn(woken))
+                .interval(poll_interval),
+        )
 }
 
 /// A stream polled by a task of its own, its items handed over through a small buffer (extra
@@ -244,7 +254,20 @@ pub async fn run(
         .queue(herald_shared::webhooks::WEBHOOK_QUEUE);
     let webhook_concurrency = config.webhook_concurrency;
     let webhook_pool = pool.clone();
-    Monitor::new()
+    // The relay fans the outbox's events out into delivery jobs and wakes this process's delivery
+    // worker; a process that delivers no webhooks runs none.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let relay_token = tokio_util::sync::CancellationToken::new();
+    let _relay_stops = relay_token.clone().drop_guard();
+    if webhook_concurrency > 0 {
+        tokio::spawn(webhooks::relay(
+            pool.clone(),
+            config.webhook_relay_interval,
+            wake.clone(),
+            relay_token.clone(),
+        ));
+    }
+    let monitor = Monitor::new()
         .should_restart(|worker, error| {
             tracing::error!(worker = worker.name(), error = %error, "worker stopped with an error; restarting");
             pause_before_restart();
@@ -277,11 +300,14 @@ pub async fn run(
                 .data(maintenance_ctx.clone())
                 .build(job::handle::<MaintenanceJob>)
         })
-        .register(move |_restarts| {
-            let backend = polled_backend::<herald_shared::webhooks::WebhookJob>(
+        ;
+    let monitor = if webhook_concurrency > 0 {
+        monitor.register(move |_restarts| {
+            let backend = woken_backend::<herald_shared::webhooks::WebhookJob>(
                 &webhook_pool,
                 webhook_config.clone(),
                 poll_interval,
+                wake.clone(),
             );
             WorkerBuilder::new(format!("herald-webhooks-{}", ulid::Ulid::generate()))
                 .backend(backend)
@@ -289,8 +315,13 @@ pub async fn run(
                 .data(webhook_ctx.clone())
                 .build(job::handle::<herald_shared::webhooks::WebhookJob>)
         })
+    } else {
+        monitor
+    };
+    monitor
         .run_with_signal(async move {
             shutdown.await;
+            relay_token.cancel();
             tracing::info!("shutdown signal: no new jobs; finishing those in flight");
             Ok(())
         })

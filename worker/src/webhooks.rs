@@ -39,13 +39,16 @@ impl WebhookContext {
         pool: PgPool,
         metrics: Arc<herald_shared::metrics::Metrics>,
     ) -> Result<Self, reqwest::Error> {
+        let mut http = reqwest::Client::builder()
+            .timeout(config.webhook_timeout)
+            .connect_timeout(config.webhook_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("Herald-Webhooks/1");
+        if config.app_env == AppEnv::Production {
+            http = http.dns_resolver(Arc::new(PublicOnly));
+        }
         Ok(Self {
-            http: reqwest::Client::builder()
-                .timeout(config.webhook_timeout)
-                .connect_timeout(config.webhook_timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent("Herald-Webhooks/1")
-                .build()?,
+            http: http.build()?,
             pool,
             metrics,
             in_flight: Arc::default(),
@@ -65,6 +68,32 @@ impl JobContext for WebhookContext {
     }
     fn in_flight(&self) -> &Arc<InFlight> {
         &self.in_flight
+    }
+}
+
+/// The resolver of production's webhook client: a name with any internal address is refused when
+/// the connection is made, so a name cannot pass the URL check with a public address and then be
+/// connected to a private one (DNS rebinding). IP literals never reach it; the URL check refuses
+/// internal ones.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(bad) = found.iter().find(|a| webhooks::is_internal(a.ip())) {
+                return Err(
+                    format!("{host} resolves to an internal address ({})", bad.ip()).into(),
+                );
+            }
+            if found.is_empty() {
+                return Err(format!("{host} resolves to no address").into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
+            Ok(addrs)
+        })
     }
 }
 
@@ -155,6 +184,17 @@ impl HeraldJob for WebhookJob {
                 (None, Some(why), None, status, next)
             }
         };
+        let counted = if status == "pending" {
+            "retried"
+        } else {
+            status
+        };
+        ctx.metrics
+            .webhook_deliveries
+            .get_or_create(&herald_shared::metrics::Outcome {
+                outcome: counted.into(),
+            })
+            .inc();
         let _ = record(
             &ctx,
             &out,
@@ -222,20 +262,10 @@ async fn post(ctx: &WebhookContext, out: &Outgoing) -> Result<(Answer, String), 
             .await
             .map_err(|e| e.to_string())?;
     }
-    let secrets = {
-        let mut conn = ctx.pool.acquire().await.map_err(|e| e.to_string())?;
-        webhooks::signing_secrets(&mut conn, out.endpoint_id)
-            .await
-            .map_err(|e| e.to_string())?
-    };
     let body = out.body();
     let id = out.message_id();
     let timestamp = chrono::Utc::now().timestamp();
-    let signature = secrets
-        .iter()
-        .filter_map(|s| webhooks::sign(s, &id, timestamp, &body))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let signature = out.secrets.signature(&id, timestamp, &body);
     let res = ctx
         .http
         .post(&out.url)
@@ -258,4 +288,81 @@ async fn post(ctx: &WebhookContext, out: &Outgoing) -> Result<(Answer, String), 
         Answer::Refused(format!("HTTP {code}: refused, not retried"))
     };
     Ok((answer, excerpt))
+}
+
+/// Events fanned out per relay statement.
+pub const RELAY_BATCH: i32 = 500;
+
+/// Fans out the events the triggers record into deliveries and their jobs until `token` is
+/// cancelled: batch after batch while there is a backlog, then every `interval`. After each batch
+/// that made work it wakes this process's delivery worker through `wake` (the webhook queue holds
+/// no LISTEN connection). Relays of several processes take different events.
+pub async fn relay(
+    pool: PgPool,
+    interval: Duration,
+    wake: Arc<tokio::sync::Notify>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let taken = async {
+            let mut conn = pool.acquire().await?;
+            webhooks::fan_out(&mut conn, RELAY_BATCH).await
+        }
+        .await;
+        let pause = match taken {
+            Ok(n) if n > 0 => {
+                tracing::debug!(events = n, "webhook events fanned out");
+                wake.notify_one();
+                if n == RELAY_BATCH {
+                    Duration::ZERO
+                } else {
+                    interval
+                }
+            }
+            Ok(_) => interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook relay cannot reach the database; trying again");
+                interval.max(Duration::from_secs(1))
+            }
+        };
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::dns::Resolve as _;
+
+    #[tokio::test]
+    async fn production_resolver_refuses_a_name_for_an_internal_address() {
+        let name: reqwest::dns::Name = "localhost".parse().expect("name");
+        let err = match super::PublicOnly.resolve(name).await {
+            Ok(addrs) => panic!("resolved to {:?}", addrs.collect::<Vec<_>>()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("internal address"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn production_client_will_not_connect_to_a_name_for_loopback() {
+        // A receiver on loopback that would answer, reached by name through the production client.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(super::PublicOnly))
+            .build()
+            .expect("client");
+        let err = client
+            .post(format!("http://localhost:{port}/hook"))
+            .send()
+            .await
+            .expect_err("refused before connecting");
+        let chain = herald_shared::telemetry::error_chain(&err);
+        assert!(chain.contains("internal address"), "{chain}");
+    }
 }

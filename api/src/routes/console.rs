@@ -344,7 +344,7 @@ pub async fn overview(
             // Endpoints the worker disabled (a day of failures), not those an operator turned off.
             "disabled_endpoints": endpoints
                 .iter()
-                .filter(|e| !e.enabled && e.disabled_reason.as_deref() != Some("disabled by an operator"))
+                .filter(|e| !e.enabled && e.disabled_reason.as_deref() == Some(herald_shared::webhooks::AUTO_DISABLED))
                 .collect::<Vec<_>>(),
         }))
     }

@@ -375,6 +375,32 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
     .map(str::to_owned)
     .collect();
     assert_eq!(documented, expected);
+    // The webhooks section: every event type Herald POSTs, with its signature headers and the
+    // example a test in shared checks against real events.
+    let hooks = doc["webhooks"].as_object().expect("webhooks");
+    let mut events: Vec<&str> = hooks.keys().map(String::as_str).collect();
+    events.sort_unstable();
+    let mut all = herald_shared::webhooks::EVENT_TYPES.to_vec();
+    all.sort_unstable();
+    assert_eq!(events, all);
+    for (event, item) in hooks {
+        let body = &item["post"]["requestBody"]["content"]["application/json"];
+        assert_eq!(body["example"]["type"], event.as_str());
+        assert_eq!(
+            body["example"],
+            herald_shared::webhooks::example_body(event)
+        );
+        let headers: Vec<&str> = item["post"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(
+            headers,
+            ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        );
+    }
     // Every documented route exists in the router: none falls through to the 404 fallback route.
     for entry in &documented {
         let (method, path) = entry.split_once(' ').expect("entry");

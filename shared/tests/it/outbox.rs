@@ -94,6 +94,18 @@ async fn events_are_recorded_with_their_change_and_only_for_subscribed_kinds(poo
         ],
         "delivered is not subscribed; the sequence counts only recorded events"
     );
+    // The change's transaction wrote the events only; the relay makes their deliveries.
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
+    assert_eq!(pending, 0, "no delivery before the relay runs");
+    assert_eq!(webhooks::fan_out(&mut conn, 100).await.expect("fan out"), 2);
+    assert_eq!(
+        webhooks::fan_out(&mut conn, 100).await.expect("fan out"),
+        0,
+        "an event is fanned out once"
+    );
     let deliveries: Vec<(uuid::Uuid, String)> = sqlx::query_as(
         "SELECT d.endpoint_id, e.event_type FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
          WHERE d.status = 'pending' ORDER BY e.id, d.endpoint_id",
@@ -165,6 +177,68 @@ async fn events_are_recorded_with_their_change_and_only_for_subscribed_kinds(poo
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn relays_share_the_waiting_events_and_deliver_to_endpoints_subscribed_when_they_run(
+    pool: PgPool,
+) {
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
+    let mut conn = pool.acquire().await.expect("conn");
+    let kept = endpoint(&mut conn, &["email.sent"]).await;
+    let dropped = endpoint(&mut conn, &["email.sent"]).await;
+    for _ in 0..5 {
+        sent_email(&mut conn).await;
+    }
+    // An endpoint disabled before the relay ran gets none of the events.
+    webhooks::update(
+        &mut conn,
+        dropped,
+        &webhooks::Change {
+            enabled: Some(false),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("disable");
+    // Two relays at once: the first holds two events in its open transaction, the second takes
+    // the other three without waiting for it.
+    let mut first = pool.begin().await.expect("begin");
+    assert_eq!(webhooks::fan_out(&mut first, 2).await.expect("first"), 2);
+    let mut second = pool.acquire().await.expect("conn");
+    let taken = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        webhooks::fan_out(&mut second, 10),
+    )
+    .await
+    .expect("the second relay does not wait for the first")
+    .expect("second");
+    assert_eq!(taken, 3);
+    first.commit().await.expect("commit");
+    assert_eq!(webhooks::fan_out(&mut conn, 10).await.expect("again"), 0);
+    let per_endpoint: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT d.endpoint_id, count(*), count(DISTINCT d.event_id) FROM webhook_deliveries d
+         GROUP BY d.endpoint_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("deliveries");
+    assert_eq!(per_endpoint, vec![(kept, 5, 5)]);
+    let jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = 'herald.webhooks'")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("jobs");
+    assert_eq!(jobs, 5, "one job per delivery");
+
+    // A relay that rolls back (a crash) leaves its events waiting for the next.
+    sent_email(&mut conn).await;
+    let mut crashed = pool.begin().await.expect("begin");
+    assert_eq!(webhooks::fan_out(&mut crashed, 10).await.expect("taken"), 1);
+    crashed.rollback().await.expect("rollback");
+    assert_eq!(webhooks::fan_out(&mut conn, 10).await.expect("retaken"), 1);
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn suppression_and_compliance_changes_are_events_too(pool: PgPool) {
     apalis_postgres::PostgresStorage::setup(&pool)
         .await
@@ -216,4 +290,297 @@ async fn suppression_and_compliance_changes_are_events_too(pool: PgPool) {
     .await
     .expect("recipient");
     assert_eq!(recipient.as_deref(), Some("bo@example.com"));
+}
+
+/// The keys of a JSON object, nested objects' keys as `outer.inner`.
+fn keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, inner) in map {
+            out.push(format!("{prefix}{k}"));
+            keys(inner, &format!("{prefix}{k}."), out);
+        }
+    }
+    out.sort();
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPool) {
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
+    let mut conn = pool.acquire().await.expect("conn");
+    endpoint(&mut conn, &webhooks::EVENT_TYPES).await;
+    // Each event type caused by the change that causes it in production.
+    let id = sent_email(&mut conn).await;
+    let message = format!("ses-{id}");
+    for (kind, bounce) in [
+        (Feedback::Delivery, None),
+        (Feedback::Bounce, Some("Permanent")),
+        (Feedback::Complaint, None),
+    ] {
+        assert!(
+            ledger::record_feedback(&mut conn, &message, kind, Utc::now(), bounce)
+                .await
+                .expect("feedback")
+        );
+    }
+    for (n, suppressed) in [(0, false), (1, true)] {
+        let job = format!("job-{n}-{}", ulid::Ulid::generate());
+        ledger::insert(
+            &mut conn,
+            &job,
+            "bo@example.com",
+            "welcome",
+            Category::Transactional,
+        )
+        .await
+        .expect("insert");
+        if suppressed {
+            assert!(ledger::suppress(&mut conn, &job).await.expect("suppress"));
+        } else {
+            assert!(ledger::claim(&mut conn, &job, None).await.expect("claim"));
+            assert!(
+                ledger::fail(&mut conn, &job, "SES refused", false)
+                    .await
+                    .expect("fail")
+            );
+        }
+    }
+    suppressions::add_recorded(
+        &mut conn,
+        "cy@example.com",
+        SuppressionType::Manual,
+        Some("asked"),
+        "test",
+    )
+    .await
+    .expect("add");
+    suppressions::remove_recorded(&mut conn, "cy@example.com", Some("mistake"), "test")
+        .await
+        .expect("remove");
+    sqlx::query("UPDATE compliance_pauses SET paused = true, reason = 'bounce rate' WHERE category = 'marketing'")
+        .execute(&mut *conn)
+        .await
+        .expect("pause");
+    herald_shared::compliance::resume(&mut conn, &[Category::Marketing])
+        .await
+        .expect("resume");
+    webhooks::fan_out(&mut conn, 100).await.expect("fan out");
+
+    let deliveries: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM webhook_deliveries ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("deliveries");
+    let mut seen = Vec::new();
+    for delivery in deliveries {
+        let out = webhooks::outgoing(&mut conn, delivery)
+            .await
+            .expect("outgoing")
+            .expect("found");
+        let body: serde_json::Value = serde_json::from_slice(&out.body()).expect("json");
+        let example = webhooks::example_body(&out.event_type);
+        let (mut real, mut documented) = (Vec::new(), Vec::new());
+        keys(&body, "", &mut real);
+        keys(&example, "", &mut documented);
+        assert_eq!(
+            real, documented,
+            "{}: {body} vs the example {example}",
+            out.event_type
+        );
+        assert_eq!(body["type"], example["type"]);
+        seen.push(out.event_type);
+    }
+    seen.sort();
+    let mut all = webhooks::EVENT_TYPES.map(str::to_owned).to_vec();
+    all.sort();
+    assert_eq!(seen, all, "one event of each type");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn only_an_endpoint_that_opted_in_gets_full_addresses(pool: PgPool) {
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
+    let mut conn = pool.acquire().await.expect("conn");
+    let events = ["email.sent".to_owned(), "suppression.created".to_owned()];
+    let mut endpoints = Vec::new();
+    for include_addresses in [false, true] {
+        let id = webhooks::create(
+            &mut conn,
+            &NewEndpoint {
+                url: "http://127.0.0.1:9/hook",
+                description: None,
+                events: &events,
+                include_addresses,
+                secret: "c2VjcmV0",
+            },
+        )
+        .await
+        .expect("endpoint")
+        .id;
+        endpoints.push((id, include_addresses));
+    }
+    sent_email(&mut conn).await;
+    suppressions::add_recorded(
+        &mut conn,
+        "Cy@Example.com",
+        SuppressionType::Manual,
+        None,
+        "test",
+    )
+    .await
+    .expect("add");
+    assert_eq!(webhooks::fan_out(&mut conn, 10).await.expect("fan out"), 2);
+    let deliveries: Vec<(uuid::Uuid, uuid::Uuid)> =
+        sqlx::query_as("SELECT id, endpoint_id FROM webhook_deliveries")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("deliveries");
+    assert_eq!(deliveries.len(), 4);
+    for (delivery, endpoint) in deliveries {
+        let out = webhooks::outgoing(&mut conn, delivery)
+            .await
+            .expect("outgoing")
+            .expect("found");
+        let body = String::from_utf8(out.body()).expect("utf8");
+        let opted_in = endpoints.iter().any(|(id, yes)| *id == endpoint && *yes);
+        let full = if out.event_type == "email.sent" {
+            "ada@example.com"
+        } else {
+            "cy@example.com"
+        };
+        assert_eq!(body.contains(full), opted_in, "{body}");
+        if !opted_in {
+            assert!(body.contains("@example.com"), "a masked address: {body}");
+        }
+    }
+    // The data stored for every endpoint carries no address.
+    let data: Vec<String> = sqlx::query_scalar("SELECT data::text FROM webhook_events")
+        .fetch_all(&mut *conn)
+        .await
+        .expect("data");
+    assert!(data.iter().all(|d| !d.contains("example.com")), "{data:?}");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_day_of_failures_disables_an_endpoint_and_the_metric_shows_it(pool: PgPool) {
+    use herald_shared::webhooks::Attempt;
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
+    let mut conn = pool.acquire().await.expect("conn");
+    let id = endpoint(&mut conn, &["email.sent"]).await;
+    sent_email(&mut conn).await;
+    webhooks::fan_out(&mut conn, 10).await.expect("fan out");
+    let delivery: uuid::Uuid = sqlx::query_scalar("SELECT id FROM webhook_deliveries")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("delivery");
+    let out = webhooks::outgoing(&mut conn, delivery)
+        .await
+        .expect("outgoing")
+        .expect("found");
+    let failed = Attempt {
+        status_code: Some(503),
+        latency_ms: 12,
+        error: Some("HTTP 503: will retry"),
+        excerpt: Some("busy"),
+        status: "pending",
+    };
+    assert!(
+        !webhooks::record_attempt(&mut conn, &out, &failed)
+            .await
+            .expect("first")
+    );
+    let (enabled, since, stamped) = state(&mut conn, id).await.expect("state");
+    assert!(enabled && since.is_some(), "a failure starts the streak");
+    // Later failures within the day leave the endpoint's row alone.
+    assert!(
+        !webhooks::record_attempt(&mut conn, &out, &failed)
+            .await
+            .expect("second")
+    );
+    assert_eq!(
+        state(&mut conn, id).await.expect("state"),
+        (true, since, stamped)
+    );
+
+    let metrics = herald_shared::metrics::Metrics::default();
+    let scrape = metrics.render(&pool).await.expect("metrics");
+    assert!(
+        scrape.contains("herald_webhook_endpoints_disabled 0"),
+        "{scrape}"
+    );
+
+    // A day on, the next failure disables it.
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = now() - interval '25 hours' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .expect("age");
+    assert!(
+        webhooks::record_attempt(&mut conn, &out, &failed)
+            .await
+            .expect("third")
+    );
+    let found = webhooks::find(&mut conn, id)
+        .await
+        .expect("find")
+        .expect("endpoint");
+    assert!(!found.enabled);
+    assert_eq!(
+        found.disabled_reason.as_deref(),
+        Some(webhooks::AUTO_DISABLED)
+    );
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM webhook_deliveries WHERE id = $1")
+        .bind(delivery)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts, 3, "every attempt is counted");
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_attempts WHERE delivery_id = $1")
+            .bind(delivery)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("kept");
+    assert_eq!(kept, 3);
+    tokio::time::sleep(herald_shared::metrics::GAUGE_REFRESH).await;
+    let scrape = metrics.render(&pool).await.expect("metrics");
+    assert!(
+        scrape.contains("herald_webhook_endpoints_disabled 1"),
+        "{scrape}"
+    );
+
+    // A success ends a streak.
+    sqlx::query("UPDATE webhook_endpoints SET enabled = true, failing_since = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .expect("re-enable");
+    let delivered = Attempt {
+        status_code: Some(200),
+        status: "delivered",
+        error: None,
+        ..failed
+    };
+    assert!(
+        !webhooks::record_attempt(&mut conn, &out, &delivered)
+            .await
+            .expect("ok")
+    );
+    let (enabled, since, _) = state(&mut conn, id).await.expect("state");
+    assert!(enabled && since.is_none());
+}
+
+type EndpointState = (bool, Option<chrono::DateTime<Utc>>, chrono::DateTime<Utc>);
+
+async fn state(conn: &mut PgConnection, id: uuid::Uuid) -> Result<EndpointState, sqlx::Error> {
+    sqlx::query_as("SELECT enabled, failing_since, updated_at FROM webhook_endpoints WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
 }

@@ -556,7 +556,7 @@ async fn the_app_role_has_exactly_the_rights_herald_needs_and_no_more() {
         "public.webhook_attempts: SELECT, INSERT, DELETE",
         "public.webhook_deliveries: SELECT, INSERT, UPDATE, DELETE",
         "public.webhook_endpoints: SELECT, INSERT, UPDATE, DELETE",
-        "public.webhook_events: SELECT, INSERT, DELETE",
+        "public.webhook_events: SELECT, INSERT, UPDATE, DELETE",
     ];
     let missing: Vec<&&str> = expected
         .iter()

@@ -147,6 +147,17 @@ pub async fn start_api(url: &str, pool: &PgPool) -> String {
 
 /// The worker binary cargo built for this bench, against the database and the SES stub.
 pub fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> Child {
+    spawn_worker_with(url, stub, batch, concurrency, &[])
+}
+
+/// [`spawn_worker`] with more environment variables.
+pub fn spawn_worker_with(
+    url: &str,
+    stub: &str,
+    batch: usize,
+    concurrency: usize,
+    extra: &[(&str, &str)],
+) -> Child {
     // BENCH_WORKER_BIN compares another build of the worker (say, the previous commit's) in one run.
     let bin = std::env::var("BENCH_WORKER_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald-worker").to_owned());
@@ -166,6 +177,7 @@ pub fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> 
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("METRICS_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
