@@ -273,3 +273,52 @@ async fn events_arrive_signed_are_retried_with_backoff_and_survive_a_killed_work
     assert_eq!(statuses, ["delivered", "delivered"], "{flaky_deliveries}");
     stack.finish().await;
 }
+
+#[path = "../../examples/webhook_receiver.rs"]
+#[allow(dead_code)]
+mod receiver_example;
+
+#[test]
+fn the_documented_receiver_accepts_herald_signatures_and_refuses_forgeries() {
+    use herald_shared::webhooks::{new_secret, sign};
+    use receiver_example::verify;
+    let secret = format!("whsec_{}", new_secret().expect("secret"));
+    let old = format!("whsec_{}", new_secret().expect("secret"));
+    let body = br#"{"type":"email.sent","timestamp":"2026-12-02T05:40:20.400Z","data":{}}"#;
+    let (id, ts) = ("msg_0193a1b2c3d4", 1_764_654_020_i64);
+    let t = ts.to_string();
+    let good = sign(&secret, id, ts, body).expect("sign");
+    assert!(verify(&secret, id, &t, &good, body, ts));
+    // During a rotation Herald sends both signatures; either secret verifies.
+    let both = format!("{} {good}", sign(&old, id, ts, body).expect("sign"));
+    assert!(verify(&secret, id, &t, &both, body, ts + 60));
+    assert!(verify(&old, id, &t, &both, body, ts - 60));
+    // Forged and malformed deliveries.
+    let other = format!("whsec_{}", new_secret().expect("secret"));
+    // (secret, id, timestamp, signatures, body, now)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a str, &'a [u8], i64);
+    let cases: [Case<'_>; 9] = [
+        (&secret, id, &t, &good, b"{\"type\":\"email.failed\"}", ts),
+        (&secret, "msg_other", &t, &good, body, ts),
+        (&other, id, &t, &good, body, ts),
+        (&secret, id, &t, &good, body, ts + 301),
+        (&secret, id, &t, &good, body, ts - 301),
+        (&secret, id, "soon", &good, body, ts),
+        (&secret, id, &t, good.trim_start_matches("v1,"), body, ts),
+        (&secret, id, &t, "v1,not-base64!", body, ts),
+        ("whsec_%%%", id, &t, &good, body, ts),
+    ];
+    for (n, (key, id, t, sig, body, now)) in cases.into_iter().enumerate() {
+        assert!(!verify(key, id, t, sig, body, now), "case {n} was accepted");
+    }
+}
+
+#[test]
+fn the_docs_show_the_receiver_as_it_is_compiled() {
+    let docs = include_str!("../../../docs/webhooks.md");
+    let example = include_str!("../../examples/webhook_receiver.rs");
+    assert!(
+        docs.contains(example.trim()),
+        "docs/webhooks.md must show worker/examples/webhook_receiver.rs as it is"
+    );
+}
