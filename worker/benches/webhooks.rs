@@ -65,6 +65,8 @@ async fn main() {
         "one subscriber, delivering meanwhile",
     ];
     let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    // CPU milliseconds per email, worker and PostgreSQL together.
+    let mut cpu: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..rounds * 3 {
         let mode = round % 3;
         sqlx::query("UPDATE webhook_endpoints SET enabled = $2 WHERE id = $1")
@@ -98,6 +100,7 @@ async fn main() {
                 },
             })
             .collect();
+        let cpu_before = common::cpu_seconds(worker.id());
         let start = Instant::now();
         let mut conn = db.pool.acquire().await.expect("conn");
         for chunk in payloads.chunks(500) {
@@ -127,10 +130,12 @@ async fn main() {
                 start.elapsed() < Duration::from_secs(600),
                 "emails did not drain"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let rate = jobs as f64 / start.elapsed().as_secs_f64();
         rates[mode].push(rate);
+        let per_email = (common::cpu_seconds(worker.id()) - cpu_before) * 1000.0 / jobs as f64;
+        cpu[mode].push(per_email);
         let recorded = count(&db.pool, "SELECT count(*) FROM webhook_events").await;
         if mode == 2 {
             // Every event delivered before the next round starts.
@@ -148,14 +153,19 @@ async fn main() {
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // This mode's CPU is the email's and its webhook's, all delivered.
+            let with_webhook =
+                (common::cpu_seconds(worker.id()) - cpu_before) * 1000.0 / jobs as f64;
+            cpu[mode].pop();
+            cpu[mode].push(with_webhook);
             println!(
-                "round {round}: {}: {rate:.0} emails/s; {recorded} events, all delivered {:.1} s after the first enqueue",
+                "round {round}: {}: {rate:.0} emails/s; {recorded} events, all delivered {:.1} s after the first enqueue, {with_webhook:.2} CPU ms per email and its webhook",
                 MODES[mode],
                 start.elapsed().as_secs_f64()
             );
         } else {
             println!(
-                "round {round}: {}: {rate:.0} emails/s; {recorded} events recorded",
+                "round {round}: {}: {rate:.0} emails/s, {per_email:.2} CPU ms per email; {recorded} events recorded",
                 MODES[mode]
             );
         }
@@ -189,13 +199,33 @@ async fn main() {
         common::median(&per_cycle)
     };
     let (outbox_ratio, both_ratio) = (ratio(1), ratio(2));
+    let cpu_ratio = |mode: usize| {
+        let per_cycle: Vec<f64> = cpu[mode]
+            .iter()
+            .zip(&cpu[0])
+            .map(|(with, without)| with / without)
+            .collect();
+        common::median(&per_cycle)
+    };
     println!(
         "email path (medians of {rounds}): no subscriber {none:.0}/s; one subscribed endpoint, outbox only {outbox:.0}/s; delivering meanwhile {both:.0}/s"
     );
     println!(
         "ratios to no subscriber (median of the {rounds} cycles' ratios): outbox only {outbox_ratio:.3} (the outbox may cost at most 10 %), delivering meanwhile {both_ratio:.3}"
     );
+    println!(
+        "CPU per email (worker + PostgreSQL, medians): no subscriber {:.2} ms; outbox only {:.2} ms (x{:.3}); delivering meanwhile {:.2} ms (x{:.3}: the email and its webhook)",
+        common::median(&cpu[0]),
+        common::median(&cpu[1]),
+        cpu_ratio(1),
+        common::median(&cpu[2]),
+        cpu_ratio(2)
+    );
     println!("BENCH-KEY email_path_with_webhook_vs_none={outbox_ratio:.3}");
+    println!(
+        "BENCH-KEY email_cpu_with_webhook_vs_none={:.3}",
+        cpu_ratio(1)
+    );
     println!("BENCH-KEY email_path_delivering_webhooks_vs_none={both_ratio:.3}");
 
     // 2. Delivery rate: `events` events queued at once, drained by one worker process.

@@ -210,3 +210,39 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
+
+/// CPU seconds (user + system) used so far by `pid` and every PostgreSQL process on this machine:
+/// the work a run costs, which another tenant's load slows but does not change much, unlike its
+/// wall-clock rate. Backends that exit between two readings drop out; compare readings taken
+/// while the same connections are open.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks_of = |stat: &str| -> Option<(String, u64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // After the command: state is field 3 of stat, utime 14 and stime 15.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((comm, utime + stime))
+    };
+    let mut ticks = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(n) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{n}/stat")) else {
+                continue;
+            };
+            if let Some((comm, t)) = ticks_of(&stat)
+                && (n == pid || comm == "postgres")
+            {
+                ticks += t;
+            }
+        }
+    }
+    // Linux reports in clock ticks of 1/100 s (USER_HZ) on every architecture it runs on here.
+    ticks as f64 / 100.0
+}
