@@ -26,10 +26,12 @@ async fn endpoint(conn: &mut PgConnection, events: &[&str]) -> uuid::Uuid {
 }
 
 async fn events(conn: &mut PgConnection) -> Vec<(String, Option<String>, Option<i32>)> {
-    sqlx::query_as("SELECT event_type, email_job_id, sequence FROM webhook_events ORDER BY id")
-        .fetch_all(conn)
-        .await
-        .expect("events")
+    sqlx::query_as(
+        "SELECT event_type, email_job_id, sequence FROM webhook_events ORDER BY occurred_at, id",
+    )
+    .fetch_all(conn)
+    .await
+    .expect("events")
 }
 
 async fn sent_email(conn: &mut PgConnection) -> String {
