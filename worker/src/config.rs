@@ -314,6 +314,24 @@ mod tests {
         assert!(err.to_string().starts_with("EMAIL_FROM"), "{err}");
     }
 
+    #[test]
+    fn webhook_delivery_can_be_turned_off_but_the_relay_cannot_spin() {
+        let c = WorkerConfig::from_source(&BASE).expect("valid");
+        assert_eq!(c.webhook_concurrency, 8);
+        assert_eq!(c.webhook_relay_interval, Duration::from_millis(200));
+        let off = WorkerConfig::from_source(&with(&[("WEBHOOK_CONCURRENCY", "0")])).expect("0");
+        assert_eq!(off.webhook_concurrency, 0);
+        let err = WorkerConfig::from_source(&with(&[("WEBHOOK_RELAY_INTERVAL_MS", "0")]))
+            .expect_err("zero interval");
+        assert!(
+            err.to_string().starts_with("WEBHOOK_RELAY_INTERVAL_MS"),
+            "{err}"
+        );
+        let err = WorkerConfig::from_source(&with(&[("WEBHOOK_CONCURRENCY", "-1")]))
+            .expect_err("negative");
+        assert!(err.to_string().starts_with("WEBHOOK_CONCURRENCY"), "{err}");
+    }
+
     fn with(extra: &[(&'static str, &'static str)]) -> std::collections::HashMap<String, String> {
         BASE.iter()
             .chain(extra)
