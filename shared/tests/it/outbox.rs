@@ -256,25 +256,7 @@ async fn suppression_and_compliance_changes_are_events_too(pool: PgPool) {
         ],
     )
     .await;
-    suppressions::add_recorded(
-        &mut conn,
-        "Bo@Example.com",
-        SuppressionType::Manual,
-        Some("asked"),
-        "test",
-    )
-    .await
-    .expect("add");
-    suppressions::remove_recorded(&mut conn, "bo@example.com", Some("mistake"), "test")
-        .await
-        .expect("remove");
-    sqlx::query("UPDATE compliance_pauses SET paused = true, reason = 'bounce rate' WHERE category = 'marketing'")
-        .execute(&mut *conn)
-        .await
-        .expect("pause");
-    herald_shared::compliance::resume(&mut conn, &[Category::Marketing])
-        .await
-        .expect("resume");
+    suppress_and_pause(&mut conn, "Bo@Example.com").await;
     let kinds: Vec<String> = events(&mut conn).await.into_iter().map(|e| e.0).collect();
     assert_eq!(
         kinds,
@@ -348,25 +330,7 @@ async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPo
             );
         }
     }
-    suppressions::add_recorded(
-        &mut conn,
-        "cy@example.com",
-        SuppressionType::Manual,
-        Some("asked"),
-        "test",
-    )
-    .await
-    .expect("add");
-    suppressions::remove_recorded(&mut conn, "cy@example.com", Some("mistake"), "test")
-        .await
-        .expect("remove");
-    sqlx::query("UPDATE compliance_pauses SET paused = true, reason = 'bounce rate' WHERE category = 'marketing'")
-        .execute(&mut *conn)
-        .await
-        .expect("pause");
-    herald_shared::compliance::resume(&mut conn, &[Category::Marketing])
-        .await
-        .expect("resume");
+    suppress_and_pause(&mut conn, "cy@example.com").await;
     webhooks::fan_out(&mut conn, 100).await.expect("fan out");
 
     let deliveries: Vec<uuid::Uuid> =
@@ -585,4 +549,30 @@ async fn state(conn: &mut PgConnection, id: uuid::Uuid) -> Result<EndpointState,
         .bind(id)
         .fetch_one(conn)
         .await
+}
+
+/// Adds and removes a suppression of `address`, then pauses and resumes marketing: the four
+/// events that are not about an email.
+async fn suppress_and_pause(conn: &mut PgConnection, address: &str) {
+    suppressions::add_recorded(
+        conn,
+        address,
+        SuppressionType::Manual,
+        Some("asked"),
+        "test",
+    )
+    .await
+    .expect("add");
+    suppressions::remove_recorded(conn, &address.to_lowercase(), Some("mistake"), "test")
+        .await
+        .expect("remove");
+    sqlx::query(
+        "UPDATE compliance_pauses SET paused = true, reason = 'bounce rate' WHERE category = 'marketing'",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("pause");
+    herald_shared::compliance::resume(conn, &[Category::Marketing])
+        .await
+        .expect("resume");
 }
