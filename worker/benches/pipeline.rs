@@ -1,7 +1,8 @@
 //! Herald's pipeline against raw apalis and pgbench on the same machine and database, in one run.
 //!
 //! `DATABASE_URL=postgres://… cargo bench -p herald-worker --bench pipeline` (scripts/bench.sh sets
-//! it up, with PGBENCH). It creates and drops its own database, runs the API in-process, the real
+//! it up, with PGBENCH). It creates and drops its own database, runs the API in-process (or, with
+//! BENCH_API=process as scripts/bench.sh sets it, the release `herald-api` binary), the real
 //! `herald-worker` binary against a local SES stub, and prints:
 //! - API `POST /v1/emails` rate and p50/p99 latency vs raw concurrent apalis pushes, closed loop
 //!   and open loop at half the maximum;
@@ -318,8 +319,18 @@ async fn main() {
     let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "all".into());
     let want = |part: &str| parts == "all" || parts.split(',').any(|p| p == part);
     if want("enqueue") {
-        // 1. Enqueue: the API over HTTP vs raw concurrent apalis pushes.
-        let api_url = start_api(&url, &pool).await;
+        // 1. Enqueue: the API over HTTP vs raw concurrent apalis pushes. BENCH_API=process runs
+        // the API as its own process instead of in this one.
+        let mut api_process = None;
+        let api_url = if std::env::var("BENCH_API").as_deref() == Ok("process") {
+            let (child, api_url) = common::spawn_api_process(&url);
+            api_process = Some(child);
+            println!("enqueue: the API as its own process (release herald-api)");
+            api_url
+        } else {
+            println!("enqueue: the API in the bench's process (BENCH_API=process runs the binary)");
+            start_api(&url, &pool).await
+        };
         let open_url = format!("{api_url}/v1/emails");
         let http = reqwest::Client::new();
         let timed = |lat: Vec<Duration>, elapsed: Duration| {
@@ -444,6 +455,10 @@ async fn main() {
             "enqueue_p99_ms_half_load",
             percentile(&api_open, 0.99).as_secs_f64() * 1000.0,
         );
+        if let Some(mut child) = api_process {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         // Those API jobs are not drained here; clear them so the drains below start from empty queues.
         for table in ["apalis.jobs", "email_deliveries"] {
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))

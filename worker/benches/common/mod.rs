@@ -145,6 +145,53 @@ pub async fn start_api(url: &str, pool: &PgPool) -> String {
     api_url
 }
 
+/// The API as its own process (the release `herald-api` beside this bench's binary, or
+/// `BENCH_API_BIN`), as production runs it: the load generator no longer shares its runtime.
+/// Returns the process and its URL.
+pub fn spawn_api_process(url: &str) -> (Child, String) {
+    use std::io::BufRead as _;
+    let bin = std::env::var("BENCH_API_BIN").unwrap_or_else(|_| {
+        let exe = std::env::current_exe().expect("own path");
+        // target/<profile>/deps/<bench> → target/<profile>/herald-api
+        let dir = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("target folder");
+        dir.join("herald-api").display().to_string()
+    });
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: cargo build --release -p herald-api first (or set BENCH_API_BIN)"
+    );
+    let mut child = Command::new(&bin)
+        .env("API_TOKEN", TOKEN)
+        .env("API_ADDR", "127.0.0.1:0")
+        .env("API_METRICS_ADDR", "127.0.0.1:0")
+        .env("FRONTEND_URL", "https://app.example.com")
+        .env("MARKETING_EMAIL_ENABLED", "false")
+        .env("EMAIL_FROM", "noreply@herald.test")
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start herald-api");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let api_url = loop {
+        let line = lines
+            .next()
+            .expect("herald-api ended before it listened")
+            .expect("read");
+        if let Some(rest) = line.strip_prefix("herald-api listening on ") {
+            break rest.trim().to_owned();
+        }
+    };
+    // Keep reading so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, api_url)
+}
+
 /// The worker binary cargo built for this bench, against the database and the SES stub.
 pub fn spawn_worker(url: &str, stub: &str, batch: usize, concurrency: usize) -> Child {
     spawn_worker_with(url, stub, batch, concurrency, &[])
