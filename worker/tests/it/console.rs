@@ -101,6 +101,15 @@ async fn an_operator_finds_an_email_retries_it_and_manages_suppressions_in_a_rea
         .type_into("input[name=recipient]", &to.to_uppercase())
         .await;
     browser.click("form.filters button[type=submit]").await;
+    // The unfiltered list the filter was typed into shows the job too: wait for the filtered one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !browser.current_url().await.contains("recipient=") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filter was not submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let list = browser
         .wait_for_text(&format!("data-job=\"{id}\""), false, 10)
         .await;
