@@ -25,7 +25,7 @@ pub enum AppError {
     Bind(#[from] std::io::Error),
     /// The queue workers stopped with an error.
     #[error("job queue: {0}")]
-    Queue(#[from] apalis::prelude::MonitorError),
+    Queue(#[from] crate::RunError),
 }
 
 /// A built worker, ready to run.

@@ -224,6 +224,17 @@ impl<T> futures::Stream for Driven<T> {
     }
 }
 
+/// Why the queue workers could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The queue workers stopped with an error.
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    /// The webhook HTTP client could not be built (its TLS set-up).
+    #[error("webhook HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
 /// Runs the email workers until `shutdown` resolves, then lets in-flight jobs finish within
 /// `SHUTDOWN_TIMEOUT`. A worker that fails (a backend error) is restarted under a new name.
 pub async fn run(
@@ -231,7 +242,7 @@ pub async fn run(
     pool: PgPool,
     ctx: Arc<EmailContext>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), MonitorError> {
+) -> Result<(), RunError> {
     let queue_config = email_queue_config(&config);
     let concurrency = config.concurrency;
     let poll_interval = config.poll_interval;
@@ -245,10 +256,11 @@ pub async fn run(
     let maintenance_config = queue_config.clone().queue(MAINTENANCE_QUEUE).batch_size(1);
     let maintenance_pool = pool.clone();
     // Built once at start-up: only a broken TLS set-up makes it fail.
-    let webhook_ctx = Arc::new(
-        webhooks::WebhookContext::new(&config, pool.clone(), ctx.metrics.clone())
-            .expect("the webhook HTTP client builds"),
-    );
+    let webhook_ctx = Arc::new(webhooks::WebhookContext::new(
+        &config,
+        pool.clone(),
+        ctx.metrics.clone(),
+    )?);
     let webhook_config = queue_config
         .clone()
         .queue(herald_shared::webhooks::WEBHOOK_QUEUE);
@@ -325,7 +337,8 @@ pub async fn run(
             tracing::info!("shutdown signal: no new jobs; finishing those in flight");
             Ok(())
         })
-        .await
+        .await?;
+    Ok(())
 }
 
 /// Keeps a database outage from turning into a busy restart loop. apalis asks whether to restart
