@@ -15,7 +15,8 @@ of its own. Prints every figure beside its baseline, measured in the same run:
             stub) vs pgbench -N TPS; worker memory idle and under load; idle pick-up latency
   expiry    1,000,000 expired tokens, batched vs one DELETE (total, longest statement)
   feedback  SES notification parse + apply vs a bare INSERT of the event rows
-  peers     Herald's no-op drain beside graphile-worker 0.18 and pg-boss 12 (npm, pinned in
+  peers     Herald's no-op drain (fetching 100, and 1,000, jobs per statement) beside
+            graphile-worker 0.18 and pg-boss 12 (npm, pinned in
             scripts/peers, installed into .local/peers with Node 22 from npm if the machine's
             Node is older), their defaults and their batched settings, 20,000 and 200,000 jobs
 The report (machine, versions, table) is written to .local/bench-report.md as well, and the
@@ -84,10 +85,14 @@ run_peers() {
     fi
     cp "$HERALD_ROOT/scripts/peers/drain.mjs" "$dir/"
     for n in $BENCH_PEER_JOBS; do
-        log "no-op drain of $n jobs: Herald"
-        BENCH_PARTS=drain BENCH_JOBS="$n" BENCH_ROUNDS=1 \
-            cargo bench -p herald-worker --quiet --bench pipeline 2>&1 | tee -a "$HERALD_LOCAL/bench-peers-output.txt" |
-            sed -n "s/^BENCH-KEY\tnoop_drain_per_s\t/PEER\therald\tbatched\t$n\t/p" >>"$peers_out"
+        # Herald in its two settings too: the bench's (fetch 100) and its throughput one (fetch
+        # 1,000 per statement, WORKER_BATCH_SIZE), each beside the peer's mode of the same name.
+        for mode in default:100 batched:1000; do
+            log "no-op drain of $n jobs: Herald, batch ${mode#*:}"
+            BENCH_PARTS=drain BENCH_JOBS="$n" BENCH_ROUNDS=1 BENCH_BATCH="${mode#*:}" \
+                cargo bench -p herald-worker --quiet --bench pipeline 2>&1 | tee -a "$HERALD_LOCAL/bench-peers-output.txt" |
+                sed -n "s/^BENCH-KEY\tnoop_drain_per_s\t/PEER\therald\t${mode%:*}\t$n\t/p" >>"$peers_out"
+        done
         for peer in graphile pgboss; do
             for mode in default batched; do
                 log "no-op drain of $n jobs: $peer, $mode settings"
@@ -142,17 +147,19 @@ report="$HERALD_LOCAL/bench-report.md"
     echo "| measure | Herald | baseline | Herald / baseline |"
     echo "|---|---|---|---|"
     awk -F'\t' '/^BENCH-ROW/ {printf "| %s | %s | %s | %s |\n", $2, $3, $4, $5}' "$raw"
-    # Peers: Herald's no-op drain (batch 100, concurrency 32) beside each peer's, same jobs, same server.
+    # Peers: Herald's no-op drain beside each peer's, same jobs, same server; each mode beside the
+    # same mode (default: Herald fetching 100 per statement; batched: 1,000), concurrency 32.
     awk -F'\t' -v limit="${BENCH_PEER_LIMIT_SECS:-60}" '
-        $2 == "herald" { herald[$4] = $5 }
+        $2 == "herald" { herald[$3 "\t" $4] = $5 }
         $2 != "herald" { line[++n] = $0 }
         END {
             for (i = 1; i <= n; i++) {
                 split(line[i], f, "\t")
                 note = (f[6] < f[4]) ? sprintf(" (%d of %d done in the %d s limit)", f[6], f[4], limit) : ""
                 name = (f[2] == "graphile") ? "graphile-worker 0.18" : "pg-boss 12"
-                printf "| no-op drain, %d jobs: Herald vs %s, %s settings%s, jobs/s | %.0f | %.0f | %.2f |\n",
-                    f[4], name, f[3], note, herald[f[4]], f[5], (f[5] > 0 ? herald[f[4]] / f[5] : 0)
+                h = herald[f[3] "\t" f[4]]
+                printf "| no-op drain, %d jobs: Herald (batch %d) vs %s, %s settings%s, jobs/s | %.0f | %.0f | %.2f |\n",
+                    f[4], (f[3] == "batched" ? 1000 : 100), name, f[3], note, h, f[5], (f[5] > 0 ? h / f[5] : 0)
             }
         }' "$peers_out"
 } >"$report"
@@ -161,13 +168,18 @@ json="$HERALD_LOCAL/bench-report.json"
 {
     awk -F'\t' '/^BENCH-KEY/ && !seen[$2]++ {print $2 "\t" $3}' "$raw"
     awk -F'\t' '
-        $2 == "herald" { herald[$4] = $5 }
-        $2 != "herald" { peer[$2 "_" $3 "\t" $4] = $5 }
+        $2 == "herald" { herald[$3 "\t" $4] = $5 }
+        $2 != "herald" { peer[$2 "_" $3 "\t" $4] = $5; mode[$2 "_" $3 "\t" $4] = $3 }
         END {
             for (k in peer) {
                 split(k, p, "\t")
                 suffix = (p[2] == 20000) ? "" : "_" p[2]
-                if (peer[k] > 0) printf "noop_drain_vs_%s%s\t%.4f\n", p[1], suffix, herald[p[2]] / peer[k]
+                h = herald[mode[k] "\t" p[2]]
+                if (peer[k] > 0) printf "noop_drain_vs_%s%s\t%.4f\n", p[1], suffix, h / peer[k]
+            }
+            for (k in herald) {
+                split(k, p, "\t")
+                printf "noop_drain_herald_%s_%s_per_s\t%.0f\n", p[1], p[2], herald[k]
             }
         }' "$peers_out"
     printf 'run_at\t"%s"\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"

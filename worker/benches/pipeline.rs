@@ -13,10 +13,10 @@
 //! - the worker's memory idle and under load;
 //! - idle pick-up latency (commit to SES call) vs raw apalis (push to Done).
 //!
-//! Sizes: BENCH_PUSHES (2000), BENCH_JOBS (3000), BENCH_ROUNDS (3), BENCH_PICKUPS (30),
+//! Sizes: BENCH_PUSHES (4000), BENCH_JOBS (3000), BENCH_ROUNDS (3), BENCH_PICKUPS (30),
 //! BENCH_BATCH (100), BENCH_CONCURRENCY (32), BENCH_CLIENTS (16), BENCH_PGBENCH_SECS (15);
 //! BENCH_PARTS (all, or a comma list of enqueue, batch, drain, email, templates: enqueue includes
-//! an open loop at half its maximum for BENCH_OPEN_SECS (5); batch posts BENCH_BATCH_EMAILS
+//! an open loop at half its maximum for BENCH_OPEN_SECS (10); batch posts BENCH_BATCH_EMAILS
 //! (20000) in batches of 1,000 from BENCH_BATCH_CLIENTS (2); email includes pgbench and pick-up;
 //! templates sends a stored template vs raw content, alternating rounds);
 //! BENCH_WORKER_BIN (another herald-worker binary to measure instead of this build's).
@@ -68,6 +68,22 @@ async fn count_done(pool: &PgPool, queue: &str) -> i64 {
 
 async fn wait_done(pool: &PgPool, queue: &str, n: i64) {
     let limit = Instant::now() + Duration::from_secs(600);
+    // While jobs wait, count them through apalis's fetch index (it holds waiting jobs only): a
+    // count of every row each few ms would take a share of the server from the drain it times.
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending'",
+        )
+        .bind(queue)
+        .fetch_one(pool)
+        .await
+        .expect("count waiting");
+        if waiting == 0 {
+            break;
+        }
+        assert!(Instant::now() < limit, "queue {queue} did not drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     while count_done(pool, queue).await < n {
         assert!(Instant::now() < limit, "queue {queue} did not drain");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -297,7 +313,7 @@ fn pgbench_tps(url: &str, clients: usize, secs: usize) -> Option<f64> {
 
 #[tokio::main]
 async fn main() {
-    let pushes = env_usize("BENCH_PUSHES", 2000);
+    let pushes = env_usize("BENCH_PUSHES", 4000);
     let jobs = env_usize("BENCH_JOBS", 3000);
     let rounds = env_usize("BENCH_ROUNDS", 3);
     let pickups = env_usize("BENCH_PICKUPS", 30);
@@ -331,7 +347,6 @@ async fn main() {
             println!("enqueue: the API in the bench's process (BENCH_API=process runs the binary)");
             start_api(&url, &pool).await
         };
-        let open_url = format!("{api_url}/v1/emails");
         let http = reqwest::Client::new();
         let timed = |lat: Vec<Duration>, elapsed: Duration| {
             let mut lat = lat;
@@ -367,26 +382,32 @@ async fn main() {
             (all, start.elapsed())
         };
         let raw_pool = pool.clone();
-        let (raw_lat, raw_time) = run_clients(Arc::new(move |i| {
+        let raw_push: Call = Arc::new(move |i| {
             let pool = raw_pool.clone();
             Box::pin(async move { push_raw(&pool, "bench.push", i as u64).await })
-        }))
-        .await;
-        let (api_lat, api_time) = run_clients(Arc::new(move |i| {
-        let http = http.clone();
-        let url = format!("{api_url}/v1/emails");
-        Box::pin(async move {
-            let res = http
-                .post(&url)
-                .bearer_auth(TOKEN)
-                .json(&serde_json::json!({"to": format!("api-{i}@example.com"), "subject": "Bench", "text": "Hello"}))
-                .send()
-                .await
-                .expect("post");
-            assert_eq!(res.status(), 202);
-        })
-    }))
-    .await;
+        });
+        let post: Call = Arc::new(move |i| {
+            let http = http.clone();
+            let url = format!("{api_url}/v1/emails");
+            Box::pin(async move {
+                let res = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .json(&serde_json::json!({"to": format!("api-{i}@example.com"), "subject": "Bench", "text": "Hello"}))
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(res.status(), 202);
+            })
+        });
+        // Untimed warm-up on both sides: every client's connections (HTTP, and the API's and the
+        // bench's database pools) are open before the clock starts.
+        for f in [&raw_push, &post] {
+            let warm: Vec<_> = (0..clients * 4).map(|i| f(10_000_000 + i)).collect();
+            futures::future::join_all(warm).await;
+        }
+        let (raw_lat, raw_time) = run_clients(raw_push.clone()).await;
+        let (api_lat, api_time) = run_clients(post.clone()).await;
         let (raw_rate, raw_p50, raw_p99) = timed(raw_lat, raw_time);
         let (api_rate, api_p50, api_p99) = timed(api_lat, api_time);
         rows.push(Row::new(
@@ -411,32 +432,10 @@ async fn main() {
         // Open loop at half the measured maximum: latency without the queueing of saturation,
         // counted from each request's scheduled start (no coordinated omission).
         let half = api_rate / 2.0;
-        let open_secs = env_usize("BENCH_OPEN_SECS", 5) as f64;
-        let raw_pool = pool.clone();
-        let mut raw_open = open_loop(
-            half,
-            open_secs,
-            Arc::new(move |i| {
-                let pool = raw_pool.clone();
-                Box::pin(async move { push_raw(&pool, "bench.push", (1_000_000 + i) as u64).await })
-            }),
-        )
-        .await;
-        let open_http = reqwest::Client::new();
-        let mut api_open = open_loop(half, open_secs, Arc::new(move |i| {
-            let (http, url) = (open_http.clone(), open_url.clone());
-            Box::pin(async move {
-                let res = http
-                    .post(&url)
-                    .bearer_auth(TOKEN)
-                    .json(&serde_json::json!({"to": format!("open-{i}@example.com"), "subject": "Bench", "text": "Hello"}))
-                    .send()
-                    .await
-                    .expect("post");
-                assert_eq!(res.status(), 202);
-            })
-        }))
-        .await;
+        let open_secs = env_usize("BENCH_OPEN_SECS", 10) as f64;
+        let mut raw_open =
+            open_loop(half, open_secs, Arc::new(move |i| raw_push(1_000_000 + i))).await;
+        let mut api_open = open_loop(half, open_secs, Arc::new(move |i| post(1_000_000 + i))).await;
         raw_open.sort();
         api_open.sort();
         for (what, p) in [
