@@ -406,8 +406,34 @@ async fn main() {
             let warm: Vec<_> = (0..clients * 4).map(|i| f(10_000_000 + i)).collect();
             futures::future::join_all(warm).await;
         }
+        // CPU per request of each party (this process, the API's, PostgreSQL's): where the single
+        // enqueue's time goes on a machine whose two cores they share.
+        let api_pid = api_process.as_ref().map(std::process::Child::id);
+        let cpu = || {
+            (
+                cpu_secs(std::process::id()),
+                api_pid.map(cpu_secs).unwrap_or(0.0),
+                common::cpu_seconds(0),
+            )
+        };
+        let per_request = |before: (f64, f64, f64), after: (f64, f64, f64)| {
+            let ms = |a: f64, b: f64| (b - a) * 1000.0 / pushes as f64;
+            format!(
+                "this process {:.3}, API process {:.3}, PostgreSQL {:.3}",
+                ms(before.0, after.0),
+                ms(before.1, after.1),
+                ms(before.2, after.2)
+            )
+        };
+        let before = cpu();
         let (raw_lat, raw_time) = run_clients(raw_push.clone()).await;
+        let between = cpu();
         let (api_lat, api_time) = run_clients(post.clone()).await;
+        println!(
+            "enqueue CPU ms per request: raw push: {}; POST /v1/emails: {}",
+            per_request(before, between),
+            per_request(between, cpu())
+        );
         let (raw_rate, raw_p50, raw_p99) = timed(raw_lat, raw_time);
         let (api_rate, api_p50, api_p99) = timed(api_lat, api_time);
         rows.push(Row::new(
