@@ -12,6 +12,7 @@ mod maintenance;
 mod metrics_cache;
 mod migrations;
 mod outbox;
+mod pool;
 mod real_clients;
 mod scripts;
 mod search;
