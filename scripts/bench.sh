@@ -71,10 +71,13 @@ node22() {
     echo "$dir/node_modules/.bin/node"
 }
 
+# Herald's fetch size beside a peer's mode of the same name: the bench's, and its throughput one.
+herald_batch() { if [ "$1" = batched ]; then echo 1000; else echo 100; fi; }
+
 # Runs the peers' drains and Herald's, N jobs each, every one on a fresh database of this server.
 run_peers() {
     command -v npm >/dev/null 2>&1 || die "the peers need npm (apt-get install npm), or run with --no-peers"
-    local node dir="$HERALD_LOCAL/peers" n peer mode db url out
+    local node dir="$HERALD_LOCAL/peers" n peer mode batch db url out
     node="$(node22)"
     if ! cmp -s "$HERALD_ROOT/scripts/peers/package-lock.json" "$dir/package-lock.json" 2>/dev/null; then
         log "installing graphile-worker and pg-boss into ${dir#"$HERALD_ROOT"/} (once)"
@@ -87,11 +90,12 @@ run_peers() {
     for n in $BENCH_PEER_JOBS; do
         # Herald in its two settings too: the bench's (fetch 100) and its throughput one (fetch
         # 1,000 per statement, WORKER_BATCH_SIZE), each beside the peer's mode of the same name.
-        for mode in default:100 batched:1000; do
-            log "no-op drain of $n jobs: Herald, batch ${mode#*:}"
-            BENCH_PARTS=drain BENCH_JOBS="$n" BENCH_ROUNDS=1 BENCH_BATCH="${mode#*:}" \
+        for mode in default batched; do
+            batch="$(herald_batch "$mode")"
+            log "no-op drain of $n jobs: Herald, batch $batch"
+            BENCH_PARTS=drain BENCH_JOBS="$n" BENCH_ROUNDS=1 BENCH_BATCH="$batch" \
                 cargo bench -p herald-worker --quiet --bench pipeline 2>&1 | tee -a "$HERALD_LOCAL/bench-peers-output.txt" |
-                sed -n "s/^BENCH-KEY\tnoop_drain_per_s\t/PEER\therald\t${mode%:*}\t$n\t/p" >>"$peers_out"
+                sed -n "s/^BENCH-KEY\tnoop_drain_per_s\t/PEER\therald\t$mode\t$n\t/p" >>"$peers_out"
         done
         for peer in graphile pgboss; do
             for mode in default batched; do
@@ -149,7 +153,8 @@ report="$HERALD_LOCAL/bench-report.md"
     awk -F'\t' '/^BENCH-ROW/ {printf "| %s | %s | %s | %s |\n", $2, $3, $4, $5}' "$raw"
     # Peers: Herald's no-op drain beside each peer's, same jobs, same server; each mode beside the
     # same mode (default: Herald fetching 100 per statement; batched: 1,000), concurrency 32.
-    awk -F'\t' -v limit="${BENCH_PEER_LIMIT_SECS:-60}" '
+    awk -F'\t' -v limit="${BENCH_PEER_LIMIT_SECS:-60}" -v default_batch="$(herald_batch default)" \
+        -v batched_batch="$(herald_batch batched)" '
         $2 == "herald" { herald[$3 "\t" $4] = $5 }
         $2 != "herald" { line[++n] = $0 }
         END {
@@ -159,7 +164,7 @@ report="$HERALD_LOCAL/bench-report.md"
                 name = (f[2] == "graphile") ? "graphile-worker 0.18" : "pg-boss 12"
                 h = herald[f[3] "\t" f[4]]
                 printf "| no-op drain, %d jobs: Herald (batch %d) vs %s, %s settings%s, jobs/s | %.0f | %.0f | %.2f |\n",
-                    f[4], (f[3] == "batched" ? 1000 : 100), name, f[3], note, h, f[5], (f[5] > 0 ? h / f[5] : 0)
+                    f[4], (f[3] == "batched" ? batched_batch : default_batch), name, f[3], note, h, f[5], (f[5] > 0 ? h / f[5] : 0)
             }
         }' "$peers_out"
 } >"$report"

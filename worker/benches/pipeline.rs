@@ -238,24 +238,6 @@ fn email(i: usize) -> EmailJob {
     }
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 ticks/s.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// The machine's CPU counters (busy, total) in ticks, from /proc/stat.
 fn machine_cpu() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -411,9 +393,9 @@ async fn main() {
         let api_pid = api_process.as_ref().map(std::process::Child::id);
         let cpu = || {
             (
-                cpu_secs(std::process::id()),
-                api_pid.map(cpu_secs).unwrap_or(0.0),
-                common::cpu_seconds(0),
+                common::process_cpu_seconds(std::process::id()),
+                api_pid.map(common::process_cpu_seconds).unwrap_or(0.0),
+                common::postgres_cpu_seconds(),
             )
         };
         let per_request = |before: (f64, f64, f64), after: (f64, f64, f64)| {
@@ -636,7 +618,8 @@ async fn main() {
             "herald-worker exited"
         );
         let idle_rss = rss_mib(worker.id());
-        let (cpu_before, xacts_before) = (cpu_secs(worker.id()), xacts(&pool).await);
+        let (cpu_before, xacts_before) =
+            (common::process_cpu_seconds(worker.id()), xacts(&pool).await);
         let mut tx = pool.begin().await.expect("tx");
         for i in 0..jobs {
             email::enqueue(
@@ -654,7 +637,7 @@ async fn main() {
         tx.commit().await.expect("commit");
         let start = Instant::now();
         let machine_before = machine_cpu();
-        let own_before = cpu_secs(std::process::id());
+        let own_before = common::process_cpu_seconds(std::process::id());
         let mut peak_rss = idle_rss;
         while count_done(&pool, email::EMAIL_QUEUE).await < jobs as i64 {
             peak_rss = peak_rss.max(rss_mib(worker.id()));
@@ -666,8 +649,8 @@ async fn main() {
         }
         let email_rate = jobs as f64 / start.elapsed().as_secs_f64();
         let machine_after = machine_cpu();
-        let own_cpu = cpu_secs(std::process::id()) - own_before;
-        let worker_cpu = cpu_secs(worker.id()) - cpu_before;
+        let own_cpu = common::process_cpu_seconds(std::process::id()) - own_before;
+        let worker_cpu = common::process_cpu_seconds(worker.id()) - cpu_before;
         let busy = (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1);
         let per_email = (xacts(&pool).await - xacts_before) as f64 / jobs as f64;
         let (updates, hot): (i64, i64) = sqlx::query_as(

@@ -258,38 +258,50 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// CPU seconds (user + system) used so far by `pid` and every PostgreSQL process on this machine:
-/// the work a run costs, which another tenant's load slows but does not change much, unlike its
-/// wall-clock rate. Backends that exit between two readings drop out; compare readings taken
-/// while the same connections are open.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let ticks_of = |stat: &str| -> Option<(String, u64)> {
-        let open = stat.find('(')?;
-        let close = stat.rfind(')')?;
-        let comm = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // After the command: state is field 3 of stat, utime 14 and stime 15.
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some((comm, utime + stime))
-    };
+/// A process's command name and CPU clock ticks (user + system) from its `/proc/<pid>/stat`.
+fn stat_ticks(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    // After the command: state is field 3 of stat, utime 14 and stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+// Linux reports in clock ticks of 1/100 s (USER_HZ) on every architecture it runs on here.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU seconds (user + system) used so far by the process `pid`.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    stat_ticks(pid).map_or(0.0, |(_, t)| t as f64 / TICKS_PER_SEC)
+}
+
+/// CPU seconds (user + system) used so far by every PostgreSQL process on this machine. Backends
+/// that exit between two readings drop out; compare readings taken while the same connections
+/// are open.
+pub fn postgres_cpu_seconds() -> f64 {
     let mut ticks = 0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(n) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{n}/stat")) else {
-                continue;
-            };
-            if let Some((comm, t)) = ticks_of(&stat)
-                && (n == pid || comm == "postgres")
+            if let Some((comm, t)) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(stat_ticks)
+                && comm == "postgres"
             {
                 ticks += t;
             }
         }
     }
-    // Linux reports in clock ticks of 1/100 s (USER_HZ) on every architecture it runs on here.
-    ticks as f64 / 100.0
+    ticks as f64 / TICKS_PER_SEC
+}
+
+/// CPU seconds used so far by `pid` and every PostgreSQL process on this machine: the work a run
+/// costs, which another tenant's load slows but does not change much, unlike its wall-clock rate.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    process_cpu_seconds(pid) + postgres_cpu_seconds()
 }
