@@ -98,36 +98,36 @@ fn queue_config(queue: &str, batch: usize) -> QueueConfig {
         .missed_heartbeats(3)
 }
 
-type NoopBackend = PollWith<PostgresStorage<Noop>, Strategy>;
-
-/// A no-op worker under a Monitor, on the backend `backend` builds, until the sender fires.
-fn noop_worker(
-    backend: impl Fn() -> NoopBackend + Send + Sync + 'static,
-    concurrency: usize,
-) -> oneshot::Sender<()> {
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        Monitor::new()
-            .register(move |_| {
-                WorkerBuilder::new(format!("bench-noop-{}", ulid::Ulid::generate()))
-                    .backend(backend())
-                    .concurrency(concurrency)
-                    .build(noop)
-            })
-            .run_with_signal(async move {
-                let _ = rx.await;
-                Ok(())
-            })
-            .await
-            .expect("no-op worker");
-    });
-    tx
+/// A no-op worker under a Monitor, on the backend `$backend` builds (any apalis backend, hence a
+/// macro), until the returned sender fires.
+macro_rules! noop_worker {
+    ($backend:expr, $concurrency:expr $(,)?) => {{
+        let backend = $backend;
+        let concurrency = $concurrency;
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            Monitor::new()
+                .register(move |_| {
+                    WorkerBuilder::new(format!("bench-noop-{}", ulid::Ulid::generate()))
+                        .backend(backend())
+                        .concurrency(concurrency)
+                        .build(noop)
+                })
+                .run_with_signal(async move {
+                    let _ = rx.await;
+                    Ok(())
+                })
+                .await
+                .expect("no-op worker");
+        });
+        tx
+    }};
 }
 
 /// Raw apalis as its documentation sets it up: LISTEN/NOTIFY plus a 1 s poll.
 fn raw_worker(pool: &PgPool, queue: &str, batch: usize, concurrency: usize) -> oneshot::Sender<()> {
     let (pool, queue) = (pool.clone(), queue.to_owned());
-    noop_worker(
+    noop_worker!(
         move || {
             PostgresStorage::<Noop>::new(&pool)
                 .with_config(queue_config(&queue, batch))
@@ -141,7 +141,7 @@ fn raw_worker(pool: &PgPool, queue: &str, batch: usize, concurrency: usize) -> o
     )
 }
 
-/// The same handler behind Herald's own backend and queue settings (`herald_worker::queue_backend`).
+/// The same handler behind Herald's own email backend and queue settings (`herald_worker::email_backend`).
 fn herald_noop_worker(
     pool: &PgPool,
     queue: &str,
@@ -152,8 +152,8 @@ fn herald_noop_worker(
         herald_worker::email_queue_config(config).queue(&queue),
         config.poll_interval,
     );
-    noop_worker(
-        move || herald_worker::queue_backend::<Noop>(&pool, &queue, queue_config.clone(), poll),
+    noop_worker!(
+        move || herald_worker::email_backend::<Noop>(&pool, &queue, queue_config.clone(), poll),
         config.concurrency,
     )
 }

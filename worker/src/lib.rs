@@ -1,6 +1,7 @@
 //! Herald's worker: email jobs from apalis-postgres, sent through SES.
 
 pub mod app;
+pub mod backend;
 pub mod config;
 pub mod email_job;
 pub mod feedback;
@@ -154,6 +155,21 @@ pub fn queue_backend<T>(
         )
 }
 
+/// The email queue's backend: [`backend::PipelinedStorage`] (acks flushed and the next batch
+/// fetched off the worker's loop), woken like [`queue_backend`].
+pub fn email_backend<T>(
+    pool: &PgPool,
+    queue: &str,
+    queue_config: QueueConfig,
+    poll_interval: Duration,
+) -> PollWith<backend::PipelinedStorage<T>, Strategy> {
+    backend::PipelinedStorage::<T>::new(pool, queue_config).poll_with_strategy(
+        Strategy::new()
+            .stream(Driven::spawn(Pubsub::new(pool.clone(), queue.to_owned())))
+            .interval(poll_interval),
+    )
+}
+
 /// A backend woken by `wake` (this process's webhook relay, after it queued deliveries) and polled
 /// at `poll_interval` for retries, holding no LISTEN connection, so each process keeps its pool
 /// for email.
@@ -287,7 +303,7 @@ pub async fn run(
         })
         .shutdown_timeout(config.shutdown_timeout)
         .register(move |_restarts| {
-            let backend = queue_backend::<EmailJob>(&pool, EMAIL_QUEUE, queue_config.clone(), poll_interval);
+            let backend = email_backend::<EmailJob>(&pool, EMAIL_QUEUE, queue_config.clone(), poll_interval);
             // A fresh name per start: a restarted worker under an old name would strand the
             // jobs its predecessor had locked.
             WorkerBuilder::new(format!("herald-email-{}", ulid::Ulid::generate()))

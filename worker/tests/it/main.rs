@@ -1,6 +1,7 @@
 //! Worker tests: the retry policy against a mocked SES (aws-smithy-mocks) with real apalis workers
 //! and a real database, and end-to-end runs of the real binaries against moto.
 
+mod backend;
 mod chaos;
 mod console;
 mod drain;
