@@ -129,13 +129,17 @@ pub async fn feedback_consumer(
     })
 }
 
-/// The queue config of Herald's email workers: batch size and heartbeats from `config`.
+/// The queue config of Herald's email workers: batch size and heartbeats from `config`. No
+/// `Running` write per job: a fetched job is already `Queued` under this worker's lock, which Herald
+/// reports, holds and rescues alike; with acks flushed apart from the loop, a job's lock and its
+/// ack no longer share a flush, and the write would cost a row update per job.
 pub fn email_queue_config(config: &WorkerConfig) -> QueueConfig {
     QueueConfig::default()
         .queue(EMAIL_QUEUE)
         .batch_size(config.batch_size)
         .heartbeat_interval(config.heartbeat)
         .missed_heartbeats(config.missed_heartbeats)
+        .lock_tasks(false)
 }
 
 /// The backend every Herald worker polls: LISTEN/NOTIFY wakes it at once, the interval picks up
