@@ -218,7 +218,9 @@ impl Persistence for Pipelined {
     }
 
     /// The batch fetched ahead if there is one (a fresh fetch if it came back empty: the queue
-    /// may have filled since), and the next batch started while this one runs.
+    /// may have filled since), and, after a full batch, the next one started while this one runs.
+    /// A short batch emptied the queue: fetching ahead then would only find nothing, and a
+    /// notification arriving meanwhile would wait for the interval poll.
     async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<PgTask>, Error> {
         // Held across the wait: if apalis drops this future (closing), the batch stays here for
         // `close` to put back.
@@ -235,7 +237,7 @@ impl Persistence for Pipelined {
             Some(tasks) if !tasks.is_empty() => tasks,
             _ => Self::fetch(&self.pool, &self.config, worker).await?,
         };
-        if !tasks.is_empty() {
+        if tasks.len() >= self.config.batch_size {
             let (pool, config, worker) = (self.pool.clone(), self.config.clone(), worker.clone());
             *slot = Some(tokio::spawn(async move {
                 Self::fetch(&pool, &config, &worker).await
