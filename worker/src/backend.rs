@@ -285,7 +285,7 @@ enum Message {
     Events {
         events: Vec<TaskEvent<Value>>,
         worker: String,
-        _room: OwnedSemaphorePermit,
+        room: OwnedSemaphorePermit,
     },
     Flushed(oneshot::Sender<()>),
 }
@@ -325,7 +325,7 @@ impl Acks {
         let _ = self.tx.send(Message::Events {
             events,
             worker: worker.to_owned(),
-            _room: room,
+            room,
         });
     }
 
@@ -352,9 +352,9 @@ async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>) {
                 Message::Events {
                     events,
                     worker,
-                    _room,
+                    room,
                 } => {
-                    rooms.push(_room);
+                    rooms.push(room);
                     match by_worker.iter_mut().find(|(w, _)| *w == worker) {
                         Some((_, all)) => all.extend(events),
                         None => by_worker.push((worker, events)),

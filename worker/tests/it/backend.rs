@@ -47,41 +47,53 @@ async fn count(pool: &PgPool, statuses: &[&str]) -> i64 {
         .expect("count")
 }
 
+/// A worker on `email_backend` over [`QUEUE`] running [`slow`]; the sender stops it.
+fn start(
+    pool: &PgPool,
+    batch: usize,
+    concurrency: usize,
+    ran: &Arc<AtomicUsize>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), MonitorError>>,
+) {
+    let config = apalis_postgres::Config::default()
+        .queue(QUEUE)
+        .batch_size(batch)
+        .heartbeat_interval(Duration::from_secs(1))
+        .missed_heartbeats(60);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (pool, ran) = (pool.clone(), ran.clone());
+    let monitor = tokio::spawn(
+        Monitor::new()
+            .shutdown_timeout(Duration::from_secs(10))
+            .register(move |_| {
+                WorkerBuilder::new(format!("backend-test-{}", ulid::Ulid::generate()))
+                    .backend(herald_worker::email_backend::<Probe>(
+                        &pool,
+                        QUEUE,
+                        config.clone(),
+                        Duration::from_millis(100),
+                    ))
+                    .concurrency(concurrency)
+                    .data(ran.clone())
+                    .build(slow)
+            })
+            .run_with_signal(async move {
+                let _ = stopped.await;
+                Ok(())
+            }),
+    );
+    (stop, monitor)
+}
+
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_stopped_worker_puts_back_the_batch_it_fetched_ahead_and_writes_every_ack(pool: PgPool) {
     setup_queue(&pool).await;
     let total = 120;
     push(&pool, total).await;
     let ran = Arc::new(AtomicUsize::new(0));
-    let config = apalis_postgres::Config::default()
-        .queue(QUEUE)
-        .batch_size(10)
-        .heartbeat_interval(Duration::from_secs(1))
-        .missed_heartbeats(60);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let monitor = {
-        let (pool, ran) = (pool.clone(), ran.clone());
-        tokio::spawn(
-            Monitor::new()
-                .shutdown_timeout(Duration::from_secs(10))
-                .register(move |_| {
-                    WorkerBuilder::new(format!("backend-test-{}", ulid::Ulid::generate()))
-                        .backend(herald_worker::email_backend::<Probe>(
-                            &pool,
-                            QUEUE,
-                            config.clone(),
-                            Duration::from_millis(100),
-                        ))
-                        .concurrency(4)
-                        .data(ran.clone())
-                        .build(slow)
-                })
-                .run_with_signal(async move {
-                    let _ = stopped.await;
-                    Ok(())
-                }),
-        )
-    };
+    let (stop, monitor) = start(&pool, 10, 4, &ran);
     let limit = Instant::now() + Duration::from_secs(30);
     while ran.load(Ordering::SeqCst) < 30 {
         assert!(Instant::now() < limit, "the worker ran nothing");
@@ -120,34 +132,7 @@ async fn every_job_runs_once_through_the_pipelined_backend(pool: PgPool) {
     let total = 300;
     push(&pool, total).await;
     let ran = Arc::new(AtomicUsize::new(0));
-    let config = apalis_postgres::Config::default()
-        .queue(QUEUE)
-        .batch_size(7)
-        .heartbeat_interval(Duration::from_secs(1))
-        .missed_heartbeats(60);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let monitor = {
-        let (pool, ran) = (pool.clone(), ran.clone());
-        tokio::spawn(
-            Monitor::new()
-                .register(move |_| {
-                    WorkerBuilder::new(format!("backend-test-{}", ulid::Ulid::generate()))
-                        .backend(herald_worker::email_backend::<Probe>(
-                            &pool,
-                            QUEUE,
-                            config.clone(),
-                            Duration::from_millis(100),
-                        ))
-                        .concurrency(16)
-                        .data(ran.clone())
-                        .build(slow)
-                })
-                .run_with_signal(async move {
-                    let _ = stopped.await;
-                    Ok(())
-                }),
-        )
-    };
+    let (stop, monitor) = start(&pool, 7, 16, &ran);
     let limit = Instant::now() + Duration::from_secs(60);
     while count(&pool, &["Done"]).await < total as i64 {
         assert!(Instant::now() < limit, "the queue did not drain");
