@@ -660,6 +660,50 @@ pub async fn record_run(
     Ok(())
 }
 
+/// The ledger's `sent` for many emails and their jobs' `Done` in one statement, so that a busy
+/// worker pays no separate ack for them. The ledger rows move as [`ledger::mark_sent_many`] moves
+/// them; each job whose row moved is then recorded as apalis records a successful run (`Done`, the
+/// run's number, the run's answer `{"outcome": "sent", "ses_message_id": …}`) unless it has ended
+/// meanwhile. Returns the ids of the jobs it recorded, whose own acks are then redundant.
+///
+/// [`ledger::mark_sent_many`]: crate::email::ledger::mark_sent_many
+pub async fn record_sent_emails(
+    conn: &mut PgConnection,
+    job_ids: &[String],
+    ses_message_ids: &[Option<String>],
+    runs: &[i32],
+    lock_wait: crate::email::ledger::LockWait,
+) -> Result<Vec<String>, JobError> {
+    Ok(sqlx::query_scalar!(
+        r#"WITH lock_wait AS MATERIALIZED (
+             SELECT set_config('lock_timeout', COALESCE($5, current_setting('lock_timeout')), true)
+         ),
+         sent AS (
+             UPDATE email_deliveries AS d
+             SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(),
+                 last_error = NULL, outcome_unknown = false
+             FROM unnest($1::text[], $2::text[], $3::int4[]) AS v(job_id, ses_message_id, run),
+                  lock_wait
+             WHERE d.job_id = v.job_id AND d.status = ANY($4)
+             RETURNING d.job_id, v.ses_message_id, v.run
+         )
+         UPDATE apalis.jobs AS j
+         SET status = 'Done', attempts = sent.run, done_at = now(),
+             last_result = jsonb_build_object('Ok', jsonb_build_object(
+                 'outcome', 'sent', 'ses_message_id', sent.ses_message_id))
+         FROM sent
+         WHERE j.id = sent.job_id AND j.status IN ('Pending', 'Queued', 'Running', 'Failed')
+         RETURNING j.id AS "id!""#,
+        job_ids,
+        ses_message_ids as &[Option<String>],
+        runs,
+        &crate::email::ledger::unsent_names(),
+        lock_wait.setting()
+    )
+    .fetch_all(conn)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::JobStatus;

@@ -153,7 +153,13 @@ fn herald_noop_worker(
         config.poll_interval,
     );
     noop_worker!(
-        move || herald_worker::email_backend::<Noop>(&pool, &queue, queue_config.clone(), poll),
+        move || herald_worker::email_backend::<Noop>(
+            &pool,
+            &queue,
+            queue_config.clone(),
+            poll,
+            Arc::default()
+        ),
         config.concurrency,
     )
 }
@@ -638,6 +644,7 @@ async fn main() {
         let start = Instant::now();
         let machine_before = machine_cpu();
         let own_before = common::process_cpu_seconds(std::process::id());
+        let pg_before = common::postgres_cpu_seconds();
         let mut peak_rss = idle_rss;
         while count_done(&pool, email::EMAIL_QUEUE).await < jobs as i64 {
             peak_rss = peak_rss.max(rss_mib(worker.id()));
@@ -651,6 +658,7 @@ async fn main() {
         let machine_after = machine_cpu();
         let own_cpu = common::process_cpu_seconds(std::process::id()) - own_before;
         let worker_cpu = common::process_cpu_seconds(worker.id()) - cpu_before;
+        let pg_cpu = common::postgres_cpu_seconds() - pg_before;
         let busy = (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1);
         let per_email = (xacts(&pool).await - xacts_before) as f64 / jobs as f64;
         let (updates, hot): (i64, i64) = sqlx::query_as(
@@ -661,8 +669,9 @@ async fn main() {
         .expect("table stats");
         println!("ledger updates: {updates}, of which HOT (no index rewritten): {hot}");
         println!(
-            "email path: {email_rate:.0} jobs/s; worker CPU {:.2} ms per email; {per_email:.1} transactions per email (all clients); machine CPU {:.0}% busy ({:.2} ms per email in this process: SES stub and polling)",
+            "email path: {email_rate:.0} jobs/s; worker CPU {:.2} ms per email; PostgreSQL CPU {:.2} ms per email; {per_email:.1} transactions per email (all clients); machine CPU {:.0}% busy ({:.2} ms per email in this process: SES stub and polling)",
             worker_cpu * 1000.0 / jobs as f64,
+            pg_cpu * 1000.0 / jobs as f64,
             busy * 100.0,
             own_cpu * 1000.0 / jobs as f64
         );

@@ -44,10 +44,11 @@ impl<Args> std::fmt::Debug for PipelinedStorage<Args> {
 }
 
 impl<Args> PipelinedStorage<Args> {
-    /// A backend for `config`'s queue on `pool`; starts its ack flusher.
-    pub fn new(pool: &PgPool, config: Config) -> Self {
+    /// A backend for `config`'s queue on `pool`; starts its ack flusher, which leaves out the jobs
+    /// `acked` says were recorded already.
+    pub fn new(pool: &PgPool, config: Config, acked: Arc<AckedJobs>) -> Self {
         Self {
-            persistence: Persisted::new(Pipelined::new(pool.clone(), config)),
+            persistence: Persisted::new(Pipelined::new(pool.clone(), config, acked)),
             codec: JsonCodec::default(),
             closing: None,
             _marker: PhantomData,
@@ -147,8 +148,8 @@ pub struct Pipelined {
 }
 
 impl Pipelined {
-    fn new(pool: PgPool, config: Config) -> Self {
-        let acks = Acks::start(pool.clone(), config.batch_size);
+    fn new(pool: PgPool, config: Config, acked: Arc<AckedJobs>) -> Self {
+        let acks = Acks::start(pool.clone(), config.batch_size, acked);
         Self {
             pool,
             config,
@@ -280,6 +281,58 @@ impl Persistence for Pipelined {
     }
 }
 
+/// Jobs whose successful run was recorded together with their email's `sent` write
+/// (`jobs::record_sent_emails`): their acks are left out of the flusher's writes. An id is taken
+/// out when its ack arrives; one whose ack never comes (its run was dropped) is forgotten when the
+/// set is full, which costs at most a redundant ack, never a lost one.
+#[derive(Debug, Default)]
+pub struct AckedJobs(std::sync::Mutex<HashSet<String>>);
+
+/// How many recorded jobs [`AckedJobs`] remembers before it starts over.
+const ACKED_CAPACITY: usize = 65_536;
+
+impl AckedJobs {
+    /// Notes jobs whose successful run is recorded.
+    pub fn insert(&self, ids: impl IntoIterator<Item = String>) {
+        let mut set = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if set.len() >= ACKED_CAPACITY {
+            set.clear();
+        }
+        set.extend(ids);
+    }
+
+    /// Drops the completions of recorded jobs from `events` (and forgets those jobs).
+    fn remove_recorded(&self, events: &mut Vec<TaskEvent<Value>>) {
+        let mut set = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if set.is_empty() {
+            return;
+        }
+        events.retain(|event| match event {
+            TaskEvent::Complete(result) => !set.remove(&result.task_id().to_string()),
+            _ => true,
+        });
+    }
+
+    /// How many recorded jobs still wait for their ack.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no recorded job waits for its ack.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What the flusher receives.
 enum Message {
     Events {
@@ -303,10 +356,10 @@ struct Acks {
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 
 impl Acks {
-    fn start(pool: PgPool, batch_size: usize) -> Self {
+    fn start(pool: PgPool, batch_size: usize, acked: Arc<AckedJobs>) -> Self {
         let capacity = u32::try_from(batch_size.saturating_mul(8).max(256)).unwrap_or(u32::MAX);
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(pool, rx));
+        tokio::spawn(flush_loop(pool, rx, acked));
         Self {
             tx,
             room: Arc::new(Semaphore::new(capacity as usize)),
@@ -338,7 +391,7 @@ impl Acks {
     }
 }
 
-async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>) {
+async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>, acked: Arc<AckedJobs>) {
     while let Some(first) = rx.recv().await {
         let mut round = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -350,11 +403,12 @@ async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Message>) {
         for message in round {
             match message {
                 Message::Events {
-                    events,
+                    mut events,
                     worker,
                     room,
                 } => {
                     rooms.push(room);
+                    acked.remove_recorded(&mut events);
                     match by_worker.iter_mut().find(|(w, _)| *w == worker) {
                         Some((_, all)) => all.extend(events),
                         None => by_worker.push((worker, events)),
@@ -432,4 +486,40 @@ async fn write(pool: &PgPool, events: &[TaskEvent<Value>], worker: &str) -> Resu
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AckedJobs, TaskEvent};
+    use apalis_core::backend::TaskResult;
+    use apalis_core::task::status::Status;
+    use apalis_core::task::task_id::TaskId;
+    use ulid::Ulid;
+
+    fn complete(id: Ulid) -> TaskEvent<serde_json::Value> {
+        TaskEvent::Complete(TaskResult {
+            task_id: TaskId::from(id),
+            attempt: 1,
+            status: Status::Done,
+            result: Ok(serde_json::Value::Null),
+        })
+    }
+
+    #[test]
+    fn recorded_jobs_leave_the_acks_once_and_others_stay() {
+        let (recorded, other) = (Ulid::generate(), Ulid::generate());
+        let acked = AckedJobs::default();
+        acked.insert([recorded.to_string()]);
+        let mut events = vec![complete(recorded), complete(other)];
+        acked.remove_recorded(&mut events);
+        assert_eq!(events.len(), 1);
+        assert!(
+            matches!(&events[0], TaskEvent::Complete(r) if r.task_id().to_string() == other.to_string())
+        );
+        assert!(acked.is_empty());
+        // A second ack for the same job (a rerun) is written again.
+        let mut again = vec![complete(recorded)];
+        acked.remove_recorded(&mut again);
+        assert_eq!(again.len(), 1);
+    }
 }

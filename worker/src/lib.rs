@@ -160,14 +160,16 @@ pub fn queue_backend<T>(
 }
 
 /// The email queue's backend: [`backend::PipelinedStorage`] (acks flushed and the next batch
-/// fetched off the worker's loop), woken like [`queue_backend`].
+/// fetched off the worker's loop; no ack for the jobs `acked` holds, recorded with their `sent`
+/// write), woken like [`queue_backend`].
 pub fn email_backend<T>(
     pool: &PgPool,
     queue: &str,
     queue_config: QueueConfig,
     poll_interval: Duration,
+    acked: Arc<backend::AckedJobs>,
 ) -> PollWith<backend::PipelinedStorage<T>, Strategy> {
-    backend::PipelinedStorage::<T>::new(pool, queue_config).poll_with_strategy(
+    backend::PipelinedStorage::<T>::new(pool, queue_config, acked).poll_with_strategy(
         Strategy::new()
             .stream(Driven::spawn(Pubsub::new(pool.clone(), queue.to_owned())))
             .interval(poll_interval),
@@ -307,7 +309,13 @@ pub async fn run(
         })
         .shutdown_timeout(config.shutdown_timeout)
         .register(move |_restarts| {
-            let backend = email_backend::<EmailJob>(&pool, EMAIL_QUEUE, queue_config.clone(), poll_interval);
+            let backend = email_backend::<EmailJob>(
+                &pool,
+                EMAIL_QUEUE,
+                queue_config.clone(),
+                poll_interval,
+                Arc::clone(&ctx.ledger.acked),
+            );
             // A fresh name per start: a restarted worker under an old name would strand the
             // jobs its predecessor had locked.
             WorkerBuilder::new(format!("herald-email-{}", ulid::Ulid::generate()))

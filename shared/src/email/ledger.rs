@@ -418,7 +418,8 @@ pub enum LockWait {
 }
 
 impl LockWait {
-    fn setting(self) -> Option<String> {
+    /// As the value of `lock_timeout` (`None`: leave the session's).
+    pub(crate) fn setting(self) -> Option<String> {
         match self {
             Self::Session => None,
             Self::AtMost(bound) => Some(format!("{}ms", bound.as_millis().max(1))),
@@ -497,6 +498,11 @@ const UNSENT: [Status; 4] = [
     Status::Failed,
     Status::Cancelled,
 ];
+
+/// The states a `sent` write moves a row from, as the database spells them.
+pub(crate) fn unsent_names() -> Vec<String> {
+    names(&UNSENT)
+}
 
 /// → sent for one email or many in one statement: SES accepted them, so the ledger says so
 /// whatever it said meanwhile (a row already `sent` keeps its first message id). A `None` message

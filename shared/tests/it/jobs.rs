@@ -204,3 +204,94 @@ async fn enqueue_many_answers_keys_and_suppressions_per_email_and_queues_the_res
         "recipients are stored normalised"
     );
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_sent_write_records_running_jobs_as_apalis_would_and_leaves_ended_ones(pool: PgPool) {
+    let options = with_apalis(&pool).await;
+    let mut tx = pool.begin().await.expect("tx");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = email::enqueue(&mut tx, &job(), options.clone())
+            .await
+            .expect("enqueue");
+        ids.push(id.to_string());
+    }
+    tx.commit().await.expect("commit");
+    let (running, cancelled, sent_before) = (&ids[0], &ids[1], &ids[2]);
+    let mut conn = pool.acquire().await.expect("conn");
+    jobs::register_worker(&mut conn, "w", email::EMAIL_QUEUE)
+        .await
+        .expect("worker");
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Queued', lock_by = 'w', lock_at = now()
+         WHERE id = ANY($1)",
+    )
+    .bind([running, sent_before])
+    .execute(&pool)
+    .await
+    .expect("fetched");
+    assert!(jobs::cancel(&mut conn, cancelled).await.expect("cancel"));
+    sqlx::query(
+        "UPDATE email_deliveries SET status = 'sent', ses_message_id = 'earlier' WHERE job_id = $1",
+    )
+    .bind(sent_before)
+    .execute(&pool)
+    .await
+    .expect("sent earlier");
+
+    let recorded = jobs::record_sent_emails(
+        &mut conn,
+        &ids,
+        &[Some("m-0".into()), Some("m-1".into()), None],
+        &[1, 1, 2],
+        email::ledger::LockWait::Session,
+    )
+    .await
+    .expect("record");
+    assert_eq!(
+        recorded,
+        std::slice::from_ref(running),
+        "only the job still running"
+    );
+
+    // As apalis's own ack writes a successful run, in the same transaction as the ledger's `sent`.
+    let (status, attempts, result, same_instant): (String, i32, serde_json::Value, bool) =
+        sqlx::query_as(
+            "SELECT j.status, j.attempts, j.last_result, j.done_at = d.sent_at
+             FROM apalis.jobs j JOIN email_deliveries d ON d.job_id = j.id WHERE j.id = $1",
+        )
+        .bind(running)
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!((status.as_str(), attempts, same_instant), ("Done", 1, true));
+    assert_eq!(
+        result,
+        serde_json::json!({"Ok": {"outcome": "sent", "ses_message_id": "m-0"}})
+    );
+    // A cancelled job stays cancelled, though SES's acceptance reaches the ledger.
+    let row = jobs::find(&mut conn, cancelled)
+        .await
+        .expect("find")
+        .expect("job");
+    assert_eq!(row.status(), JobStatus::Cancelled);
+    let ledger = email::ledger::find(&mut conn, cancelled)
+        .await
+        .expect("q")
+        .expect("row");
+    assert_eq!(
+        (ledger.status.as_str(), ledger.ses_message_id.as_deref()),
+        ("sent", Some("m-1"))
+    );
+    // A row sent earlier keeps its message id, and its job is left to apalis's own ack.
+    let row = jobs::find(&mut conn, sent_before)
+        .await
+        .expect("find")
+        .expect("job");
+    assert_eq!(row.status(), JobStatus::Running);
+    let ledger = email::ledger::find(&mut conn, sent_before)
+        .await
+        .expect("q")
+        .expect("row");
+    assert_eq!(ledger.ses_message_id.as_deref(), Some("earlier"));
+}

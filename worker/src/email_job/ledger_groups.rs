@@ -1,23 +1,31 @@
 //! Grouped ledger writes: the common claim and the `sent` record, one statement for every email
 //! that arrived while the previous one ran, bounded so that one stuck row cannot stall the rest.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_shared::email::ledger;
+use herald_shared::jobs;
 use sqlx::PgPool;
 
+use crate::backend::AckedJobs;
 use crate::group::Group;
 
 /// A claim request: job id, recipient, category.
 type ClaimRequest = (String, String, String);
+
+/// A `sent` record: job id, SES message id, the run's number.
+type SentRequest = (String, Option<String>, i32);
 
 /// The grouped ledger writes of one worker process.
 #[derive(Debug)]
 pub struct LedgerGroups {
     /// Moves rows to `sending` (the common case) for many emails at once.
     pub(super) claims: Group<ClaimRequest, ledger::Claim>,
-    /// Writes `sent` for many emails at once.
-    pub(super) sent: Group<(String, Option<String>), ()>,
+    /// Writes `sent` for many emails at once, and records their jobs' successful runs with it.
+    pub(super) sent: Group<SentRequest, ()>,
+    /// The jobs the `sent` writes recorded, for the email backend to leave out of its acks.
+    pub acked: Arc<AckedJobs>,
 }
 
 /// How long a grouped ledger statement may take before its emails fall back to the per-email path
@@ -60,22 +68,41 @@ impl LedgerGroups {
             }
         });
         let sent_pool = pool.clone();
-        let sent = Group::start(256, move |items: Vec<(String, Option<String>)>| {
-            let pool = sent_pool.clone();
+        let acked = Arc::new(AckedJobs::default());
+        let recorded = Arc::clone(&acked);
+        let sent = Group::start(256, move |items: Vec<SentRequest>| {
+            let (pool, recorded) = (sent_pool.clone(), Arc::clone(&recorded));
             async move {
-                let (ids, message_ids): (Vec<String>, Vec<Option<String>>) =
-                    items.into_iter().unzip();
+                let mut ids = Vec::with_capacity(items.len());
+                let mut message_ids = Vec::with_capacity(items.len());
+                let mut runs = Vec::with_capacity(items.len());
+                for (id, message_id, run) in items {
+                    ids.push(id);
+                    message_ids.push(message_id);
+                    runs.push(run);
+                }
                 let write = async |conn: &mut sqlx::PgConnection| {
-                    ledger::mark_sent_many(conn, &ids, &message_ids, lock_wait).await
+                    jobs::record_sent_emails(conn, &ids, &message_ids, &runs, lock_wait)
+                        .await
+                        .map_err(jobs::JobError::into_sqlx)
                 };
-                // On failure each email writes its own row, with retries and per-row errors.
+                // On failure each email writes its own row, with retries and per-row errors, and
+                // apalis records its job.
                 match grouped_write(&pool, "'sent'", ids.len(), bound, write).await {
-                    Some(_) => vec![Some(()); ids.len()],
+                    Some(done) => {
+                        // Before the answers: a run's ack follows its answer.
+                        recorded.insert(done);
+                        vec![Some(()); ids.len()]
+                    }
                     None => Vec::new(),
                 }
             }
         });
-        Self { claims, sent }
+        Self {
+            claims,
+            sent,
+            acked,
+        }
     }
 }
 

@@ -142,7 +142,7 @@ async fn run(
         if let Some(claim) = ctx.ledger.claims.call(request).await {
             warn_if_uncertain(id, &claim.before);
             let outgoing = outgoing(ctx, id, job, rendered, unsubscribe.as_deref());
-            return send(ctx, id, &outgoing, &claim.before, runs.is_last()).await;
+            return send(ctx, id, &outgoing, &claim.before, runs).await;
         }
     }
 
@@ -239,7 +239,7 @@ async fn run(
     // Locked above, so the row is still pending or sending.
     ledger::claim(&mut tx, id, token_id).await?;
     tx.commit().await?;
-    send(ctx, id, &outgoing, &delivery, runs.is_last()).await
+    send(ctx, id, &outgoing, &delivery, runs).await
 }
 
 /// Calls SES for a job whose ledger row is committed as `sending`, and records what happened.
@@ -248,11 +248,12 @@ async fn send(
     id: &str,
     outgoing: &OutgoingEmail,
     delivery: &ledger::Delivery,
-    last_attempt: bool,
+    runs: Runs,
 ) -> Result<Outcome, JobFailure> {
+    let last_attempt = runs.is_last();
     let error = match ctx.sender.send(outgoing).await {
         Ok(message_id) => {
-            record_sent(ctx, id, message_id.as_deref()).await?;
+            record_sent(ctx, id, message_id.as_deref(), runs).await?;
             count(ctx, "sent");
             tracing::info!(
                 job_id = id,
@@ -350,11 +351,13 @@ async fn record_sent(
     ctx: &EmailContext,
     id: &str,
     message_id: Option<&str>,
+    runs: Runs,
 ) -> Result<(), JobFailure> {
+    let run = i32::try_from(runs.this).unwrap_or(i32::MAX);
     let grouped = ctx
         .ledger
         .sent
-        .call((id.to_owned(), message_id.map(str::to_owned)));
+        .call((id.to_owned(), message_id.map(str::to_owned), run));
     if grouped.await.is_some() {
         return Ok(());
     }

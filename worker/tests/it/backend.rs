@@ -74,6 +74,7 @@ fn start(
                         QUEUE,
                         config.clone(),
                         Duration::from_millis(100),
+                        Default::default(),
                     ))
                     .concurrency(concurrency)
                     .data(ran.clone())

@@ -560,3 +560,39 @@ async fn a_database_error_in_a_job_backs_off_instead_of_spending_attempts_at_onc
     assert_eq!(again, 1, "no burst of attempts");
     assert!(calls.lock().expect("lock").is_empty());
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_sent_email_s_job_is_recorded_by_its_sent_write_and_acked_no_second_time(pool: PgPool) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    let client = mocked_ses(calls.clone(), |_, _| None);
+    let config = worker_config(&pool, &[]);
+    let ids = enqueue(&pool, 40, "recorded", Category::Transactional).await;
+    let ctx = context(&pool, client, &config);
+    let worker = RunningWorker::start(config.clone(), &pool, ctx.clone());
+    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(30)).await;
+    worker.stop().await;
+    assert!(
+        outcome.iter().all(|s| *s == JobStatus::Succeeded),
+        "{outcome:?}"
+    );
+    assert_eq!(calls.lock().expect("lock").len(), 40, "each sent once");
+    // Recorded in the `sent` statement's transaction (same `now()`), as apalis records a run; an
+    // ack written after it would have moved `done_at`.
+    let recorded: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM apalis.jobs j JOIN email_deliveries d ON d.job_id = j.id
+           WHERE j.id = ANY($1) AND j.status = 'Done' AND j.attempts = 1 AND j.done_at = d.sent_at
+             AND d.ses_message_id LIKE 'mock-%'
+             AND j.last_result = jsonb_build_object('Ok', jsonb_build_object(
+                 'outcome', 'sent', 'ses_message_id', d.ses_message_id))"#,
+    )
+    .bind(&ids)
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(recorded, 40);
+    assert!(
+        ctx.ledger.acked.is_empty(),
+        "every recorded job's ack arrived and was left out"
+    );
+}
