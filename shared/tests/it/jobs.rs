@@ -295,3 +295,75 @@ async fn the_sent_write_records_running_jobs_as_apalis_would_and_leaves_ended_on
         .expect("row");
     assert_eq!(ledger.ses_message_id.as_deref(), Some("earlier"));
 }
+
+/// `record_sent_emails` writes the ledger's `sent` as `ledger::mark_sent_many` does (the two carry
+/// the same transition; this keeps them from drifting apart), from every state a row can be in.
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_grouped_sent_write_moves_ledger_rows_as_mark_sent_many_does(pool: PgPool) {
+    let options = with_apalis(&pool).await;
+    let states = [
+        "pending",
+        "sending",
+        "failed",
+        "cancelled",
+        "sent",
+        "suppressed",
+    ];
+    let mut tx = pool.begin().await.expect("tx");
+    let mut pairs = Vec::new();
+    for _ in states {
+        let a = email::enqueue(&mut tx, &job(), options.clone())
+            .await
+            .expect("a");
+        let b = email::enqueue(&mut tx, &job(), options.clone())
+            .await
+            .expect("b");
+        pairs.push((a.to_string(), b.to_string()));
+    }
+    tx.commit().await.expect("commit");
+    for (state, (a, b)) in states.iter().zip(&pairs) {
+        sqlx::query(
+            "UPDATE email_deliveries SET status = $1, last_error = 'earlier', outcome_unknown = true
+             WHERE job_id = ANY($2)",
+        )
+        .bind(state)
+        .bind([a, b])
+        .execute(&pool)
+        .await
+        .expect("state");
+    }
+    let (a_ids, b_ids): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
+    let mut conn = pool.acquire().await.expect("conn");
+    let a_msgs: Vec<Option<String>> = (0..a_ids.len()).map(|i| Some(format!("m-{i}"))).collect();
+    let b_msgs: Vec<Option<String>> = (0..b_ids.len()).map(|i| Some(format!("n-{i}"))).collect();
+    email::ledger::mark_sent_many(&mut conn, &a_ids, &a_msgs, email::ledger::LockWait::Session)
+        .await
+        .expect("mark_sent_many");
+    let runs = vec![1; b_ids.len()];
+    jobs::record_sent_emails(
+        &mut conn,
+        &b_ids,
+        &b_msgs,
+        &runs,
+        email::ledger::LockWait::Session,
+    )
+    .await
+    .expect("record_sent_emails");
+    let row = "SELECT status, replace(replace(ses_message_id, 'n-', ''), 'm-', ''), last_error,
+                      outcome_unknown, sent_at IS NOT NULL, attempts
+               FROM email_deliveries WHERE job_id = $1";
+    type Row = (String, Option<String>, Option<String>, bool, bool, i32);
+    for (state, (a, b)) in states.iter().zip(&pairs) {
+        let left: Row = sqlx::query_as(row)
+            .bind(a)
+            .fetch_one(&pool)
+            .await
+            .expect("a");
+        let right: Row = sqlx::query_as(row)
+            .bind(b)
+            .fetch_one(&pool)
+            .await
+            .expect("b");
+        assert_eq!(left, right, "from {state}");
+    }
+}
