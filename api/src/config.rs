@@ -54,6 +54,9 @@ pub struct ApiConfig {
     /// Marketing mail (`MARKETING_EMAIL_ENABLED`, default true) and its unsubscribe links
     /// (`UNSUBSCRIBE_SECRETS`, `PUBLIC_URL`, `UNSUBSCRIBE_MAILTO`); `None` when disabled.
     pub marketing: Option<std::sync::Arc<herald_shared::unsubscribe::Marketing>>,
+    /// How `POST /v1/emails` groups concurrent requests into statements
+    /// (`API_ENQUEUE_STATEMENTS` in flight, `API_ENQUEUE_GROUP_MAX` emails each).
+    pub enqueue_groups: herald_shared::email::group::GroupLimits,
 }
 
 impl ApiConfig {
@@ -152,9 +155,27 @@ impl ApiConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let enqueue_statements: usize = parse_or(env, "API_ENQUEUE_STATEMENTS", 4)?;
+        if !(1..=64).contains(&enqueue_statements) {
+            return Err(ConfigError::Invalid {
+                var: "API_ENQUEUE_STATEMENTS",
+                reason: "must be 1 to 64".into(),
+            });
+        }
+        let enqueue_group_max: usize = parse_or(env, "API_ENQUEUE_GROUP_MAX", 100)?;
+        if !(1..=1000).contains(&enqueue_group_max) {
+            return Err(ConfigError::Invalid {
+                var: "API_ENQUEUE_GROUP_MAX",
+                reason: "must be 1 to 1000".into(),
+            });
+        }
         let app_env = herald_shared::config::AppEnv::from_source(env)?;
         Ok(Self {
             app_env,
+            enqueue_groups: herald_shared::email::group::GroupLimits {
+                statements: enqueue_statements,
+                max_group: enqueue_group_max,
+            },
             public_addr,
             public_rate_limit,
             public_trust_proxy: parse_or(env, "PUBLIC_TRUST_PROXY", false)?,

@@ -176,6 +176,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A grouped enqueue's failure, as the same failure alone would be answered.
+    pub fn from_group(err: herald_shared::email::group::GroupError) -> Self {
+        use herald_shared::email::group::GroupError;
+        match err {
+            GroupError::Unavailable(text) => Self::DatabaseUnavailable(text),
+            GroupError::Failed(text) => Self::Internal(text),
+        }
+    }
+}
+
 impl From<herald_shared::jobs::JobError> for ApiError {
     fn from(err: herald_shared::jobs::JobError) -> Self {
         match err.as_sqlx() {

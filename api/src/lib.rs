@@ -37,6 +37,8 @@ pub struct AppState {
     pub public_limiter: Arc<routes::unsubscribe::RateLimiter>,
     /// Compiled template versions.
     pub templates: Arc<herald_shared::email::templates::Cache>,
+    /// `POST /v1/emails`'s grouped enqueue.
+    pub enqueue: herald_shared::email::group::EnqueueGroups,
 }
 
 /// The OpenAPI document of every route.
@@ -353,12 +355,17 @@ impl Application {
         let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr).await?;
         let public_listener = tokio::net::TcpListener::bind(config.public_addr).await?;
         let config_compliance = config.compliance.clone();
+        let db = herald_shared::db::Db::new(pool, config.db.acquire_timeout);
         let state = AppState {
+            enqueue: herald_shared::email::group::EnqueueGroups::start(
+                db.clone(),
+                config.enqueue_groups,
+            ),
             templates: Arc::default(),
             public_limiter: Arc::new(routes::unsubscribe::RateLimiter::new(
                 config.public_rate_limit,
             )),
-            db: herald_shared::db::Db::new(pool, config.db.acquire_timeout),
+            db,
             config: Arc::new(config),
             metrics: Arc::new(herald_shared::metrics::Metrics::with_compliance(
                 config_compliance,

@@ -4,7 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use herald_shared::email::{self, Category, EmailContent, EmailJob, NewEmail, Queued, templates};
+use herald_shared::email::group::GroupedEmail;
+use herald_shared::email::{Category, EmailContent, EmailJob, NewEmail, Queued, templates};
 use herald_shared::{address, tokens};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -215,30 +216,57 @@ pub async fn send_email(
         }
     };
     let body_hash = tokens::sha256_hex(&String::from_utf8_lossy(&body.raw));
-    let mut conn = state.db.acquire().await?;
-    if let Some(key) = &key
-        && let Some(job_id) = replay(&mut conn, key, &body_hash).await?
-    {
-        return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
+    // A connection only where this request reads the database itself (a key's replay, a
+    // template's version): the enqueue shares a statement with concurrent requests.
+    let mut conn = None;
+    if let Some(key) = &key {
+        let conn = conn.insert(state.db.acquire().await?);
+        if let Some(job_id) = replay(conn, key, &body_hash).await? {
+            return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
+        }
     }
-    let checked = check(&state, &mut conn, body.value, &mut Resolved::new()).await?;
-    let item = checked.item(&state, key.as_deref().map(|k| (k, body_hash.as_str())));
-    let queued = email::enqueue_many(&mut conn, &[item], true).await?.pop();
+    let (mut job, send_at) = precheck(&state, body.value)?;
+    if matches!(job.content, EmailContent::Template { .. }) {
+        let conn = match &mut conn {
+            Some(conn) => conn,
+            None => conn.insert(state.db.acquire().await?),
+        };
+        pin_template(&state, conn, &mut job, &mut Resolved::new()).await?;
+    }
+    drop(conn);
+    let (to, category, label) = (
+        address::mask(&job.to).to_string(),
+        job.category,
+        job.content.label().to_owned(),
+    );
+    let queued = state
+        .enqueue
+        .queue(GroupedEmail {
+            job,
+            run_at: send_at,
+            max_attempts: state.config.email_max_attempts,
+            idempotency: key.clone().map(|k| (k, body_hash.clone())),
+        })
+        .await
+        .map_err(ApiError::from_group)?;
     let job_id = match queued {
-        Some(Queued::New(id)) => id.to_string(),
-        Some(Queued::Replayed(job_id)) => job_id,
-        Some(Queued::Suppressed) => {
-            return Err(ApiError::RecipientSuppressed(checked.job.category.as_str()));
+        Queued::New(id) => id.to_string(),
+        Queued::Replayed(job_id) => job_id,
+        Queued::Suppressed => {
+            return Err(ApiError::RecipientSuppressed(category.as_str()));
         }
         // A concurrent request with this key committed first: answer with its job.
-        Some(Queued::KeyConflict) | None => match &key {
-            Some(key) => replay(&mut conn, key, &body_hash)
-                .await?
-                .ok_or(ApiError::IdempotencyConflict)?,
+        Queued::KeyConflict => match &key {
+            Some(key) => {
+                let mut conn = state.db.acquire().await?;
+                replay(&mut conn, key, &body_hash)
+                    .await?
+                    .ok_or(ApiError::IdempotencyConflict)?
+            }
             None => return Err(ApiError::Internal("no answer for the email".into())),
         },
     };
-    tracing::info!(job_id, to = %address::mask(&checked.job.to), template = checked.job.content.label(), "email queued");
+    tracing::info!(job_id, to = %to, template = label, "email queued");
     Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))))
 }
 
@@ -270,14 +298,23 @@ pub(crate) async fn check(
     req: SendEmailRequest,
     resolved: &mut Resolved,
 ) -> Result<Checked, ApiError> {
-    let (mut job, send_at) = build_job(req)?;
+    let (mut job, send_at) = precheck(state, req)?;
+    pin_template(state, conn, &mut job, resolved).await?;
+    Ok(Checked { job, send_at })
+}
+
+/// The checks of [`check`] that need no database.
+fn precheck(
+    state: &AppState,
+    req: SendEmailRequest,
+) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
+    let (job, send_at) = build_job(req)?;
     if job.category == Category::Marketing && state.config.marketing.is_none() {
         return Err(ApiError::Validation(
             "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
         ));
     }
-    pin_template(state, conn, &mut job, resolved).await?;
-    Ok(Checked { job, send_at })
+    Ok((job, send_at))
 }
 
 /// Earlier requests' keys among `keys`: key → (request hash, job id).

@@ -1051,3 +1051,81 @@ async fn a_batch_answers_each_item_in_order_and_queues_only_the_good_ones(pool: 
         .expect("post");
     assert_eq!(res.status(), 200);
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn concurrent_single_emails_share_statements_and_each_request_gets_its_own_answer(
+    pool: PgPool,
+) {
+    // One statement at a time, so that requests arriving meanwhile are grouped.
+    let app = TestApp::spawn_with(pool, true, &[("API_ENQUEUE_STATEMENTS", "1")]).await;
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
+         VALUES ('gone@example.com', 'bounce', true)",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("suppress");
+    let mut asks: Vec<(String, Option<&str>)> = (0..40)
+        .map(|i| {
+            (
+                format!(r#"{{"to":"c{i}@example.com","subject":"Hi","text":"x"}}"#),
+                None,
+            )
+        })
+        .collect();
+    asks.push((
+        r#"{"to":"gone@example.com","subject":"Hi","text":"x"}"#.into(),
+        None,
+    ));
+    asks.push((
+        r#"{"to":"bad address","subject":"Hi","text":"x"}"#.into(),
+        None,
+    ));
+    for _ in 0..3 {
+        asks.push((
+            r#"{"to":"k@example.com","subject":"Hi","text":"same"}"#.into(),
+            Some("k-1"),
+        ));
+    }
+    let answers = futures::future::join_all(asks.iter().map(|(body, key)| {
+        let headers: Vec<(&str, &str)> = key.iter().map(|k| ("Idempotency-Key", *k)).collect();
+        let app = &app;
+        async move { app.send("POST", "/v1/emails", Some(body), &headers).await }
+    }))
+    .await;
+    for (i, (status, body)) in answers.iter().enumerate().take(40) {
+        assert_eq!(*status, 202, "{body}");
+        let recipient: String =
+            sqlx::query_scalar("SELECT recipient FROM email_deliveries WHERE job_id = $1")
+                .bind(body["job_id"].as_str().expect("job id"))
+                .fetch_one(&app.pool)
+                .await
+                .expect("ledger row");
+        assert_eq!(
+            recipient,
+            format!("c{i}@example.com"),
+            "answered another request's job"
+        );
+    }
+    assert_eq!(
+        (answers[40].0, code(&answers[40].1)),
+        (409, "recipient_suppressed")
+    );
+    assert_eq!(
+        (answers[41].0, code(&answers[41].1)),
+        (422, "validation_failed")
+    );
+    let keyed: Vec<&Value> = answers[42..]
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, 202, "{b}");
+            &b["job_id"]
+        })
+        .collect();
+    assert!(keyed.iter().all(|id| *id == keyed[0]), "{keyed:?}");
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(jobs, 41, "40 emails and one for the key");
+}

@@ -1,5 +1,6 @@
 //! The email job: its payload, enqueueing it with its ledger row, and the shared sending state.
 
+pub mod group;
 pub mod ledger;
 pub mod templates;
 
