@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod feedback;
+pub mod group;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;

@@ -5,7 +5,6 @@ pub mod backend;
 pub mod config;
 pub mod email_job;
 pub mod feedback;
-pub mod group;
 pub mod job;
 pub mod maintenance;
 pub mod ses;

@@ -9,12 +9,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, mpsc, oneshot};
-
 use super::{EmailJob, NewEmail, Queued, enqueue_many};
 use crate::db::{Db, is_unavailable};
+use crate::group::Group;
 use crate::jobs::JobError;
+use chrono::{DateTime, Utc};
 
 /// An email to queue, owned, as [`EnqueueGroups::queue`] takes it.
 #[derive(Debug, Clone)]
@@ -70,11 +69,6 @@ impl From<&JobError> for GroupError {
 
 type Answer = Result<Queued, GroupError>;
 
-struct Waiting {
-    email: GroupedEmail,
-    answer: oneshot::Sender<Answer>,
-}
-
 /// Limits of [`EnqueueGroups`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupLimits {
@@ -97,142 +91,103 @@ impl Default for GroupLimits {
 /// `POST /v1/emails` answers them; see the module's documentation.
 #[derive(Debug, Clone)]
 pub struct EnqueueGroups {
-    tx: mpsc::Sender<Waiting>,
+    group: Arc<Group<GroupedEmail, Answer>>,
     statements: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiting").finish_non_exhaustive()
-    }
 }
 
 impl EnqueueGroups {
     /// Starts the task that groups and queues emails on `db` (it ends when every handle is dropped).
     pub fn start(db: Db, limits: GroupLimits) -> Self {
-        let limits = GroupLimits {
-            statements: limits.statements.max(1),
-            max_group: limits.max_group.max(1),
-        };
-        let (tx, rx) = mpsc::channel(limits.max_group.saturating_mul(limits.statements).max(64));
         let statements = Arc::new(AtomicU64::default());
-        tokio::spawn(run(db, rx, limits, statements.clone()));
-        Self { tx, statements }
+        let counter = statements.clone();
+        let group = Group::start_with(limits.max_group, limits.statements, move |emails| {
+            let (db, counter) = (db.clone(), counter.clone());
+            async move {
+                let mut answers: Vec<Option<Answer>> = (0..emails.len()).map(|_| None).collect();
+                // Rounds, each with distinct keys (`enqueue_emails` requires it): a repeated key
+                // runs after its first use committed, and so is answered as a replay or conflict.
+                for round in rounds(&emails) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let batch: Vec<&GroupedEmail> = round.iter().map(|&i| &emails[i]).collect();
+                    for (i, answer) in round.into_iter().zip(queue_round(&db, &batch).await) {
+                        answers[i] = Some(answer);
+                    }
+                }
+                answers
+            }
+        });
+        Self {
+            group: Arc::new(group),
+            statements,
+        }
     }
 
     /// Queues one email with whatever others are waiting; its own answer, as `enqueue_many`
     /// with `refuse_suppressed` gives it.
     pub async fn queue(&self, email: GroupedEmail) -> Answer {
-        let (answer, rx) = oneshot::channel();
-        let stopped = || GroupError::Failed("the enqueue task stopped".into());
-        self.tx
-            .send(Waiting { email, answer })
+        self.group
+            .call(email)
             .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+            .unwrap_or_else(|| Err(GroupError::Failed("the enqueue task gave no answer".into())))
     }
 
-    /// Statements run so far (each queues one group).
+    /// Statements run so far (each queues one round of a group).
     pub fn statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }
 }
 
-async fn run(
-    db: Db,
-    mut rx: mpsc::Receiver<Waiting>,
-    limits: GroupLimits,
-    statements: Arc<AtomicU64>,
-) {
-    let permits = Arc::new(Semaphore::new(limits.statements));
-    loop {
-        // The permit first: while every statement is busy, arrivals gather in the channel.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = rx.recv().await else {
-            return;
-        };
-        let mut group = vec![first];
-        while group.len() < limits.max_group {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        let (db, statements) = (db.clone(), statements.clone());
-        tokio::spawn(async move {
-            // Rounds, each with distinct keys (`enqueue_emails` requires it): a repeated key
-            // runs after its first use committed, and so is answered as a replay or conflict.
-            for round in rounds(group) {
-                statements.fetch_add(1, Ordering::Relaxed);
-                queue_round(&db, round).await;
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Splits a group into rounds in which no idempotency key appears twice, keeping arrival order.
-fn rounds(group: Vec<Waiting>) -> Vec<Vec<Waiting>> {
-    let mut rounds: Vec<Vec<Waiting>> = vec![Vec::with_capacity(group.len())];
-    for waiting in group {
-        let at = match waiting.email.key() {
+/// Splits a group into rounds (indices into it) in which no idempotency key appears twice,
+/// keeping arrival order.
+fn rounds(group: &[GroupedEmail]) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<Vec<usize>> = vec![Vec::with_capacity(group.len())];
+    for (i, email) in group.iter().enumerate() {
+        let at = match email.key() {
             None => 0,
             Some(key) => rounds
                 .iter()
-                .position(|round| round.iter().all(|w| w.email.key() != Some(key)))
+                .position(|round| round.iter().all(|&j| group[j].key() != Some(key)))
                 .unwrap_or(rounds.len()),
         };
         if at == rounds.len() {
             rounds.push(Vec::new());
         }
-        rounds[at].push(waiting);
+        rounds[at].push(i);
     }
     rounds
 }
 
-async fn queue_round(db: &Db, round: Vec<Waiting>) {
+/// One statement for a round; an answer per email, in order.
+async fn queue_round(db: &Db, round: &[&GroupedEmail]) -> Vec<Answer> {
+    let everyone = |err: GroupError| round.iter().map(|_| Err(err.clone())).collect();
     let mut conn = match db.acquire().await {
         Ok(conn) => conn,
-        Err(err) => {
-            let err = GroupError::from(&JobError::Db(err));
-            for waiting in round {
-                let _ = waiting.answer.send(Err(err.clone()));
-            }
-            return;
-        }
+        Err(err) => return everyone(GroupError::from(&JobError::Db(err))),
     };
-    let emails: Vec<NewEmail<'_>> = round.iter().map(|w| w.email.as_new()).collect();
+    let emails: Vec<NewEmail<'_>> = round.iter().map(|e| e.as_new()).collect();
     match enqueue_many(&mut conn, &emails, true).await {
-        Ok(answers) => {
-            for (waiting, answer) in round.into_iter().zip(answers) {
-                let _ = waiting.answer.send(Ok(answer));
-            }
-        }
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
         // The server refused the statement, so nothing of it was written: each email alone, so
         // that one email's failure is its own.
         Err(err) if round.len() > 1 && refused(&err) => {
             tracing::warn!(emails = round.len(), error = %crate::telemetry::error_chain(&err),
                 "a grouped enqueue was refused; queueing its emails one by one");
-            for waiting in round {
-                let answer = enqueue_many(&mut conn, &[waiting.email.as_new()], true)
-                    .await
-                    .map_err(|e| GroupError::from(&e))
-                    .and_then(|mut answers| {
-                        answers.pop().ok_or_else(|| {
-                            GroupError::Failed("enqueue_emails gave no answer".into())
-                        })
-                    });
-                let _ = waiting.answer.send(answer);
+            let mut answers = Vec::with_capacity(round.len());
+            for email in &emails {
+                answers.push(
+                    enqueue_many(&mut conn, std::slice::from_ref(email), true)
+                        .await
+                        .map_err(|e| GroupError::from(&e))
+                        .and_then(|mut one| {
+                            one.pop().ok_or_else(|| {
+                                GroupError::Failed("enqueue_emails gave no answer".into())
+                            })
+                        }),
+                );
             }
+            answers
         }
-        Err(err) => {
-            let err = GroupError::from(&err);
-            for waiting in round {
-                let _ = waiting.answer.send(Err(err.clone()));
-            }
-        }
+        Err(err) => everyone(GroupError::from(&err)),
     }
 }
 
@@ -250,9 +205,8 @@ mod tests {
     use super::*;
     use crate::email::{Category, EmailContent};
 
-    fn waiting(key: Option<&str>) -> (Waiting, oneshot::Receiver<Answer>) {
-        let (answer, rx) = oneshot::channel();
-        let email = GroupedEmail {
+    fn email(key: Option<&str>) -> GroupedEmail {
+        GroupedEmail {
             job: EmailJob {
                 to: "a@example.com".into(),
                 category: Category::Transactional,
@@ -265,8 +219,7 @@ mod tests {
             run_at: None,
             max_attempts: 1,
             idempotency: key.map(|k| (k.to_owned(), "h".to_owned())),
-        };
-        (Waiting { email, answer }, rx)
+        }
     }
 
     #[test]
@@ -280,19 +233,7 @@ mod tests {
             Some("a"),
             Some("b"),
         ];
-        let group: Vec<Waiting> = keys.iter().map(|k| waiting(*k).0).collect();
-        let rounds = rounds(group);
-        let shape: Vec<Vec<Option<&str>>> = rounds
-            .iter()
-            .map(|r| r.iter().map(|w| w.email.key()).collect())
-            .collect();
-        assert_eq!(
-            shape,
-            vec![
-                vec![Some("a"), None, Some("b"), None],
-                vec![Some("a"), Some("b")],
-                vec![Some("a")],
-            ]
-        );
+        let group: Vec<GroupedEmail> = keys.iter().map(|k| email(*k)).collect();
+        assert_eq!(rounds(&group), vec![vec![0, 1, 2, 4], vec![3, 6], vec![5]]);
     }
 }

@@ -9,7 +9,7 @@ use herald_shared::jobs;
 use sqlx::PgPool;
 
 use crate::backend::AckedJobs;
-use crate::group::Group;
+use herald_shared::group::Group;
 
 /// A claim request: job id, recipient, category.
 type ClaimRequest = (String, String, String);
