@@ -12,7 +12,8 @@ Builds the benchmarks in release mode and runs them one after another on one Pos
 of its own. Prints every figure beside its baseline, measured in the same run:
   pipeline  API enqueue vs raw apalis pushes; no-op drain through Herald's backend vs raw apalis
             (alternating rounds, medians); the full email path (herald-worker binary, local SES
-            stub) vs pgbench -N TPS; worker memory idle and under load; idle pick-up latency
+            stub) vs pgbench -N TPS, at batch 100 / concurrency 32 and at 500 / 256 (the
+            headline); worker memory idle and under load; idle pick-up latency
   expiry    1,000,000 expired tokens, batched vs one DELETE (total, longest statement)
   feedback  SES notification parse + apply vs a bare INSERT of the event rows
   peers     Herald's no-op drain (fetching 100, and 1,000, jobs per statement) beside
@@ -48,7 +49,7 @@ use_database
 PGBENCH="$(pg_tool pgbench "$DATABASE_URL")"
 export PGBENCH
 if $quick; then
-    export BENCH_PUSHES="${BENCH_PUSHES:-400}" BENCH_JOBS="${BENCH_JOBS:-500}" BENCH_ROUNDS="${BENCH_ROUNDS:-1}"
+    export BENCH_PUSHES="${BENCH_PUSHES:-400}" BENCH_JOBS="${BENCH_JOBS:-500}" BENCH_EMAIL_JOBS="${BENCH_EMAIL_JOBS:-1000}" BENCH_ROUNDS="${BENCH_ROUNDS:-1}"
     export BENCH_PICKUPS="${BENCH_PICKUPS:-10}" BENCH_PGBENCH_SECS="${BENCH_PGBENCH_SECS:-5}"
     export BENCH_TOKENS="${BENCH_TOKENS:-50000}" BENCH_FEEDBACK="${BENCH_FEEDBACK:-1000}"
     export BENCH_BATCH_EMAILS="${BENCH_BATCH_EMAILS:-4000}" BENCH_OPEN_SECS="${BENCH_OPEN_SECS:-2}"

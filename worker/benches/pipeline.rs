@@ -9,7 +9,10 @@
 //! - `POST /v1/emails/batch` vs apalis's own bulk push;
 //! - no-op drain through Herald's queue backend vs raw apalis, same batch size and concurrency
 //!   (alternating rounds, medians);
-//! - the full email path (worker binary, SES stub) vs `pgbench -N` TPS on the same server;
+//! - the full email path (worker binary, SES stub) vs `pgbench -N` TPS on the same server, at the
+//!   drain's modest batch and concurrency and at a throughput setting (BENCH_EMAIL_BATCH 500,
+//!   BENCH_EMAIL_CONCURRENCY 256: the `email_path_vs_pgbench` key), BENCH_EMAIL_JOBS (20000)
+//!   emails each;
 //! - the worker's memory idle and under load;
 //! - idle pick-up latency (commit to SES call) vs raw apalis (push to Done).
 //!
@@ -297,6 +300,106 @@ fn pgbench_tps(url: &str, clients: usize, secs: usize) -> Option<f64> {
         .find(|l| l.starts_with("tps = "))
         .and_then(|l| l["tps = ".len()..].split_whitespace().next())
         .and_then(|v| v.parse().ok())
+}
+
+/// One drain of the email path through a running worker.
+struct EmailRun {
+    rate: f64,
+    idle_rss: f64,
+    peak_rss: f64,
+    worker_ms: f64,
+    pg_ms: f64,
+    own_ms: f64,
+    busy: f64,
+    xacts_per_email: f64,
+}
+
+impl EmailRun {
+    fn summary(&self) -> String {
+        format!(
+            "{:.0} jobs/s; worker CPU {:.2} ms per email; PostgreSQL CPU {:.2} ms per email; {:.2} transactions per email (all clients); machine CPU {:.0}% busy ({:.2} ms per email in this process: SES stub and polling)",
+            self.rate,
+            self.worker_ms,
+            self.pg_ms,
+            self.xacts_per_email,
+            self.busy * 100.0,
+            self.own_ms
+        )
+    }
+}
+
+/// Queues `n` emails (numbered from `first`) in one transaction and times `worker` sending them
+/// all: watched through the SES stub's count while emails go out, and through the database only
+/// for the last acks (a count over every job row each few ms took a share of the server from the
+/// path it timed; pgbench beside it has no such observer).
+async fn email_run(
+    pool: &PgPool,
+    stub: &SesStub,
+    worker: &mut std::process::Child,
+    first: usize,
+    n: usize,
+) -> EmailRun {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        worker.try_wait().expect("wait").is_none(),
+        "herald-worker exited"
+    );
+    let idle_rss = rss_mib(worker.id());
+    let calls_before = stub.calls();
+    let done_before = count_done(pool, email::EMAIL_QUEUE).await;
+    let (cpu_before, xacts_before) = (common::process_cpu_seconds(worker.id()), xacts(pool).await);
+    let mut tx = pool.begin().await.expect("tx");
+    for i in first..first + n {
+        email::enqueue(
+            &mut tx,
+            &email(i),
+            EnqueueOptions {
+                max_attempts: 3,
+                run_at: None,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    let start = Instant::now();
+    let machine_before = machine_cpu();
+    let own_before = common::process_cpu_seconds(std::process::id());
+    let pg_before = common::postgres_cpu_seconds();
+    let mut peak_rss = idle_rss;
+    loop {
+        let sending = stub.calls() < calls_before + n as u64;
+        if !sending && count_done(pool, email::EMAIL_QUEUE).await >= done_before + n as i64 {
+            break;
+        }
+        peak_rss = peak_rss.max(rss_mib(worker.id()));
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "email jobs did not drain"
+        );
+        let wait = if sending { 20 } else { 5 };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let machine_after = machine_cpu();
+    let per = |seconds: f64| seconds * 1000.0 / n as f64;
+    let run = EmailRun {
+        rate,
+        idle_rss,
+        peak_rss,
+        worker_ms: per(common::process_cpu_seconds(worker.id()) - cpu_before),
+        pg_ms: per(common::postgres_cpu_seconds() - pg_before),
+        own_ms: per(common::process_cpu_seconds(std::process::id()) - own_before),
+        busy: (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1),
+        xacts_per_email: (xacts(pool).await - xacts_before) as f64 / n as f64,
+    };
+    assert_eq!(
+        stub.calls(),
+        calls_before + n as u64,
+        "every email job called SES exactly once"
+    );
+    run
 }
 
 #[tokio::main]
@@ -616,59 +719,23 @@ async fn main() {
 
     if want("email") {
         // 4. Full email path: the worker binary against the SES stub; its memory idle and under load.
+        // First at the bench's modest setting (the drain's batch and concurrency), then at the
+        // throughput setting (BENCH_EMAIL_BATCH, BENCH_EMAIL_CONCURRENCY), whose worker stays
+        // up for the pick-up measure below.
         let stub = SesStub::start().await;
-        let mut worker = spawn_worker(&url, &stub.url, batch, concurrency);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(
-            worker.try_wait().expect("wait").is_none(),
-            "herald-worker exited"
+        let mut modest = spawn_worker(&url, &stub.url, batch, concurrency);
+        // Enough emails that the faster setting runs for seconds, not a fraction of one.
+        let jobs = env_usize("BENCH_EMAIL_JOBS", jobs.max(20_000));
+        let modest_run = email_run(&pool, &stub, &mut modest, 0, jobs).await;
+        let _ = modest.kill();
+        let _ = modest.wait();
+        let (email_batch, email_concurrency) = (
+            env_usize("BENCH_EMAIL_BATCH", 500),
+            env_usize("BENCH_EMAIL_CONCURRENCY", 256),
         );
-        let idle_rss = rss_mib(worker.id());
-        let (cpu_before, xacts_before) =
-            (common::process_cpu_seconds(worker.id()), xacts(&pool).await);
-        let mut tx = pool.begin().await.expect("tx");
-        for i in 0..jobs {
-            email::enqueue(
-                &mut tx,
-                &email(i),
-                EnqueueOptions {
-                    max_attempts: 3,
-                    run_at: None,
-                    idempotency_key: None,
-                },
-            )
-            .await
-            .expect("enqueue");
-        }
-        tx.commit().await.expect("commit");
-        let start = Instant::now();
-        let machine_before = machine_cpu();
-        let own_before = common::process_cpu_seconds(std::process::id());
-        let pg_before = common::postgres_cpu_seconds();
-        let mut peak_rss = idle_rss;
-        // Watched through the SES stub's count while emails go out, and through the database
-        // only for the last acks: a count over every job row each few ms took a share of the
-        // server from the path it timed (pgbench beside it has no such observer).
-        loop {
-            let sending = stub.calls() < jobs as u64;
-            if !sending && count_done(&pool, email::EMAIL_QUEUE).await >= jobs as i64 {
-                break;
-            }
-            peak_rss = peak_rss.max(rss_mib(worker.id()));
-            assert!(
-                start.elapsed() < Duration::from_secs(600),
-                "email jobs did not drain"
-            );
-            let wait = if sending { 20 } else { 5 };
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
-        let email_rate = jobs as f64 / start.elapsed().as_secs_f64();
-        let machine_after = machine_cpu();
-        let own_cpu = common::process_cpu_seconds(std::process::id()) - own_before;
-        let worker_cpu = common::process_cpu_seconds(worker.id()) - cpu_before;
-        let pg_cpu = common::postgres_cpu_seconds() - pg_before;
-        let busy = (machine_after.0 - machine_before.0) / (machine_after.1 - machine_before.1);
-        let per_email = (xacts(&pool).await - xacts_before) as f64 / jobs as f64;
+        let mut worker = spawn_worker(&url, &stub.url, email_batch, email_concurrency);
+        let run = email_run(&pool, &stub, &mut worker, jobs, jobs).await;
+        let (email_rate, idle_rss, peak_rss) = (run.rate, run.idle_rss, run.peak_rss);
         let (updates, hot): (i64, i64) = sqlx::query_as(
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'email_deliveries'",
         )
@@ -676,26 +743,33 @@ async fn main() {
         .await
         .expect("table stats");
         println!("ledger updates: {updates}, of which HOT (no index rewritten): {hot}");
-        println!(
-            "email path: {email_rate:.0} jobs/s; worker CPU {:.2} ms per email; PostgreSQL CPU {:.2} ms per email; {per_email:.1} transactions per email (all clients); machine CPU {:.0}% busy ({:.2} ms per email in this process: SES stub and polling)",
-            worker_cpu * 1000.0 / jobs as f64,
-            pg_cpu * 1000.0 / jobs as f64,
-            busy * 100.0,
-            own_cpu * 1000.0 / jobs as f64
-        );
-        assert_eq!(
-            stub.calls(),
-            jobs as u64,
-            "every email job called SES exactly once"
-        );
+        for (what, r) in [
+            (
+                format!("batch {batch}, concurrency {concurrency}"),
+                &modest_run,
+            ),
+            (
+                format!("batch {email_batch}, concurrency {email_concurrency}"),
+                &run,
+            ),
+        ] {
+            println!("email path ({what}): {}", r.summary());
+        }
         match tps {
             Some(tps) => {
                 key("email_path_vs_pgbench", email_rate / tps);
+                key("email_path_modest_vs_pgbench", modest_run.rate / tps);
                 rows.push(Row::new(
-                    "full email path (worker binary, SES stub) vs pgbench -N TPS",
+                    &format!("full email path (worker binary, SES stub; batch {email_batch}, concurrency {email_concurrency}) vs pgbench -N TPS"),
                     format!("{email_rate:.0}"),
                     format!("{tps:.0}"),
                     email_rate / tps,
+                ));
+                rows.push(Row::new(
+                    &format!("full email path at batch {batch}, concurrency {concurrency} vs pgbench -N TPS"),
+                    format!("{:.0}", modest_run.rate),
+                    format!("{tps:.0}"),
+                    modest_run.rate / tps,
                 ));
             }
             None => println!("PGBENCH is not set: no pgbench -N baseline"),
@@ -721,7 +795,7 @@ async fn main() {
             let mut tx = pool.begin().await.expect("tx");
             email::enqueue(
                 &mut tx,
-                &email(jobs + i),
+                &email(2 * jobs + i),
                 EnqueueOptions {
                     max_attempts: 3,
                     run_at: None,
