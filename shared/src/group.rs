@@ -47,6 +47,11 @@ impl<I: Send + 'static, O: Send + 'static> Group<I, O> {
                 if rx.recv_many(&mut batch, max).await == 0 {
                     return;
                 }
+                // A caller that gave up (a request that timed out while it waited) is not run.
+                batch.retain(|(_, reply)| !reply.is_closed());
+                if batch.is_empty() {
+                    continue;
+                }
                 let run = run.clone();
                 tokio::spawn(async move {
                     let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
@@ -137,5 +142,34 @@ mod tests {
             assert_eq!(call.await.expect("task"), Some(i as u32));
         }
         assert_eq!(most.load(Ordering::SeqCst), 3, "groups at once");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gave_up_while_waiting_is_not_run() {
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ran.clone();
+        let group = Arc::new(Group::start(8, move |items: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("lock").extend(items.iter().copied());
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                items.into_iter().map(Some).collect()
+            }
+        }));
+        // 1 occupies the only statement; 2 gives up while it waits; 3 waits it out.
+        let first = tokio::spawn({
+            let group = group.clone();
+            async move { group.call(1).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(10), group.call(2)).await;
+        assert!(
+            gave_up.is_err(),
+            "2 was answered before the first group ended"
+        );
+        assert_eq!(group.call(3).await, Some(3));
+        assert_eq!(first.await.expect("task"), Some(1));
+        assert_eq!(*ran.lock().expect("lock"), vec![1, 3]);
     }
 }
