@@ -402,6 +402,24 @@ async fn email_run(
     run
 }
 
+/// Sum (seconds) and count of the worker's email job runs, from its `/metrics`.
+async fn email_job_seconds(metrics_url: &str) -> Option<(f64, f64)> {
+    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text
+        .lines()
+        .filter(|l| l.contains(r#"queue="herald.email""#))
+    {
+        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        if line.starts_with("herald_job_duration_seconds_sum") {
+            sum += value;
+        } else if line.starts_with("herald_job_duration_seconds_count") {
+            count += value;
+        }
+    }
+    (count > 0.0).then_some((sum, count))
+}
+
 #[tokio::main]
 async fn main() {
     let pushes = env_usize("BENCH_PUSHES", 4000);
@@ -733,8 +751,31 @@ async fn main() {
             env_usize("BENCH_EMAIL_BATCH", 500),
             env_usize("BENCH_EMAIL_CONCURRENCY", 256),
         );
-        let mut worker = spawn_worker(&url, &stub.url, email_batch, email_concurrency);
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let metrics_addr = format!("127.0.0.1:{metrics_port}");
+        let mut worker = common::spawn_worker_with(
+            &url,
+            &stub.url,
+            email_batch,
+            email_concurrency,
+            &[("METRICS_ADDR", &metrics_addr)],
+        );
         let run = email_run(&pool, &stub, &mut worker, jobs, jobs).await;
+        // Where an email's time in flight goes: inside its job's run (claim, SES call, `sent`)
+        // or before it (fetched, waiting for a free slot) and after it (the ack).
+        if let Some((sum, count)) =
+            email_job_seconds(&format!("http://{metrics_addr}/metrics")).await
+        {
+            let in_flight = email_concurrency as f64 / run.rate * 1000.0;
+            println!(
+                "email path (batch {email_batch}, concurrency {email_concurrency}): a job's run takes {:.1} ms on average ({count:.0} runs); {email_concurrency} in flight at {:.0}/s is {in_flight:.1} ms per email",
+                sum / count * 1000.0,
+                run.rate
+            );
+        }
         let (email_rate, idle_rss, peak_rss) = (run.rate, run.idle_rss, run.peak_rss);
         let (updates, hot): (i64, i64) = sqlx::query_as(
             "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'email_deliveries'",
