@@ -10,6 +10,15 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// A request waiting for its group, and who to tell the result.
 type Pending<I, O> = (I, oneshot::Sender<Option<O>>);
 
+/// What a group does with a request whose caller stopped waiting before the group started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Runs it anyway: its effect must not depend on the caller still being there.
+    Run,
+    /// Leaves it out (a request that timed out must not take effect later).
+    Skip,
+}
+
 /// Runs requests of one kind in groups through one writer task.
 #[derive(Debug)]
 pub struct Group<I, O>(mpsc::Sender<Pending<I, O>>);
@@ -17,18 +26,20 @@ pub struct Group<I, O>(mpsc::Sender<Pending<I, O>>);
 impl<I: Send + 'static, O: Send + 'static> Group<I, O> {
     /// Starts the writer task, one group in flight at a time; it ends when the group is dropped.
     /// `run` answers each request of a group in order; `None` (or a missing answer) tells that
-    /// caller to do the work itself.
+    /// caller to do the work itself. A request runs even if its caller stopped waiting (a write
+    /// whose effect already happened, such as `sent` after the SES call, must not be lost).
     pub fn start<F, Fut>(max: usize, run: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Option<O>>> + Send + 'static,
     {
-        Self::start_with(max, 1, run)
+        Self::start_with(max, 1, Abandoned::Run, run)
     }
 
-    /// [`Group::start`] with up to `in_flight` groups running at once: requests that arrive while
-    /// all are busy gather for the next free one.
-    pub fn start_with<F, Fut>(max: usize, in_flight: usize, run: F) -> Self
+    /// [`Group::start`] with up to `in_flight` groups running at once (requests that arrive while
+    /// all are busy gather for the next free one), and a choice for requests whose caller stopped
+    /// waiting before their group started.
+    pub fn start_with<F, Fut>(max: usize, in_flight: usize, abandoned: Abandoned, run: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<Option<O>>> + Send + 'static,
@@ -47,10 +58,11 @@ impl<I: Send + 'static, O: Send + 'static> Group<I, O> {
                 if rx.recv_many(&mut batch, max).await == 0 {
                     return;
                 }
-                // A caller that gave up (a request that timed out while it waited) is not run.
-                batch.retain(|(_, reply)| !reply.is_closed());
-                if batch.is_empty() {
-                    continue;
+                if abandoned == Abandoned::Skip {
+                    batch.retain(|(_, reply)| !reply.is_closed());
+                    if batch.is_empty() {
+                        continue;
+                    }
                 }
                 let run = run.clone();
                 tokio::spawn(async move {
@@ -76,7 +88,7 @@ impl<I: Send + 'static, O: Send + 'static> Group<I, O> {
 
 #[cfg(test)]
 mod tests {
-    use super::Group;
+    use super::{Abandoned, Group};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -122,16 +134,21 @@ mod tests {
     async fn up_to_in_flight_groups_run_at_once() {
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (r, m) = (running.clone(), most.clone());
-        let group = Arc::new(Group::start_with(1, 3, move |items: Vec<u32>| {
-            let (r, m) = (r.clone(), m.clone());
-            async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                m.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                items.into_iter().map(Some).collect()
-            }
-        }));
+        let group = Arc::new(Group::start_with(
+            1,
+            3,
+            Abandoned::Run,
+            move |items: Vec<u32>| {
+                let (r, m) = (r.clone(), m.clone());
+                async move {
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    items.into_iter().map(Some).collect()
+                }
+            },
+        ));
         let calls: Vec<_> = (0..12_u32)
             .map(|i| {
                 let group = group.clone();
@@ -144,19 +161,23 @@ mod tests {
         assert_eq!(most.load(Ordering::SeqCst), 3, "groups at once");
     }
 
-    #[tokio::test]
-    async fn a_caller_that_gave_up_while_waiting_is_not_run() {
+    /// 1 occupies the only statement; 2 gives up while it waits; 3 waits it out. What ran.
+    async fn run_with_one_caller_gone(abandoned: Abandoned) -> Vec<u32> {
         let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = ran.clone();
-        let group = Arc::new(Group::start(8, move |items: Vec<u32>| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().expect("lock").extend(items.iter().copied());
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                items.into_iter().map(Some).collect()
-            }
-        }));
-        // 1 occupies the only statement; 2 gives up while it waits; 3 waits it out.
+        let group = Arc::new(Group::start_with(
+            8,
+            1,
+            abandoned,
+            move |items: Vec<u32>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().expect("lock").extend(items.iter().copied());
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    items.into_iter().map(Some).collect()
+                }
+            },
+        ));
         let first = tokio::spawn({
             let group = group.clone();
             async move { group.call(1).await }
@@ -170,6 +191,15 @@ mod tests {
         );
         assert_eq!(group.call(3).await, Some(3));
         assert_eq!(first.await.expect("task"), Some(1));
-        assert_eq!(*ran.lock().expect("lock"), vec![1, 3]);
+        ran.lock().expect("lock").to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gave_up_is_skipped_or_run_as_chosen() {
+        assert_eq!(run_with_one_caller_gone(Abandoned::Skip).await, vec![1, 3]);
+        assert_eq!(
+            run_with_one_caller_gone(Abandoned::Run).await,
+            vec![1, 2, 3]
+        );
     }
 }

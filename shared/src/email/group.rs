@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{EmailJob, NewEmail, Queued, enqueue_many};
 use crate::db::{Db, is_unavailable};
-use crate::group::Group;
+use crate::group::{Abandoned, Group};
 use crate::jobs::JobError;
 use chrono::{DateTime, Utc};
 
@@ -100,22 +100,29 @@ impl EnqueueGroups {
     pub fn start(db: Db, limits: GroupLimits) -> Self {
         let statements = Arc::new(AtomicU64::default());
         let counter = statements.clone();
-        let group = Group::start_with(limits.max_group, limits.statements, move |emails| {
-            let (db, counter) = (db.clone(), counter.clone());
-            async move {
-                let mut answers: Vec<Option<Answer>> = (0..emails.len()).map(|_| None).collect();
-                // Rounds, each with distinct keys (`enqueue_emails` requires it): a repeated key
-                // runs after its first use committed, and so is answered as a replay or conflict.
-                for round in rounds(&emails) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    let batch: Vec<&GroupedEmail> = round.iter().map(|&i| &emails[i]).collect();
-                    for (i, answer) in round.into_iter().zip(queue_round(&db, &batch).await) {
-                        answers[i] = Some(answer);
+        // A request that timed out while it waited is not queued after it was answered 503.
+        let group = Group::start_with(
+            limits.max_group,
+            limits.statements,
+            Abandoned::Skip,
+            move |emails| {
+                let (db, counter) = (db.clone(), counter.clone());
+                async move {
+                    let mut answers: Vec<Option<Answer>> =
+                        (0..emails.len()).map(|_| None).collect();
+                    // Rounds, each with distinct keys (`enqueue_emails` requires it): a repeated key
+                    // runs after its first use committed, and so is answered as a replay or conflict.
+                    for round in rounds(&emails) {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let batch: Vec<&GroupedEmail> = round.iter().map(|&i| &emails[i]).collect();
+                        for (i, answer) in round.into_iter().zip(queue_round(&db, &batch).await) {
+                            answers[i] = Some(answer);
+                        }
                     }
+                    answers
                 }
-                answers
-            }
-        });
+            },
+        );
         Self {
             group: Arc::new(group),
             statements,
