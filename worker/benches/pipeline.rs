@@ -302,6 +302,21 @@ fn pgbench_tps(url: &str, clients: usize, secs: usize) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Queues bench email `i` (its job and ledger row) on the caller's transaction.
+async fn enqueue_email(conn: &mut sqlx::PgConnection, i: usize) {
+    email::enqueue(
+        conn,
+        &email(i),
+        EnqueueOptions {
+            max_attempts: 3,
+            run_at: None,
+            idempotency_key: None,
+        },
+    )
+    .await
+    .expect("enqueue");
+}
+
 /// One drain of the email path through a running worker.
 struct EmailRun {
     rate: f64,
@@ -350,17 +365,7 @@ async fn email_run(
     let (cpu_before, xacts_before) = (common::process_cpu_seconds(worker.id()), xacts(pool).await);
     let mut tx = pool.begin().await.expect("tx");
     for i in first..first + n {
-        email::enqueue(
-            &mut tx,
-            &email(i),
-            EnqueueOptions {
-                max_attempts: 3,
-                run_at: None,
-                idempotency_key: None,
-            },
-        )
-        .await
-        .expect("enqueue");
+        enqueue_email(&mut tx, i).await;
     }
     tx.commit().await.expect("commit");
     let start = Instant::now();
@@ -834,17 +839,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(150)).await;
             let before = stub.calls() as usize;
             let mut tx = pool.begin().await.expect("tx");
-            email::enqueue(
-                &mut tx,
-                &email(2 * jobs + i),
-                EnqueueOptions {
-                    max_attempts: 3,
-                    run_at: None,
-                    idempotency_key: None,
-                },
-            )
-            .await
-            .expect("enqueue");
+            enqueue_email(&mut tx, 2 * jobs + i).await;
             let t = Instant::now();
             tx.commit().await.expect("commit");
             loop {
