@@ -176,9 +176,9 @@ impl ApiError {
     }
 }
 
-impl ApiError {
-    /// A grouped enqueue's failure, as the same failure alone would be answered.
-    pub fn from_group(err: herald_shared::email::group::GroupError) -> Self {
+/// A grouped enqueue's failure, answered as the same failure alone would be.
+impl From<herald_shared::email::group::GroupError> for ApiError {
+    fn from(err: herald_shared::email::group::GroupError) -> Self {
         use herald_shared::email::group::GroupError;
         match err {
             GroupError::Unavailable(text) => Self::DatabaseUnavailable(text),

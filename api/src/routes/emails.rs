@@ -247,8 +247,7 @@ pub async fn send_email(
             max_attempts: state.config.email_max_attempts,
             idempotency: key.clone().map(|k| (k, body_hash.clone())),
         })
-        .await
-        .map_err(ApiError::from_group)?;
+        .await?;
     let job_id = match queued {
         Queued::New(id) => id.to_string(),
         Queued::Replayed(job_id) => job_id,

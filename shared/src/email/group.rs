@@ -9,11 +9,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use chrono::{DateTime, Utc};
+
 use super::{EmailJob, NewEmail, Queued, enqueue_many};
 use crate::db::{Db, is_unavailable};
 use crate::group::{Abandoned, Group};
 use crate::jobs::JobError;
-use chrono::{DateTime, Utc};
 
 /// An email to queue, owned, as [`EnqueueGroups::queue`] takes it.
 #[derive(Debug, Clone)]
@@ -76,15 +77,6 @@ pub struct GroupLimits {
     pub statements: usize,
     /// Emails in one statement at most.
     pub max_group: usize,
-}
-
-impl Default for GroupLimits {
-    fn default() -> Self {
-        Self {
-            statements: 4,
-            max_group: 100,
-        }
-    }
 }
 
 /// The API's queue of single email enqueues, refused for suppressed recipients as

@@ -33,16 +33,7 @@ async fn recipient_of(pool: &PgPool, job_id: &str) -> String {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn concurrent_enqueues_share_statements_and_each_gets_its_own_answer(pool: PgPool) {
-    apalis_postgres::PostgresStorage::setup(&pool)
-        .await
-        .expect("apalis");
-    sqlx::query(
-        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
-         VALUES ('gone@example.com', 'bounce', true)",
-    )
-    .execute(&pool)
-    .await
-    .expect("suppress");
+    crate::helpers::queue_with_suppressed_address(&pool).await;
     let groups = EnqueueGroups::start(
         Db::new(pool.clone(), std::time::Duration::from_secs(5)),
         GroupLimits {

@@ -154,3 +154,17 @@ pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
         .and_then(|e| e.code())
         .map(|c| c.to_string())
 }
+
+/// apalis's schema, and `gone@example.com` suppressed for every email (a bounce).
+pub async fn queue_with_suppressed_address(pool: &sqlx::PgPool) {
+    apalis_postgres::PostgresStorage::setup(pool)
+        .await
+        .expect("apalis");
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
+         VALUES ('gone@example.com', 'bounce', true)",
+    )
+    .execute(pool)
+    .await
+    .expect("suppress");
+}

@@ -111,16 +111,7 @@ async fn enqueue_emails_writes_a_job_as_apalis_own_push_does(pool: PgPool) {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn enqueue_many_answers_keys_and_suppressions_per_email_and_queues_the_rest(pool: PgPool) {
-    apalis_postgres::PostgresStorage::setup(&pool)
-        .await
-        .expect("apalis");
-    sqlx::query(
-        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
-         VALUES ('gone@example.com', 'bounce', true)",
-    )
-    .execute(&pool)
-    .await
-    .expect("suppress");
+    crate::helpers::queue_with_suppressed_address(&pool).await;
     let mut gone = job();
     gone.to = "Gone@Example.com".into();
     let fine = job();
