@@ -430,14 +430,18 @@ impl LockWait {
 /// What [`claim_clear_many`] saw when it moved a ledger row to `sending`.
 #[derive(Debug, Clone)]
 pub struct Claim {
-    /// The ledger row as it was before (status `pending` or `sending`).
+    /// The ledger row as it was before (always `pending`, with a known outcome).
     pub before: Delivery,
 }
 
-/// [`claim`] for many emails in one statement, for those nothing blocks (the send rule) and whose
-/// row is `pending` or `sending`; the answer says, by job id, what each claimed row was. A job
-/// missing from the answer was not changed; its caller takes the step-by-step path, which says why.
-/// Only for content without a token (`token_id` is cleared).
+/// [`claim`] for many emails in one statement, for the common case only: a `pending` row whose
+/// last SES call has a known outcome and that nothing blocks (the send rule). The answer says, by
+/// job id, what each claimed row was. A job missing from the answer was not changed; its caller
+/// takes the step-by-step path, which says why (a `sending` row left by a crash is claimed there,
+/// with its uncertain resend counted). Only for content without a token (`token_id` is cleared).
+///
+/// Because only such rows are claimed, the row as it was follows from the row as it is: no
+/// second lookup of each row for its old values (it cost 15-33 % of the statement).
 pub async fn claim_clear_many(
     conn: &mut PgConnection,
     job_ids: &[String],
@@ -447,26 +451,20 @@ pub async fn claim_clear_many(
 ) -> Result<Vec<(String, Claim)>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"WITH lock_wait AS MATERIALIZED (
-               SELECT set_config('lock_timeout', COALESCE($5, current_setting('lock_timeout')), true)
+               SELECT set_config('lock_timeout', COALESCE($4, current_setting('lock_timeout')), true)
            )
            UPDATE email_deliveries AS d
            SET status = 'sending', attempts = d.attempts + 1, sending_started_at = now(),
-               uncertain_resends = d.uncertain_resends + CASE WHEN d.status = 'sending' THEN 1 ELSE 0 END,
-               outcome_unknown = false, token_id = NULL
+               token_id = NULL
            FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category), lock_wait
            WHERE d.job_id = v.job_id
-             AND d.status = ANY($4)
+             AND d.status = 'pending' AND NOT d.outcome_unknown
              AND email_send_blocker(v.email, v.category) IS NULL
-           -- The subquery reads the statement's snapshot: the row as it was before this update.
-           RETURNING d.job_id,
-                     (SELECT b.status FROM email_deliveries b WHERE b.job_id = d.job_id) AS "status!: Status",
-                     d.attempts - 1 AS "attempts!", d.ses_message_id, d.last_error,
-                     (SELECT b.outcome_unknown FROM email_deliveries b WHERE b.job_id = d.job_id) AS "outcome_unknown!",
+           RETURNING d.job_id, d.attempts - 1 AS "attempts!", d.ses_message_id, d.last_error,
                      d.uncertain_resends"#,
         job_ids,
         emails,
         categories,
-        &names(&CLAIMABLE),
         lock_wait.setting()
     )
     .fetch_all(conn)
@@ -474,15 +472,14 @@ pub async fn claim_clear_many(
     Ok(rows
         .into_iter()
         .map(|r| {
-            let was_sending = r.status == Status::Sending;
             let claim = Claim {
                 before: Delivery {
                     job_id: r.job_id.clone(),
-                    uncertain_resends: r.uncertain_resends - i32::from(was_sending),
-                    status: r.status,
+                    status: Status::Pending,
                     ses_message_id: r.ses_message_id,
                     attempts: r.attempts,
-                    outcome_unknown: r.outcome_unknown,
+                    uncertain_resends: r.uncertain_resends,
+                    outcome_unknown: false,
                     last_error: r.last_error,
                     token_id: None,
                 },

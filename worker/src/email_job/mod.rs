@@ -139,8 +139,8 @@ async fn run(
             job.to.clone(),
             job.category.as_str().to_owned(),
         );
+        // Only `pending` rows are claimed here; one left `sending` by a crash goes the long way.
         if let Some(claim) = ctx.ledger.claims.call(request).await {
-            warn_if_uncertain(id, &claim.before);
             let outgoing = outgoing(ctx, id, job, rendered, unsubscribe.as_deref());
             return send(ctx, id, &outgoing, &claim.before, runs).await;
         }

@@ -31,14 +31,22 @@ async fn claim(
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn the_grouped_claim_takes_only_what_nothing_holds_back(pool: PgPool) {
     setup_queue(&pool).await;
-    let tx = enqueue(&pool, 4, "claim", Category::Transactional).await;
+    let tx = enqueue(&pool, 5, "claim", Category::Transactional).await;
     let mk = enqueue(&pool, 1, "promo", Category::Marketing).await;
     let (clear, unsure, sent, suppressed, held) = (&tx[0], &tx[1], &tx[2], &tx[3], &mk[0]);
+    let unknown = &tx[4];
     sqlx::query("UPDATE email_deliveries SET status = 'sending', attempts = 1 WHERE job_id = $1")
         .bind(unsure)
         .execute(&pool)
         .await
         .expect("sending");
+    sqlx::query(
+        "UPDATE email_deliveries SET attempts = 1, outcome_unknown = true WHERE job_id = $1",
+    )
+    .bind(unknown)
+    .execute(&pool)
+    .await
+    .expect("outcome unknown");
     sqlx::query("UPDATE email_deliveries SET status = 'sent', attempts = 1 WHERE job_id = $1")
         .bind(sent)
         .execute(&pool)
@@ -66,45 +74,46 @@ async fn the_grouped_claim_takes_only_what_nothing_holds_back(pool: PgPool) {
             (sent, to(2), t),
             (suppressed, to(3), t),
             (held, "promo-0@example.com".into(), Category::Marketing),
+            (unknown, to(4), t),
             ("no-such-job", "x@example.com".into(), t),
         ],
     )
     .await;
 
-    let mut keys: Vec<_> = claimed.keys().cloned().collect();
-    keys.sort();
-    let mut want = vec![clear.clone(), unsure.clone()];
-    want.sort();
-    assert_eq!(keys, want, "only the clear and the unsure row are claimed");
+    let keys: Vec<_> = claimed.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        vec![clear.clone()],
+        "only the clear pending row is claimed; a crash's 'sending' row and an unknown outcome go the long way"
+    );
     let first = &claimed[clear];
     assert_eq!(
-        (first.before.status.as_str(), first.before.attempts),
-        ("pending", 0)
-    );
-    let again = &claimed[unsure];
-    assert_eq!(
-        (again.before.status.as_str(), again.before.attempts),
-        ("sending", 1),
+        (
+            first.before.status.as_str(),
+            first.before.attempts,
+            first.before.uncertain_resends,
+            first.before.outcome_unknown
+        ),
+        ("pending", 0, 0, false),
         "the claim reports the row as it was"
     );
-    assert_eq!(again.before.uncertain_resends, 0);
 
     let row = delivery(&pool, clear).await;
     assert_eq!(
         (row.status.as_str(), row.attempts, row.uncertain_resends),
         ("sending", 1, 0)
     );
-    let row = delivery(&pool, unsure).await;
-    assert_eq!(
-        (row.status.as_str(), row.attempts, row.uncertain_resends),
-        ("sending", 2, 1),
-        "a second claim of a 'sending' row counts an uncertain resend"
-    );
-    for (id, status) in [(sent, "sent"), (suppressed, "pending"), (held, "pending")] {
+    for (id, status, attempts) in [
+        (unsure, "sending", 1),
+        (sent, "sent", 1),
+        (suppressed, "pending", 0),
+        (held, "pending", 0),
+        (unknown, "pending", 1),
+    ] {
         let row = delivery(&pool, id).await;
         assert_eq!(
-            (row.status.as_str(), row.attempts),
-            (status, if id == sent { 1 } else { 0 }),
+            (row.status.as_str(), row.attempts, row.uncertain_resends),
+            (status, attempts, 0),
             "{id} untouched"
         );
     }

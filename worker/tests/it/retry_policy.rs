@@ -478,6 +478,51 @@ async fn a_rescued_run_that_meets_a_sent_row_finishes_as_sent_without_calling_se
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_row_a_crash_left_sending_or_with_an_unknown_outcome_is_sent_once_and_counted(
+    pool: PgPool,
+) {
+    setup_queue(&pool).await;
+    let calls: Calls = Arc::default();
+    let client = mocked_ses(calls.clone(), |_, _| None);
+    let config = worker_config(&pool, &[]);
+    let ids = enqueue(&pool, 3, "uncertain", Category::Transactional).await;
+    // An earlier run died during its SES call; another timed out and left its outcome unknown.
+    sqlx::query("UPDATE email_deliveries SET status = 'sending', attempts = 1 WHERE job_id = $1")
+        .bind(&ids[0])
+        .execute(&pool)
+        .await
+        .expect("sending");
+    sqlx::query(
+        "UPDATE email_deliveries SET attempts = 1, outcome_unknown = true WHERE job_id = $1",
+    )
+    .bind(&ids[1])
+    .execute(&pool)
+    .await
+    .expect("unknown");
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(outcome, [JobStatus::Succeeded; 3]);
+    assert_eq!(calls.lock().expect("lock").len(), 3, "one call each");
+    let mut rows = Vec::new();
+    for id in &ids {
+        let d = delivery(&pool, id).await;
+        rows.push((
+            d.status.as_str().to_owned(),
+            d.attempts,
+            d.uncertain_resends,
+            d.outcome_unknown,
+        ));
+    }
+    let sent = |attempts, uncertain| ("sent".to_owned(), attempts, uncertain, false);
+    assert_eq!(
+        rows,
+        [sent(2, 1), sent(2, 0), sent(1, 0)],
+        "the crash's resend is counted as uncertain; the others are not"
+    );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_grouped_claim_blocked_by_a_row_lock_falls_back_and_the_other_emails_go_out(
     pool: PgPool,
 ) {
