@@ -456,10 +456,11 @@ pub async fn claim_clear_many(
            UPDATE email_deliveries AS d
            SET status = 'sending', attempts = d.attempts + 1, sending_started_at = now(),
                token_id = NULL
-           FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category), lock_wait
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS v(job_id, email, category)
+                CROSS JOIN LATERAL email_send_blocks(v.email, v.category) AS rule, lock_wait
            WHERE d.job_id = v.job_id
              AND d.status = 'pending' AND NOT d.outcome_unknown
-             AND email_send_blocker(v.email, v.category) IS NULL
+             AND rule.blocker IS NULL
            RETURNING d.job_id, d.attempts - 1 AS "attempts!", d.ses_message_id, d.last_error,
                      d.uncertain_resends"#,
         job_ids,

@@ -296,12 +296,59 @@ async fn the_send_rule_names_what_blocks_an_email_suppression_first(pool: PgPool
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_send_rule_is_inlined_where_a_statement_joins_it(pool: PgPool) {
+    // A scalar SQL function with subqueries runs its own executor per row; the set-returning
+    // form is planned into the statement (no function scan), which is what the grouped claim uses.
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (VERBOSE, COSTS OFF)
+         SELECT v.email FROM unnest('{a@example.com,b@example.com}'::text[]) AS v(email)
+         CROSS JOIN LATERAL email_send_blocks(v.email, 'marketing') AS rule
+         WHERE rule.blocker IS NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("explain");
+    let plan = plan.join("\n");
+    assert!(!plan.contains("email_send_blocks"), "not inlined:\n{plan}");
+    assert!(
+        plan.contains("email_suppressions") && plan.contains("compliance_pauses"),
+        "the rule's lookups are in the plan:\n{plan}"
+    );
+    // The scalar form answers from the same rule.
+    let mut conn = pool.acquire().await.expect("conn");
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, suppression_type, suppress_marketing)
+         VALUES ('b@example.com', 'manual', true)",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect("suppress");
+    let answers: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT v.email, rule.blocker, email_send_blocker(v.email, 'marketing')
+         FROM unnest('{a@example.com,B@Example.com}'::text[]) AS v(email)
+         CROSS JOIN LATERAL email_send_blocks(v.email, 'marketing') AS rule ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("answers");
+    let suppressed = Some("suppressed".to_owned());
+    assert_eq!(
+        answers,
+        [
+            ("B@Example.com".to_owned(), suppressed.clone(), suppressed),
+            ("a@example.com".to_owned(), None, None),
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_grouped_statement_gives_up_on_a_held_row_lock_and_leaves_the_session_as_it_was(
     pool: PgPool,
 ) {
     use std::time::{Duration, Instant};
     let mut conn = pool.acquire().await.expect("conn");
-    let id = row_in(&mut conn, Status::Sending).await;
+    // Pending: the only state both grouped statements take a row from.
+    let id = row_in(&mut conn, Status::Pending).await;
     let mut holder = pool.begin().await.expect("begin");
     sqlx::query("SELECT 1 FROM email_deliveries WHERE job_id = $1 FOR UPDATE")
         .bind(&id)
