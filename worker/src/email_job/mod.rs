@@ -100,16 +100,14 @@ impl HeraldJob for EmailJob {
 }
 
 /// Warns when a run finds its row `sending`: an earlier attempt died during its SES call, so this
-/// one may send the email again. Says whether it did.
-fn warn_if_uncertain(id: &str, before: &ledger::Delivery) -> bool {
-    let uncertain = before.status == Status::Sending;
-    if uncertain {
+/// one may send the email again.
+fn warn_if_uncertain(id: &str, before: &ledger::Delivery) {
+    if before.status == Status::Sending {
         tracing::warn!(
             job_id = id,
             "an earlier attempt died during its SES call; sending again"
         );
     }
-    uncertain
 }
 
 /// One run: `Ok` is what the run decided; `Err` a failure of the database (or the token store) on
