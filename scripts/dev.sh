@@ -89,6 +89,8 @@ export SES_DEFAULT_SEND_RATE="${SES_DEFAULT_SEND_RATE:-10}"
 export SQS_FEEDBACK_QUEUE_URL="${SQS_FEEDBACK_QUEUE_URL:-$EMULATOR_URL/123456789012/herald-feedback}"
 # The emulator's SNS signs nothing: signature checks off here, and only here (docs/feedback.md).
 export SNS_VERIFY_SIGNATURES="${SNS_VERIFY_SIGNATURES:-false}"
+# Webhook receivers on this machine (loopback, private addresses) may be registered: local runs only.
+export WEBHOOK_ALLOW_PRIVATE_URLS="${WEBHOOK_ALLOW_PRIVATE_URLS:-true}"
 
 log "building herald-api and herald-worker (the first build takes several minutes)"
 (cd "$HERALD_ROOT" && SQLX_OFFLINE=true cargo build -p herald-api -p herald-worker) ||

@@ -62,6 +62,18 @@ pub enum TokenError {
     TooShort(usize),
 }
 
+/// The entries of an `API_TOKENS` list: `TOKEN`, `send:TOKEN` or `admin:TOKEN`, comma separated.
+pub fn list_entries(list: &str) -> impl Iterator<Item = (Scope, &str)> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|raw| match raw.split_once(':') {
+            Some(("send", t)) => (Scope::Send, t),
+            Some(("admin", t)) => (Scope::Admin, t),
+            _ => (Scope::Admin, raw),
+        })
+}
+
 impl Tokens {
     /// Adds a token with full access.
     pub fn push(&mut self, token: &str, scope: Scope) {
@@ -75,17 +87,7 @@ impl Tokens {
 
     /// Parses `API_TOKENS`: comma-separated `TOKEN` (full access), `send:TOKEN` or `admin:TOKEN`.
     pub fn parse_list(&mut self, list: &str) -> Result<(), TokenError> {
-        for (i, raw) in list
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .enumerate()
-        {
-            let (scope, token) = match raw.split_once(':') {
-                Some(("send", t)) => (Scope::Send, t),
-                Some(("admin", t)) => (Scope::Admin, t),
-                _ => (Scope::Admin, raw),
-            };
+        for (i, (scope, token)) in list_entries(list).enumerate() {
             if token.chars().count() < MIN_TOKEN_CHARS {
                 return Err(TokenError::TooShort(i + 1));
             }

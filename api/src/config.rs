@@ -3,15 +3,19 @@
 use std::net::SocketAddr;
 
 use herald_shared::DbConfig;
-use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or};
+use herald_shared::config::{ConfigError, Env, ProcessEnv, parse_or, production_secret};
 
 use crate::auth::{Scope, TokenError, Tokens};
 
 /// Everything `herald-api` reads at start-up.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// `APP_ENV` (default development): production refuses http and internal webhook URLs.
+    /// `APP_ENV` (default development): production refuses http webhook URLs and placeholder or
+    /// short secrets.
     pub app_env: herald_shared::config::AppEnv,
+    /// Which webhook URLs may be registered (`WEBHOOK_ALLOW_PRIVATE_URLS`; internal ones never by
+    /// default).
+    pub webhook_urls: herald_shared::outbound::UrlPolicy,
     /// `API_ADDR` (default 127.0.0.1:8080; port 0 picks a free port).
     pub addr: SocketAddr,
     /// `API_METRICS_ADDR` (default 127.0.0.1:9101; port 0 picks one): the only listener that
@@ -89,6 +93,13 @@ impl ApiConfig {
         if tokens.is_empty() {
             return Err(ConfigError::Missing { var: "API_TOKEN" });
         }
+        let app_env = herald_shared::config::AppEnv::from_source(env)?;
+        if let Some(token) = env.get("API_TOKEN") {
+            production_secret("API_TOKEN", &token, app_env)?;
+        }
+        for (_, token) in crate::auth::list_entries(&env.get("API_TOKENS").unwrap_or_default()) {
+            production_secret("API_TOKENS", token, app_env)?;
+        }
         let frontend_url = herald_shared::config::frontend_url(env)?;
         let email_from = herald_shared::config::email_from(env)?;
         let email_max_attempts: u32 = parse_or(env, "EMAIL_MAX_ATTEMPTS", 8)?;
@@ -99,7 +110,10 @@ impl ApiConfig {
             });
         }
         let admin_session_secret = match env.get("ADMIN_SESSION_SECRET") {
-            Some(secret) if secret.chars().count() >= 32 => secret,
+            Some(secret) if secret.chars().count() >= 32 => {
+                production_secret("ADMIN_SESSION_SECRET", &secret, app_env)?;
+                secret
+            }
             Some(_) => {
                 return Err(ConfigError::Invalid {
                     var: "ADMIN_SESSION_SECRET",
@@ -169,8 +183,8 @@ impl ApiConfig {
                 reason: "must be 1 to 1000".into(),
             });
         }
-        let app_env = herald_shared::config::AppEnv::from_source(env)?;
         Ok(Self {
+            webhook_urls: herald_shared::outbound::UrlPolicy::from_source(env, app_env)?,
             app_env,
             enqueue_groups: herald_shared::email::group::GroupLimits {
                 statements: enqueue_statements,
@@ -282,5 +296,66 @@ mod tests {
         assert!(!short.to_string().contains("short,"), "{short}");
         let none = ApiConfig::from_source(&env(&[])).expect_err("none");
         assert!(none.to_string().starts_with("API_TOKEN"), "{none}");
+    }
+
+    /// The variables `.env.example` sets, as a newcomer copying it would have them.
+    fn example_env() -> std::collections::HashMap<String, String> {
+        include_str!("../../.env.example")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn production_refuses_to_start_with_the_secrets_of_env_example() {
+        let mut env = example_env();
+        env.insert("APP_ENV".into(), "production".into());
+        env.insert("PUBLIC_URL".into(), "https://mail.example.com".into());
+        env.insert("WEBHOOK_ALLOW_PRIVATE_URLS".into(), "false".into());
+        let err = ApiConfig::from_source(&env).expect_err("shipped API_TOKEN");
+        assert!(err.to_string().starts_with("API_TOKEN is invalid"), "{err}");
+
+        env.insert(
+            "API_TOKEN".into(),
+            "7d0f6a1c9e2b4d8f3a5c7e9b1d3f5a7c".into(),
+        );
+        let err = ApiConfig::from_source(&env).expect_err("shipped UNSUBSCRIBE_SECRETS");
+        assert!(err.to_string().starts_with("UNSUBSCRIBE_SECRETS"), "{err}");
+
+        env.insert(
+            "UNSUBSCRIBE_SECRETS".into(),
+            "0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b,an-operator-token-of-32-characters".into(),
+        );
+        let err = ApiConfig::from_source(&env).expect_err("a shipped secret kept for rotation");
+        assert!(err.to_string().starts_with("UNSUBSCRIBE_SECRETS"), "{err}");
+
+        env.insert(
+            "UNSUBSCRIBE_SECRETS".into(),
+            "0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b".into(),
+        );
+        env.insert(
+            "API_TOKENS".into(),
+            "send:an-application-server-token-of-32-chars".into(),
+        );
+        let err = ApiConfig::from_source(&env).expect_err("shipped API_TOKENS entry");
+        assert!(err.to_string().starts_with("API_TOKENS"), "{err}");
+
+        env.remove("API_TOKENS");
+        env.insert(
+            "ADMIN_SESSION_SECRET".into(),
+            "change-me-to-a-long-random-string-of-32-or-more".into(),
+        );
+        let err = ApiConfig::from_source(&env).expect_err("shipped ADMIN_SESSION_SECRET");
+        assert!(err.to_string().starts_with("ADMIN_SESSION_SECRET"), "{err}");
+
+        env.remove("ADMIN_SESSION_SECRET");
+        let config = ApiConfig::from_source(&env).expect("generated secrets start");
+        assert!(config.app_env.is_production());
+        // The same example secrets are fine for a local run.
+        let mut dev = example_env();
+        dev.insert("WEBHOOK_ALLOW_PRIVATE_URLS".into(), "true".into());
+        assert!(ApiConfig::from_source(&dev).is_ok());
     }
 }

@@ -4,8 +4,10 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod limiter;
 pub mod pages;
 pub mod routes;
+pub mod sessions;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<herald_shared::metrics::Metrics>,
     /// The public listener's per-client budget (`PUBLIC_RATE_LIMIT_PER_MINUTE`).
     pub public_limiter: Arc<routes::unsubscribe::RateLimiter>,
+    /// Failed console sign-ins, per client and overall.
+    pub sign_in_limits: Arc<admin::SignInLimits>,
     /// Compiled template versions.
     pub templates: Arc<herald_shared::email::templates::Cache>,
     /// `POST /v1/emails`'s grouped enqueue.
@@ -365,6 +369,7 @@ impl Application {
             public_limiter: Arc::new(routes::unsubscribe::RateLimiter::new(
                 config.public_rate_limit,
             )),
+            sign_in_limits: Arc::default(),
             db,
             config: Arc::new(config),
             metrics: Arc::new(herald_shared::metrics::Metrics::with_compliance(
@@ -414,9 +419,14 @@ impl Application {
         )
         .with_graceful_shutdown(stop.clone().cancelled_owned());
         let public = tokio::spawn(async move { public_server.await });
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        // Console sign-in failures are throttled per client address.
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         stop.cancel();
         let _ = metrics.await;
         let _ = public.await;

@@ -139,6 +139,63 @@ impl AppEnv {
     }
 }
 
+/// Shortest production secret, in bytes.
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+
+/// The files the repository ships that show example values: a secret equal to a word of one of
+/// them is public.
+const SHIPPED_FILES: [&str; 7] = [
+    include_str!("../../.env.example"),
+    include_str!("../../docker-compose.yml"),
+    include_str!("../../README.md"),
+    include_str!("../../docs/operations.md"),
+    include_str!("../../docs/security.md"),
+    include_str!("../../docs/unsubscribe.md"),
+    include_str!("../../docs/development.md"),
+];
+
+/// Whether `secret` is a value the repository ships (a whole word of an example file: `=`, `:`,
+/// `,`, quotes and spaces separate words, so `API_TOKENS=send:x` ships `x`).
+pub fn is_shipped_value(secret: &str) -> bool {
+    let secret = secret.trim();
+    !secret.is_empty()
+        && SHIPPED_FILES.iter().any(|file| {
+            file.split(|c: char| {
+                !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '/' | '.'))
+            })
+            .any(|word| word == secret)
+        })
+}
+
+/// In production, refuses a secret shorter than [`MIN_PRODUCTION_SECRET_BYTES`] or equal to a
+/// value shipped in the repository, naming `var` (never the value).
+pub fn production_secret(
+    var: &'static str,
+    secret: &str,
+    app_env: AppEnv,
+) -> Result<(), ConfigError> {
+    if !app_env.is_production() {
+        return Ok(());
+    }
+    if secret.trim().len() < MIN_PRODUCTION_SECRET_BYTES {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!(
+                "is shorter than {MIN_PRODUCTION_SECRET_BYTES} bytes; refused when APP_ENV=production"
+            ),
+        });
+    }
+    if is_shipped_value(secret) {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: "is an example value shipped in the repository (.env.example or the docs); \
+                     refused when APP_ENV=production: generate one, e.g. openssl rand -hex 32"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// `EMAIL_FROM`: the sender address, validated. The one rule both binaries apply.
 pub fn email_from(env: &impl Env) -> Result<String, ConfigError> {
     crate::address::validate(&required(env, "EMAIL_FROM")?).map_err(|e| ConfigError::Invalid {
@@ -341,5 +398,44 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("DATABASE_URL is invalid"), "{text}");
         assert!(!text.contains("secretpw"), "{text}");
+    }
+
+    #[test]
+    fn production_refuses_shipped_and_short_secrets_and_names_the_variable() {
+        let prod = AppEnv::Production;
+        for shipped in [
+            "change-me-to-a-long-random-string-of-32-or-more",
+            "change-me-a-local-unsubscribe-secret-of-32-bytes-or-more",
+            "an-application-server-token-of-32-chars",
+            "an-operator-token-of-32-characters",
+        ] {
+            assert!(is_shipped_value(shipped), "{shipped}");
+            let err = production_secret("API_TOKEN", shipped, prod).expect_err(shipped);
+            assert!(err.to_string().starts_with("API_TOKEN is invalid"), "{err}");
+            assert!(!err.to_string().contains(shipped), "never the value: {err}");
+            assert!(production_secret("API_TOKEN", shipped, AppEnv::Development).is_ok());
+        }
+        let short = production_secret(
+            "UNSUBSCRIBE_SECRETS",
+            "0123456789abcdef0123456789abcde",
+            prod,
+        )
+        .expect_err("31 bytes");
+        assert!(
+            short.to_string().starts_with("UNSUBSCRIBE_SECRETS"),
+            "{short}"
+        );
+        assert!(
+            production_secret(
+                "API_TOKEN",
+                "9f2c1e7a5b3d48c6a0e1f2d3c4b5a6978e1d2c3b4a5f6e7d",
+                prod
+            )
+            .is_ok()
+        );
+        assert!(
+            !is_shipped_value("change-me-to-a-long"),
+            "a part of a word is not the word"
+        );
     }
 }

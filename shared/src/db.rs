@@ -329,6 +329,8 @@ pub async fn server_version(pool: &PgPool) -> Result<String, DbError> {
 /// Herald reads: no `password_hash`, no token hashes.
 pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
     ("_sqlx_migrations", "SELECT"),
+    // Console sessions: opened, ended and pruned by the API.
+    ("admin_sessions", "SELECT, INSERT, UPDATE, DELETE"),
     ("api_idempotency_keys", "SELECT, INSERT, DELETE"),
     ("compliance_pauses", "SELECT, UPDATE"),
     ("email_deliveries", "SELECT, INSERT, UPDATE, DELETE"),

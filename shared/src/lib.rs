@@ -10,6 +10,7 @@ pub mod group;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
+pub mod outbound;
 pub mod phrases;
 pub mod secret;
 pub mod suppressions;

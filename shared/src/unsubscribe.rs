@@ -1,11 +1,15 @@
-//! Signed one-click unsubscribe links (RFC 8058): a token names the address, the category and
-//! when it was issued, and carries an HMAC-SHA256 of them, so the public listener verifies it
-//! without a database lookup. Tokens never expire (old mail must keep working); rotating
-//! `UNSUBSCRIBE_SECRETS` keeps old links valid while an old secret stays in the list.
+//! One-click unsubscribe links (RFC 8058) with opaque tokens: a token is the address, the category
+//! and when it was issued, encrypted and authenticated (ChaCha20-Poly1305, ring) under a key derived
+//! from the secret, so the public listener needs no database lookup and nothing in a link (proxy
+//! logs, link scanners) reveals the address. Tokens never expire (old mail must keep working);
+//! rotating `UNSUBSCRIBE_SECRETS` keeps old links valid while an old secret stays in the list.
+//! Links made before tokens were encrypted (version 1: signed, readable) are still accepted under
+//! the same rule: while the secret that signed them is in the list (docs/unsubscribe.md).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use ring::aead;
 
 use crate::config::{AppEnv, ConfigError, Env, parse_or};
 use crate::email::Category;
@@ -16,8 +20,11 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Longest token accepted: a 254-byte address makes one of about 400 characters.
 const MAX_TOKEN_CHARS: usize = 512;
 
-/// Token format version, the payload's first byte.
-const VERSION: u8 = 1;
+/// The signed, readable format of links sent before tokens were encrypted (`payload.tag`).
+const SIGNED_VERSION: u8 = 1;
+
+/// The encrypted format: `base64url(2 ‖ nonce ‖ ciphertext ‖ tag)`, no dot.
+const SEALED_VERSION: u8 = 2;
 
 /// What a genuine token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +37,35 @@ pub struct Claim {
     pub issued_at: DateTime<Utc>,
 }
 
-/// Signs with the first secret, verifies with any.
+/// One secret's keys: the MAC of signed (version 1) tokens, the AEAD key and the nonce key of
+/// sealed ones, each derived from the secret under its own label.
+struct Keys {
+    mac: ring::hmac::Key,
+    seal: aead::LessSafeKey,
+    nonce: ring::hmac::Key,
+}
+
+impl Keys {
+    fn derive(secret: &str) -> Self {
+        let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let sub = |label: &[u8]| ring::hmac::sign(&root, label);
+        let seal = sub(b"herald unsubscribe v2 seal");
+        let nonce = sub(b"herald unsubscribe v2 nonce");
+        Self {
+            // Version 1 used the secret itself.
+            mac: root.clone(),
+            seal: aead::LessSafeKey::new(
+                aead::UnboundKey::new(&aead::CHACHA20_POLY1305, seal.as_ref())
+                    .unwrap_or_else(|_| unreachable!("a SHA-256 output is a 32-byte key")),
+            ),
+            nonce: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, nonce.as_ref()),
+        }
+    }
+}
+
+/// Seals with the first secret, opens with any.
 pub struct Signer {
-    keys: Vec<ring::hmac::Key>,
+    keys: Vec<Keys>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -56,67 +89,127 @@ impl Signer {
                     ),
                 });
             }
-            keys.push(ring::hmac::Key::new(
-                ring::hmac::HMAC_SHA256,
-                secret.as_bytes(),
-            ));
+            keys.push(Keys::derive(secret));
         }
         Ok(Self { keys })
     }
 
-    /// A URL-safe token for `email` (normalised here) in `category`, issued at `issued_at`.
+    /// An opaque URL-safe token for `email` (normalised here) in `category`, issued at
+    /// `issued_at`. The nonce is synthetic (a MAC of the plaintext under its own key), so equal
+    /// claims give equal tokens and different claims never share a nonce.
     pub fn sign(&self, email: &str, category: Category, issued_at: DateTime<Utc>) -> String {
-        let email = crate::address::normalize(email);
-        let mut payload = Vec::with_capacity(10 + email.len());
-        payload.push(VERSION);
-        payload.push(category_byte(category));
-        payload.extend_from_slice(&issued_at.timestamp().to_be_bytes());
-        payload.extend_from_slice(email.as_bytes());
+        let mut plain = claim_bytes(email, category, issued_at);
         // `keys` is never empty: `from_list` makes one per entry of a list of at least one.
-        let tag = ring::hmac::sign(&self.keys[0], &payload);
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(&payload),
-            URL_SAFE_NO_PAD.encode(tag.as_ref())
-        )
+        let keys = &self.keys[0];
+        let mut nonce = [0_u8; aead::NONCE_LEN];
+        nonce.copy_from_slice(&ring::hmac::sign(&keys.nonce, &plain).as_ref()[..aead::NONCE_LEN]);
+        let sealed = keys.seal.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from([SEALED_VERSION]),
+            &mut plain,
+        );
+        if sealed.is_err() {
+            // Only a plaintext over ChaCha20's 256 GiB limit fails; an address cannot be one.
+            unreachable!("sealing a short claim cannot fail");
+        }
+        let mut token = Vec::with_capacity(1 + nonce.len() + plain.len());
+        token.push(SEALED_VERSION);
+        token.extend_from_slice(&nonce);
+        token.extend_from_slice(&plain);
+        URL_SAFE_NO_PAD.encode(token)
     }
 
-    /// What `token` says, if one of the secrets signed it (compared in constant time) and it is
-    /// well formed; `None` for anything else.
+    /// What `token` says, if one of the secrets made it (sealed, or signed by an older Herald)
+    /// and it is well formed; `None` for anything else.
     pub fn verify(&self, token: &str) -> Option<Claim> {
         if token.len() > MAX_TOKEN_CHARS {
             return None;
         }
+        if token.contains('.') {
+            return self.verify_signed(token);
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+        let (&version, rest) = bytes.split_first()?;
+        if version != SEALED_VERSION || rest.len() < aead::NONCE_LEN + aead::MAX_TAG_LEN {
+            return None;
+        }
+        let (nonce, sealed) = rest.split_at(aead::NONCE_LEN);
+        let nonce: [u8; aead::NONCE_LEN] = nonce.try_into().ok()?;
+        self.keys.iter().find_map(|keys| {
+            let mut buf = sealed.to_vec();
+            let plain = keys
+                .seal
+                .open_in_place(
+                    aead::Nonce::assume_unique_for_key(nonce),
+                    aead::Aad::from([SEALED_VERSION]),
+                    &mut buf,
+                )
+                .ok()?;
+            parse_claim(plain)
+        })
+    }
+
+    /// A version 1 token: `payload.tag`, the payload readable, the tag an HMAC with the secret.
+    fn verify_signed(&self, token: &str) -> Option<Claim> {
         let (payload, tag) = token.split_once('.')?;
         let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         if !self
             .keys
             .iter()
-            .any(|key| ring::hmac::verify(key, &payload, &tag).is_ok())
+            .any(|keys| ring::hmac::verify(&keys.mac, &payload, &tag).is_ok())
         {
             return None;
         }
-        let [version, category, rest @ ..] = payload.as_slice() else {
-            return None;
-        };
-        if *version != VERSION || rest.len() < 8 {
+        let (&version, claim) = payload.split_first()?;
+        if version != SIGNED_VERSION {
             return None;
         }
-        let category = match category {
-            b'm' => Category::Marketing,
-            b't' => Category::Transactional,
-            _ => return None,
-        };
-        let (issued, email) = rest.split_at(8);
-        let issued = i64::from_be_bytes(issued.try_into().ok()?);
-        let email = std::str::from_utf8(email).ok()?.to_owned();
-        Some(Claim {
-            email,
-            category,
-            issued_at: DateTime::from_timestamp(issued, 0)?,
-        })
+        parse_claim(claim)
     }
+
+    /// A version 1 token as Herald made them before tokens were encrypted (tests of old links).
+    #[doc(hidden)]
+    pub fn sign_v1(&self, email: &str, category: Category, issued_at: DateTime<Utc>) -> String {
+        let mut payload = vec![SIGNED_VERSION];
+        payload.extend_from_slice(&claim_bytes(email, category, issued_at));
+        let tag = ring::hmac::sign(&self.keys[0].mac, &payload);
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&payload),
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
+    }
+}
+
+/// `category ‖ issued_at (i64, big-endian seconds) ‖ address`.
+fn claim_bytes(email: &str, category: Category, issued_at: DateTime<Utc>) -> Vec<u8> {
+    let email = crate::address::normalize(email);
+    let mut out = Vec::with_capacity(9 + email.len());
+    out.push(category_byte(category));
+    out.extend_from_slice(&issued_at.timestamp().to_be_bytes());
+    out.extend_from_slice(email.as_bytes());
+    out
+}
+
+fn parse_claim(bytes: &[u8]) -> Option<Claim> {
+    let (&category, rest) = bytes.split_first()?;
+    if rest.len() < 8 {
+        return None;
+    }
+    let category = match category {
+        b'm' => Category::Marketing,
+        b't' => Category::Transactional,
+        _ => return None,
+    };
+    let (issued, email) = rest.split_at(8);
+    let issued = i64::from_be_bytes(issued.try_into().ok()?);
+    let email = std::str::from_utf8(email).ok()?.to_owned();
+    Some(Claim {
+        email,
+        category,
+        issued_at: DateTime::from_timestamp(issued, 0)?,
+    })
 }
 
 fn category_byte(category: Category) -> u8 {
@@ -161,6 +254,9 @@ impl Marketing {
                      secrets of at least 32 bytes; or set MARKETING_EMAIL_ENABLED=false"
                 .into(),
         })?;
+        for secret in secrets.split(',') {
+            crate::config::production_secret("UNSUBSCRIBE_SECRETS", secret, app_env)?;
+        }
         let signer = Signer::from_list(&secrets)?;
         let public_url = match env.get("PUBLIC_URL") {
             Some(url) => url.trim().trim_end_matches('/').to_owned(),
@@ -219,7 +315,7 @@ mod tests {
         assert!(
             token
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)),
             "URL-safe: {token}"
         );
         assert_eq!(
@@ -263,9 +359,10 @@ mod tests {
                 );
             }
         }
-        // Someone else's address under this token's tag.
-        let (_, tag) = token.split_once('.').expect("dot");
-        let mut payload = vec![VERSION, b'm'];
+        // Someone else's address under an old-format token's tag.
+        let old = signer.sign_v1("ada@example.com", Category::Marketing, at());
+        let (_, tag) = old.split_once('.').expect("dot");
+        let mut payload = vec![SIGNED_VERSION, b'm'];
         payload.extend_from_slice(&at().timestamp().to_be_bytes());
         payload.extend_from_slice(b"eve@example.com");
         let forged = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(payload));
@@ -332,5 +429,54 @@ mod tests {
             prod.link("Ada@example.com", Category::Marketing)
                 .starts_with("https://mail.example.com/unsubscribe/")
         );
+    }
+
+    #[test]
+    fn no_part_of_a_token_reveals_the_address() {
+        let signer = Signer::from_list(NEW).expect("signer");
+        let email = "ada.lovelace@example.com";
+        let token = signer.sign(email, Category::Marketing, at());
+        let needles: [&[u8]; 3] = [email.as_bytes(), b"ada.lovelace", b"example.com"];
+        // Decoded from each of the first four offsets (a decoder may skip a prefix).
+        for start in 0..4 {
+            let mut piece = &token[start..];
+            if piece.len() % 4 == 1 {
+                piece = &piece[..piece.len() - 1];
+            }
+            let lenient = base64::engine::GeneralPurpose::new(
+                &base64::alphabet::URL_SAFE,
+                base64::engine::GeneralPurposeConfig::new()
+                    .with_decode_allow_trailing_bits(true)
+                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+            );
+            let bytes = lenient.decode(piece).expect("base64url");
+            for needle in needles {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{token:?} from {start} decodes to the address"
+                );
+            }
+        }
+        assert!(
+            !token.contains("ada") && !token.contains("example"),
+            "{token}"
+        );
+        // The same claim gives the same token; another claim another nonce.
+        assert_eq!(token, signer.sign(email, Category::Marketing, at()));
+        let other = signer.sign("bob@example.com", Category::Marketing, at());
+        assert_ne!(token[..20], other[..20]);
+    }
+
+    #[test]
+    fn links_sent_before_tokens_were_encrypted_keep_working_while_their_secret_is_listed() {
+        let before = Signer::from_list(OLD).expect("old");
+        let old = before.sign_v1("ada@example.com", Category::Marketing, at());
+        assert!(old.contains('.'));
+        let rotated = Signer::from_list(&format!("{NEW},{OLD}")).expect("rotated");
+        assert_eq!(
+            rotated.verify(&old).map(|c| c.email),
+            Some("ada@example.com".into())
+        );
+        assert!(Signer::from_list(NEW).expect("new").verify(&old).is_none());
     }
 }

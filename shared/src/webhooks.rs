@@ -1,15 +1,11 @@
-//! Outbound webhooks: registered endpoints, their signing secrets (Standard Webhooks), the rule for
-//! which URLs may be called, and what the delivery jobs read and record (docs/webhooks.md).
-
-use std::net::IpAddr;
+//! Outbound webhooks: registered endpoints, their signing secrets (Standard Webhooks), and what
+//! the delivery jobs read and record (docs/webhooks.md). Which URLs may be called: [`crate::outbound`].
 
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-use crate::config::AppEnv;
 
 /// Every event type an endpoint can subscribe to.
 pub const EVENT_TYPES: [&str; 10] = [
@@ -91,109 +87,6 @@ pub const ROTATION_OVERLAP: Duration = Duration::hours(24);
 
 /// The prefix of a signing secret as Standard Webhooks writes it.
 pub const SECRET_PREFIX: &str = "whsec_";
-
-/// Why a webhook URL is refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UrlError {
-    /// Not an absolute http(s) URL with a host.
-    #[error("url must be an absolute http(s) URL: {0}")]
-    Malformed(String),
-    /// `http` in production.
-    #[error("url must use https when APP_ENV=production")]
-    NotHttps,
-    /// User name or password in the URL.
-    #[error("url must not carry a user name or password")]
-    Credentials,
-    /// The host is (or resolves to) an address Herald must not call in production.
-    #[error(
-        "url's host resolves to a loopback, link-local, private or otherwise internal address ({0})"
-    )]
-    Internal(IpAddr),
-    /// The host does not resolve.
-    #[error("url's host does not resolve: {0}")]
-    Unresolved(String),
-}
-
-/// Whether `ip` is one a webhook must not reach in production: loopback, private (RFC 1918, ULA),
-/// link-local (cloud metadata lives there), carrier-grade NAT, unspecified, multicast, broadcast,
-/// documentation and benchmarking ranges, and IPv4 written inside IPv6.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && c == 0)
-                || (a == 198 && (18..20).contains(&b))
-                || a >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || first == 0x0064 && v6.segments()[1] == 0xff9b
-        }
-    }
-}
-
-/// Checks a webhook URL: absolute http(s) with a host and no credentials; in production https only
-/// and every address the host resolves to public. Returns the URL as parsed (normalised).
-pub async fn check_url(raw: &str, env: AppEnv) -> Result<url::Url, UrlError> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| UrlError::Malformed(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return Err(UrlError::Malformed("scheme and host".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(UrlError::Credentials);
-    }
-    if env == AppEnv::Production {
-        if url.scheme() != "https" {
-            return Err(UrlError::NotHttps);
-        }
-        for ip in resolve(&url).await? {
-            if is_internal(ip) {
-                return Err(UrlError::Internal(ip));
-            }
-        }
-    }
-    Ok(url)
-}
-
-/// Every address `url`'s host stands for (an IP literal is itself).
-pub async fn resolve(url: &url::Url) -> Result<Vec<IpAddr>, UrlError> {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => Ok(vec![IpAddr::V4(ip)]),
-        Some(url::Host::Ipv6(ip)) => Ok(vec![IpAddr::V6(ip)]),
-        Some(url::Host::Domain(name)) => {
-            let port = url.port_or_known_default().unwrap_or(443);
-            let found: Vec<IpAddr> = tokio::net::lookup_host((name, port))
-                .await
-                .map_err(|e| UrlError::Unresolved(e.to_string()))?
-                .map(|a| a.ip())
-                .collect();
-            if found.is_empty() {
-                Err(UrlError::Unresolved(name.to_owned()))
-            } else {
-                Ok(found)
-            }
-        }
-        None => Err(UrlError::Malformed("no host".into())),
-    }
-}
 
 /// A fresh signing secret: 24 random bytes, base64 (store this; show it with [`SECRET_PREFIX`]).
 pub fn new_secret() -> Result<String, getrandom::Error> {
@@ -389,73 +282,6 @@ pub async fn signing_secrets(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn internal_addresses_are_recognised_in_both_families() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fc00::1",
-            "fd12::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "2001:db8::1",
-        ] {
-            assert!(is_internal(ip.parse().expect("ip")), "{ip}");
-        }
-        for ip in [
-            "93.184.216.34",
-            "8.8.8.8",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-        ] {
-            assert!(!is_internal(ip.parse().expect("ip")), "{ip}");
-        }
-    }
-
-    #[tokio::test]
-    async fn production_wants_https_and_public_hosts_development_allows_local_ones() {
-        let prod = AppEnv::Production;
-        assert_eq!(
-            check_url("http://hooks.example.com/x", prod).await,
-            Err(UrlError::NotHttps)
-        );
-        assert!(matches!(
-            check_url("https://127.0.0.1/x", prod).await,
-            Err(UrlError::Internal(_))
-        ));
-        assert!(matches!(
-            check_url("https://[::ffff:169.254.169.254]/", prod).await,
-            Err(UrlError::Internal(_))
-        ));
-        assert!(matches!(
-            check_url("https://localhost:8443/hook", prod).await,
-            Err(UrlError::Internal(_))
-        ));
-        assert_eq!(
-            check_url("https://user:pw@hooks.example.com/", prod).await,
-            Err(UrlError::Credentials)
-        );
-        assert!(matches!(
-            check_url("ftp://example.com/", AppEnv::Development).await,
-            Err(UrlError::Malformed(_))
-        ));
-        assert!(
-            check_url("http://127.0.0.1:9000/hook", AppEnv::Development)
-                .await
-                .is_ok()
-        );
-    }
 
     #[test]
     fn signatures_follow_the_standard_webhooks_example() {

@@ -80,6 +80,9 @@ pub struct WorkerConfig {
     pub feedback_require_known_message: bool,
     /// `APP_ENV` (default development).
     pub app_env: herald_shared::config::AppEnv,
+    /// Which webhook URLs deliveries may call (`WEBHOOK_ALLOW_PRIVATE_URLS`; internal ones never
+    /// by default), checked again at every connection.
+    pub webhook_urls: herald_shared::outbound::UrlPolicy,
     /// `SOFT_BOUNCE_THRESHOLD` (default 3): soft bounces that make a bounce suppression…
     pub soft_bounce_threshold: i64,
     /// `SOFT_BOUNCE_WINDOW_DAYS` (default 30): …within this many days.
@@ -160,14 +163,32 @@ impl WorkerConfig {
                 reason: "must start with ^https:// when APP_ENV=production".into(),
             });
         }
+        let feedback_formats = feedback_formats(env)?;
+        let topics_listed = env
+            .get("SNS_ALLOWED_TOPIC_ARNS")
+            .is_some_and(|v| v.split(',').any(|t| !t.trim().is_empty()));
+        if app_env.is_production()
+            && env.get("SQS_FEEDBACK_QUEUE_URL").is_some()
+            && feedback_formats.contains(&crate::feedback::parse::Format::Sns)
+            && !topics_listed
+        {
+            // Any AWS account can have SNS sign messages for a topic of its own.
+            return Err(ConfigError::Invalid {
+                var: "SNS_ALLOWED_TOPIC_ARNS",
+                reason: "required when APP_ENV=production and SQS_FEEDBACK_QUEUE_URL is set: \
+                         a signature only proves that some SNS topic sent the message"
+                    .into(),
+            });
+        }
         Ok(Self {
+            webhook_urls: herald_shared::outbound::UrlPolicy::from_source(env, app_env)?,
             marketing: herald_shared::unsubscribe::Marketing::from_source(env, app_env)?
                 .map(std::sync::Arc::new),
             app_env,
             sns_verify_signatures,
             sns_signing_cert_url_pattern,
             sns_confirm_subscriptions: parse_or(env, "SNS_CONFIRM_SUBSCRIPTIONS", false)?,
-            feedback_formats: feedback_formats(env)?,
+            feedback_formats,
             feedback_require_known_message: parse_or(env, "FEEDBACK_REQUIRE_KNOWN_MESSAGE", true)?,
             db: DbConfig::from_source(env)?,
             email_from,
@@ -386,5 +407,39 @@ mod tests {
             err.to_string().starts_with("SNS_SIGNING_CERT_URL_PATTERN"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn production_requires_allowed_topics_and_refuses_the_example_secret() {
+        let queue = (
+            "SQS_FEEDBACK_QUEUE_URL",
+            "https://sqs.us-east-1.amazonaws.com/1/herald",
+        );
+        let prod = [("APP_ENV", "production"), queue];
+        let err = WorkerConfig::from_source(&with(&prod)).expect_err("no topics");
+        assert!(
+            err.to_string().starts_with("SNS_ALLOWED_TOPIC_ARNS"),
+            "{err}"
+        );
+        let listed = [
+            ("APP_ENV", "production"),
+            queue,
+            ("SNS_ALLOWED_TOPIC_ARNS", "arn:aws:sns:us-east-1:1:herald"),
+            ("PUBLIC_URL", "https://mail.example.com"),
+        ];
+        assert!(WorkerConfig::from_source(&with(&listed)).is_ok());
+        assert!(
+            WorkerConfig::from_source(&with(&[queue])).is_ok(),
+            "development leaves it open"
+        );
+        let shipped = [
+            ("APP_ENV", "production"),
+            (
+                "UNSUBSCRIBE_SECRETS",
+                "change-me-a-local-unsubscribe-secret-of-32-bytes-or-more",
+            ),
+        ];
+        let err = WorkerConfig::from_source(&with(&shipped)).expect_err("shipped secret");
+        assert!(err.to_string().starts_with("UNSUBSCRIBE_SECRETS"), "{err}");
     }
 }

@@ -125,6 +125,7 @@ pub async fn feedback_consumer(
         wait_seconds,
         stats: Arc::default(),
         metrics,
+        dead_letter: Arc::default(),
     })
 }
 

@@ -1,13 +1,17 @@
-//! The console's sign-in (its pages: [`super::console`]). Behind an admin-scope API token: `Authorization: Bearer …`, or a session from the POST login
-//! form (an HMAC-signed cookie; state-changing forms carry a CSRF token and must come from this
-//! origin). Every page sends a strict CSP, `X-Frame-Options: DENY` and `Cache-Control: no-store`.
+//! The console's sign-in (its pages: [`super::console`]). Behind an admin-scope API token:
+//! `Authorization: Bearer …`, or a session from the POST login form (an HMAC-signed cookie naming
+//! a server-side session that sign-out ends; state-changing forms carry a CSRF token and must come
+//! from this origin). Failed sign-ins are throttled per client and overall, and logged. Every page
+//! sends a strict CSP, `X-Frame-Options: DENY` and `Cache-Control: no-store`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Form;
 use axum::extract::State;
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -35,40 +39,62 @@ fn mac_hex(state: &AppState, message: &str) -> String {
     hex::encode(ring::hmac::sign(&key, message.as_bytes()))
 }
 
-/// A session cookie's value: `v1.<issued>.<expires>.<token fingerprint>.<HMAC of the rest>`.
-/// It names the token it came from (by fingerprint, never the token), so removing that token
-/// from `API_TOKEN`/`API_TOKENS` ends the session.
-fn issue_session(state: &AppState, fingerprint: &str) -> (String, u64) {
-    let issued = now_secs();
+/// A session cookie's value:
+/// `v2.<session id>.<issued>.<expires>.<token fingerprint>.<HMAC of the rest>`. The id names the
+/// server-side session sign-out ends; the fingerprint names the token it came from (never the
+/// token), so removing that token from `API_TOKEN`/`API_TOKENS` ends the session too.
+fn cookie_value(state: &AppState, id: uuid::Uuid, issued: u64, fingerprint: &str) -> String {
     let ttl = state.config.admin_session_ttl.as_secs();
-    let body = format!("v1.{issued}.{}.{fingerprint}", issued + ttl);
+    let body = format!("v2.{id}.{issued}.{}.{fingerprint}", issued + ttl);
     let mac = mac_hex(state, &body);
-    (format!("{body}.{mac}"), ttl)
+    format!("{body}.{mac}")
 }
 
-/// Whether a session cookie's value is genuine, unexpired and its token still configured.
-fn valid_session(state: &AppState, value: &str) -> bool {
-    let Some((body, mac)) = value.rsplit_once('.') else {
-        return false;
-    };
+/// The session a cookie's value names, if the value is genuine, unexpired and its token still
+/// configured (the database is not asked).
+fn signed_session(state: &AppState, value: &str) -> Option<(uuid::Uuid, String)> {
+    let (body, mac) = value.rsplit_once('.')?;
     let parts: Vec<&str> = body.split('.').collect();
-    let [version, issued, expires, fingerprint] = parts.as_slice() else {
-        return false;
+    let [version, id, issued, expires, fingerprint] = parts.as_slice() else {
+        return None;
     };
     let (Ok(issued), Ok(expires)) = (issued.parse::<u64>(), expires.parse::<u64>()) else {
-        return false;
+        return None;
     };
     let genuine = bool::from(subtle::ConstantTimeEq::ct_eq(
         mac_hex(state, body).as_bytes(),
         mac.as_bytes(),
     ));
     let now = now_secs();
-    *version == "v1"
+    let valid = *version == "v2"
         && genuine
         && issued <= now + 60
         && now < expires
-        && expires - issued <= state.config.admin_session_ttl.as_secs()
-        && state.config.tokens.has_admin_fingerprint(fingerprint)
+        && expires.saturating_sub(issued) <= state.config.admin_session_ttl.as_secs()
+        && state.config.tokens.has_admin_fingerprint(fingerprint);
+    if !valid {
+        return None;
+    }
+    Some((id.parse().ok()?, (*fingerprint).to_owned()))
+}
+
+/// Whether a session cookie's value is genuine and its session still open on the server (a
+/// database error counts as no).
+async fn valid_session(state: &AppState, value: &str) -> bool {
+    let Some((id, fingerprint)) = signed_session(state, value) else {
+        return false;
+    };
+    let open = async {
+        let mut conn = state.db.acquire().await.map_err(|e| e.to_string())?;
+        crate::sessions::is_open(&mut conn, id, &fingerprint)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    open.unwrap_or_else(|error| {
+        tracing::warn!(%error, "console session could not be checked; treated as signed out");
+        false
+    })
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -92,15 +118,16 @@ pub(crate) enum Access {
     Session(String),
 }
 
-pub(crate) fn access(state: &AppState, headers: &HeaderMap) -> Option<Access> {
+pub(crate) async fn access(state: &AppState, headers: &HeaderMap) -> Option<Access> {
     if crate::auth::bearer(headers).and_then(|t| state.config.tokens.scope_of(t))
         == Some(crate::auth::Scope::Admin)
     {
         return Some(Access::Bearer);
     }
-    session_cookie(headers)
-        .filter(|v| valid_session(state, v))
-        .map(Access::Session)
+    let value = session_cookie(headers)?;
+    valid_session(state, &value)
+        .await
+        .then_some(Access::Session(value))
 }
 
 /// The CSRF token of a session: forms carry it, state-changing requests must send it back.
@@ -155,6 +182,59 @@ pub async fn login_page() -> Response {
     page(StatusCode::OK, login_form(""))
 }
 
+/// Failed sign-ins allowed per client address per [`SIGN_IN_WINDOW`].
+pub const SIGN_IN_FAILURES_PER_CLIENT: u32 = 10;
+/// Failed sign-ins allowed from all clients together per minute.
+pub const SIGN_IN_FAILURES_OVERALL: u32 = 100;
+/// The window of the per-client budget.
+pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Budgets of failed console sign-ins: per client address (IPv6 per /64) and overall.
+#[derive(Debug)]
+pub struct SignInLimits {
+    per_client: crate::limiter::RateLimiter,
+    overall: crate::limiter::RateLimiter,
+}
+
+impl Default for SignInLimits {
+    fn default() -> Self {
+        Self {
+            per_client: crate::limiter::RateLimiter::with_window(
+                SIGN_IN_FAILURES_PER_CLIENT,
+                SIGN_IN_WINDOW,
+                crate::limiter::MAX_CLIENTS,
+            ),
+            overall: crate::limiter::RateLimiter::with_window(
+                SIGN_IN_FAILURES_OVERALL,
+                Duration::from_secs(60),
+                1,
+            ),
+        }
+    }
+}
+
+/// The one key the overall budget counts under.
+const EVERYONE: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+impl SignInLimits {
+    /// How long `client` must wait before trying again, if a budget is spent.
+    fn wait(&self, client: IpAddr) -> Option<Duration> {
+        match (
+            self.per_client.retry_after(client),
+            self.overall.retry_after(EVERYONE),
+        ) {
+            (None, None) => None,
+            (a, b) => a.max(b),
+        }
+    }
+
+    /// Counts a failed sign-in.
+    fn failed(&self, client: IpAddr) {
+        self.per_client.allow(client);
+        self.overall.allow(EVERYONE);
+    }
+}
+
 /// The login form's fields.
 #[derive(Debug, Deserialize)]
 pub struct Login {
@@ -162,9 +242,12 @@ pub struct Login {
     pub token: String,
 }
 
-/// Exchanges an admin token (POSTed, never in a URL) for a session cookie.
+/// Exchanges an admin token (POSTed, never in a URL) for a session cookie. A client over its
+/// budget of failed attempts (or all clients over theirs) gets 429 with `Retry-After`, before
+/// the token is looked at.
 pub async fn login(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     Form(form): Form<Login>,
 ) -> Response {
@@ -174,13 +257,57 @@ pub async fn login(
             login_form("<p>Sign in from this page.</p>"),
         );
     }
+    let peer = peer.map_or(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        |Extension(ConnectInfo(p))| p,
+    );
+    let client = super::unsubscribe::client(&state, peer, &headers);
+    if let Some(wait) = state.sign_in_limits.wait(client) {
+        let secs = wait.as_secs().max(1);
+        tracing::warn!(client = %client, retry_after_secs = secs, "console sign-in refused: too many failed attempts");
+        let mut res = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            login_form("<p>Too many failed attempts; try again later.</p>"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return res;
+    }
     let Some(fingerprint) = state.config.tokens.admin_fingerprint(form.token.trim()) else {
+        state.sign_in_limits.failed(client);
+        // The client's address, never the token.
+        tracing::warn!(client = %client, "console sign-in failed: wrong token, or not an admin token");
         return page(
             StatusCode::UNAUTHORIZED,
             login_form("<p>Wrong token, or not an admin token.</p>"),
         );
     };
-    let (value, ttl) = issue_session(&state, &fingerprint);
+    let issued = now_secs();
+    let ttl = state.config.admin_session_ttl.as_secs();
+    let expires =
+        chrono::DateTime::from_timestamp(i64::try_from(issued + ttl).unwrap_or(i64::MAX), 0)
+            .unwrap_or_else(chrono::Utc::now);
+    let opened = async {
+        let mut conn = state.db.acquire().await.map_err(|e| e.to_string())?;
+        let _ = crate::sessions::prune(&mut conn).await;
+        crate::sessions::open(&mut conn, &fingerprint, expires)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let id = match opened {
+        Ok(id) => id,
+        Err(error) => {
+            tracing::warn!(%error, "console session could not be opened");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                login_form("<p>The database is unavailable; try again shortly.</p>"),
+            );
+        }
+    };
+    tracing::info!(client = %client, session = %id, "console sign-in");
+    let value = cookie_value(&state, id, issued, &fingerprint);
     let cookie =
         format!("{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={ttl}");
     (
@@ -191,10 +318,23 @@ pub async fn login(
         .into_response()
 }
 
-/// Ends the session (the cookie is cleared; a copy of it stays valid until it expires).
-pub async fn logout(headers: HeaderMap) -> Response {
+/// Ends the session on the server (a copy of the cookie no longer works) and clears the cookie.
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return StatusCode::FORBIDDEN.into_response();
+    }
+    if let Some((id, _)) = session_cookie(&headers).and_then(|v| signed_session(&state, &v)) {
+        let ended = async {
+            let mut conn = state.db.acquire().await.map_err(|e| e.to_string())?;
+            crate::sessions::end(&mut conn, id)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(error) = ended {
+            tracing::warn!(%error, "console session could not be ended");
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
     }
     let cookie = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/admin/login")).into_response()

@@ -5,7 +5,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use herald_shared::email::templates::store;
+use herald_shared::email::templates::{self, store};
 
 use super::admin::{Access, STYLE, access};
 use crate::AppState;
@@ -13,7 +13,7 @@ use crate::pages::{self, escape};
 
 /// `GET /admin/templates`.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if access(&state, &headers).is_none() {
+    if access(&state, &headers).await.is_none() {
         return Redirect::to("/admin/login").into_response();
     }
     let rows = async {
@@ -86,7 +86,7 @@ pub async fn preview(
     Path((name, locale, version)): Path<(String, String, String)>,
 ) -> Response {
     if !matches!(
-        access(&state, &headers),
+        access(&state, &headers).await,
         Some(Access::Bearer | Access::Session(_))
     ) {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -103,10 +103,14 @@ pub async fn preview(
             .templates
             .get(&mut conn, &name, &locale, version)
             .await?;
-        Ok::<_, store::StoreError>(Some(compiled.render(
-            &stored.sample_data,
-            "https://example.invalid/unsubscribe/preview",
-        )))
+        Ok::<_, store::StoreError>(Some(
+            templates::render_blocking(
+                compiled,
+                stored.sample_data,
+                "https://example.invalid/unsubscribe/preview".to_owned(),
+            )
+            .await,
+        ))
     }
     .await;
     let html = match rendered {

@@ -138,8 +138,8 @@ fn unavailable(error: &PageError) -> Response {
 }
 
 /// The session's CSRF token (empty for a bearer request); `None` when not signed in.
-fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<String> {
-    match access(state, headers)? {
+async fn signed_in(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    match access(state, headers).await? {
         Access::Bearer => Some(String::new()),
         Access::Session(session) => Some(csrf_token(state, &session)),
     }
@@ -158,6 +158,7 @@ impl axum::extract::FromRequestParts<AppState> for Operator {
         state: &AppState,
     ) -> Result<Self, Response> {
         signed_in(state, &parts.headers)
+            .await
             .map(Operator)
             .ok_or_else(|| Redirect::to("/admin/login").into_response())
     }
@@ -173,8 +174,8 @@ fn answer(name: &str, built: Result<Value, PageError>) -> Response {
 
 /// A state-changing request must be signed in and, from a browser session, carry the session's
 /// CSRF token and come from this origin.
-fn allowed(state: &AppState, headers: &HeaderMap, sent_csrf: &str) -> Result<(), StatusCode> {
-    match access(state, headers) {
+async fn allowed(state: &AppState, headers: &HeaderMap, sent_csrf: &str) -> Result<(), StatusCode> {
+    match access(state, headers).await {
         None => Err(StatusCode::UNAUTHORIZED),
         Some(Access::Bearer) => Ok(()),
         Some(Access::Session(session)) => {
@@ -578,7 +579,7 @@ async fn job_action(
     form: Result<Form<Action>, axum::extract::rejection::FormRejection>,
     action: JobAction,
 ) -> Response {
-    let form = match checked_form(&state, &headers, form) {
+    let form = match checked_form(&state, &headers, form).await {
         Ok(form) => form,
         Err(refused) => return refused.into_response(),
     };
@@ -702,13 +703,13 @@ pub struct SuppressionForm {
 }
 
 /// A posted form, once the request may change something ([`allowed`]).
-fn checked_form<T: Default + HasCsrf>(
+async fn checked_form<T: Default + HasCsrf>(
     state: &AppState,
     headers: &HeaderMap,
     form: Result<Form<T>, axum::extract::rejection::FormRejection>,
 ) -> Result<T, StatusCode> {
     let form = form.map(|Form(f)| f).unwrap_or_default();
-    allowed(state, headers, form.csrf())?;
+    allowed(state, headers, form.csrf()).await?;
     Ok(form)
 }
 
@@ -735,7 +736,7 @@ pub async fn add_suppression(
     headers: HeaderMap,
     form: Result<Form<SuppressionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = match checked_form(&state, &headers, form) {
+    let form = match checked_form(&state, &headers, form).await {
         Ok(form) => form,
         Err(refused) => return refused.into_response(),
     };
@@ -774,7 +775,7 @@ pub async fn remove_suppression(
     headers: HeaderMap,
     form: Result<Form<SuppressionForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = match checked_form(&state, &headers, form) {
+    let form = match checked_form(&state, &headers, form).await {
         Ok(form) => form,
         Err(refused) => return refused.into_response(),
     };

@@ -175,8 +175,8 @@ async fn pin_template(
         .get(conn, name, &found, newest)
         .await
         .map_err(ApiError::from_template_store)?;
-    let rendered = compiled
-        .render(data, "")
+    let rendered = templates::render_blocking(compiled, data.clone(), String::new())
+        .await
         .map_err(|e| ApiError::TemplateData(e.to_string()))?;
     // The data can put a line break into the subject: the same check as a raw one.
     herald_shared::email::check_subject(&rendered.subject).map_err(|reason| {

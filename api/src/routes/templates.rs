@@ -393,9 +393,13 @@ pub async fn preview(
             }
             other => ApiError::from_template_store(other),
         })?;
-    let rendered = compiled
-        .render(&req.data, "https://example.invalid/unsubscribe/preview")
-        .map_err(|e| ApiError::TemplateData(e.to_string()))?;
+    let rendered = templates::render_blocking(
+        compiled,
+        req.data,
+        "https://example.invalid/unsubscribe/preview".to_owned(),
+    )
+    .await
+    .map_err(|e| ApiError::TemplateData(e.to_string()))?;
     Ok(Json(Preview {
         locale,
         version,

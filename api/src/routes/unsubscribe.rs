@@ -3,10 +3,7 @@
 //! that button or from a mail client's one-click, suppresses marketing mail to the token's address.
 //! Pages carry no script, a strict CSP, and are not framed or cached.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
@@ -27,46 +24,7 @@ use crate::pages::{self, escape};
 const STYLE: &str = "body{font:16px system-ui,sans-serif;max-width:32em;margin:3em auto;padding:0 1em}\
 button{font:inherit;padding:.5em 1.2em}";
 
-/// Requests one client may make per minute before `429`.
-#[derive(Debug)]
-pub struct RateLimiter {
-    per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
-}
-
-/// Clients remembered at most; older windows are dropped first when it fills.
-const MAX_CLIENTS: usize = 10_000;
-
-impl RateLimiter {
-    /// At most `per_minute` requests per client address per minute.
-    pub fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute,
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Counts a request from `client`; false once it is over its budget for this minute.
-    pub fn allow(&self, client: IpAddr) -> bool {
-        let now = Instant::now();
-        let minute = Duration::from_secs(60);
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        if windows.len() >= MAX_CLIENTS {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < minute);
-            if windows.len() >= MAX_CLIENTS {
-                // A flood of distinct addresses: forget them all rather than grow without bound.
-                windows.clear();
-            }
-        }
-        let (start, count) = windows.entry(client).or_insert((now, 0));
-        if now.duration_since(*start) >= minute {
-            *start = now;
-            *count = 0;
-        }
-        *count += 1;
-        *count <= self.per_minute
-    }
-}
+pub use crate::limiter::RateLimiter;
 
 /// The public listener's routes: `/unsubscribe/{token}` only.
 pub fn public_router(state: AppState) -> Router {
@@ -81,7 +39,7 @@ pub fn public_router(state: AppState) -> Router {
 
 /// The client's address: the peer, or with `PUBLIC_TRUST_PROXY` the last `X-Forwarded-For`
 /// entry (the one the site's proxy appended; earlier ones are the client's to forge).
-fn client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+pub(crate) fn client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     if state.config.public_trust_proxy
         && let Some(ip) = headers
             .get_all("x-forwarded-for")
@@ -244,21 +202,4 @@ fn respond(status: StatusCode, title: &str, body: &str) -> Response {
          <title>{title}</title><style>{STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>"
     );
     (status, pages::headers(&CSP, "no-referrer"), Html(html)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::RateLimiter;
-
-    #[test]
-    fn each_client_gets_its_own_budget() {
-        let limiter = RateLimiter::new(3);
-        let (a, b) = (
-            "192.0.2.1".parse().expect("ip"),
-            "192.0.2.2".parse().expect("ip"),
-        );
-        assert!((0..3).all(|_| limiter.allow(a)));
-        assert!(!limiter.allow(a), "the fourth in a minute is refused");
-        assert!(limiter.allow(b), "another client is not affected");
-    }
 }

@@ -132,7 +132,7 @@ async fn check_url(state: &AppState, url: &str) -> Result<String, ApiError> {
     if url.len() > 2048 {
         return Err(ApiError::Validation("url is longer than 2048 bytes".into()));
     }
-    webhooks::check_url(url, state.config.app_env)
+    herald_shared::outbound::check_url(url, state.config.webhook_urls)
         .await
         .map(|u| u.to_string())
         .map_err(|e| ApiError::Validation(e.to_string()))

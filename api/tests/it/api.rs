@@ -45,6 +45,8 @@ impl TestApp {
             ("PUBLIC_URL", "https://mail.example.com"),
             ("EMAIL_FROM", "noreply@herald.test"),
             ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
+            // Test receivers listen on loopback (a test of the guard sets it empty).
+            ("WEBHOOK_ALLOW_PRIVATE_URLS", "true"),
         ]
         .into_iter()
         .chain(extra.iter().copied())

@@ -284,17 +284,17 @@ async fn the_dashboard_session_is_a_signed_cookie_from_a_post_login(pool: PgPool
 
     // Forged, tampered and expired cookies are refused.
     let value = session.split_once('=').expect("pair").1.to_owned();
+    // v2.<session id>.<issued>.<expires>.<fingerprint>.<mac>
     let parts: Vec<&str> = value.split('.').collect();
     let longer = format!(
-        "v1.{}.{}.{}.{}",
+        "v2.{}.{}.{}.{}.{}",
         parts[1],
-        parts[2].parse::<u64>().expect("n") + 86_400,
-        parts[3],
-        parts[4]
+        parts[2],
+        parts[3].parse::<u64>().expect("n") + 86_400,
+        parts[4],
+        parts[5]
     );
-    let expired = {
-        // Signed with the right secret, but over.
-        let body = format!("v1.1000.2000.{}", parts[3]);
+    let signed = |body: String| {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
         let mac: String = ring::hmac::sign(&key, body.as_bytes())
             .as_ref()
@@ -303,12 +303,26 @@ async fn the_dashboard_session_is_a_signed_cookie_from_a_post_login(pool: PgPool
             .collect();
         format!("{body}.{mac}")
     };
+    // Signed with the right secret, but over.
+    let expired = signed(format!("v2.{}.1000.2000.{}", parts[1], parts[4]));
+    // Signed with the right secret, for a session the server never opened.
+    let issued = parts[2];
+    let made_up = signed(format!(
+        "v2.{}.{issued}.{}.{}",
+        uuid::Uuid::from_u128(0x0193_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b),
+        parts[3],
+        parts[4]
+    ));
     for forged in [
         format!("{}0", value),
-        value.replacen("v1.", "v2.", 1),
+        value.replacen("v2.", "v3.", 1),
         longer,
         expired,
-        "v1.1.99999999999.0000000000000000.00".to_owned(),
+        made_up,
+        format!(
+            "v2.{}.1.99999999999.0000000000000000.00",
+            uuid::Uuid::from_u128(0x0193_a1b2_c3d4_7e5f_8a9b_0c1d_2e3f_4a5b)
+        ),
         String::new(),
     ] {
         let res = dashboard(&app, &format!("__Host-herald_admin={forged}")).await;
@@ -586,4 +600,241 @@ async fn the_public_listener_serves_only_unsubscribe_refuses_bad_tokens_and_limi
     assert_eq!(res.status(), 429, "the fifth request in a minute");
     let (_, list) = app.send("GET", "/v1/suppressions", None, &[]).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_template_that_loops_or_grows_without_bound_is_refused_and_health_stays_fast(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with(pool, true, &[("API_REQUEST_TIMEOUT_SECS", "2")]).await;
+    let put = |name: &str, html: &str, sample: Value| {
+        let body = json!({"subject": "Hi", "text": "t", "html": html, "sample_data": sample});
+        let path = format!("/v1/templates/{name}");
+        let app = &app;
+        async move { app.send("PUT", &path, Some(&body.to_string()), &[]).await }
+    };
+    // 6000 x 6000 iterations over the sample data, while /health is asked every 10 ms.
+    let looped = "{% for i in range(n) %}{% for j in range(n) %}x{% endfor %}{% endfor %}";
+    let started = std::time::Instant::now();
+    let health = async {
+        let mut slowest = std::time::Duration::ZERO;
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            let asked = std::time::Instant::now();
+            let res = app
+                .http
+                .get(format!("{}/health", app.url))
+                .send()
+                .await
+                .expect("health");
+            assert_eq!(res.status(), 200);
+            slowest = slowest.max(asked.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        slowest
+    };
+    let ((status, answer), slowest) =
+        tokio::join!(put("looped", looped, json!({"n": 6000})), health);
+    let took = started.elapsed();
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "template_invalid", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("template instructions"),
+        "{answer}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    assert!(
+        slowest < std::time::Duration::from_millis(50),
+        "/health took {slowest:?} while the template rendered"
+    );
+
+    // 12 MB of HTML from a short loop: refused at PUT…
+    let line = "x".repeat(125);
+    let grows = format!("{{% for i in range(n) %}}{line}{{% endfor %}}");
+    let (status, answer) = put("grows", &grows, json!({"n": 100_000})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bytes"),
+        "{answer}"
+    );
+    // …and at preview, for a template whose sample renders small.
+    let (status, answer) = put("grows", &grows, json!({"n": 1})).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = app
+        .post(
+            "/v1/templates/grows/preview",
+            json!({"data": {"n": 100_000}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    // And when an email is queued with such data.
+    let (status, answer) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "big@example.com", "template": "grows", "data": {"n": 100_000}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = app
+        .post("/v1/templates/grows/preview", json!({"data": {"n": 2}}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["html"], format!("{line}{line}"));
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn sign_out_ends_the_session_on_the_server_so_a_copied_cookie_stops_working(pool: PgPool) {
+    let app = TestApp::spawn(pool, true).await;
+    let session = session_of(&login(&app, TOKEN, Some(&app.url)).await);
+    let copy = session.clone();
+    assert_eq!(dashboard(&app, &session).await.status(), 200);
+    let out = raw_client()
+        .post(format!("{}/admin/logout", app.url))
+        .header("cookie", &session)
+        .header("origin", &app.url)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), 303);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .expect("ascii")
+            .contains("Max-Age=0")
+    );
+    let res = dashboard(&app, &copy).await;
+    assert_eq!(
+        res.status(),
+        303,
+        "the copy kept before sign-out is refused"
+    );
+    assert_eq!(res.headers()["location"], "/admin/login");
+    let ended: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM admin_sessions WHERE ended_at IS NOT NULL")
+            .fetch_one(&app.pool)
+            .await
+            .expect("sessions");
+    assert_eq!(ended, 1);
+    // A new sign-in works as before.
+    let again = session_of(&login(&app, TOKEN, Some(&app.url)).await);
+    assert_eq!(dashboard(&app, &again).await.status(), 200);
+}
+
+/// A tracing subscriber for this thread that keeps what is logged.
+fn captured_logs() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buf").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf(std::sync::Arc::default());
+    let keep = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || keep.clone())
+        .finish();
+    (buf.0, tracing::subscriber::set_default(subscriber))
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn failed_sign_ins_are_throttled_per_client_and_overall_and_logged(pool: PgPool) {
+    let (logs, _guard) = captured_logs();
+    // Behind a proxy that appends the client's address, so each test client has its own.
+    let app = TestApp::spawn_with(pool, true, &[("PUBLIC_TRUST_PROXY", "true")]).await;
+    let attempt = async |client: &str, token: &str| {
+        let res = raw_client()
+            .post(format!("{}/admin/login", app.url))
+            .header("origin", &app.url)
+            .header("x-forwarded-for", client)
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("login");
+        let retry = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        (res.status().as_u16(), retry)
+    };
+    let wrong = "wrong-token-wrong-token-wrong-token";
+    let per_client = herald_api::routes::admin::SIGN_IN_FAILURES_PER_CLIENT as usize;
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(attempt("198.51.100.1", wrong).await);
+    }
+    assert!(
+        statuses[..per_client].iter().all(|s| *s == (401, None)),
+        "{statuses:?}"
+    );
+    for (status, retry) in &statuses[per_client..] {
+        assert_eq!(*status, 429, "{statuses:?}");
+        assert!(
+            retry.is_some_and(|r| (1..=900).contains(&r)),
+            "{statuses:?}"
+        );
+    }
+    // Even the right token waits out the budget from that client…
+    assert_eq!(attempt("198.51.100.1", TOKEN).await.0, 429);
+    // …while another client signs in (and its IPv6 /64 neighbours share its budget).
+    assert_eq!(attempt("198.51.100.2", TOKEN).await.0, 303);
+    for n in 0..per_client {
+        assert_eq!(attempt(&format!("2001:db8:9:9::{n:x}"), wrong).await.0, 401);
+    }
+    assert_eq!(
+        attempt("2001:db8:9:9::ffff", wrong).await.0,
+        429,
+        "same /64"
+    );
+
+    // Overall: many clients with a few failures each.
+    let overall = herald_api::routes::admin::SIGN_IN_FAILURES_OVERALL as usize;
+    let mut n = 2 * per_client; // failures counted so far
+    let mut client = 0;
+    while n < overall {
+        client += 1;
+        for _ in 0..per_client.min(overall - n) {
+            assert_eq!(attempt(&format!("203.0.113.{client}"), wrong).await.0, 401);
+            n += 1;
+        }
+    }
+    let (status, retry) = attempt("192.0.2.200", TOKEN).await;
+    assert_eq!(
+        status, 429,
+        "every client waits once the overall budget is spent"
+    );
+    assert!(retry.is_some_and(|r| (1..=60).contains(&r)));
+
+    let logged = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    let failures = logged
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("console sign-in failed"))
+        .count();
+    assert_eq!(failures, overall, "each failure is logged at warn");
+    assert!(
+        logged.contains("client=198.51.100.1"),
+        "with the client address"
+    );
+    assert!(
+        !logged.contains(wrong) && !logged.contains(TOKEN),
+        "never the token"
+    );
 }

@@ -148,7 +148,15 @@ async fn endpoints_are_registered_changed_rotated_and_deleted(pool: PgPool) {
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn production_refuses_http_and_internal_hosts(pool: PgPool) {
-    let app = TestApp::spawn_with(pool, true, &[("APP_ENV", "production")]).await;
+    let app = TestApp::spawn_with(
+        pool,
+        true,
+        &[
+            ("APP_ENV", "production"),
+            ("WEBHOOK_ALLOW_PRIVATE_URLS", ""),
+        ],
+    )
+    .await;
     for url in [
         "http://hooks.example.com/x",
         "https://10.0.0.8/hook",
@@ -172,4 +180,62 @@ async fn production_refuses_http_and_internal_hosts(pool: PgPool) {
         )
         .await;
     assert_eq!(status, 201, "a public address: {answer}");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_guard_is_on_without_app_env_and_every_internal_destination_is_refused(pool: PgPool) {
+    // No APP_ENV, no WEBHOOK_ALLOW_PRIVATE_URLS: development, guard on.
+    let app = TestApp::spawn_with(pool, true, &[("WEBHOOK_ALLOW_PRIVATE_URLS", "")]).await;
+    for url in herald_shared::outbound::REFUSED_EXAMPLES {
+        let (status, answer) = app
+            .post(
+                "/v1/webhooks",
+                json!({"url": url, "events": ["email.sent"]}),
+            )
+            .await;
+        assert_eq!(status, 422, "{url}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        // The example names (*.test) do not resolve here: refused as unresolvable instead.
+        assert!(
+            message.contains("internal address") || message.contains("does not resolve"),
+            "{url}: {answer}"
+        );
+    }
+    let (status, answer) = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://169.254.169.254/latest/meta-data/", "events": ["email.sent"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "cloud metadata: {answer}");
+    let (_, listed) = app.send("GET", "/v1/webhooks", None, &[]).await;
+    assert_eq!(listed, json!([]), "nothing registered");
+    let (status, answer) = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://93.184.216.34/hook", "events": ["email.sent"]}),
+        )
+        .await;
+    assert_eq!(
+        status, 201,
+        "a public address, http allowed outside production: {answer}"
+    );
+}
+
+#[test]
+fn private_targets_cannot_be_allowed_in_production() {
+    let err = herald_api::config::ApiConfig::from_source(&[
+        ("APP_ENV", "production"),
+        ("WEBHOOK_ALLOW_PRIVATE_URLS", "true"),
+        ("API_TOKEN", "5b1e9c3a7f2d4e6b8a0c1e3f5a7b9d1c"),
+        ("FRONTEND_URL", "https://app.example.com"),
+        ("EMAIL_FROM", "noreply@herald.test"),
+        ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
+        ("MARKETING_EMAIL_ENABLED", "false"),
+    ])
+    .expect_err("refused");
+    assert!(
+        err.to_string().starts_with("WEBHOOK_ALLOW_PRIVATE_URLS"),
+        "{err}"
+    );
 }

@@ -23,6 +23,15 @@ pub const DEFAULT_LOCALE: &str = "en";
 /// marketing mail, empty in transactional mail).
 pub const PROVIDED_VARIABLES: [&str; 1] = ["unsubscribe_url"];
 
+/// Template instructions one part's render may execute (minijinja's fuel). A loop over 1,000
+/// items with a dozen statements each uses about 60,000; at this bound a render stops within about
+/// 0.1 s on our machines (docs/templates.md).
+pub const FUEL: u64 = 2_000_000;
+
+/// Bytes one rendered part may hold: 1 MiB. Mail clients clip far less (Gmail cuts HTML past
+/// 102 KB) and SES refuses messages over 40 MB; the bound keeps one render's memory small.
+pub const MAX_PART_BYTES: usize = 1024 * 1024;
+
 /// The three parts, as their file names, which also choose autoescaping (`.html` escapes).
 const PARTS: [&str; 3] = ["subject.txt", "body.txt", "body.html"];
 
@@ -77,6 +86,20 @@ pub enum TemplateError {
         /// The variable's name.
         variable: String,
     },
+    /// The render took more than [`FUEL`] instructions (a loop too long for an email).
+    #[error(
+        "{part}: rendering stopped after {FUEL} template instructions (an email template must render in fewer)"
+    )]
+    OutOfFuel {
+        /// `subject`, `text` or `html`.
+        part: &'static str,
+    },
+    /// A part rendered to more than [`MAX_PART_BYTES`].
+    #[error("{part}: renders to more than {MAX_PART_BYTES} bytes")]
+    TooLarge {
+        /// `subject`, `text` or `html`.
+        part: &'static str,
+    },
     /// Any other rendering failure.
     #[error("{part}, line {line}: {detail}")]
     Render {
@@ -125,6 +148,7 @@ impl Compiled {
     pub fn compile(sources: &Sources) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
         let texts = [&sources.subject, &sources.text, &sources.html];
         let mut used = BTreeSet::new();
         for (file, text) in PARTS.iter().zip(texts) {
@@ -141,9 +165,11 @@ impl Compiled {
             })?;
             used.extend(template.undeclared_variables(false));
         }
+        // minijinja's own functions (`range`, `dict`, …) are globals, not data.
+        let globals: BTreeSet<&str> = env.globals().map(|(name, _)| name).collect();
         let required = used
             .into_iter()
-            .filter(|v| !PROVIDED_VARIABLES.contains(&v.as_str()))
+            .filter(|v| !PROVIDED_VARIABLES.contains(&v.as_str()) && !globals.contains(v.as_str()))
             .collect();
         Ok(Self { env, required })
     }
@@ -160,7 +186,7 @@ impl Compiled {
                 && template.undeclared_variables(false).contains(missing)
             {
                 let line = template
-                    .render(data)
+                    .render_captured_to(data, Capped::default())
                     .err()
                     .and_then(|e| e.line())
                     .unwrap_or(0);
@@ -190,19 +216,73 @@ impl Compiled {
                 .env
                 .get_template(file)
                 .map_err(|_| TemplateError::Unknown(file.to_owned()))?;
-            template
-                .render(&context)
-                .map_err(|e| TemplateError::Render {
+            let mut out = Capped::default();
+            match template.render_captured_to(&context, &mut out) {
+                Ok(_) => String::from_utf8(out.bytes).map_err(|e| TemplateError::Render {
+                    part: part_label(file),
+                    line: 0,
+                    detail: e.to_string(),
+                }),
+                Err(_) if out.overflowed => Err(TemplateError::TooLarge {
+                    part: part_label(file),
+                }),
+                Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                    Err(TemplateError::OutOfFuel {
+                        part: part_label(file),
+                    })
+                }
+                Err(e) => Err(TemplateError::Render {
                     part: part_label(file),
                     line: e.line().unwrap_or(0),
                     detail: e.detail().map_or_else(|| e.to_string(), str::to_owned),
-                })
+                }),
+            }
         };
         Ok(Rendered {
             subject: part("subject.txt")?.trim().to_owned(),
             text: part("body.txt")?,
             html: part("body.html")?,
         })
+    }
+}
+
+/// Renders on a blocking thread, so that a long render never holds an async worker thread (the
+/// request's timeout still answers, other requests go on); bounded by [`FUEL`] and
+/// [`MAX_PART_BYTES`].
+pub async fn render_blocking(
+    compiled: Arc<Compiled>,
+    data: Value,
+    unsubscribe_url: String,
+) -> Result<Rendered, TemplateError> {
+    tokio::task::spawn_blocking(move || compiled.render(&data, &unsubscribe_url))
+        .await
+        .unwrap_or_else(|e| {
+            Err(TemplateError::Render {
+                part: "html",
+                line: 0,
+                detail: format!("the render did not finish: {e}"),
+            })
+        })
+}
+
+/// A writer that takes at most [`MAX_PART_BYTES`] and then fails the render.
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_PART_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered part too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -367,5 +447,49 @@ mod tests {
                 && !valid_locale("de-")
         );
         assert!(valid_name("order_confirmation") && !valid_name("Order") && !valid_name("a-b"));
+    }
+
+    #[test]
+    fn a_long_loop_runs_out_of_fuel_and_a_huge_output_is_refused() {
+        let looped = Compiled::compile(&sources(
+            "Hi",
+            "{% for i in range(6000) %}{% for j in range(6000) %}x{% endfor %}{% endfor %}",
+            "<p></p>",
+        ))
+        .expect("compiles");
+        assert!(
+            looped.required.is_empty(),
+            "range is minijinja's, not data: {:?}",
+            looped.required
+        );
+        let started = std::time::Instant::now();
+        let err = looped.render(&json!({}), "").expect_err("out of fuel");
+        assert_eq!(err, TemplateError::OutOfFuel { part: "text" });
+        eprintln!("stopped after {:?}", started.elapsed());
+
+        // 12 MB from a short loop (few instructions, much output).
+        let huge = Compiled::compile(&sources(
+            "Hi",
+            "",
+            "{% for i in range(12) %}{{ blob }}{% endfor %}",
+        ))
+        .expect("compiles");
+        let blob = "x".repeat(1024 * 1024);
+        let err = huge
+            .render(&json!({"blob": blob}), "")
+            .expect_err("too large");
+        assert_eq!(err, TemplateError::TooLarge { part: "html" });
+
+        let fine = Compiled::compile(&sources(
+            "{{ items | length }} items",
+            "{% for i in range(3) %}{{ i }}{% endfor %}",
+            "<p>{{ items | join(', ') }}</p>",
+        ))
+        .expect("compiles");
+        assert_eq!(fine.required, vec!["items"]);
+        let ok = fine
+            .render(&json!({"items": ["a", "b"]}), "")
+            .expect("renders");
+        assert_eq!((ok.subject.as_str(), ok.text.as_str()), ("2 items", "012"));
     }
 }

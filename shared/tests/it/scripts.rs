@@ -533,6 +533,7 @@ async fn the_app_role_has_exactly_the_rights_herald_needs_and_no_more() {
         "apalis.jobs: SELECT, INSERT, UPDATE, DELETE",
         "apalis.workers: SELECT, INSERT, UPDATE, DELETE",
         "public._sqlx_migrations: SELECT",
+        "public.admin_sessions: SELECT, INSERT, UPDATE, DELETE",
         "public.api_idempotency_keys: SELECT, INSERT, DELETE",
         "public.compliance_pauses: SELECT, UPDATE",
         "public.email_deliveries: SELECT, INSERT, UPDATE, DELETE",

@@ -169,6 +169,8 @@ pub fn spawn_api_process(url: &str) -> (Child, String) {
         .env("API_METRICS_ADDR", "127.0.0.1:0")
         .env("FRONTEND_URL", "https://app.example.com")
         .env("MARKETING_EMAIL_ENABLED", "false")
+        // The bench's webhook receiver listens on loopback.
+        .env("WEBHOOK_ALLOW_PRIVATE_URLS", "true")
         .env("EMAIL_FROM", "noreply@herald.test")
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "warn")

@@ -56,12 +56,25 @@ pub struct FeedbackConsumer {
     pub stats: Arc<FeedbackStats>,
     /// Metrics.
     pub metrics: Arc<herald_shared::metrics::Metrics>,
+    /// The dead-letter queue's URL from the queue's redrive policy, looked up once (`None`: the
+    /// queue has none).
+    pub dead_letter: Arc<tokio::sync::OnceCell<Option<String>>>,
 }
+
+/// Receives after which a message refused because its certificate could not be fetched is given
+/// up on like any other refused message (a fetch failure may pass; a forgery does not).
+pub const UNAVAILABLE_RECEIVES: u32 = 5;
 
 impl FeedbackConsumer {
     /// Runs the pollers until `token` is cancelled; a batch being applied is finished first.
     pub async fn run(self, token: CancellationToken) {
         tracing::info!(pollers = self.concurrency, "feedback consumer started");
+        if self.dead_letter_url().await.is_none() {
+            tracing::warn!(
+                "the feedback queue has no redrive policy: refused and unreadable messages are \
+                 recorded and deleted, not kept in a dead-letter queue (docs/feedback.md)"
+            );
+        }
         let mut tasks = Vec::new();
         for _ in 0..self.concurrency.max(1) {
             let me = self.clone();
@@ -151,6 +164,82 @@ impl FeedbackConsumer {
         dlq_error.map_or(Ok(()), |e| Err(format!("dead-letter queue: {e}")))
     }
 
+    /// The dead-letter queue of the feedback queue, read from its redrive policy on first use.
+    /// A failed read is not remembered (the next refused message asks again).
+    pub async fn dead_letter_url(&self) -> Option<String> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        if let Some(known) = self.dead_letter.get() {
+            return known.clone();
+        }
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(A::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %herald_shared::telemetry::error_chain(&e), "cannot read the feedback queue's redrive policy");
+            })
+            .ok()?;
+        let target = attrs
+            .attributes()
+            .and_then(|a| a.get(&A::RedrivePolicy))
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
+        let url = match target.as_deref().and_then(|arn| arn.rsplit(':').next()) {
+            None => None,
+            Some(name) => {
+                let found = self.sqs.get_queue_url().queue_name(name).send().await;
+                match found {
+                    Ok(out) => out.queue_url().map(str::to_owned),
+                    Err(e) => {
+                        tracing::warn!(error = %herald_shared::telemetry::error_chain(&e), "cannot find the feedback queue's dead-letter queue");
+                        return None;
+                    }
+                }
+            }
+        };
+        let _ = self.dead_letter.set(url.clone());
+        url
+    }
+
+    /// Takes a refused or unreadable message off the queue for good, once it is recorded: into the
+    /// dead-letter queue when there is one (with the reason as a message attribute), else deleted.
+    /// Either way SQS does not show it again; a failure leaves it for the next receive.
+    async fn dispose(&self, message: &aws_sdk_sqs::types::Message, reason: &str) {
+        let id = message.message_id().unwrap_or("?");
+        if let Some(dlq) = self.dead_letter_url().await {
+            let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(reason)
+                .build();
+            let mut send = self
+                .sqs
+                .send_message()
+                .queue_url(&dlq)
+                .message_body(message.body().unwrap_or_default());
+            if let Ok(attribute) = attribute {
+                send = send.message_attributes("herald_refused", attribute);
+            }
+            if let Err(e) = send.send().await {
+                tracing::warn!(sqs_message_id = id, error = %herald_shared::telemetry::error_chain(&e), "could not move a refused message to the dead-letter queue; it comes back");
+                return;
+            }
+        }
+        if let Some(handle) = message.receipt_handle()
+            && let Err(e) = self
+                .sqs
+                .delete_message()
+                .queue_url(&self.queue_url)
+                .receipt_handle(handle)
+                .send()
+                .await
+        {
+            tracing::warn!(sqs_message_id = id, error = %herald_shared::telemetry::error_chain(&e), "could not delete a refused message");
+        }
+    }
+
     /// Counts a refused message in the database for the console (a failure only logs).
     async fn count_refused(&self, reason: &str) {
         let counted = async {
@@ -218,6 +307,12 @@ impl FeedbackConsumer {
                 }
                 Err(rejection) => {
                     self.rejected(id, receives, &rejection).await;
+                    // A certificate that could not be fetched may be there next time.
+                    let transient = rejection.reason == Reason::CertificateUnavailable
+                        && receives < UNAVAILABLE_RECEIVES;
+                    if !transient {
+                        self.dispose(message, rejection.reason.as_str()).await;
+                    }
                     return;
                 }
             },
@@ -281,7 +376,8 @@ impl FeedbackConsumer {
                 if receives == 1 {
                     self.count_refused("poison").await;
                 }
-                tracing::warn!(sqs_message_id = id, receives, error = %err, "poison feedback message; left for the dead-letter queue");
+                tracing::warn!(sqs_message_id = id, receives, error = %err, "poison feedback message; moved to the dead-letter queue (or deleted without one)");
+                self.dispose(message, "poison").await;
                 false
             }
             Err(ApplyError::Db(err)) => {
@@ -305,8 +401,8 @@ impl FeedbackConsumer {
         }
     }
 
-    /// A refused message stays on the queue (the redrive policy moves it to the DLQ); it is logged
-    /// and counted once, on its first receive, however often SQS shows it again.
+    /// A refused message is logged and counted once, on its first receive, however often SQS
+    /// shows it again (a certificate fetch that failed is tried on a few receives).
     async fn rejected(&self, id: &str, receives: u32, rejection: &Rejection) {
         if receives > 1 {
             tracing::debug!(sqs_message_id = id, receives, %rejection, "refused feedback seen again");
@@ -324,7 +420,7 @@ impl FeedbackConsumer {
             sqs_message_id = id,
             reason = rejection.reason.as_str(),
             detail = %rejection.detail,
-            "feedback refused: not applied, left for the dead-letter queue"
+            "feedback refused: not applied; moved to the dead-letter queue (or deleted without one)"
         );
     }
 }

@@ -13,10 +13,32 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use x509_cert::der::DecodePem as _;
 
-/// The default `SNS_SIGNING_CERT_URL_PATTERN`: https on an SNS host of any AWS region, a
-/// `SimpleNotificationService-*.pem` file.
-pub const DEFAULT_CERT_URL_PATTERN: &str =
-    r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/SimpleNotificationService-[A-Za-z0-9]+\.pem$";
+/// The default `SNS_SIGNING_CERT_URL_PATTERN`: https on the SNS host of an AWS region (a region's
+/// shape, `us-east-1`, `us-gov-west-1`, `cn-north-1`: not `s3` or another service's name), a
+/// `SimpleNotificationService-*.pem` file. Whatever the pattern, an `sns.<region>.amazonaws.com`
+/// URL must name the region of the message's `TopicArn`.
+pub const DEFAULT_CERT_URL_PATTERN: &str = r"^https://sns\.[a-z]{2}(-[a-z]+)+-[0-9]+\.amazonaws\.com(\.cn)?/SimpleNotificationService-[A-Za-z0-9]+\.pem$";
+
+/// How long a certificate URL that could not be fetched or used is refused without fetching it
+/// again (a refused message comes back with every visibility timeout).
+pub const FAILED_FETCH_TTL: Duration = Duration::from_secs(60);
+
+/// The region of an SNS certificate URL on AWS (`https://sns.<region>.amazonaws.com[.cn]/…`).
+fn aws_sns_region(url: &str) -> Option<&str> {
+    let host = url.strip_prefix("https://")?.split('/').next()?;
+    let rest = host.strip_prefix("sns.")?;
+    rest.strip_suffix(".amazonaws.com")
+        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"))
+}
+
+/// The region of a topic ARN (`arn:aws:sns:<region>:<account>:<name>`).
+fn topic_region(arn: &str) -> Option<&str> {
+    let mut parts = arn.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("arn"), Some(_), Some("sns"), Some(region)) if !region.is_empty() => Some(region),
+        _ => None,
+    }
+}
 
 /// Certificates kept per URL (AWS signs with one at a time and rotates rarely).
 const CACHE_CAPACITY: usize = 32;
@@ -174,9 +196,30 @@ pub struct SnsVerifier {
 struct Cache {
     keys: HashMap<String, Arc<SigningKey>>,
     order: VecDeque<String>,
+    /// URLs whose fetch or certificate failed, with the refusal and until when it stands.
+    failed: HashMap<String, (std::time::Instant, Rejection)>,
 }
 
 impl Cache {
+    fn failed(&mut self, url: &str) -> Option<Rejection> {
+        let now = std::time::Instant::now();
+        self.failed.retain(|_, (until, _)| *until > now);
+        self.failed.get(url).map(|(_, r)| r.clone())
+    }
+
+    fn fail(&mut self, url: &str, rejection: &Rejection) {
+        if self.failed.len() >= CACHE_CAPACITY {
+            self.failed.clear();
+        }
+        self.failed.insert(
+            url.to_owned(),
+            (
+                std::time::Instant::now() + FAILED_FETCH_TTL,
+                rejection.clone(),
+            ),
+        );
+    }
+
     fn insert(&mut self, url: String, key: Arc<SigningKey>) {
         if self.keys.insert(url.clone(), key).is_none() {
             self.order.push_back(url);
@@ -238,6 +281,15 @@ impl SnsVerifier {
                 format!("{url:?} is outside SNS_SIGNING_CERT_URL_PATTERN"),
             ));
         }
+        if let Some(region) = aws_sns_region(url) {
+            let topic = text("TopicArn").and_then(topic_region);
+            if topic != Some(region) {
+                return Err(Rejection::new(
+                    Reason::CertificateUrl,
+                    format!("{url:?} is not in the region of the TopicArn ({topic:?})"),
+                ));
+            }
+        }
         let signed = canonical_string(envelope)?;
         let signature = base64::engine::general_purpose::STANDARD
             .decode(signature)
@@ -272,8 +324,22 @@ impl SnsVerifier {
         if let Some(key) = self.cached(url) {
             return Ok(key);
         }
-        let pem = self.fetch(url).await?;
-        let key = Arc::new(parse_certificate(&pem)?);
+        if let Some(refused) = self.cache.lock().ok().and_then(|mut c| c.failed(url)) {
+            return Err(refused);
+        }
+        let key = match self
+            .fetch(url)
+            .await
+            .and_then(|pem| parse_certificate(&pem))
+        {
+            Ok(key) => Arc::new(key),
+            Err(refused) => {
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.fail(url, &refused);
+                }
+                return Err(refused);
+            }
+        };
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(url.to_owned(), key.clone());
         }
@@ -361,9 +427,42 @@ mod tests {
             "https://sns.us-east-1.amazonaws.com/other.pem",
             "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?x=1",
             "https://s3.amazonaws.com/SimpleNotificationService-abc.pem",
+            // S3 virtual hosts and other services' names are not a region.
+            "https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem",
+            "https://sns.s3-website.amazonaws.com/SimpleNotificationService-abc.pem",
+            "https://sns.execute-api.amazonaws.com/SimpleNotificationService-abc.pem",
         ] {
             assert!(!v.pattern.is_match(bad), "{bad}");
         }
+        assert_eq!(
+            aws_sns_region("https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-a.pem"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            aws_sns_region("https://sns.cn-north-1.amazonaws.com.cn/x.pem"),
+            Some("cn-north-1")
+        );
+        assert_eq!(aws_sns_region("https://127.0.0.1:9/x.pem"), None);
+        assert_eq!(
+            topic_region("arn:aws:sns:us-east-1:123456789012:herald"),
+            Some("us-east-1")
+        );
+        assert_eq!(topic_region("arn:aws:sqs:us-east-1:1:x"), None);
+    }
+
+    #[tokio::test]
+    async fn a_certificate_url_in_another_region_than_the_topic_is_refused_before_any_fetch() {
+        let v = SnsVerifier::new(DEFAULT_CERT_URL_PATTERN).expect("pattern");
+        let envelope: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "Type": "Notification", "MessageId": "m", "Message": "{}", "Timestamp": "t",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
+            "SignatureVersion": "1", "Signature": "AAAA",
+            "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem",
+        }))
+        .expect("json");
+        let got = v.verify(&envelope).await.expect_err("refused");
+        assert_eq!(got.reason, Reason::CertificateUrl, "{got}");
+        assert!(got.detail.contains("region"), "{got}");
     }
 
     #[test]

@@ -151,6 +151,8 @@ impl Stack {
             .env("DB_MIN_CONNECTIONS", "0")
             // moto's SNS signs nothing; the signature checks have tests of their own (sns_trust).
             .env("SNS_VERIFY_SIGNATURES", "false")
+            // Test receivers listen on loopback.
+            .env("WEBHOOK_ALLOW_PRIVATE_URLS", "true")
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE");
         for (k, v) in extra {

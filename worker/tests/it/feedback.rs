@@ -201,6 +201,7 @@ impl Moto {
             wait_seconds: 1,
             stats: Arc::new(FeedbackStats::default()),
             metrics: Arc::default(),
+            dead_letter: Arc::default(),
         }
     }
 
@@ -799,4 +800,77 @@ async fn a_not_spam_report_never_counts_toward_the_complaint_rate(pool: PgPool) 
     .await
     .expect("abuse");
     assert_eq!(complaints(&pool).await, 1, "a real complaint counts");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn a_refused_message_on_a_queue_without_redrive_is_recorded_once_and_not_received_again(
+    pool: PgPool,
+) {
+    setup_queue(&pool).await;
+    let mut moto = Moto::new().await;
+    // A queue of its own with no redrive policy: nothing would ever move a refused message.
+    moto.queue_url = moto
+        .sqs
+        .create_queue()
+        .queue_name(unique("fb-nodlq"))
+        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    // Bare SES JSON while only signed SNS is trusted: refused (format).
+    moto.put_raw(&complaint("fb-forged", "victim@example.com", Some("abuse")).to_string())
+        .await;
+    let trust = Trust {
+        formats: [herald_worker::feedback::parse::Format::Sns]
+            .into_iter()
+            .collect(),
+        allowed_topics: Vec::new(),
+        verifier: None,
+        confirm_subscriptions: false,
+    };
+    let consumer = moto.consumer_trusting(&pool, policy(), trust);
+    assert_eq!(consumer.dead_letter_url().await, None);
+    let stats = consumer.stats.clone();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(token.clone()));
+    eventually("the refusal", Duration::from_secs(20), async || {
+        stats.rejected.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    // Several visibility timeouts later, it has not come back.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    token.cancel();
+    task.await.expect("consumer");
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 1, "recorded once");
+    let counted: i64 =
+        sqlx::query_scalar("SELECT count FROM feedback_rejections WHERE reason = 'format'")
+            .fetch_one(&pool)
+            .await
+            .expect("counted");
+    assert_eq!(counted, 1);
+    assert_eq!(suppression(&pool, "victim@example.com").await, None);
+    let left = moto
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&moto.queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("attributes");
+    let attrs = left.attributes().expect("attributes");
+    assert_eq!(
+        (
+            attrs
+                .get(&QueueAttributeName::ApproximateNumberOfMessages)
+                .map(String::as_str),
+            attrs
+                .get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .map(String::as_str)
+        ),
+        (Some("0"), Some("0")),
+        "the refused message is gone from the queue"
+    );
 }

@@ -39,6 +39,8 @@ pub fn worker_config(pool: &PgPool, extra: &[(&str, &str)]) -> WorkerConfig {
         ("WORKER_HEARTBEAT_SECS", "1"),
         ("WORKER_MISSED_HEARTBEATS", "2"),
         ("SHUTDOWN_TIMEOUT", "5"),
+        // Test receivers listen on loopback.
+        ("WEBHOOK_ALLOW_PRIVATE_URLS", "true"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

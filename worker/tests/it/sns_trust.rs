@@ -207,6 +207,34 @@ async fn good_v1_and_v2_signatures_verify_and_the_certificate_is_fetched_once() 
 }
 
 #[tokio::test]
+async fn a_certificate_that_cannot_be_fetched_is_not_fetched_again_for_a_while() {
+    let server = CertServer::start().await;
+    let verifier = server.verifier();
+    for (name, reason) in [
+        ("missing", Reason::CertificateUnavailable),
+        ("junk", Reason::Certificate),
+    ] {
+        let url = server.url(name);
+        for n in 0..6 {
+            let message = signed(
+                &hard_bounce(&format!("ses-{n}"), "a@example.com"),
+                1,
+                &KEYS[0],
+                &url,
+            );
+            let got = verifier.verify(&envelope_map(&message)).await;
+            assert_eq!(got.map_err(|e| e.reason), Err(reason), "{name} #{n}");
+        }
+        assert_eq!(
+            server.hits(&format!("/SimpleNotificationService-{name}.pem")),
+            1,
+            "{name}: one fetch for six messages within {:?}",
+            sns::FAILED_FETCH_TTL
+        );
+    }
+}
+
+#[tokio::test]
 async fn every_forgery_is_refused_with_its_reason() {
     let server = CertServer::start().await;
     let verifier = server.verifier();

@@ -274,6 +274,130 @@ async fn events_arrive_signed_are_retried_with_backoff_and_survive_a_killed_work
     stack.finish().await;
 }
 
+/// A receiver whose first answer is 200 and every later one a 500 with a 200 MB body, streamed
+/// for as long as the client reads; counts the body bytes it managed to write.
+async fn huge_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const BODY: usize = 200 * 1024 * 1024;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/huge", listener.local_addr().expect("addr"));
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = written.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            n += 1;
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0_u8; 64 * 1024];
+                let _ = socket.read(&mut request).await;
+                if n == 1 {
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    return;
+                }
+                let head =
+                    format!("HTTP/1.1 500 Internal Server Error\r\ncontent-length: {BODY}\r\n\r\n");
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut mine = 0;
+                while mine < BODY {
+                    if socket.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    mine += chunk.len();
+                    count.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (url, written)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn a_receiver_answering_200_mb_costs_the_worker_less_than_10_mb_and_the_attempt_is_recorded()
+{
+    let mut stack = Stack::start().await;
+    let (url, written) = huge_receiver().await;
+    let (hook, _) = register(&stack, &url, &["email.sent"]).await;
+    // One attempt per delivery within the test.
+    stack.spawn_worker(&[("WEBHOOK_BACKOFF_BASE_MS", "600000")]);
+    let pid = stack.workers[0].id();
+    let send = |n: usize| {
+        let to = format!("{}@example.com", unique(&format!("huge{n}")));
+        json!({"to": to, "subject": "Hi", "text": "Hello"})
+    };
+    let wait_attempts = |want: usize| {
+        let stack = &stack;
+        let hook = hook.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, listed) = stack.get(&format!("/v1/webhooks/{hook}/deliveries")).await;
+                let attempted = listed.as_array().map_or(0, |l| {
+                    l.iter()
+                        .filter(|d| d["attempts"].as_i64() >= Some(1))
+                        .count()
+                });
+                if attempted >= want {
+                    return listed;
+                }
+                assert!(Instant::now() < deadline, "{listed}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // The first email's event is delivered (200): the worker's paths are warm.
+    let (status, body) = stack.post("/v1/emails", send(1)).await;
+    assert_eq!(status, 202, "{body}");
+    wait_attempts(1).await;
+    let before = rss_kib(pid);
+    // The second's answer is a 500 with 200 MB behind it.
+    let (status, body) = stack.post("/v1/emails", send(2)).await;
+    assert_eq!(status, 202, "{body}");
+    let listed = wait_attempts(2).await;
+    let after = rss_kib(pid);
+    let failed = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["attempt_log"][0]["status_code"] == 500)
+        .unwrap_or_else(|| panic!("the 500 is recorded: {listed}"));
+    let excerpt = failed["attempt_log"][0]["response"]
+        .as_str()
+        .expect("excerpt");
+    assert_eq!(excerpt.len(), 512, "the first 512 characters are kept");
+    assert!(
+        after.saturating_sub(before) < 10 * 1024,
+        "worker RSS {before} KiB -> {after} KiB"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent < 32 * 1024 * 1024,
+        "the receiver wrote {sent} bytes: the read did not stop"
+    );
+    stack.finish().await;
+}
+
 #[path = "../../examples/webhook_receiver.rs"]
 #[allow(dead_code)]
 mod receiver_example;

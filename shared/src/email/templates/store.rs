@@ -124,8 +124,14 @@ pub async fn publish(
 ) -> Result<(i32, Vec<String>), StoreError> {
     let mut compiled = Compiled::compile(sources)?;
     compiled.require(declared);
+    let compiled = std::sync::Arc::new(compiled);
     // As marketing mail would have it.
-    compiled.render(sample_data, "https://example.invalid/unsubscribe/sample")?;
+    super::render_blocking(
+        compiled.clone(),
+        sample_data.clone(),
+        "https://example.invalid/unsubscribe/sample".to_owned(),
+    )
+    .await?;
     // One publisher at a time per (name, locale), so versions are consecutive.
     sqlx::query!(
         "SELECT pg_advisory_xact_lock(hashtextextended('herald.template:' || $1 || ':' || $2, 0))",
@@ -152,7 +158,7 @@ pub async fn publish(
     )
     .fetch_one(&mut *conn)
     .await?;
-    Ok((version, compiled.required))
+    Ok((version, compiled.required.clone()))
 }
 
 /// The newest version of every (name, locale).
