@@ -51,6 +51,16 @@ for name in ("api", "worker"):
                   for k, v in env.items()), f"{name} has no secret inline in its environment")
 api = services.get("api", {})
 check(api.get("environment", {}).get("API_TOKEN_FILE") == "/run/secrets/api_token", "the API token is a compose secret")
+check(api.get("environment", {}).get("API_TOKENS_FILE") == "/run/secrets/api_tokens" and "API_TOKENS" not in api.get("environment", {}),
+      "API_TOKENS is a compose secret too, never a variable")
+internal_subnets = [c.get("subnet", "") for c in compose.get("networks", {}).get("internal", {}).get("ipam", {}).get("config", [])]
+for name, var, port in (("api", "API_METRICS_ADDR", "9101"), ("worker", "METRICS_ADDR", "9100")):
+    svc = services.get(name, {})
+    cmd = " ".join(svc.get("command", [])) if isinstance(svc.get("command"), list) else str(svc.get("command", ""))
+    prefix = internal_subnets[0].rsplit(".", 1)[0] if internal_subnets else "?"
+    check(var not in svc.get("environment", {}) and f"{var}=$${{addr" in cmd and prefix.replace(".", "\\.") in cmd and f":{port}" in cmd,
+          f"{name}'s /metrics binds only to its address on the internal network ({internal_subnets})")
+check("/secrets/" in (ROOT / ".gitignore").read_text().split(), "secrets/ is in .gitignore")
 check(all(str(p).startswith(("${HERALD_API_PUBLISH:-127.0.0.1:", "${HERALD_PUBLIC_PUBLISH:-127.0.0.1:", "127.0.0.1:"))
           for p in api.get("ports", [])),
       "the API (and its public listener) is published on 127.0.0.1 by default")
