@@ -283,7 +283,23 @@ pub const REFUSED_EXAMPLES: [&str; 48] = [
     "https://mixed.test/",
 ];
 
-/// The names [`REFUSED_EXAMPLES`] uses, and `public.test` (a public address).
+/// The address of each [`REFUSED_EXAMPLES`] URL written with an IP literal (in any form), with
+/// the name `a<n>.test` [`example_lookup`] resolves to it: the same destinations reached by name.
+pub fn refused_name_examples() -> Vec<(String, IpAddr)> {
+    REFUSED_EXAMPLES
+        .iter()
+        .filter_map(|raw| match url::Url::parse(raw).ok()?.host()? {
+            url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+            url::Host::Domain(_) => None,
+        })
+        .enumerate()
+        .map(|(n, ip)| (format!("a{n}.test"), ip))
+        .collect()
+}
+
+/// The names [`REFUSED_EXAMPLES`] and [`refused_name_examples`] use, and `public.test` (a public
+/// address).
 pub fn example_lookup() -> TableLookup {
     let entries = [
         ("metadata.test", vec!["169.254.169.254"]),
@@ -292,19 +308,23 @@ pub fn example_lookup() -> TableLookup {
         ("mixed.test", vec!["93.184.216.34", "10.0.0.1"]),
         ("public.test", vec!["93.184.216.34", "2606:4700::1111"]),
     ];
-    TableLookup(Arc::new(
-        entries
+    let mut names: std::collections::HashMap<String, Vec<IpAddr>> = entries
+        .into_iter()
+        .map(|(n, ips)| {
+            (
+                n.to_owned(),
+                ips.into_iter()
+                    .map(|i| i.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+                    .collect(),
+            )
+        })
+        .collect();
+    names.extend(
+        refused_name_examples()
             .into_iter()
-            .map(|(n, ips)| {
-                (
-                    n.to_owned(),
-                    ips.into_iter()
-                        .map(|i| i.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
-                        .collect(),
-                )
-            })
-            .collect(),
-    ))
+            .map(|(name, ip)| (name, vec![ip])),
+    );
+    TableLookup(Arc::new(names))
 }
 
 #[cfg(test)]
@@ -399,5 +419,25 @@ mod tests {
             err.to_string().starts_with("WEBHOOK_ALLOW_PRIVATE_URLS"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_name_for_any_refused_address_is_refused_at_registration_and_when_connecting() {
+        let lookup = example_lookup();
+        let names = refused_name_examples();
+        assert!(names.len() >= 40, "{} names", names.len());
+        for (name, ip) in names {
+            let url = format!("https://{name}/hook");
+            assert_eq!(
+                check_url_with(&url, UrlPolicy::STRICT, &lookup).await,
+                Err(UrlError::Internal(ip)),
+                "{url}"
+            );
+            let err = public_addresses(&lookup, &name).await.expect_err(&name);
+            assert!(
+                err.to_string().contains("internal address"),
+                "{name}: {err}"
+            );
+        }
     }
 }

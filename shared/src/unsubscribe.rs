@@ -5,6 +5,8 @@
 //! rotating `UNSUBSCRIBE_SECRETS` keeps old links valid while an old secret stays in the list.
 //! Links made before tokens were encrypted (version 1: signed, readable) are still accepted under
 //! the same rule: while the secret that signed them is in the list (docs/unsubscribe.md).
+//! One file on purpose (about 480 lines, half of them tests): the token formats, their keys and
+//! the settings that make them belong together.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

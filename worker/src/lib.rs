@@ -7,6 +7,7 @@ pub mod email_job;
 pub mod feedback;
 pub mod job;
 pub mod maintenance;
+pub mod outbound;
 pub mod ses;
 pub mod webhooks;
 

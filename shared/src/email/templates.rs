@@ -1,6 +1,8 @@
 //! Email templates (minijinja) as data: a subject, a text and an HTML part per name, locale and
 //! version, stored in `email_templates` (see [`store`]), compiled once per version and cached.
 //! HTML parts autoescape; a variable the data lacks is an error, never an empty string.
+//! One file on purpose (about 500 lines with its tests): compile, check, bounded render and the
+//! cache are the life of one template version; storage is in `store`.
 
 pub mod store;
 

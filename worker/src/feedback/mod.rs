@@ -69,11 +69,16 @@ impl FeedbackConsumer {
     /// Runs the pollers until `token` is cancelled; a batch being applied is finished first.
     pub async fn run(self, token: CancellationToken) {
         tracing::info!(pollers = self.concurrency, "feedback consumer started");
-        if self.dead_letter_url().await.is_none() {
-            tracing::warn!(
+        match self.dead_letter_url().await {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::warn!(
                 "the feedback queue has no redrive policy: refused and unreadable messages are \
                  recorded and deleted, not kept in a dead-letter queue (docs/feedback.md)"
-            );
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot read the feedback queue's redrive policy: refused messages stay on it until it can be read"
+            ),
         }
         let mut tasks = Vec::new();
         for _ in 0..self.concurrency.max(1) {
@@ -118,40 +123,31 @@ impl FeedbackConsumer {
             .get_queue_attributes()
             .queue_url(&self.queue_url)
             .attribute_names(A::ApproximateNumberOfMessages)
-            .attribute_names(A::RedrivePolicy)
             .send()
             .await
             .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
         let mut found = vec![("feedback", depth(main.attributes()))];
-        let target = main
-            .attributes()
-            .and_then(|a| a.get(&A::RedrivePolicy))
-            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-            .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
         let mut dlq_error = None;
-        if let Some(name) = target.as_deref().and_then(|arn| arn.rsplit(':').next()) {
-            let dlq = async {
-                let url = self.sqs.get_queue_url().queue_name(name).send().await;
-                let url = url.map_err(|e| herald_shared::telemetry::error_chain(&e))?;
-                let Some(url) = url.queue_url() else {
-                    return Ok(None);
-                };
-                let attrs = self
-                    .sqs
-                    .get_queue_attributes()
-                    .queue_url(url)
-                    .attribute_names(A::ApproximateNumberOfMessages)
-                    .send()
-                    .await
-                    .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
-                Ok::<_, String>(depth(attrs.attributes()))
-            }
-            .await;
-            match dlq {
-                Ok(messages) => found.push(("dead_letter", messages)),
-                // The main queue's depth is still worth storing.
-                Err(error) => dlq_error = Some(error),
-            }
+        let dlq = async {
+            let Some(url) = self.dead_letter_url().await? else {
+                return Ok(None);
+            };
+            let attrs = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(A::ApproximateNumberOfMessages)
+                .send()
+                .await
+                .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
+            Ok::<_, String>(Some(depth(attrs.attributes())))
+        }
+        .await;
+        match dlq {
+            Ok(Some(messages)) => found.push(("dead_letter", messages)),
+            Ok(None) => {}
+            // The main queue's depth is still worth storing.
+            Err(error) => dlq_error = Some(error),
         }
         let mut conn = self.pool.acquire().await.map_err(|e| e.to_string())?;
         for (queue, messages) in found {
@@ -164,12 +160,12 @@ impl FeedbackConsumer {
         dlq_error.map_or(Ok(()), |e| Err(format!("dead-letter queue: {e}")))
     }
 
-    /// The dead-letter queue of the feedback queue, read from its redrive policy on first use.
-    /// A failed read is not remembered (the next refused message asks again).
-    pub async fn dead_letter_url(&self) -> Option<String> {
+    /// The dead-letter queue of the feedback queue, from its redrive policy, read on first use and
+    /// kept (`None`: the queue has none). A failed read is not kept: the next call asks again.
+    pub async fn dead_letter_url(&self) -> Result<Option<String>, String> {
         use aws_sdk_sqs::types::QueueAttributeName as A;
         if let Some(known) = self.dead_letter.get() {
-            return known.clone();
+            return Ok(known.clone());
         }
         let attrs = self
             .sqs
@@ -178,10 +174,7 @@ impl FeedbackConsumer {
             .attribute_names(A::RedrivePolicy)
             .send()
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %herald_shared::telemetry::error_chain(&e), "cannot read the feedback queue's redrive policy");
-            })
-            .ok()?;
+            .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
         let target = attrs
             .attributes()
             .and_then(|a| a.get(&A::RedrivePolicy))
@@ -189,19 +182,38 @@ impl FeedbackConsumer {
             .and_then(|p| p["deadLetterTargetArn"].as_str().map(str::to_owned));
         let url = match target.as_deref().and_then(|arn| arn.rsplit(':').next()) {
             None => None,
-            Some(name) => {
-                let found = self.sqs.get_queue_url().queue_name(name).send().await;
-                match found {
-                    Ok(out) => out.queue_url().map(str::to_owned),
-                    Err(e) => {
-                        tracing::warn!(error = %herald_shared::telemetry::error_chain(&e), "cannot find the feedback queue's dead-letter queue");
-                        return None;
-                    }
-                }
-            }
+            Some(name) => self
+                .sqs
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "dead-letter queue: {}",
+                        herald_shared::telemetry::error_chain(&e)
+                    )
+                })?
+                .queue_url()
+                .map(str::to_owned),
         };
         let _ = self.dead_letter.set(url.clone());
-        url
+        Ok(url)
+    }
+
+    /// Deletes a message from the feedback queue; a failure is logged (`what` says which message).
+    async fn delete(&self, message: &aws_sdk_sqs::types::Message, what: &str) {
+        if let Some(handle) = message.receipt_handle()
+            && let Err(e) = self
+                .sqs
+                .delete_message()
+                .queue_url(&self.queue_url)
+                .receipt_handle(handle)
+                .send()
+                .await
+        {
+            tracing::warn!(sqs_message_id = message.message_id().unwrap_or("?"), error = %herald_shared::telemetry::error_chain(&e), "could not delete {what}");
+        }
     }
 
     /// Takes a refused or unreadable message off the queue for good, once it is recorded: into the
@@ -209,7 +221,15 @@ impl FeedbackConsumer {
     /// Either way SQS does not show it again; a failure leaves it for the next receive.
     async fn dispose(&self, message: &aws_sdk_sqs::types::Message, reason: &str) {
         let id = message.message_id().unwrap_or("?");
-        if let Some(dlq) = self.dead_letter_url().await {
+        let dlq = match self.dead_letter_url().await {
+            Ok(dlq) => dlq,
+            Err(error) => {
+                // Whether there is a dead-letter queue is unknown: keep the message for later.
+                tracing::warn!(sqs_message_id = id, %error, "cannot read the feedback queue's redrive policy; the refused message comes back");
+                return;
+            }
+        };
+        if let Some(dlq) = dlq {
             let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
                 .data_type("String")
                 .string_value(reason)
@@ -227,17 +247,7 @@ impl FeedbackConsumer {
                 return;
             }
         }
-        if let Some(handle) = message.receipt_handle()
-            && let Err(e) = self
-                .sqs
-                .delete_message()
-                .queue_url(&self.queue_url)
-                .receipt_handle(handle)
-                .send()
-                .await
-        {
-            tracing::warn!(sqs_message_id = id, error = %herald_shared::telemetry::error_chain(&e), "could not delete a refused message");
-        }
+        self.delete(message, "a refused message").await;
     }
 
     /// Counts a refused message in the database for the console (a failure only logs).
@@ -386,18 +396,9 @@ impl FeedbackConsumer {
                 false
             }
         };
-        if delete
-            && let Some(handle) = message.receipt_handle()
-            && let Err(err) = self
-                .sqs
-                .delete_message()
-                .queue_url(&self.queue_url)
-                .receipt_handle(handle)
-                .send()
-                .await
-        {
+        if delete {
             // Applied but not deleted: it comes back and is recognised as a duplicate.
-            tracing::warn!(sqs_message_id = id, error = %herald_shared::telemetry::error_chain(&err), "could not delete an applied message");
+            self.delete(message, "an applied message").await;
         }
     }
 

@@ -4,6 +4,8 @@
 //!
 //! Trust in the certificate comes from where it was fetched (TLS to a host the pattern allows), as
 //! AWS's own validators do, not from its chain; its validity dates are checked on every use.
+//! One file on purpose (about 500 lines with its tests): the verifier, its certificate cache and
+//! the URL rules are one idea, read top to bottom.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -831,7 +831,7 @@ async fn a_refused_message_on_a_queue_without_redrive_is_recorded_once_and_not_r
         confirm_subscriptions: false,
     };
     let consumer = moto.consumer_trusting(&pool, policy(), trust);
-    assert_eq!(consumer.dead_letter_url().await, None);
+    assert_eq!(consumer.dead_letter_url().await, Ok(None));
     let stats = consumer.stats.clone();
     let token = CancellationToken::new();
     let task = tokio::spawn(consumer.run(token.clone()));
