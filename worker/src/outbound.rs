@@ -17,6 +17,19 @@ pub struct Outbound {
     lookup: Arc<dyn Lookup>,
 }
 
+/// Why a POST got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PostError {
+    /// The URL breaks the rule (an internal address, http in production…): nothing was sent, and
+    /// sending again would not change that.
+    #[error("refused by the URL rule: {0}")]
+    Refused(String),
+    /// No answer: no connection (a name resolving to an internal address when connecting is one),
+    /// a timeout, a broken exchange.
+    #[error("no answer: {0}")]
+    NoAnswer(String),
+}
+
 impl Outbound {
     /// A client with `timeout` per request, no redirects (a receiver answers where it was
     /// registered) and the guard of `policy`.
@@ -47,10 +60,10 @@ impl Outbound {
         url: &str,
         headers: &[(&str, String)],
         body: Vec<u8>,
-    ) -> Result<(u16, String), String> {
+    ) -> Result<(u16, String), PostError> {
         check_url_with(url, self.policy, self.lookup.as_ref())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| PostError::Refused(e.to_string()))?;
         let mut req = self.http.post(url).body(body);
         for (name, value) in headers {
             req = req.header(*name, value);
@@ -58,7 +71,7 @@ impl Outbound {
         let res = req
             .send()
             .await
-            .map_err(|e| format!("no answer: {}", herald_shared::telemetry::error_chain(&e)))?;
+            .map_err(|e| PostError::NoAnswer(herald_shared::telemetry::error_chain(&e)))?;
         let code = res.status().as_u16();
         Ok((code, read_excerpt(res).await))
     }
@@ -125,7 +138,7 @@ mod tests {
     use reqwest::dns::Resolve as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    use super::{EXCERPT_CHARS, Outbound, PublicOnly};
+    use super::{EXCERPT_CHARS, Outbound, PostError, PublicOnly};
 
     fn guarded(lookup: Arc<dyn Lookup>) -> Outbound {
         let policy = UrlPolicy {
@@ -159,7 +172,10 @@ mod tests {
             .chain(by_name.iter().map(String::as_str))
         {
             let err = out.post(url, &[], b"{}".to_vec()).await.expect_err(url);
-            assert!(err.contains("internal address"), "{url}: {err}");
+            assert!(
+                matches!(&err, PostError::Refused(why) if why.contains("internal address")),
+                "{url}: {err}"
+            );
         }
     }
 
@@ -194,7 +210,10 @@ mod tests {
             .post(&format!("http://rebind.test:{port}/hook"), &[], Vec::new())
             .await
             .expect_err("refused at connect time");
-        assert!(err.contains("internal address"), "{err}");
+        assert!(
+            matches!(&err, PostError::NoAnswer(why) if why.contains("internal address")),
+            "{err}"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 0, "never connected");
     }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::job::{HeraldJob, InFlight, JobContext, Outcome, Runs};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, PostError};
 
 /// What delivery jobs need.
 #[derive(Debug)]
@@ -234,7 +234,14 @@ async fn post(ctx: &WebhookContext, out: &Outgoing) -> Result<(Answer, String), 
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", signature),
     ];
-    let (code, excerpt) = ctx.outbound.post(&out.url, &headers, body).await?;
+    let (code, excerpt) = match ctx.outbound.post(&out.url, &headers, body).await {
+        Ok(answer) => answer,
+        // A URL stored before the rule was tightened, or a name now pointing inside: not retried.
+        Err(refused @ PostError::Refused(_)) => {
+            return Ok((Answer::Refused(refused.to_string()), String::new()));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let answer = if (200..300).contains(&code) {
         Answer::Delivered(code)
     } else if retryable(code) {

@@ -398,6 +398,53 @@ async fn a_receiver_answering_200_mb_costs_the_worker_less_than_10_mb_and_the_at
     stack.finish().await;
 }
 
+#[tokio::test]
+async fn a_stored_internal_url_is_refused_by_the_worker_at_once_and_not_retried() {
+    let mut stack = Stack::start().await;
+    // Registered while private targets were allowed (the stack's API allows them)…
+    let (hook, _) = register(
+        &stack,
+        "http://169.254.169.254/latest/meta-data/",
+        &["email.sent"],
+    )
+    .await;
+    // …delivered by a worker with the guard on, as every production worker has it.
+    stack.spawn_worker(&[("WEBHOOK_ALLOW_PRIVATE_URLS", "false")]);
+    let to = format!("{}@example.com", unique("guarded"));
+    let (status, body) = stack
+        .post(
+            "/v1/emails",
+            json!({"to": to, "subject": "Hi", "text": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let (_, listed) = stack.get(&format!("/v1/webhooks/{hook}/deliveries")).await;
+        if listed[0]["status"] == "failed" {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        listed[0]["attempts"], 1,
+        "failed at once, not retried: {listed}"
+    );
+    let error = listed[0]["attempt_log"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("URL rule") && error.contains("169.254.169.254"),
+        "{listed}"
+    );
+    assert!(
+        listed[0]["attempt_log"][0]["status_code"].is_null(),
+        "nothing was called"
+    );
+    stack.finish().await;
+}
+
 #[path = "../../examples/webhook_receiver.rs"]
 #[allow(dead_code)]
 mod receiver_example;
