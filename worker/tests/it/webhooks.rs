@@ -119,6 +119,32 @@ fn verify_with_python(secret: &str, r: &Received) -> bool {
     out.success()
 }
 
+/// Queues a raw email to a fresh address; its `POST /v1/emails` answer.
+async fn send_email(stack: &Stack, prefix: &str) -> Value {
+    let to = format!("{}@example.com", unique(prefix));
+    let (status, body) = stack
+        .post(
+            "/v1/emails",
+            json!({"to": to, "subject": "Hi", "text": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+/// Polls an endpoint's deliveries (every 100 ms, 60 s at most) until `done` holds for them.
+async fn wait_deliveries(stack: &Stack, hook: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, listed) = stack.get(&format!("/v1/webhooks/{hook}/deliveries")).await;
+        if done(&listed) {
+            return listed;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn register(stack: &Stack, url: &str, events: &[&str]) -> (String, String) {
     let (status, body) = stack
         .post("/v1/webhooks", json!({"url": url, "events": events}))
@@ -179,15 +205,7 @@ async fn events_arrive_signed_are_retried_with_backoff_and_survive_a_killed_work
 
     // 410: failed at once, one attempt, visible in the deliveries (awaited before the kill below,
     // which could otherwise land between the POST and its record, and send it again).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let listed = loop {
-        let (_, listed) = stack.get(&format!("/v1/webhooks/{gone}/deliveries")).await;
-        if listed[0]["status"] == "failed" {
-            break listed;
-        }
-        assert!(Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let listed = wait_deliveries(&stack, &gone, |l| l[0]["status"] == "failed").await;
     assert_eq!(listed[0]["attempts"], 1, "{listed}");
     assert_eq!(listed[0]["attempt_log"][0]["status_code"], 410, "{listed}");
     assert_eq!(
@@ -254,15 +272,7 @@ async fn events_arrive_signed_are_retried_with_backoff_and_survive_a_killed_work
     // The killed worker's delivery was sent again by the next worker and delivered.
     let slow_tries = wait_for(&log, "/slow", 2, "the killed delivery again").await;
     assert_eq!(slow_tries[0].id, slow_tries[1].id);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, listed) = stack.get(&format!("/v1/webhooks/{slow}/deliveries")).await;
-        if listed[0]["status"] == "delivered" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_deliveries(&stack, &slow, |l| l[0]["status"] == "delivered").await;
     let (_, flaky_deliveries) = stack.get(&format!("/v1/webhooks/{flaky}/deliveries")).await;
     let statuses: Vec<&str> = flaky_deliveries
         .as_array()
@@ -341,39 +351,22 @@ async fn a_receiver_answering_200_mb_costs_the_worker_less_than_10_mb_and_the_at
     // One attempt per delivery within the test.
     stack.spawn_worker(&[("WEBHOOK_BACKOFF_BASE_MS", "600000")]);
     let pid = stack.workers[0].id();
-    let send = |n: usize| {
-        let to = format!("{}@example.com", unique(&format!("huge{n}")));
-        json!({"to": to, "subject": "Hi", "text": "Hello"})
-    };
-    let wait_attempts = |want: usize| {
-        let stack = &stack;
-        let hook = hook.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let (_, listed) = stack.get(&format!("/v1/webhooks/{hook}/deliveries")).await;
-                let attempted = listed.as_array().map_or(0, |l| {
-                    l.iter()
-                        .filter(|d| d["attempts"].as_i64() >= Some(1))
-                        .count()
-                });
-                if attempted >= want {
-                    return listed;
-                }
-                assert!(Instant::now() < deadline, "{listed}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let attempted = |want: usize| {
+        move |l: &Value| {
+            l.as_array().map_or(0, |l| {
+                l.iter()
+                    .filter(|d| d["attempts"].as_i64() >= Some(1))
+                    .count()
+            }) >= want
         }
     };
     // The first email's event is delivered (200): the worker's paths are warm.
-    let (status, body) = stack.post("/v1/emails", send(1)).await;
-    assert_eq!(status, 202, "{body}");
-    wait_attempts(1).await;
+    send_email(&stack, "huge1").await;
+    wait_deliveries(&stack, &hook, attempted(1)).await;
     let before = rss_kib(pid);
     // The second's answer is a 500 with 200 MB behind it.
-    let (status, body) = stack.post("/v1/emails", send(2)).await;
-    assert_eq!(status, 202, "{body}");
-    let listed = wait_attempts(2).await;
+    send_email(&stack, "huge2").await;
+    let listed = wait_deliveries(&stack, &hook, attempted(2)).await;
     let after = rss_kib(pid);
     let failed = listed
         .as_array()
@@ -410,23 +403,8 @@ async fn a_stored_internal_url_is_refused_by_the_worker_at_once_and_not_retried(
     .await;
     // …delivered by a worker with the guard on, as every production worker has it.
     stack.spawn_worker(&[("WEBHOOK_ALLOW_PRIVATE_URLS", "false")]);
-    let to = format!("{}@example.com", unique("guarded"));
-    let (status, body) = stack
-        .post(
-            "/v1/emails",
-            json!({"to": to, "subject": "Hi", "text": "Hello"}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let listed = loop {
-        let (_, listed) = stack.get(&format!("/v1/webhooks/{hook}/deliveries")).await;
-        if listed[0]["status"] == "failed" {
-            break listed;
-        }
-        assert!(Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    send_email(&stack, "guarded").await;
+    let listed = wait_deliveries(&stack, &hook, |l| l[0]["status"] == "failed").await;
     assert_eq!(
         listed[0]["attempts"], 1,
         "failed at once, not retried: {listed}"
@@ -443,6 +421,36 @@ async fn a_stored_internal_url_is_refused_by_the_worker_at_once_and_not_retried(
         "nothing was called"
     );
     stack.finish().await;
+}
+
+#[tokio::test]
+async fn eight_200_mb_answers_in_a_row_are_read_no_further_than_their_excerpts() {
+    use herald_shared::outbound::{SystemLookup, UrlPolicy};
+    use herald_worker::outbound::{EXCERPT_CHARS, Outbound};
+    let (url, written) = huge_receiver().await;
+    let local = UrlPolicy {
+        allow_private: true,
+        require_https: false,
+    };
+    let out =
+        Outbound::new(Duration::from_secs(30), local, Arc::new(SystemLookup)).expect("client");
+    // Once (the receiver's 200), so that the client's own set-up is not counted.
+    let _ = out.post(&url, &[], Vec::new()).await;
+    let before = rss_kib(std::process::id());
+    for _ in 0..8 {
+        let (code, excerpt) = out.post(&url, &[], Vec::new()).await.expect("answer");
+        assert_eq!(code, 500);
+        assert_eq!(excerpt.chars().count(), EXCERPT_CHARS);
+    }
+    let grown = rss_kib(std::process::id()).saturating_sub(before);
+    assert!(grown < 10 * 1024, "RSS grew by {grown} KiB");
+    // Eight answers of 200 MB: what the receiver got to write is what socket buffers hold.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent < 8 * 16 * 1024 * 1024,
+        "the receiver wrote {sent} bytes"
+    );
 }
 
 #[path = "../../examples/webhook_receiver.rs"]
