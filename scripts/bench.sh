@@ -143,6 +143,7 @@ report="$HERALD_LOCAL/bench-report.md"
 {
     echo "## Run of $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
+    echo "- Commit: $(git -C "$HERALD_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$HERALD_ROOT" diff --quiet 2>/dev/null || echo " (with uncommitted changes)")"
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores available"
     echo "- Memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; kernel $(uname -r)"
     echo "- PostgreSQL: $("$(any_psql)" "$DATABASE_URL" -XAtqc 'SHOW server_version' | awk '{print $1}') at $(url_redacted "$DATABASE_URL" | sed 's|/[^/]*$||'); $("$PGBENCH" --version)"

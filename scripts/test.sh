@@ -49,13 +49,50 @@ else
     build_tests() { cargo test --workspace --no-run; }
 fi
 
-# Leave the services as we found them: stop at exit what this run started.
+# Every process this run starts carries this mark in its environment, so that the exit can find
+# any that outlived it (a browser a test left behind, a server a script forgot).
+export HERALD_TEST_RUN="$$-$(date +%s%N)"
+
+# The processes other than this shell that carry the mark (bash builtins only: a forked helper
+# would carry it too).
+leftovers() {
+    local dir pid kv
+    for dir in /proc/[0-9]*; do
+        pid="${dir#/proc/}"
+        [ "$pid" = "$$" ] && continue
+        [ "$pid" = "$BASHPID" ] && continue
+        [ -r "$dir/environ" ] || continue
+        while IFS= read -r -d '' kv; do
+            if [ "$kv" = "HERALD_TEST_RUN=$HERALD_TEST_RUN" ]; then
+                echo "$pid"
+                break
+            fi
+        done <"$dir/environ" 2>/dev/null
+    done
+}
+
+# Leave the services as we found them: stop at exit what this run started; then fail if any
+# process this run started is still alive.
 cleanup=()
 on_exit() {
-    local c
+    local status=$? c pids=() pid tries
     for c in "${cleanup[@]}"; do
         "$HERALD_ROOT/scripts/$c" stop || true
     done
+    for tries in 1 2 3 4 5 6 7 8 9 10; do
+        mapfile -t pids < <(leftovers)
+        [ ${#pids[@]} -eq 0 ] && break
+        sleep 0.5
+    done
+    if [ ${#pids[@]} -gt 0 ]; then
+        echo "[test.sh] error: ${#pids[@]} process(es) this run started outlived it:" >&2
+        for pid in "${pids[@]}"; do
+            echo "  $pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-160)" >&2
+        done
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+        status=1
+    fi
+    exit "$status"
 }
 trap on_exit EXIT
 for service in pg-embedded.sh emulator.sh; do

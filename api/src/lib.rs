@@ -147,7 +147,7 @@ pub fn openapi_document() -> serde_json::Value {
 }
 
 fn webhooks_section() -> serde_json::Value {
-    use herald_shared::webhooks::{EVENT_TYPES, example_body};
+    use herald_shared::webhooks::EventType;
     use serde_json::json;
     let header = |name: &str, description: &str| {
         json!({"name": name, "in": "header", "required": true, "description": description,
@@ -168,8 +168,9 @@ fn webhooks_section() -> serde_json::Value {
         ),
     ]);
     let mut section = serde_json::Map::new();
-    for event in EVENT_TYPES {
-        let example = example_body(event);
+    for event in EventType::ALL {
+        let example = event.example_body();
+        let event = event.as_str();
         section.insert(
             event.to_owned(),
             json!({"post": {
@@ -308,6 +309,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/schedules", get(console::schedules_page))
         .route("/admin/feedback", get(console::feedback_page))
+        .route("/admin/webhooks", get(console::webhooks_page))
+        .route(
+            "/admin/webhooks/{id}/deliveries/{delivery}/retry",
+            post(console::redeliver),
+        )
         .route("/admin/templates", get(routes::admin_templates::list))
         .route(
             "/admin/templates/{name}/{locale}/{version}/preview",

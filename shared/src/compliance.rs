@@ -1,5 +1,8 @@
 //! The compliance guard: rolling bounce and complaint rates from the send ledger, and the pause of
 //! marketing (then transactional) sending that every worker honours, before AWS pauses the account.
+//! The only code that writes `compliance_pauses`; its trigger `webhook_compliance_events` records
+//! `compliance.paused` and `compliance.resumed` webhook events ([`crate::webhooks::outbox`]). The
+//! rates are the ledger's ([`crate::email::ledger::sent_cohorts`]).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -152,22 +155,7 @@ pub async fn rates(conn: &mut PgConnection, s: &Settings) -> Result<Vec<Rate>, s
     let [(short_label, short), (long_label, long)] = s.windows();
     let now = Utc::now();
     // One scan for both windows: the short one is counted with FILTERs inside the long one's rows.
-    let rows = sqlx::query!(
-        r#"SELECT category AS "category!",
-                  count(*) FILTER (WHERE sent_at >= $1) AS "short_sends!",
-                  count(*) FILTER (WHERE sent_at >= $1 AND bounce_type = 'Permanent') AS "short_bounces!",
-                  count(*) FILTER (WHERE sent_at >= $1 AND complained_at IS NOT NULL) AS "short_complaints!",
-                  count(*) FILTER (WHERE sent_at >= $2) AS "long_sends!",
-                  count(*) FILTER (WHERE sent_at >= $2 AND bounce_type = 'Permanent') AS "long_bounces!",
-                  count(*) FILTER (WHERE sent_at >= $2 AND complained_at IS NOT NULL) AS "long_complaints!"
-           FROM email_deliveries
-           WHERE status = 'sent' AND sent_at >= least($1, $2)
-           GROUP BY category"#,
-        now - short,
-        now - long
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = crate::email::ledger::sent_cohorts(&mut *conn, now - short, now - long).await?;
     let mut out = Vec::new();
     for (label, long_window) in [(short_label, false), (long_label, true)] {
         let mut all = (0, 0, 0);

@@ -1,5 +1,7 @@
-//! What the console reads of SES feedback: the events recorded, the messages refused per reason
-//! and the feedback queues' depths (the worker writes the last two).
+//! SES feedback as stored: `email_feedback_events` (the audit trail of bounces, complaints and
+//! suppression changes), `feedback_rejections` (messages refused, per reason) and
+//! `feedback_queue_depths`. The only code that reads or writes those tables: the worker's consumer
+//! records here, the API records operators' suppression changes here, the console reads here.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -140,4 +142,111 @@ pub async fn queue_depths(conn: &mut PgConnection) -> Result<Vec<QueueDepth>, sq
     )
     .fetch_all(conn)
     .await
+}
+
+/// A bounce, complaint or delivery as the feedback consumer stores it.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    /// `bounce`, `complaint`, `delivery` or `unmatched`.
+    pub event_type: &'a str,
+    /// The address, normalised.
+    pub recipient: &'a str,
+    /// SES's message id, if the notification names one.
+    pub ses_message_id: Option<&'a str>,
+    /// SES's feedback id.
+    pub feedback_id: Option<&'a str>,
+    /// Bounce type.
+    pub bounce_type: Option<&'a str>,
+    /// Bounce sub-type.
+    pub bounce_sub_type: Option<&'a str>,
+    /// Complaint type.
+    pub complaint_type: Option<&'a str>,
+    /// The SQS message it came in.
+    pub sqs_message_id: Option<&'a str>,
+    /// When SES says it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The notification as received.
+    pub raw: &'a serde_json::Value,
+    /// What makes a redelivered notification the same event.
+    pub dedupe_key: &'a str,
+}
+
+/// Stores the event; false if the same event was stored before.
+pub async fn record(conn: &mut PgConnection, e: &NewEvent<'_>) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query_scalar!(
+        "INSERT INTO email_feedback_events
+             (event_type, recipient, ses_message_id, feedback_id, bounce_type, bounce_sub_type,
+              complaint_type, sqs_message_id, occurred_at, raw, dedupe_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (dedupe_key) DO NOTHING
+         RETURNING id",
+        e.event_type,
+        e.recipient,
+        e.ses_message_id,
+        e.feedback_id,
+        e.bounce_type,
+        e.bounce_sub_type,
+        e.complaint_type,
+        e.sqs_message_id,
+        e.occurred_at,
+        e.raw,
+        e.dedupe_key
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(inserted.is_some())
+}
+
+/// Records an operator's suppression change (made through the API or the console) as an event.
+pub async fn record_admin_event(
+    conn: &mut PgConnection,
+    event_type: &str,
+    email: &str,
+    detail: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO email_feedback_events (event_type, recipient, occurred_at, raw)
+         VALUES ($1, lower(btrim($2)), now(), $3)",
+        event_type,
+        email,
+        detail
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Soft (transient or undetermined) bounces recorded for an address since `since`, each SES
+/// feedback counted once.
+pub async fn soft_bounces(
+    conn: &mut PgConnection,
+    email: &str,
+    since: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(DISTINCT coalesce(feedback_id, dedupe_key)) AS "n!" FROM email_feedback_events
+           WHERE recipient = $1 AND event_type = 'bounce'
+             AND coalesce(bounce_type, '') <> 'Permanent' AND occurred_at >= $2"#,
+        email,
+        since
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes up to `limit` events older than `before` (retention); returns how many. The app role
+/// may not delete the audit trail itself: the `prune_email_feedback_events` function does.
+pub async fn prune(
+    pool: &sqlx::PgPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let n = sqlx::query_scalar!(
+        r#"SELECT prune_email_feedback_events($1, $2) AS "n!""#,
+        before,
+        limit
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

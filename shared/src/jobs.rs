@@ -1,6 +1,10 @@
-//! Jobs in apalis-postgres's queue: enqueue inside the caller's transaction, read and steer them.
-//! With the worker's job adapter (`herald_worker::job`), the only code that reads or writes
-//! apalis's own tables: the API, the dashboard, the metrics, the schedules and retention ask here.
+//! The queue door: jobs in apalis-postgres's queue. Enqueue inside the caller's transaction, read
+//! and steer jobs, the test driver's take/record. The only module that writes apalis's tables
+//! (`apalis.jobs`, `apalis.workers`); [`crate::job_search`] is the read model that joins them with
+//! the ledger. Knows no job type: [`Queue`] names the queues, each job type says which is its own.
+//!
+//! Longer than 450 lines on purpose: every statement that writes apalis's tables is here, so the
+//! rules apalis's own state machine relies on (states, attempts, locks) are read in one place.
 
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
@@ -38,6 +42,43 @@ impl JobError {
             Self::Db(err) | Self::Push(apalis_postgres::Error::Database(err)) => Some(err),
             _ => None,
         }
+    }
+}
+
+/// Herald's queues, written once: the worker, metrics, the console, retention and the jobs API
+/// list them from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// Email sends (`herald.email`).
+    Email,
+    /// Scheduled maintenance (`herald.maintenance`).
+    Maintenance,
+    /// Webhook deliveries (`herald.webhooks`).
+    Webhooks,
+}
+
+impl Queue {
+    /// Every queue.
+    pub const ALL: [Self; 3] = [Self::Email, Self::Maintenance, Self::Webhooks];
+
+    /// apalis's `job_type`. Never rename one: queued jobs would be orphaned.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Email => "herald.email",
+            Self::Maintenance => "herald.maintenance",
+            Self::Webhooks => "herald.webhooks",
+        }
+    }
+
+    /// The queue named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.name() == name)
+    }
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -324,130 +365,10 @@ impl JobStatus {
     }
 }
 
-/// What [`search`] keeps; every field narrows, none given lists every job.
-#[derive(Debug, Clone, Default)]
-pub struct JobFilter {
-    /// Queue name.
-    pub queue: Option<String>,
-    /// Herald state.
-    pub state: Option<JobStatus>,
-    /// The email's template (the ledger's label: a template name, `raw`, …).
-    pub template: Option<String>,
-    /// `transactional` or `marketing`.
-    pub category: Option<String>,
-    /// Enqueued at or after.
-    pub from: Option<DateTime<Utc>>,
-    /// Enqueued before.
-    pub to: Option<DateTime<Utc>>,
-    /// Recipient, normalised (exact match).
-    pub recipient: Option<String>,
-    /// Keyset cursor: only jobs older than this id.
-    pub before: Option<String>,
-}
-
-/// A job as lists show it, with its email's ledger columns when it is an email job.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobListing {
-    /// Job id (ULID: its time is when it was enqueued).
-    pub id: String,
-    /// Queue name.
-    pub queue: String,
-    /// Herald state.
-    pub status: JobStatus,
-    /// Runs made.
-    pub attempts: i32,
-    /// Runs allowed.
-    pub max_attempts: i32,
-    /// When it was enqueued (the time in its id).
-    pub enqueued_at: Option<DateTime<Utc>>,
-    /// Next (or last) start.
-    pub run_at: DateTime<Utc>,
-    /// When its last run ended.
-    pub done_at: Option<DateTime<Utc>>,
-    /// The last run's error, if it failed.
-    pub last_error: Option<String>,
-    /// Recipient (email jobs only; normalised).
-    pub recipient: Option<String>,
-    /// Template label.
-    pub template: Option<String>,
-    /// Category.
-    pub category: Option<String>,
-    /// The ledger's status.
-    pub email_status: Option<String>,
-}
-
 /// When a job was enqueued: the time in its ULID.
 pub fn enqueued_at(id: &str) -> Option<DateTime<Utc>> {
     let ulid = id.parse::<Ulid>().ok()?;
     DateTime::from_timestamp_millis(i64::try_from(ulid.timestamp_ms()).ok()?)
-}
-
-/// The smallest ULID of time `at`: a bound on ids, so a time range reads the primary key.
-fn ulid_floor(at: DateTime<Utc>) -> String {
-    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    Ulid::from_parts(ms, 0).to_string()
-}
-
-/// Up to `limit` jobs matching `filter`, newest first (by id, so pages are stable keysets).
-pub async fn search<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    filter: &JobFilter,
-    limit: i64,
-) -> Result<Vec<JobListing>, JobError> {
-    let lower = filter.from.map(ulid_floor);
-    let upper = match (filter.to.map(ulid_floor), filter.before.clone()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let rows = sqlx::query!(
-        r#"SELECT j.id, j.job_type AS "queue!", j.status, j.attempts, j.max_attempts, j.run_at,
-                  j.done_at, j.last_result -> 'Err' AS last_error, d.recipient AS "recipient?", d.template AS "template?",
-                  d.category AS "category?", d.status AS "email_status?"
-           FROM apalis.jobs j LEFT JOIN email_deliveries d ON d.job_id = j.id
-           WHERE ($1::text IS NULL OR j.job_type = $1)
-             AND ($2::text IS NULL OR CASE
-                   WHEN j.status = 'Done' THEN 'succeeded'
-                   WHEN j.status = 'Killed' THEN 'cancelled'
-                   WHEN j.status IN ('Queued', 'Running') THEN 'running'
-                   WHEN j.status = 'Failed' AND j.attempts >= j.max_attempts THEN 'failed'
-                   ELSE 'queued' END = $2)
-             AND ($3::text IS NULL OR d.template = $3)
-             AND ($4::text IS NULL OR d.category = $4)
-             AND ($5::text IS NULL OR j.id >= $5)
-             AND ($6::text IS NULL OR j.id < $6)
-             AND ($7::text IS NULL OR d.recipient = $7)
-           ORDER BY j.id DESC LIMIT $8"#,
-        filter.queue,
-        filter.state.map(JobStatus::as_str),
-        filter.template,
-        filter.category,
-        lower,
-        upper,
-        filter.recipient,
-        limit
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| JobListing {
-            status: JobStatus::from_apalis(&r.status, r.attempts, r.max_attempts),
-            enqueued_at: enqueued_at(&r.id),
-            id: r.id,
-            queue: r.queue,
-            attempts: r.attempts,
-            max_attempts: r.max_attempts,
-            run_at: r.run_at,
-            done_at: r.done_at,
-            last_error: r
-                .last_error
-                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned)),
-            recipient: r.recipient,
-            template: r.template,
-            category: r.category,
-            email_status: r.email_status,
-        })
-        .collect())
 }
 
 /// A job's payload as enqueued (JSON bytes); `None` for an unknown id.
@@ -660,49 +581,18 @@ pub async fn record_run(
     Ok(())
 }
 
-/// The ledger's `sent` for many emails and their jobs' `Done` in one statement, so that a busy
-/// worker pays no separate ack for them. The ledger rows move as [`ledger::mark_sent_many`] moves
-/// them; each job whose row moved is then recorded as apalis records a successful run (`Done`, the
-/// run's number, the run's answer `{"outcome": "sent", "ses_message_id": …}`) unless it has ended
-/// meanwhile. Returns the ids of the jobs it recorded, whose own acks are then redundant.
-///
-/// [`ledger::mark_sent_many`]: crate::email::ledger::mark_sent_many
-pub async fn record_sent_emails(
-    conn: &mut PgConnection,
-    job_ids: &[String],
-    ses_message_ids: &[Option<String>],
-    runs: &[i32],
-    lock_wait: crate::email::ledger::LockWait,
-) -> Result<Vec<String>, JobError> {
-    Ok(sqlx::query_scalar!(
-        r#"WITH lock_wait AS MATERIALIZED (
-             SELECT set_config('lock_timeout', COALESCE($5, current_setting('lock_timeout')), true)
-         ),
-         sent AS (
-             UPDATE email_deliveries AS d
-             SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(),
-                 last_error = NULL, outcome_unknown = false
-             FROM unnest($1::text[], $2::text[], $3::int4[]) AS v(job_id, ses_message_id, run),
-                  lock_wait
-             WHERE d.job_id = v.job_id AND d.status = ANY($4)
-             RETURNING d.job_id, v.ses_message_id, v.run
-         )
-         UPDATE apalis.jobs AS j
-         SET status = 'Done', attempts = sent.run, done_at = now(),
-             last_result = jsonb_build_object('Ok', jsonb_build_object(
-                 'outcome', 'sent', 'ses_message_id', sent.ses_message_id))
-         FROM sent
-         WHERE j.id = sent.job_id AND j.status IN ('Pending', 'Queued', 'Running', 'Failed')
-         RETURNING j.id AS "id!""#,
-        job_ids,
-        ses_message_ids as &[Option<String>],
-        runs,
-        &crate::email::ledger::unsent_names(),
-        lock_wait.setting()
-    )
-    .fetch_all(conn)
-    .await?)
-}
+/// The jobs of emails the ledger just marked `sent`, recorded as apalis records a successful run
+/// (`Done`, the run's number, the answer `{"outcome": "sent", "ses_message_id": …}`) unless they
+/// ended meanwhile: the tail of the ledger's grouped `sent` statement
+/// ([`crate::email::ledger::mark_sent_and_record_runs`]), which names its moved rows `sent(job_id,
+/// ses_message_id, run)`. Returns the ids it recorded, whose own acks are then redundant.
+pub(crate) const RECORD_SENT_RUNS: &str = r#"UPDATE apalis.jobs AS j
+     SET status = 'Done', attempts = sent.run, done_at = now(),
+         last_result = jsonb_build_object('Ok', jsonb_build_object(
+             'outcome', 'sent', 'ses_message_id', sent.ses_message_id))
+     FROM sent
+     WHERE j.id = sent.job_id AND j.status IN ('Pending', 'Queued', 'Running', 'Failed')
+     RETURNING j.id"#;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ pub mod db;
 pub mod email;
 pub mod feedback;
 pub mod group;
+pub mod job_search;
 pub mod jobs;
 pub mod maintenance;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod suppressions;
 pub mod telemetry;
 pub mod tokens;
 pub mod unsubscribe;
+pub mod users;
 pub mod webhooks;
 
 pub use config::{ConfigError, DbConfig};

@@ -1,4 +1,6 @@
-//! Phrase search: full-text ranking with a trigram substring fallback.
+//! `phrases`: search (full-text ranking with a trigram substring fallback; the SQL is in
+//! `shared/queries/`) and the search-vector repair. A trigger keeps `search_vector` current
+//! (`phrases_compute_search_vector`); the repair uses the same function.
 
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -86,6 +88,27 @@ pub fn escape_like(input: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Recomputes up to `limit` missing or stale search vectors after `cursor` (id order); returns
+/// the ids fixed.
+pub async fn refresh_search_vectors(
+    pool: &sqlx::PgPool,
+    cursor: Uuid,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "WITH stale AS (SELECT id FROM phrases
+                        WHERE id > $1
+                          AND search_vector IS DISTINCT FROM phrases_compute_search_vector(phrase_text)
+                        ORDER BY id LIMIT $2)
+         UPDATE phrases p SET search_vector = phrases_compute_search_vector(p.phrase_text)
+         FROM stale WHERE p.id = stale.id RETURNING p.id",
+        cursor,
+        limit
+    )
+    .fetch_all(pool)
+    .await
 }
 
 #[cfg(test)]

@@ -1,4 +1,9 @@
-//! The suppression list: raising (never lowering) suppressions, removing them, reading them.
+//! The suppression list (`email_suppressions`): raising (never lowering) suppressions, removing
+//! them, reading them; the only code that writes the table. Its trigger
+//! `webhook_suppression_events` records `suppression.created` and `suppression.removed` webhook
+//! events ([`crate::webhooks::outbox`]); each operator change is also an audit event
+//! ([`crate::feedback::record_admin_event`]). A `BEFORE INSERT OR UPDATE OF email` trigger
+//! normalises addresses (trimmed, lower-cased), so look them up with `email = lower(btrim($1))`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -8,6 +13,7 @@ use uuid::Uuid;
 /// Why an address is suppressed; a stronger type is never replaced by a weaker one
 /// (`suppression_rank` in SQL: unsubscribe < bounce < complaint < manual).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[sqlx(type_name = "varchar", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum SuppressionType {
@@ -46,14 +52,16 @@ impl SuppressionType {
     }
 }
 
-/// One row of `email_suppressions`.
+/// One row of `email_suppressions`, as the API and the console show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suppression {
-    /// Row id.
+    /// Row id (UUIDv7; pages are in this order).
     pub id: Uuid,
     /// Address, normalised (trimmed, lower case).
     pub email: String,
-    /// Why.
+    /// `bounce`, `complaint`, `unsubscribe` or `manual`.
+    #[serde(rename = "type")]
     pub suppression_type: SuppressionType,
     /// Why.
     pub reason: Option<String>,
@@ -202,23 +210,48 @@ pub async fn list(
     .await
 }
 
-/// Records an addition or removal made through the API as a feedback event.
-pub async fn record_admin_event(
-    conn: &mut PgConnection,
-    event_type: &str,
-    email: &str,
-    detail: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "INSERT INTO email_feedback_events (event_type, recipient, occurred_at, raw)
-         VALUES ($1, lower(btrim($2)), now(), $3)",
-        event_type,
-        email,
-        detail
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
+/// The longest reason an operator may give for adding or removing a suppression.
+pub const REASON_MAX: usize = 500;
+
+/// An operator's suppression, checked the same way wherever it is made (the API, the console).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorSuppression {
+    /// The address, validated and normalised.
+    pub email: String,
+    /// `Manual` or `Unsubscribe`: the types an operator may set.
+    pub kind: SuppressionType,
+    /// Why, trimmed; `None` when empty.
+    pub reason: Option<String>,
+}
+
+impl OperatorSuppression {
+    /// Checks an operator's input; the message says what is wrong.
+    pub fn parse(email: &str, kind: &str, reason: Option<&str>) -> Result<Self, String> {
+        let email = crate::address::validate(email)
+            .map_err(|e| format!("the address is not valid: {e}"))?;
+        let kind = SuppressionType::parse(kind)
+            .filter(|k| matches!(k, SuppressionType::Manual | SuppressionType::Unsubscribe))
+            .ok_or_else(|| "type must be manual or unsubscribe".to_owned())?;
+        Ok(Self {
+            email,
+            kind,
+            reason: operator_reason(reason, false)?,
+        })
+    }
+}
+
+/// An operator's reason, trimmed and bounded by [`REASON_MAX`]; `required` refuses none.
+pub fn operator_reason(reason: Option<&str>, required: bool) -> Result<Option<String>, String> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    match reason {
+        None if required => Err(format!(
+            "say why (a reason of at most {REASON_MAX} characters)"
+        )),
+        Some(r) if r.chars().count() > REASON_MAX => {
+            Err(format!("the reason is longer than {REASON_MAX} characters"))
+        }
+        r => Ok(r.map(str::to_owned)),
+    }
 }
 
 /// An operator's suppression (`manual`: no mail at all; `unsubscribe`: no marketing mail) with its
@@ -252,7 +285,7 @@ pub async fn add_recorded(
     )
     .await?;
     let detail = serde_json::json!({"type": kind.as_str(), "reason": reason, "via": via});
-    record_admin_event(&mut tx, "suppression_added", email, &detail).await?;
+    crate::feedback::record_admin_event(&mut tx, "suppression_added", email, &detail).await?;
     tx.commit().await?;
     Ok(Some(row))
 }
@@ -273,7 +306,20 @@ pub async fn remove_recorded(
     let detail = serde_json::json!({
         "type": row.suppression_type, "reason": row.reason, "removal_reason": reason, "via": via
     });
-    record_admin_event(&mut tx, "suppression_removed", &row.email, &detail).await?;
+    crate::feedback::record_admin_event(&mut tx, "suppression_removed", &row.email, &detail)
+        .await?;
     tx.commit().await?;
     Ok(Some(row))
+}
+
+/// How many addresses are suppressed, per type (the metrics' gauge).
+pub async fn count_by_type<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT suppression_type AS "kind!", count(*) AS "n!" FROM email_suppressions GROUP BY 1"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.kind, r.n)).collect())
 }

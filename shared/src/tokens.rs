@@ -118,6 +118,74 @@ pub async fn revoke(
     Ok(())
 }
 
+/// Which tokens [`delete_expired`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// Refresh tokens past `expires_at`.
+    Refresh,
+    /// Verification tokens past `expires_at`.
+    Verification,
+    /// Reset tokens past `expires_at`.
+    Reset,
+    /// Reset tokens used before the bound (few, short-lived: no index serves this pass).
+    UsedReset,
+}
+
+/// Deletes up to `limit` tokens of one kind whose time is before `before`; returns how many.
+pub async fn delete_expired(
+    pool: &sqlx::PgPool,
+    kind: Expired,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = match kind {
+        Expired::Refresh => {
+            sqlx::query!(
+                "WITH doomed AS (SELECT id FROM refresh_tokens WHERE expires_at < $1
+                             ORDER BY expires_at LIMIT $2)
+             DELETE FROM refresh_tokens t USING doomed WHERE t.id = doomed.id",
+                before,
+                limit
+            )
+            .execute(pool)
+            .await?
+        }
+        Expired::Verification => {
+            sqlx::query!(
+                "WITH doomed AS (SELECT id FROM verification_tokens WHERE expires_at < $1
+                             ORDER BY expires_at LIMIT $2)
+             DELETE FROM verification_tokens t USING doomed WHERE t.id = doomed.id",
+                before,
+                limit
+            )
+            .execute(pool)
+            .await?
+        }
+        Expired::Reset => {
+            sqlx::query!(
+                "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE expires_at < $1
+                             ORDER BY expires_at LIMIT $2)
+             DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
+                before,
+                limit
+            )
+            .execute(pool)
+            .await?
+        }
+        Expired::UsedReset => {
+            sqlx::query!(
+                "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE used_at < $1 LIMIT $2)
+             DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
+                before,
+                limit
+            )
+            .execute(pool)
+            .await?
+        }
+    };
+    Ok(done.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,10 @@ async fn main() {
         &NewEndpoint {
             url: &hook,
             description: None,
-            events: &["email.sent".to_owned(), "suppression.created".to_owned()],
+            events: &[
+                webhooks::EventType::EmailSent,
+                webhooks::EventType::SuppressionCreated,
+            ],
             include_addresses: false,
             secret: &webhooks::new_secret().expect("secret"),
         },

@@ -1,7 +1,8 @@
 //! The worker as one value: [`Application::build`] connects, checks the schema, builds the email
 //! context and binds the metrics listener; [`Application::run_until_stopped`] runs the queues, the
 //! feedback consumer and the schedule ticker until the token is cancelled. `main` and the tests
-//! share it.
+//! share it; a test may leave parts out ([`Application::without_ticker`],
+//! [`Application::without_feedback`]) or, for deterministic runs, use [`crate::job::drain`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,18 @@ pub struct Application {
     metrics: Arc<Metrics>,
     ctx: Arc<EmailContext>,
     metrics_listener: tokio::net::TcpListener,
+    parts: Parts,
+}
+
+/// The parts [`Application::run_until_stopped`] runs besides the queues (all in production).
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    /// The schedule ticker.
+    ticker: bool,
+    /// The SQS feedback consumer (when configured).
+    feedback: bool,
+    /// Whether the pool is the application's own, closed when it stops (not a test's).
+    owns_pool: bool,
 }
 
 impl Application {
@@ -47,7 +60,9 @@ impl Application {
         // The compliance gauges use the configured windows and minimum sample, as the guard does.
         let metrics = Arc::new(Metrics::with_compliance(config.compliance.clone()));
         let ctx = email_context(&config, pool.clone(), metrics.clone()).await;
-        Self::with_context(config, pool, ctx).await
+        let mut app = Self::with_context(config, pool, ctx).await?;
+        app.parts.owns_pool = true;
+        Ok(app)
     }
 
     /// A worker around an email context built elsewhere (a test's mocked SES, say).
@@ -63,7 +78,26 @@ impl Application {
             pool,
             ctx,
             metrics_listener,
+            parts: Parts {
+                ticker: true,
+                feedback: true,
+                owns_pool: false,
+            },
         })
+    }
+
+    /// Leaves out the schedule ticker (a test that enqueues its own maintenance jobs, or none).
+    #[must_use]
+    pub fn without_ticker(mut self) -> Self {
+        self.parts.ticker = false;
+        self
+    }
+
+    /// Leaves out the SQS feedback consumer.
+    #[must_use]
+    pub fn without_feedback(mut self) -> Self {
+        self.parts.feedback = false;
+        self
     }
 
     /// Where `/metrics` is served.
@@ -80,6 +114,7 @@ impl Application {
             metrics,
             ctx,
             metrics_listener,
+            parts,
         } = self;
         let metrics_server = serve_metrics(
             metrics_listener,
@@ -87,29 +122,39 @@ impl Application {
             metrics.clone(),
             token.clone().cancelled_owned(),
         );
-        let consumer = match feedback_consumer(&config, pool.clone(), metrics.clone()).await {
-            Some(consumer) => Some(tokio::spawn(consumer.run(token.clone()))),
-            None => {
-                tracing::warn!(
-                    "SQS_FEEDBACK_QUEUE_URL is not set: bounces and complaints are not read"
-                );
-                None
+        let consumer = if parts.feedback {
+            match feedback_consumer(&config, pool.clone(), metrics.clone()).await {
+                Some(consumer) => Some(tokio::spawn(consumer.run(token.clone()))),
+                None => {
+                    tracing::warn!(
+                        "SQS_FEEDBACK_QUEUE_URL is not set: bounces and complaints are not read"
+                    );
+                    None
+                }
             }
+        } else {
+            None
         };
-        let ticker = tokio::spawn(maintenance::run_ticker(
-            pool.clone(),
-            config.schedules.clone(),
-            token.clone(),
-        ));
+        let ticker = parts.ticker.then(|| {
+            tokio::spawn(maintenance::run_ticker(
+                pool.clone(),
+                config.schedules.clone(),
+                token.clone(),
+            ))
+        });
         tracing::info!(queue = herald_shared::email::EMAIL_QUEUE, "worker started");
         let result = crate::run(config, pool.clone(), ctx, token.clone().cancelled_owned()).await;
         token.cancel();
         if let Some(consumer) = consumer {
             let _ = consumer.await;
         }
-        let _ = ticker.await;
+        if let Some(ticker) = ticker {
+            let _ = ticker.await;
+        }
         let _ = metrics_server.await;
-        pool.close().await;
+        if parts.owns_pool {
+            pool.close().await;
+        }
         tracing::info!("worker stopped");
         Ok(result?)
     }

@@ -6,6 +6,9 @@
 //! only when the flusher is that far behind), and the next batch is fetched while the current one
 //! runs. A crash loses nothing either way: an unflushed ack leaves its job locked by a worker
 //! whose heartbeat stops, and apalis hands it out again (the ledger makes the rerun send nothing).
+//!
+//! About 525 lines on purpose (with tests): the fetch-ahead, the flusher and the hand-back on
+//! a stop share one state machine and must be read together to see that no job is lost.
 
 use std::collections::HashSet;
 use std::marker::PhantomData;

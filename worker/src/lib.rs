@@ -1,4 +1,8 @@
 //! Herald's worker: email jobs from apalis-postgres, sent through SES.
+//!
+//! Over 450 lines because this is where the parts are wired together (the email context, the
+//! three queues with their backends, the relay, the metrics listener); each part lives in its own
+//! module and this file only connects them, so reading it once shows the whole process.
 
 pub mod app;
 pub mod backend;
@@ -53,10 +57,23 @@ pub async fn email_context(
         },
     };
     tracing::info!(emails_per_second = send_rate, "send rate limit");
+    email_context_with(config, pool, Arc::new(sender), send_rate, metrics)
+}
+
+/// The email context from the configuration and a sender (the SES client in production; a fake
+/// or a mocked SES in tests), sending at most `send_rate` emails per second. The one place an
+/// [`EmailContext`] is built.
+pub fn email_context_with(
+    config: &WorkerConfig,
+    pool: PgPool,
+    sender: Arc<dyn ses::EmailSender>,
+    send_rate: f64,
+    metrics: Arc<Metrics>,
+) -> Arc<EmailContext> {
     let ledger = email_job::LedgerGroups::start(&pool);
     Arc::new(EmailContext {
         pool,
-        sender: Arc::new(sender),
+        sender,
         frontend_url: config.frontend_url.clone(),
         marketing: config.marketing.clone(),
         templates: Arc::default(),

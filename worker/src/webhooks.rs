@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_shared::outbound::SystemLookup;
-use herald_shared::webhooks::{self, Attempt, Outgoing, WebhookJob};
+use herald_shared::webhooks::{self, Attempt, DeliveryStatus, Outgoing, WebhookJob};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -103,10 +103,14 @@ impl HeraldJob for WebhookJob {
         };
         // A run rescued after its worker died may find the decision made and recorded already
         // (the job's own result was still in apalis's ack buffer).
-        match out.status.as_str() {
-            "delivered" => return Outcome::Done(json!({"outcome": "delivered already"})),
-            "failed" => return Outcome::Fatal("failed already; POST /retry sends it again".into()),
-            _ => {}
+        match out.status {
+            DeliveryStatus::Delivered => {
+                return Outcome::Done(json!({"outcome": "delivered already"}));
+            }
+            DeliveryStatus::Failed => {
+                return Outcome::Fatal("failed already; POST /retry sends it again".into());
+            }
+            DeliveryStatus::Pending => {}
         }
         if !out.enabled {
             let _ = record(
@@ -116,7 +120,7 @@ impl HeraldJob for WebhookJob {
                 0,
                 Some("endpoint disabled"),
                 None,
-                "failed",
+                DeliveryStatus::Failed,
             )
             .await;
             return Outcome::Fatal("endpoint disabled".into());
@@ -129,7 +133,13 @@ impl HeraldJob for WebhookJob {
             Ok((Answer::Delivered(code), excerpt)) => {
                 tracing::info!(delivery = %out.delivery_id, status = code, latency_ms = latency, "webhook delivered");
                 let done = Outcome::Done(json!({"outcome": "delivered", "status": code}));
-                (Some(code), None, Some(excerpt), "delivered", done)
+                (
+                    Some(code),
+                    None,
+                    Some(excerpt),
+                    DeliveryStatus::Delivered,
+                    done,
+                )
             }
             Ok((Answer::Refused(why), excerpt)) => {
                 tracing::warn!(delivery = %out.delivery_id, error = %why, "webhook refused; not retried");
@@ -137,25 +147,24 @@ impl HeraldJob for WebhookJob {
                     excerpt_code(&why),
                     Some(why.clone()),
                     Some(excerpt),
-                    "failed",
+                    DeliveryStatus::Failed,
                     Outcome::Fatal(why),
                 )
             }
             Ok((Answer::Retryable(why), excerpt)) => {
-                let status = if runs.is_last() { "failed" } else { "pending" };
+                let status = after_failure(runs);
                 let next = retry_or_fail(&ctx, runs, why.clone());
                 (excerpt_code(&why), Some(why), Some(excerpt), status, next)
             }
             Err(why) => {
-                let status = if runs.is_last() { "failed" } else { "pending" };
+                let status = after_failure(runs);
                 let next = retry_or_fail(&ctx, runs, why.clone());
                 (None, Some(why), None, status, next)
             }
         };
-        let counted = if status == "pending" {
-            "retried"
-        } else {
-            status
+        let counted = match status {
+            DeliveryStatus::Pending => "retried",
+            other => other.as_str(),
         };
         ctx.metrics
             .webhook_deliveries
@@ -174,6 +183,15 @@ impl HeraldJob for WebhookJob {
         )
         .await;
         outcome
+    }
+}
+
+/// A failed attempt's delivery status: another run comes unless this was the last.
+fn after_failure(runs: Runs) -> DeliveryStatus {
+    if runs.is_last() {
+        DeliveryStatus::Failed
+    } else {
+        DeliveryStatus::Pending
     }
 }
 
@@ -201,10 +219,10 @@ async fn record(
     latency_ms: u32,
     error: Option<&str>,
     excerpt: Option<&str>,
-    status: &str,
+    status: DeliveryStatus,
 ) -> Result<(), sqlx::Error> {
     let mut conn = ctx.pool.acquire().await?;
-    let disabled = webhooks::record_attempt(
+    let recorded = webhooks::record_attempt(
         &mut conn,
         out,
         &Attempt {
@@ -216,7 +234,10 @@ async fn record(
         },
     )
     .await?;
-    if disabled {
+    if !recorded.moved {
+        tracing::info!(delivery = %out.delivery_id, "delivery decided by another run meanwhile; attempt logged only");
+    }
+    if recorded.disabled {
         tracing::warn!(endpoint = %out.endpoint_id, "webhook endpoint disabled: every delivery failed for a day");
     }
     Ok(())

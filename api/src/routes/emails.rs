@@ -321,20 +321,7 @@ pub(crate) async fn replay_many(
     conn: &mut sqlx::PgConnection,
     keys: &[String],
 ) -> Result<std::collections::HashMap<String, (String, String)>, ApiError> {
-    if keys.is_empty() {
-        return Ok(Default::default());
-    }
-    let rows = sqlx::query!(
-        "SELECT idempotency_key, request_sha256, job_id FROM api_idempotency_keys
-         WHERE idempotency_key = ANY($1)",
-        keys
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.idempotency_key, (r.request_sha256, r.job_id)))
-        .collect())
+    Ok(herald_shared::email::keys::earlier(conn, keys).await?)
 }
 
 /// The job of an earlier request with this key, or a conflict if its body differed.

@@ -5,9 +5,10 @@ use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use herald_shared::email::ledger::Status;
 use herald_shared::email::{self, EMAIL_QUEUE};
+use herald_shared::jobs::Queue;
 use herald_shared::jobs::{self, JobStatus};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Connection;
 use utoipa::{IntoParams, ToSchema};
 
@@ -83,13 +84,22 @@ fn parse_time(text: &str, end_of_day: bool) -> Result<DateTime<Utc>, String> {
 
 impl ListQuery {
     /// The filter asked for, or what is wrong with it.
-    pub fn parse(&self) -> Result<jobs::JobFilter, String> {
+    pub fn parse(&self) -> Result<herald_shared::job_search::JobFilter, String> {
         let state = match given(&self.state) {
             None => None,
             Some(name) => Some(JobStatus::parse(&name).ok_or_else(|| {
                 format!(
                     "state must be one of {}",
                     JobStatus::ALL.map(JobStatus::as_str).join(", ")
+                )
+            })?),
+        };
+        let queue = match given(&self.queue) {
+            None => None,
+            Some(name) => Some(Queue::parse(&name).ok_or_else(|| {
+                format!(
+                    "queue must be one of {}",
+                    Queue::ALL.map(Queue::name).join(", ")
                 )
             })?),
         };
@@ -102,8 +112,8 @@ impl ListQuery {
             ),
         };
         let recipient = given(&self.recipient).map(|r| herald_shared::address::normalize(&r));
-        Ok(jobs::JobFilter {
-            queue: given(&self.queue),
+        Ok(herald_shared::job_search::JobFilter {
+            queue,
             state,
             template: given(&self.template),
             category: given(&self.category),
@@ -125,7 +135,7 @@ pub const PAGE_SIZE: i64 = 50;
 pub struct JobPage {
     /// The jobs, newest first.
     #[schema(value_type = Vec<Object>)]
-    pub items: Vec<jobs::JobListing>,
+    pub items: Vec<herald_shared::job_search::JobListing>,
     /// Pass as `before` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
@@ -144,7 +154,7 @@ pub async fn list_jobs(
     let axum::extract::Query(q) = query.map_err(|e| ApiError::Validation(e.body_text()))?;
     let filter = q.parse().map_err(ApiError::Validation)?;
     let mut conn = state.db.acquire().await?;
-    let items = jobs::search(&mut *conn, &filter, PAGE_SIZE).await?;
+    let items = herald_shared::job_search::search(&mut *conn, &filter, PAGE_SIZE).await?;
     let next_cursor = (items.len() as i64 == PAGE_SIZE)
         .then(|| items.last().map(|j| j.id.clone()))
         .flatten();
@@ -169,7 +179,10 @@ async fn load(state: &AppState, id: &str) -> Result<JobView, ApiError> {
         && let Some(d) = email::ledger::find(&mut conn, &id).await?
     {
         if matches!(d.status, Status::Sent | Status::Suppressed) {
-            result = Some(json!({"outcome": d.status, "ses_message_id": d.ses_message_id}));
+            result = Some(email::ledger::job_result(
+                d.status,
+                d.ses_message_id.as_deref(),
+            ));
         }
         if d.last_error.is_some() {
             last_error = d.last_error;

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
 use herald_shared::address;
 use herald_shared::suppressions::{self, Suppression, SuppressionType};
 use serde::{Deserialize, Serialize};
@@ -13,49 +12,6 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::JsonBody;
-
-/// A suppressed address.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SuppressionView {
-    /// Row id (UUIDv7; pages are in this order).
-    pub id: Uuid,
-    /// Address, lower case.
-    pub email: String,
-    /// `bounce`, `complaint`, `unsubscribe` or `manual`.
-    #[serde(rename = "type")]
-    pub suppression_type: String,
-    /// Why.
-    pub reason: Option<String>,
-    /// Transactional mail is not sent.
-    pub suppress_transactional: bool,
-    /// Marketing mail is not sent.
-    pub suppress_marketing: bool,
-    /// Soft bounces counted.
-    pub bounce_count: i32,
-    /// Last bounce.
-    pub last_bounce_at: Option<DateTime<Utc>>,
-    /// First suppressed.
-    pub created_at: DateTime<Utc>,
-    /// Last changed.
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<Suppression> for SuppressionView {
-    fn from(s: Suppression) -> Self {
-        Self {
-            id: s.id,
-            email: s.email,
-            suppression_type: s.suppression_type.as_str().to_owned(),
-            reason: s.reason,
-            suppress_transactional: s.suppress_transactional,
-            suppress_marketing: s.suppress_marketing,
-            bounce_count: s.bounce_count,
-            last_bounce_at: s.last_bounce_at,
-            created_at: s.created_at,
-            updated_at: s.updated_at,
-        }
-    }
-}
 
 /// Filters and paging.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -77,7 +33,7 @@ pub struct ListQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SuppressionPage {
     /// The suppressions, oldest first.
-    pub items: Vec<SuppressionView>,
+    pub items: Vec<Suppression>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<Uuid>,
 }
@@ -118,7 +74,7 @@ pub async fn list(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(Json(SuppressionPage {
-        items: rows.into_iter().map(Into::into).collect(),
+        items: rows,
         next_cursor,
     }))
 }
@@ -127,18 +83,18 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/suppressions/{email}", tag = "suppressions", security(("bearer" = [])),
     params(("email" = String, Path, description = "Address (case-insensitive)")),
     responses(
-        (status = 200, description = "Suppressed", body = SuppressionView),
+        (status = 200, description = "Suppressed", body = Suppression),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "Not suppressed", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(email): Path<String>,
-) -> Result<Json<SuppressionView>, ApiError> {
+) -> Result<Json<Suppression>, ApiError> {
     let mut conn = state.db.acquire().await?;
     let row = suppressions::find(&mut conn, &email)
         .await?
         .ok_or(ApiError::NotFound("suppression"))?;
-    Ok(Json(row.into()))
+    Ok(Json(row))
 }
 
 /// A suppression to add.
@@ -158,27 +114,33 @@ pub struct AddSuppression {
 #[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
     request_body = AddSuppression,
     responses(
-        (status = 201, description = "Suppressed (an existing, weaker suppression is raised)", body = SuppressionView),
+        (status = 201, description = "Suppressed (an existing, weaker suppression is raised)", body = Suppression),
         (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 422, description = "Invalid address or type", body = ErrorBody)))]
+        (status = 422, description = "Invalid address, type or reason (at most 500 characters)", body = ErrorBody)))]
 pub async fn add(
     State(state): State<AppState>,
     body: JsonBody<AddSuppression>,
-) -> Result<(StatusCode, Json<SuppressionView>), ApiError> {
+) -> Result<(StatusCode, Json<Suppression>), ApiError> {
     let req = body.value;
-    let email = address::validate(&req.email).map_err(|e| ApiError::Validation(e.to_string()))?;
-    let kind = SuppressionType::parse(&req.suppression_type);
+    let input = suppressions::OperatorSuppression::parse(
+        &req.email,
+        &req.suppression_type,
+        req.reason.as_deref(),
+    )
+    .map_err(ApiError::Validation)?;
+    let email = input.email;
     let mut conn = state.db.acquire().await?;
-    let row = match kind {
-        Some(kind) => {
-            suppressions::add_recorded(&mut conn, &email, kind, req.reason.as_deref(), "api")
-                .await?
-        }
-        None => None,
-    }
+    let row = suppressions::add_recorded(
+        &mut conn,
+        &email,
+        input.kind,
+        input.reason.as_deref(),
+        "api",
+    )
+    .await?
     .ok_or_else(|| ApiError::Validation("type must be manual or unsubscribe".into()))?;
     tracing::info!(to = %address::mask(&email), kind = %req.suppression_type, "suppression added");
-    Ok((StatusCode::CREATED, Json(row.into())))
+    Ok((StatusCode::CREATED, Json(row)))
 }
 
 /// Removes an address's suppression.

@@ -351,7 +351,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let mut conn = state.db.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let queued = store::queued_uses(&mut tx, &name).await?;
+    let queued = herald_shared::email::ledger::queued_with_template(&mut tx, &name).await?;
     if queued > 0 && !query.force.unwrap_or(false) {
         return Err(ApiError::TemplateInUse(queued));
     }

@@ -165,8 +165,13 @@ async fn unsubscribe(
                 "via": "one-click",
                 "link_issued_at": claim.issued_at,
             });
-            suppressions::record_admin_event(&mut tx, "suppression_added", &claim.email, &detail)
-                .await?;
+            herald_shared::feedback::record_admin_event(
+                &mut tx,
+                "suppression_added",
+                &claim.email,
+                &detail,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok::<_, sqlx::Error>(already)

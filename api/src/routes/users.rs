@@ -31,14 +31,9 @@ pub async fn verification_email(
     let user_id: Uuid = user_id.parse().map_err(|_| ApiError::NotFound("user"))?;
     let mut conn = state.db.acquire().await?;
     let mut tx = conn.begin().await?;
-    let user = sqlx::query!(
-        r#"SELECT u.email, user_email_verified(u.id) AS "verified!"
-           FROM users u WHERE u.id = $1 AND u.active"#,
-        user_id
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound("user"))?;
+    let user = herald_shared::users::verification(&mut tx, user_id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
     if user.verified {
         return Err(ApiError::AlreadyVerified);
     }
@@ -90,19 +85,14 @@ pub async fn password_reset(
         address::validate(&body.value.email).map_err(|e| ApiError::Validation(e.to_string()))?;
     let mut conn = state.db.acquire().await?;
     let mut tx = conn.begin().await?;
-    let user = sqlx::query!(
-        "SELECT id, email FROM users WHERE lower(email) = lower($1) AND active",
-        email_addr
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(user) = user {
+    let user = herald_shared::users::active_by_email(&mut tx, &email_addr).await?;
+    if let Some((user_id, user_email)) = user {
         // A suppressed address gets nothing, silently: answering differently would reveal the account.
-        if !email::ledger::is_suppressed(&mut tx, &user.email, Category::Transactional).await? {
+        if !email::ledger::is_suppressed(&mut tx, &user_email, Category::Transactional).await? {
             let job = EmailJob {
-                to: user.email,
+                to: user_email,
                 category: Category::Transactional,
-                content: EmailContent::PasswordReset { user_id: user.id },
+                content: EmailContent::PasswordReset { user_id },
             };
             let options = EnqueueOptions {
                 max_attempts: state.config.email_max_attempts,

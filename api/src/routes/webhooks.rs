@@ -5,8 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
-use herald_shared::webhooks::{self, Change, Endpoint, NewEndpoint, SECRET_PREFIX};
+use herald_shared::webhooks::{self, Change, Endpoint, EventType, NewEndpoint, SECRET_PREFIX};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -18,44 +17,18 @@ use crate::extract::JsonBody;
 /// An endpoint as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
-    /// Id (UUIDv7).
-    pub id: Uuid,
-    /// Where events are POSTed.
-    pub url: String,
-    /// A note.
-    pub description: Option<String>,
-    /// Event types it receives.
-    pub events: Vec<String>,
-    /// Whether payloads carry full recipient addresses.
-    pub include_addresses: bool,
-    /// Whether events are delivered.
-    pub enabled: bool,
-    /// Why it is disabled.
-    pub disabled_reason: Option<String>,
-    /// Until when the previous secret still signs, after a rotation.
-    pub previous_secret_expires_at: Option<DateTime<Utc>>,
-    /// Registered.
-    pub created_at: DateTime<Utc>,
-    /// Last changed.
-    pub updated_at: DateTime<Utc>,
+    /// The endpoint as stored.
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
     /// The signing secret (`whsec_…`): only in the answer that created or rotated it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
 
 impl WebhookView {
-    fn of(e: Endpoint, secret: Option<&str>) -> Self {
+    fn of(endpoint: Endpoint, secret: Option<&str>) -> Self {
         Self {
-            id: e.id,
-            url: e.url,
-            description: e.description,
-            events: e.events,
-            include_addresses: e.include_addresses,
-            enabled: e.enabled,
-            disabled_reason: e.disabled_reason,
-            previous_secret_expires_at: e.previous_secret_expires_at,
-            created_at: e.created_at,
-            updated_at: e.updated_at,
+            endpoint,
             secret: secret.map(|s| format!("{SECRET_PREFIX}{s}")),
         }
     }
@@ -97,17 +70,17 @@ pub struct UpdateWebhook {
     pub rotate_secret: bool,
 }
 
-fn check_events(events: &[String]) -> Result<Vec<String>, ApiError> {
-    let mut out: Vec<String> = Vec::new();
+fn check_events(events: &[String]) -> Result<Vec<EventType>, ApiError> {
+    let mut out: Vec<EventType> = Vec::new();
     for e in events {
-        if !webhooks::EVENT_TYPES.contains(&e.as_str()) {
+        let Some(t) = EventType::parse(e) else {
             return Err(ApiError::Validation(format!(
                 "unknown event type {e:?}; known: {}",
-                webhooks::EVENT_TYPES.join(", ")
+                EventType::names().join(", ")
             )));
-        }
-        if !out.contains(e) {
-            out.push(e.clone());
+        };
+        if !out.contains(&t) {
+            out.push(t);
         }
     }
     if out.is_empty() || out.len() > 20 {

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | (none) → pending | [`insert`] at enqueue |
 //! | pending, sending → sending | [`claim`], [`claim_clear_many`]; from `sending` the resend is uncertain |
-//! | pending, sending, failed, cancelled → sent | [`mark_sent_many`]: SES accepted it, whatever happened meanwhile |
+//! | pending, sending, failed, cancelled → sent | [`mark_sent_many`], [`mark_sent_and_record_runs`] (one statement text, [`SENT`]): SES accepted it, whatever happened meanwhile |
 //! | pending, sending → pending | [`release`]: refused before SES accepted it |
 //! | pending, sending unchanged | [`note_wait`]: held back by a pause or a hold before any call |
 //! | sending → sending | [`keep_unknown`]: no answer from SES; the next claim counts the resend |
@@ -19,6 +19,10 @@
 //! | pending, sending → cancelled | [`cancel`]: a queued email cancelled |
 //! | failed, suppressed, cancelled → pending (or sending when the last outcome was unknown) | [`operator_retry`] |
 //! | sent → anything | refused |
+//!
+//! A trigger on this table, `webhook_email_events`, records the webhook events of these
+//! transitions (`email.sent`, `email.failed`, `email.suppressed`) and of feedback
+//! (`email.delivered`, `email.bounced`, `email.complained`): see [`crate::webhooks::outbox`].
 //!
 //! Longer than 400 lines on purpose: every statement that writes `email_deliveries` is here, so
 //! that the guards can be read and changed together.
@@ -75,6 +79,13 @@ impl Status {
 
     /// Statuses retention may delete: the email's story is over.
     pub const FINISHED: [Self; 4] = [Self::Sent, Self::Suppressed, Self::Failed, Self::Cancelled];
+}
+
+/// What an email job records as its answer when it ends without failing, and what
+/// `GET /v1/jobs/{id}` shows: `{"outcome": <status>, "ses_message_id": …}`. The grouped `sent`
+/// statement builds the same object in SQL (`crate::jobs::RECORD_SENT_RUNS`; a test compares).
+pub fn job_result(status: Status, ses_message_id: Option<&str>) -> serde_json::Value {
+    serde_json::json!({"outcome": status, "ses_message_id": ses_message_id})
 }
 
 impl PartialEq<&str> for Status {
@@ -213,6 +224,63 @@ pub async fn record(conn: &mut PgConnection, job_id: &str) -> Result<Option<Reco
         job_id
     )
     .fetch_optional(conn)
+    .await
+}
+
+/// One category's sent emails in two windows (the compliance guard's cohorts): each message counts
+/// once as a bounce and once as a complaint, however often SES reports it.
+#[derive(Debug, Clone)]
+pub struct Cohorts {
+    /// Category.
+    pub category: String,
+    /// Sent since the short window's start.
+    pub short_sends: i64,
+    /// Of those, hard bounces.
+    pub short_bounces: i64,
+    /// Of those, complaints.
+    pub short_complaints: i64,
+    /// Sent since the long window's start.
+    pub long_sends: i64,
+    /// Of those, hard bounces.
+    pub long_bounces: i64,
+    /// Of those, complaints.
+    pub long_complaints: i64,
+}
+
+/// The cohorts of emails sent since `short` and since `long`, per category, in one scan (the
+/// short window is counted with FILTERs inside the long one's rows).
+pub async fn sent_cohorts(
+    conn: &mut PgConnection,
+    short: DateTime<Utc>,
+    long: DateTime<Utc>,
+) -> Result<Vec<Cohorts>, sqlx::Error> {
+    sqlx::query_as!(
+        Cohorts,
+        r#"SELECT category AS "category!",
+                  count(*) FILTER (WHERE sent_at >= $1) AS "short_sends!",
+                  count(*) FILTER (WHERE sent_at >= $1 AND bounce_type = 'Permanent') AS "short_bounces!",
+                  count(*) FILTER (WHERE sent_at >= $1 AND complained_at IS NOT NULL) AS "short_complaints!",
+                  count(*) FILTER (WHERE sent_at >= $2) AS "long_sends!",
+                  count(*) FILTER (WHERE sent_at >= $2 AND bounce_type = 'Permanent') AS "long_bounces!",
+                  count(*) FILTER (WHERE sent_at >= $2 AND complained_at IS NOT NULL) AS "long_complaints!"
+           FROM email_deliveries
+           WHERE status = 'sent' AND sent_at >= least($1, $2)
+           GROUP BY category"#,
+        short,
+        long
+    )
+    .fetch_all(conn)
+    .await
+}
+
+/// Emails still to be sent with template `name` (their rows are `pending` or `sending`).
+pub async fn queued_with_template(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM email_deliveries
+           WHERE template = $1 AND status IN ('pending', 'sending')"#,
+        name
+    )
+    .fetch_one(conn)
     .await
 }
 
@@ -497,37 +565,90 @@ const UNSENT: [Status; 4] = [
     Status::Cancelled,
 ];
 
-/// The states a `sent` write moves a row from, as the database spells them.
-pub(crate) fn unsent_names() -> Vec<String> {
-    names(&UNSENT)
+/// The ledger's one `sent` write, as a CTE named `sent(job_id, ses_message_id, run)` over the
+/// rows it moved: `$1` job ids, `$2` SES message ids, `$3` notes (`last_error`), `$4` run numbers,
+/// `$5` the states it moves from ([`UNSENT`]), `$6` the lock wait. SES accepted these emails, so
+/// the ledger says so whatever it said meanwhile; a row already `sent` keeps its first message id.
+const SENT: &str = "WITH lock_wait AS MATERIALIZED (
+         SELECT set_config('lock_timeout', COALESCE($6, current_setting('lock_timeout')), true)
+     ),
+     sent AS (
+         UPDATE email_deliveries AS d
+         SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(),
+             last_error = v.note, outcome_unknown = false
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[])
+                  AS v(job_id, ses_message_id, note, run),
+              lock_wait
+         WHERE d.job_id = v.job_id AND d.status = ANY($5)
+         RETURNING d.job_id, v.ses_message_id, v.run
+     ) ";
+
+/// One email SES accepted, for [`mark_sent_many`] and [`mark_sent_and_record_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct Accepted {
+    /// The email's job id.
+    pub job_id: String,
+    /// SES's message id; `None` for a 2xx without one, or one the database refused.
+    pub ses_message_id: Option<String>,
+    /// Why the row is incomplete (kept as `last_error`), if it is.
+    pub note: Option<String>,
+    /// The job's run that sent it.
+    pub run: i32,
 }
 
-/// → sent for one email or many in one statement: SES accepted them, so the ledger says so
-/// whatever it said meanwhile (a row already `sent` keeps its first message id). A `None` message
-/// id is a 2xx without one: accepted all the same. Returns how many rows changed.
+/// [`SENT`] answering the ids of the rows it moved.
+static MARK_SENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{SENT}SELECT job_id FROM sent"));
+
+/// [`SENT`] with the queue door's record of their jobs' runs.
+static MARK_SENT_AND_RECORD: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{SENT}{}", crate::jobs::RECORD_SENT_RUNS));
+
+impl Accepted {
+    /// Accepted emails from their job ids and message ids (first runs, no notes).
+    pub fn many(job_ids: &[String], ses_message_ids: &[Option<String>]) -> Vec<Self> {
+        job_ids
+            .iter()
+            .zip(ses_message_ids)
+            .map(|(job_id, ses_message_id)| Self {
+                job_id: job_id.clone(),
+                ses_message_id: ses_message_id.clone(),
+                note: None,
+                run: 1,
+            })
+            .collect()
+    }
+}
+
+async fn write_sent(
+    conn: &mut PgConnection,
+    rows: &[Accepted],
+    lock_wait: LockWait,
+    sql: &'static str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<&str> = rows.iter().map(|r| r.job_id.as_str()).collect();
+    let messages: Vec<Option<&str>> = rows.iter().map(|r| r.ses_message_id.as_deref()).collect();
+    let notes: Vec<Option<&str>> = rows.iter().map(|r| r.note.as_deref()).collect();
+    let runs: Vec<i32> = rows.iter().map(|r| r.run).collect();
+    sqlx::query_scalar(sql)
+        .bind(ids)
+        .bind(messages)
+        .bind(notes)
+        .bind(runs)
+        .bind(names(&UNSENT))
+        .bind(lock_wait.setting())
+        .fetch_all(conn)
+        .await
+}
+
+/// → sent for one email or many in one statement. Returns how many rows changed.
 pub async fn mark_sent_many(
     conn: &mut PgConnection,
-    job_ids: &[String],
-    ses_message_ids: &[Option<String>],
+    rows: &[Accepted],
     lock_wait: LockWait,
 ) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
-        "WITH lock_wait AS MATERIALIZED (
-             SELECT set_config('lock_timeout', COALESCE($4, current_setting('lock_timeout')), true)
-         )
-         UPDATE email_deliveries AS d
-         SET status = 'sent', ses_message_id = v.ses_message_id, sent_at = now(), last_error = NULL,
-             outcome_unknown = false
-         FROM unnest($1::text[], $2::text[]) AS v(job_id, ses_message_id), lock_wait
-         WHERE d.job_id = v.job_id AND d.status = ANY($3)",
-        job_ids,
-        ses_message_ids as &[Option<String>],
-        &names(&UNSENT),
-        lock_wait.setting()
-    )
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
+    let moved = write_sent(conn, rows, lock_wait, MARK_SENT.as_str()).await?;
+    Ok(moved.len() as u64)
 }
 
 /// → sent when SES accepted the email but its message id could not be stored (the database refused
@@ -537,17 +658,25 @@ pub async fn mark_sent_without_id(
     job_id: &str,
     note: &str,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query!(
-        "UPDATE email_deliveries SET status = 'sent', sent_at = now(), last_error = $2,
-                outcome_unknown = false
-         WHERE job_id = $1 AND status = ANY($3)",
-        job_id,
-        note,
-        &names(&UNSENT)
-    )
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let row = Accepted {
+        job_id: job_id.to_owned(),
+        note: Some(note.to_owned()),
+        ..Accepted::default()
+    };
+    Ok(mark_sent_many(conn, &[row], LockWait::Session).await? == 1)
+}
+
+/// → sent, as [`mark_sent_many`], and each moved email's job recorded `Done` by the queue door's
+/// [`RECORD_SENT_RUNS`] in the same statement, so that a busy worker pays no separate ack for them.
+/// Returns the ids of the jobs recorded, whose own acks are then redundant.
+///
+/// [`RECORD_SENT_RUNS`]: crate::jobs::RECORD_SENT_RUNS
+pub async fn mark_sent_and_record_runs(
+    conn: &mut PgConnection,
+    rows: &[Accepted],
+    lock_wait: LockWait,
+) -> Result<Vec<String>, sqlx::Error> {
+    write_sent(conn, rows, lock_wait, MARK_SENT_AND_RECORD.as_str()).await
 }
 
 /// One guarded status change with a reason, logged on the row as `event` (the job's timeline).

@@ -1,6 +1,7 @@
 //! The email job: its payload, enqueueing it with its ledger row, and the shared sending state.
 
 pub mod group;
+pub mod keys;
 pub mod ledger;
 pub mod templates;
 
@@ -15,7 +16,7 @@ use crate::address;
 use crate::jobs::{self, EnqueueOptions, JobError};
 
 /// The apalis queue (`job_type`) of email jobs. Never rename it: queued jobs would be orphaned.
-pub const EMAIL_QUEUE: &str = "herald.email";
+pub const EMAIL_QUEUE: &str = crate::jobs::Queue::Email.name();
 
 /// Transactional mail (accounts, receipts) or marketing mail (newsletters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, sqlx::Type)]

@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use crate::config::{ConfigError, Env, parse_or};
 
 /// The apalis queue of maintenance jobs.
-pub const MAINTENANCE_QUEUE: &str = "herald.maintenance";
+pub const MAINTENANCE_QUEUE: &str = crate::jobs::Queue::Maintenance.name();
 
 /// The maintenance jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

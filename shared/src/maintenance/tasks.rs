@@ -75,57 +75,21 @@ pub async fn expire_tokens(pool: &PgPool, s: &Settings) -> Result<ExpiryReport, 
         batch_size: b,
         ..Default::default()
     };
-    r.refresh_tokens = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM refresh_tokens WHERE expires_at < $1
-                             ORDER BY expires_at LIMIT $2)
-             DELETE FROM refresh_tokens t USING doomed WHERE t.id = doomed.id",
-            now,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    use crate::tokens::{Expired, delete_expired};
+    r.refresh_tokens = in_batches(&mut r.timing, b, || {
+        delete_expired(pool, Expired::Refresh, now, b)
     })
     .await?;
-    r.verification_tokens = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM verification_tokens WHERE expires_at < $1
-                             ORDER BY expires_at LIMIT $2)
-             DELETE FROM verification_tokens t USING doomed WHERE t.id = doomed.id",
-            now,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    r.verification_tokens = in_batches(&mut r.timing, b, || {
+        delete_expired(pool, Expired::Verification, now, b)
     })
     .await?;
-    let expired = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE expires_at < $1
-                             ORDER BY expires_at LIMIT $2)
-             DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
-            now,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    let expired = in_batches(&mut r.timing, b, || {
+        delete_expired(pool, Expired::Reset, now, b)
     })
     .await?;
-    // Used tokens are few (one per reset) and short-lived, so no index serves this pass.
-    let used = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT id FROM password_reset_tokens WHERE used_at < $1
-                             LIMIT $2)
-             DELETE FROM password_reset_tokens t USING doomed WHERE t.id = doomed.id",
-            used_before,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    let used = in_batches(&mut r.timing, b, || {
+        delete_expired(pool, Expired::UsedReset, used_before, b)
     })
     .await?;
     r.password_reset_tokens = expired + used;
@@ -170,18 +134,7 @@ pub async fn refresh_search_index(
     let mut cursor = uuid::Uuid::nil();
     loop {
         let t = Instant::now();
-        let ids = sqlx::query_scalar!(
-            "WITH stale AS (SELECT id FROM users
-                            WHERE id > $1
-                              AND search_vector IS DISTINCT FROM users_compute_search_vector(display_name, email, slug)
-                            ORDER BY id LIMIT $2)
-             UPDATE users u SET search_vector = users_compute_search_vector(u.display_name, u.email, u.slug)
-             FROM stale WHERE u.id = stale.id RETURNING u.id",
-            cursor,
-            b
-        )
-        .fetch_all(pool)
-        .await?;
+        let ids = crate::users::refresh_search_vectors(pool, cursor, b).await?;
         r.timing.note(t.elapsed());
         r.users_fixed += ids.len() as u64;
         match ids.iter().max() {
@@ -192,18 +145,7 @@ pub async fn refresh_search_index(
     let mut cursor = uuid::Uuid::nil();
     loop {
         let t = Instant::now();
-        let ids = sqlx::query_scalar!(
-            "WITH stale AS (SELECT id FROM phrases
-                            WHERE id > $1
-                              AND search_vector IS DISTINCT FROM phrases_compute_search_vector(phrase_text)
-                            ORDER BY id LIMIT $2)
-             UPDATE phrases p SET search_vector = phrases_compute_search_vector(p.phrase_text)
-             FROM stale WHERE p.id = stale.id RETURNING p.id",
-            cursor,
-            b
-        )
-        .fetch_all(pool)
-        .await?;
+        let ids = crate::phrases::refresh_search_vectors(pool, cursor, b).await?;
         r.timing.note(t.elapsed());
         r.phrases_fixed += ids.len() as u64;
         match ids.iter().max() {
@@ -277,33 +219,17 @@ pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Err
         crate::jobs::prune_failed(pool, failed_before, b)
     })
     .await?;
-    r.feedback_events = in_batches(&mut r.timing, b, || async {
-        // The audit trail: the app role may not delete it, only this function may (old rows).
-        let n = sqlx::query_scalar!(
-            r#"SELECT prune_email_feedback_events($1, $2) AS "n!""#,
-            events_before,
-            b
-        )
-        .fetch_one(pool)
-        .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+    // The audit trail: the app role may not delete it, only this function may (old rows).
+    r.feedback_events = in_batches(&mut r.timing, b, || {
+        crate::feedback::prune(pool, events_before, b)
     })
     .await?;
     r.deliveries = in_batches(&mut r.timing, b, || {
         crate::email::ledger::prune(pool, events_before, b)
     })
     .await?;
-    r.idempotency_keys = in_batches(&mut r.timing, b, || async {
-        Ok(sqlx::query!(
-            "WITH doomed AS (SELECT idempotency_key FROM api_idempotency_keys WHERE created_at < $1
-                             ORDER BY created_at LIMIT $2)
-             DELETE FROM api_idempotency_keys k USING doomed WHERE k.idempotency_key = doomed.idempotency_key",
-            jobs_before,
-            b
-        )
-        .execute(pool)
-        .await?
-        .rows_affected())
+    r.idempotency_keys = in_batches(&mut r.timing, b, || {
+        crate::email::keys::prune(pool, jobs_before, b)
     })
     .await?;
     r.webhook_events = in_batches(&mut r.timing, b, || {

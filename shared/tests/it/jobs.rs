@@ -230,11 +230,12 @@ async fn the_sent_write_records_running_jobs_as_apalis_would_and_leaves_ended_on
     .await
     .expect("sent earlier");
 
-    let recorded = jobs::record_sent_emails(
+    let mut rows =
+        email::ledger::Accepted::many(&ids, &[Some("m-0".into()), Some("m-1".into()), None]);
+    rows[2].run = 2;
+    let recorded = email::ledger::mark_sent_and_record_runs(
         &mut conn,
-        &ids,
-        &[Some("m-0".into()), Some("m-1".into()), None],
-        &[1, 1, 2],
+        &rows,
         email::ledger::LockWait::Session,
     )
     .await
@@ -258,7 +259,8 @@ async fn the_sent_write_records_running_jobs_as_apalis_would_and_leaves_ended_on
     assert_eq!((status.as_str(), attempts, same_instant), ("Done", 1, true));
     assert_eq!(
         result,
-        serde_json::json!({"Ok": {"outcome": "sent", "ses_message_id": "m-0"}})
+        serde_json::json!({"Ok": email::ledger::job_result(email::ledger::Status::Sent, Some("m-0"))}),
+        "the SQL builds the answer job_result builds"
     );
     // A cancelled job stays cancelled, though SES's acceptance reaches the ledger.
     let row = jobs::find(&mut conn, cancelled)
@@ -287,8 +289,8 @@ async fn the_sent_write_records_running_jobs_as_apalis_would_and_leaves_ended_on
     assert_eq!(ledger.ses_message_id.as_deref(), Some("earlier"));
 }
 
-/// `record_sent_emails` writes the ledger's `sent` as `ledger::mark_sent_many` does (the two carry
-/// the same transition; this keeps them from drifting apart), from every state a row can be in.
+/// `mark_sent_and_record_runs` writes the ledger's `sent` as `mark_sent_many` does (one statement
+/// text carries both; this keeps it so), from every state a row can be in.
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn the_grouped_sent_write_moves_ledger_rows_as_mark_sent_many_does(pool: PgPool) {
     let options = with_apalis(&pool).await;
@@ -327,19 +329,20 @@ async fn the_grouped_sent_write_moves_ledger_rows_as_mark_sent_many_does(pool: P
     let mut conn = pool.acquire().await.expect("conn");
     let a_msgs: Vec<Option<String>> = (0..a_ids.len()).map(|i| Some(format!("m-{i}"))).collect();
     let b_msgs: Vec<Option<String>> = (0..b_ids.len()).map(|i| Some(format!("n-{i}"))).collect();
-    email::ledger::mark_sent_many(&mut conn, &a_ids, &a_msgs, email::ledger::LockWait::Session)
-        .await
-        .expect("mark_sent_many");
-    let runs = vec![1; b_ids.len()];
-    jobs::record_sent_emails(
+    email::ledger::mark_sent_many(
         &mut conn,
-        &b_ids,
-        &b_msgs,
-        &runs,
+        &email::ledger::Accepted::many(&a_ids, &a_msgs),
         email::ledger::LockWait::Session,
     )
     .await
-    .expect("record_sent_emails");
+    .expect("mark_sent_many");
+    email::ledger::mark_sent_and_record_runs(
+        &mut conn,
+        &email::ledger::Accepted::many(&b_ids, &b_msgs),
+        email::ledger::LockWait::Session,
+    )
+    .await
+    .expect("mark_sent_and_record_runs");
     let row = "SELECT status, replace(replace(ses_message_id, 'n-', ''), 'm-', ''), last_error,
                       outcome_unknown, sent_at IS NOT NULL, attempts
                FROM email_deliveries WHERE job_id = $1";

@@ -56,8 +56,7 @@ async fn apply(conn: &mut PgConnection, step: Step, id: &str) -> bool {
         Step::Cancel => ledger::cancel(conn, id).await,
         Step::MarkSent => ledger::mark_sent_many(
             conn,
-            &[id.to_owned()],
-            &[Some(format!("ses-{id}"))],
+            &ledger::Accepted::many(&[id.to_owned()], &[Some(format!("ses-{id}"))]),
             ledger::LockWait::Session,
         )
         .await
@@ -99,8 +98,7 @@ async fn sent_never_changes_and_keeps_its_first_message_id(pool: PgPool) {
     assert!(apply(&mut conn, Step::MarkSent, &id).await);
     let again = ledger::mark_sent_many(
         &mut conn,
-        std::slice::from_ref(&id),
-        &[Some("another-id".into())],
+        &ledger::Accepted::many(std::slice::from_ref(&id), &[Some("another-id".into())]),
         ledger::LockWait::Session,
     )
     .await
@@ -129,8 +127,7 @@ async fn a_2xx_without_a_message_id_still_counts_as_sent(pool: PgPool) {
     let id = row_in(&mut conn, Status::Sending).await;
     let n = ledger::mark_sent_many(
         &mut conn,
-        std::slice::from_ref(&id),
-        &[None],
+        &ledger::Accepted::many(std::slice::from_ref(&id), &[None]),
         ledger::LockWait::Session,
     )
     .await
@@ -359,8 +356,7 @@ async fn a_grouped_statement_gives_up_on_a_held_row_lock_and_leaves_the_session_
     let started = Instant::now();
     let err = ledger::mark_sent_many(
         &mut conn,
-        std::slice::from_ref(&id),
-        &[Some("ses-1".into())],
+        &ledger::Accepted::many(std::slice::from_ref(&id), &[Some("ses-1".into())]),
         ledger::LockWait::AtMost(Duration::from_millis(200)),
     )
     .await
@@ -400,8 +396,7 @@ async fn a_grouped_statement_gives_up_on_a_held_row_lock_and_leaves_the_session_
     holder.rollback().await.expect("rollback");
     let n = ledger::mark_sent_many(
         &mut conn,
-        std::slice::from_ref(&id),
-        &[Some("ses-1".into())],
+        &ledger::Accepted::many(std::slice::from_ref(&id), &[Some("ses-1".into())]),
         ledger::LockWait::AtMost(Duration::from_millis(200)),
     )
     .await

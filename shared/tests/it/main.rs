@@ -3,6 +3,7 @@
 
 mod catalog;
 mod compliance;
+mod docs;
 mod enqueue_groups;
 mod env_example;
 mod helpers;

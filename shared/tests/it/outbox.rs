@@ -9,7 +9,10 @@ use herald_shared::webhooks::{self, NewEndpoint};
 use sqlx::{Connection, PgConnection, PgPool};
 
 async fn endpoint(conn: &mut PgConnection, events: &[&str]) -> uuid::Uuid {
-    let events: Vec<String> = events.iter().map(|e| (*e).to_owned()).collect();
+    let events: Vec<webhooks::EventType> = events
+        .iter()
+        .map(|e| webhooks::EventType::parse(e).expect("a known event type"))
+        .collect();
     webhooks::create(
         conn,
         &NewEndpoint {
@@ -48,8 +51,7 @@ async fn sent_email(conn: &mut PgConnection) -> String {
     assert!(ledger::claim(conn, &id, None).await.expect("claim"));
     ledger::mark_sent_many(
         conn,
-        std::slice::from_ref(&id),
-        &[Some(format!("ses-{id}"))],
+        &ledger::Accepted::many(std::slice::from_ref(&id), &[Some(format!("ses-{id}"))]),
         LockWait::Session,
     )
     .await
@@ -293,7 +295,7 @@ async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPo
         .await
         .expect("apalis schema");
     let mut conn = pool.acquire().await.expect("conn");
-    endpoint(&mut conn, &webhooks::EVENT_TYPES).await;
+    endpoint(&mut conn, &webhooks::EventType::names()).await;
     // Each event type caused by the change that causes it in production.
     let id = sent_email(&mut conn).await;
     let message = format!("ses-{id}");
@@ -345,7 +347,7 @@ async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPo
             .expect("outgoing")
             .expect("found");
         let body: serde_json::Value = serde_json::from_slice(&out.body()).expect("json");
-        let example = webhooks::example_body(&out.event_type);
+        let example = out.event_type.example_body();
         let (mut real, mut documented) = (Vec::new(), Vec::new());
         keys(&body, "", &mut real);
         keys(&example, "", &mut documented);
@@ -357,9 +359,9 @@ async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPo
         assert_eq!(body["type"], example["type"]);
         seen.push(out.event_type);
     }
-    seen.sort();
-    let mut all = webhooks::EVENT_TYPES.map(str::to_owned).to_vec();
-    all.sort();
+    seen.sort_by_key(|t| t.as_str());
+    let mut all = webhooks::EventType::ALL.to_vec();
+    all.sort_by_key(|t| t.as_str());
     assert_eq!(seen, all, "one event of each type");
 }
 
@@ -369,7 +371,10 @@ async fn only_an_endpoint_that_opted_in_gets_full_addresses(pool: PgPool) {
         .await
         .expect("apalis schema");
     let mut conn = pool.acquire().await.expect("conn");
-    let events = ["email.sent".to_owned(), "suppression.created".to_owned()];
+    let events = [
+        webhooks::EventType::EmailSent,
+        webhooks::EventType::SuppressionCreated,
+    ];
     let mut endpoints = Vec::new();
     for include_addresses in [false, true] {
         let id = webhooks::create(
@@ -411,7 +416,7 @@ async fn only_an_endpoint_that_opted_in_gets_full_addresses(pool: PgPool) {
             .expect("found");
         let body = String::from_utf8(out.body()).expect("utf8");
         let opted_in = endpoints.iter().any(|(id, yes)| *id == endpoint && *yes);
-        let full = if out.event_type == "email.sent" {
+        let full = if out.event_type == webhooks::EventType::EmailSent {
             "ada@example.com"
         } else {
             "cy@example.com"
@@ -452,12 +457,13 @@ async fn a_day_of_failures_disables_an_endpoint_and_the_metric_shows_it(pool: Pg
         latency_ms: 12,
         error: Some("HTTP 503: will retry"),
         excerpt: Some("busy"),
-        status: "pending",
+        status: webhooks::DeliveryStatus::Pending,
     };
     assert!(
         !webhooks::record_attempt(&mut conn, &out, &failed)
             .await
             .expect("first")
+            .disabled
     );
     let (enabled, since, stamped) = state(&mut conn, id).await.expect("state");
     assert!(enabled && since.is_some(), "a failure starts the streak");
@@ -466,6 +472,7 @@ async fn a_day_of_failures_disables_an_endpoint_and_the_metric_shows_it(pool: Pg
         !webhooks::record_attempt(&mut conn, &out, &failed)
             .await
             .expect("second")
+            .disabled
     );
     assert_eq!(
         state(&mut conn, id).await.expect("state"),
@@ -491,6 +498,7 @@ async fn a_day_of_failures_disables_an_endpoint_and_the_metric_shows_it(pool: Pg
         webhooks::record_attempt(&mut conn, &out, &failed)
             .await
             .expect("third")
+            .disabled
     );
     let found = webhooks::find(&mut conn, id)
         .await
@@ -529,7 +537,7 @@ async fn a_day_of_failures_disables_an_endpoint_and_the_metric_shows_it(pool: Pg
         .expect("re-enable");
     let delivered = Attempt {
         status_code: Some(200),
-        status: "delivered",
+        status: webhooks::DeliveryStatus::Delivered,
         error: None,
         ..failed
     };
@@ -537,6 +545,7 @@ async fn a_day_of_failures_disables_an_endpoint_and_the_metric_shows_it(pool: Pg
         !webhooks::record_attempt(&mut conn, &out, &delivered)
             .await
             .expect("ok")
+            .disabled
     );
     let (enabled, since, _) = state(&mut conn, id).await.expect("state");
     assert!(enabled && since.is_none());
@@ -575,4 +584,37 @@ async fn suppress_and_pause(conn: &mut PgConnection, address: &str) {
     herald_shared::compliance::resume(conn, &[Category::Marketing])
         .await
         .expect("resume");
+}
+
+/// Every event-type name the trigger functions spell is one of `EventType`'s (the behaviour test
+/// above checks each is recorded; this catches a name only a rare branch would record).
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_trigger_functions_spell_only_known_event_types(pool: PgPool) {
+    let sources: Vec<String> = sqlx::query_scalar(
+        "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'public' AND p.proname LIKE 'webhook\\_%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("functions");
+    assert!(sources.len() >= 4, "the webhook functions exist");
+    let literal =
+        regex_lite::Regex::new(r"'((?:email|suppression|compliance)\.[a-z_]+)'").expect("regex");
+    let mut spelled: Vec<String> = sources
+        .iter()
+        .flat_map(|s| literal.captures_iter(s).map(|c| c[1].to_owned()))
+        .collect();
+    spelled.sort();
+    spelled.dedup();
+    assert!(spelled.len() >= 7, "literals found: {spelled:?}");
+    for name in &spelled {
+        assert!(
+            webhooks::EventType::parse(name).is_some(),
+            "a trigger records {name}, which EventType does not know"
+        );
+    }
+    // The ledger's events are spelled 'email.' || status for these statuses.
+    for status in ["sent", "failed", "suppressed"] {
+        assert!(webhooks::EventType::parse(&format!("email.{status}")).is_some());
+    }
 }

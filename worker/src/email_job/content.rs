@@ -38,15 +38,11 @@ pub(super) async fn build(
                     "reset-password",
                 ),
             };
-            let name = sqlx::query_scalar!(
-                "SELECT display_name FROM users WHERE id = $1 AND active",
-                user_id
-            )
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| {
-                JobFailure::Content("the user no longer exists or is inactive".into())
-            })?;
+            let name = herald_shared::users::display_name(&mut *tx, *user_id)
+                .await?
+                .ok_or_else(|| {
+                    JobFailure::Content("the user no longer exists or is inactive".into())
+                })?;
             let (token_id, token) = tokens::issue(tx, kind, *user_id, Utc::now()).await?;
             let link = format!("{}/{path}?token={}", ctx.frontend_url, token.raw);
             let compiled = compiled_for(ctx, template, None, None).await?;

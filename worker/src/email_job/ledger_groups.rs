@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_shared::email::ledger;
-use herald_shared::jobs;
 use sqlx::PgPool;
 
 use crate::backend::AckedJobs;
@@ -73,26 +72,25 @@ impl LedgerGroups {
         let sent = Group::start(256, move |items: Vec<SentRequest>| {
             let (pool, recorded) = (sent_pool.clone(), Arc::clone(&recorded));
             async move {
-                let mut ids = Vec::with_capacity(items.len());
-                let mut message_ids = Vec::with_capacity(items.len());
-                let mut runs = Vec::with_capacity(items.len());
-                for (id, message_id, run) in items {
-                    ids.push(id);
-                    message_ids.push(message_id);
-                    runs.push(run);
-                }
+                let rows: Vec<ledger::Accepted> = items
+                    .into_iter()
+                    .map(|(job_id, ses_message_id, run)| ledger::Accepted {
+                        job_id,
+                        ses_message_id,
+                        note: None,
+                        run,
+                    })
+                    .collect();
                 let write = async |conn: &mut sqlx::PgConnection| {
-                    jobs::record_sent_emails(conn, &ids, &message_ids, &runs, lock_wait)
-                        .await
-                        .map_err(jobs::JobError::into_sqlx)
+                    ledger::mark_sent_and_record_runs(conn, &rows, lock_wait).await
                 };
                 // On failure each email writes its own row, with retries and per-row errors, and
                 // apalis records its job.
-                match grouped_write(&pool, "'sent'", ids.len(), bound, write).await {
+                match grouped_write(&pool, "'sent'", rows.len(), bound, write).await {
                     Some(done) => {
                         // Before the answers: a run's ack follows its answer.
                         recorded.insert(done);
-                        vec![Some(()); ids.len()]
+                        vec![Some(()); rows.len()]
                     }
                     None => Vec::new(),
                 }

@@ -19,7 +19,6 @@ use herald_shared::email::{self, EmailContent, EmailJob};
 use herald_shared::metrics::{Metrics, Outcome as EmailOutcome};
 use herald_shared::tokens::{self, TokenKind};
 use herald_shared::{address, db};
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::job::{HeraldJob, JobContext, Outcome, Runs};
@@ -160,15 +159,14 @@ async fn run(
         Status::Sent => {
             tx.commit().await?;
             tracing::info!(job_id = id, "already sent; not sending again");
-            return Ok(Outcome::Done(
-                json!({"outcome": "sent", "ses_message_id": delivery.ses_message_id}),
-            ));
+            return Ok(Outcome::Done(ledger::job_result(
+                Status::Sent,
+                delivery.ses_message_id.as_deref(),
+            )));
         }
         Status::Suppressed | Status::Cancelled => {
             tx.commit().await?;
-            return Ok(Outcome::Done(
-                json!({"outcome": delivery.status, "ses_message_id": null}),
-            ));
+            return Ok(Outcome::Done(ledger::job_result(delivery.status, None)));
         }
         Status::Failed => {
             // Given up by an earlier run whose end apalis did not record: end this one too.
@@ -212,9 +210,7 @@ async fn run(
         tx.commit().await?;
         count(ctx, "suppressed");
         tracing::info!(job_id = id, to = %address::mask(&job.to), "recipient suppressed; not sent");
-        return Ok(Outcome::Done(
-            json!({"outcome": "suppressed", "ses_message_id": null}),
-        ));
+        return Ok(Outcome::Done(ledger::job_result(Status::Suppressed, None)));
     }
     warn_if_uncertain(id, &delivery);
     let kind = match job.content {
@@ -258,9 +254,10 @@ async fn send(
                 ses_message_id = message_id.as_deref().unwrap_or("(none given)"),
                 "email sent"
             );
-            return Ok(Outcome::Done(
-                json!({"outcome": "sent", "ses_message_id": message_id}),
-            ));
+            return Ok(Outcome::Done(ledger::job_result(
+                Status::Sent,
+                message_id.as_deref(),
+            )));
         }
         Err(error) => error,
     };
@@ -364,13 +361,13 @@ async fn record_sent(
     loop {
         let attempt = async {
             let mut conn = ctx.pool.acquire().await?;
-            ledger::mark_sent_many(
-                &mut conn,
-                &[id.to_owned()],
-                &[message_id.map(str::to_owned)],
-                ledger::LockWait::Session,
-            )
-            .await
+            let row = ledger::Accepted {
+                job_id: id.to_owned(),
+                ses_message_id: message_id.map(str::to_owned),
+                note: None,
+                run,
+            };
+            ledger::mark_sent_many(&mut conn, &[row], ledger::LockWait::Session).await
         };
         let err = match attempt.await {
             Ok(_) => return Ok(()),

@@ -122,28 +122,23 @@ async fn record(
     raw: &serde_json::Value,
     sqs_message_id: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query_scalar!(
-        "INSERT INTO email_feedback_events
-             (event_type, recipient, ses_message_id, feedback_id, bounce_type, bounce_sub_type,
-              complaint_type, sqs_message_id, occurred_at, raw, dedupe_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (dedupe_key) DO NOTHING
-         RETURNING id",
-        event_type,
-        e.recipient,
-        e.ses_message_id,
-        e.feedback_id,
-        e.bounce_type,
-        e.bounce_sub_type,
-        e.complaint_type,
-        sqs_message_id,
-        e.occurred_at,
-        raw,
-        e.dedupe_key
+    herald_shared::feedback::record(
+        conn,
+        &herald_shared::feedback::NewEvent {
+            event_type,
+            recipient: &e.recipient,
+            ses_message_id: e.ses_message_id.as_deref(),
+            feedback_id: e.feedback_id.as_deref(),
+            bounce_type: e.bounce_type.as_deref(),
+            bounce_sub_type: e.bounce_sub_type.as_deref(),
+            complaint_type: e.complaint_type.as_deref(),
+            sqs_message_id,
+            occurred_at: e.occurred_at,
+            raw,
+            dedupe_key: &e.dedupe_key,
+        },
     )
-    .fetch_optional(conn)
-    .await?;
-    Ok(inserted.is_some())
+    .await
 }
 
 async fn apply_event(
@@ -171,7 +166,7 @@ async fn apply_event(
                 .await?;
                 tracing::info!(to = %herald_shared::address::mask(&e.recipient), "hard bounce: address suppressed");
             } else {
-                let count = soft_bounces(
+                let count = herald_shared::feedback::soft_bounces(
                     conn,
                     &e.recipient,
                     e.occurred_at - policy.soft_bounce_window,
@@ -239,24 +234,6 @@ async fn suppress_both(
     )
     .await?;
     Ok(())
-}
-
-/// Soft (transient or undetermined) bounces recorded for an address since `since`.
-async fn soft_bounces(
-    conn: &mut PgConnection,
-    email: &str,
-    since: DateTime<Utc>,
-) -> Result<i64, sqlx::Error> {
-    let n = sqlx::query_scalar!(
-        r#"SELECT count(DISTINCT coalesce(feedback_id, dedupe_key)) AS "n!" FROM email_feedback_events
-           WHERE recipient = $1 AND event_type = 'bounce'
-             AND coalesce(bounce_type, '') <> 'Permanent' AND occurred_at >= $2"#,
-        email,
-        since
-    )
-    .fetch_one(conn)
-    .await?;
-    Ok(n)
 }
 
 /// Notes delivery, bounce or complaint on the ledger row of the SES message, if it is ours.

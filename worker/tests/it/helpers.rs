@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use herald_shared::email::{self, Category, EmailContent, EmailJob};
 use herald_shared::jobs::{self, EnqueueOptions, JobStatus};
 use herald_worker::WorkerConfig;
+use herald_worker::app::Application;
 use herald_worker::email_job::EmailContext;
 use herald_worker::ses::SesSender;
 use sqlx::{ConnectOptions, PgPool};
-use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 pub const FROM: &str = "noreply@herald.test";
 
@@ -39,6 +40,8 @@ pub fn worker_config(pool: &PgPool, extra: &[(&str, &str)]) -> WorkerConfig {
         ("WORKER_HEARTBEAT_SECS", "1"),
         ("WORKER_MISSED_HEARTBEATS", "2"),
         ("SHUTDOWN_TIMEOUT", "5"),
+        // Each test's worker serves /metrics on a port of its own.
+        ("METRICS_ADDR", "127.0.0.1:0"),
         // Test receivers listen on loopback.
         ("WEBHOOK_ALLOW_PRIVATE_URLS", "true"),
     ]
@@ -48,7 +51,12 @@ pub fn worker_config(pool: &PgPool, extra: &[(&str, &str)]) -> WorkerConfig {
     for (k, v) in extra {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
-    WorkerConfig::from_source(&env).expect("test worker config")
+    let mut config = WorkerConfig::from_source(&env).expect("test worker config");
+    // Tests of a pause see its end within half a second, not a minute.
+    if !env.contains_key("COMPLIANCE_PAUSE_RECHECK_SECS") {
+        config.compliance_recheck = Duration::from_millis(500);
+    }
+    config
 }
 
 /// The email context with a given SES client.
@@ -64,57 +72,42 @@ pub fn context(
     )
 }
 
-/// The email context with any sender (an in-process fake, say).
+/// The email context with any sender (an in-process fake, say), built as the worker builds it.
 pub fn context_with_sender(
     pool: &PgPool,
     sender: Arc<dyn herald_worker::ses::EmailSender>,
     config: &WorkerConfig,
 ) -> Arc<EmailContext> {
-    Arc::new(EmailContext {
-        pool: pool.clone(),
-        sender,
-        frontend_url: config.frontend_url.clone(),
-        marketing: config.marketing.clone(),
-        templates: Default::default(),
-        send_rate: 1000.0,
-        backoff_base: config.backoff_base,
-        backoff_max: config.backoff_max,
-        pause: config.pause,
-        slots: Default::default(),
-        metrics: Default::default(),
-        compliance_recheck: std::time::Duration::from_millis(500),
-        ledger: herald_worker::email_job::LedgerGroups::start(pool),
-        in_flight: Default::default(),
-    })
+    let metrics = Arc::new(herald_shared::metrics::Metrics::with_compliance(
+        config.compliance.clone(),
+    ));
+    herald_worker::email_context_with(config, pool.clone(), sender, 1000.0, metrics)
 }
 
-/// A running in-process worker; dropping the handle does not stop it, `stop` does.
+/// A running in-process worker (the worker's own `Application`, without the schedule ticker and
+/// the feedback consumer); dropping the handle does not stop it, `stop` does.
 pub struct RunningWorker {
-    stop: Option<oneshot::Sender<()>>,
+    token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningWorker {
-    pub fn start(config: WorkerConfig, pool: &PgPool, ctx: Arc<EmailContext>) -> Self {
-        let (tx, rx) = oneshot::channel::<()>();
-        let pool = pool.clone();
-        let task = tokio::spawn(async move {
-            herald_worker::run(config, pool, ctx, async move {
-                let _ = rx.await;
-            })
+    pub async fn start(config: WorkerConfig, pool: &PgPool, ctx: Arc<EmailContext>) -> Self {
+        let app = Application::with_context(config, pool.clone(), ctx)
             .await
-            .expect("worker ran");
+            .expect("worker builds")
+            .without_ticker()
+            .without_feedback();
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let task = tokio::spawn(async move {
+            app.run_until_stopped(stop).await.expect("worker ran");
         });
-        Self {
-            stop: Some(tx),
-            task,
-        }
+        Self { token, task }
     }
 
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.token.cancel();
         tokio::time::timeout(Duration::from_secs(15), &mut self.task)
             .await
             .expect("worker stops within 15 s")

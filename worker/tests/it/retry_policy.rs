@@ -77,7 +77,7 @@ async fn a_throttled_send_is_retried_once_after_the_backoff_delay(pool: PgPool) 
     });
     let config = worker_config(&pool, &[("EMAIL_BACKOFF_BASE_MS", "1000")]);
     let ids = enqueue(&pool, 1, "throttle", Category::Transactional).await;
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
     worker.stop().await;
 
@@ -110,7 +110,7 @@ async fn a_permanent_rejection_sends_once_and_fails_at_once(pool: PgPool) {
     });
     let config = worker_config(&pool, &[("EMAIL_BACKOFF_BASE_MS", "100")]);
     let ids = enqueue(&pool, 1, "rejected", Category::Transactional).await;
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
     // Give a wrongly scheduled retry the time to happen.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -159,8 +159,8 @@ async fn a_sending_pause_stops_every_worker_without_using_attempts(pool: PgPool)
     );
     let ids = enqueue(&pool, 4, "paused", Category::Transactional).await;
     let ctx = context(&pool, client, &config);
-    let first = RunningWorker::start(config.clone(), &pool, ctx.clone());
-    let second = RunningWorker::start(config.clone(), &pool, ctx);
+    let first = RunningWorker::start(config.clone(), &pool, ctx.clone()).await;
+    let second = RunningWorker::start(config.clone(), &pool, ctx).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let paused_until: Option<chrono::DateTime<chrono::Utc>> =
@@ -223,8 +223,8 @@ async fn the_send_rate_holds_across_worker_processes_together(pool: PgPool) {
     let mut second_ctx = context(&pool, client, &config);
     Arc::get_mut(&mut first_ctx).expect("unique").send_rate = 5.0;
     Arc::get_mut(&mut second_ctx).expect("unique").send_rate = 5.0;
-    let first = RunningWorker::start(config.clone(), &pool, first_ctx);
-    let second = RunningWorker::start(config.clone(), &pool, second_ctx);
+    let first = RunningWorker::start(config.clone(), &pool, first_ctx).await;
+    let second = RunningWorker::start(config.clone(), &pool, second_ctx).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(30)).await;
     first.stop().await;
     second.stop().await;
@@ -283,7 +283,7 @@ async fn marketing_mail_carries_one_click_unsubscribe_headers_and_the_job_tag(po
     let config = worker_config(&pool, &[("UNSUBSCRIBE_MAILTO", "unsubscribe@herald.test")]);
     let mut ids = enqueue(&pool, 1, "news", Category::Marketing).await;
     ids.extend(enqueue(&pool, 1, "receipt", Category::Transactional).await);
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
     worker.stop().await;
     let seen = seen.lock().expect("lock").clone();
@@ -342,7 +342,7 @@ async fn an_accepted_email_whose_message_id_cannot_be_stored_is_still_never_rese
     let client = accepting_ses(calls.clone(), Some("same-id"));
     let config = worker_config(&pool, &[("WORKER_CONCURRENCY", "1")]);
     let ids = enqueue(&pool, 2, "dup", Category::Transactional).await;
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
@@ -375,8 +375,8 @@ async fn a_compliance_pause_holds_marketing_on_every_worker_until_resume(pool: P
     let marketing = enqueue(&pool, 3, "news", Category::Marketing).await;
     let transactional = enqueue(&pool, 2, "receipt", Category::Transactional).await;
     let ctx = context(&pool, client, &config);
-    let first = RunningWorker::start(config.clone(), &pool, ctx.clone());
-    let second = RunningWorker::start(config.clone(), &pool, ctx);
+    let first = RunningWorker::start(config.clone(), &pool, ctx.clone()).await;
+    let second = RunningWorker::start(config.clone(), &pool, ctx).await;
 
     let outcome = wait_until_final(&pool, &transactional, Duration::from_secs(20)).await;
     assert!(
@@ -440,7 +440,7 @@ async fn a_2xx_without_a_message_id_counts_as_sent_and_is_not_resent(pool: PgPoo
     let client = accepting_ses(calls.clone(), None);
     let config = worker_config(&pool, &[]);
     let ids = enqueue(&pool, 1, "noid", Category::Transactional).await;
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
     worker.stop().await;
     assert_eq!(outcome, [JobStatus::Succeeded]);
@@ -465,7 +465,7 @@ async fn a_rescued_run_that_meets_a_sent_row_finishes_as_sent_without_calling_se
     .execute(&pool)
     .await
     .expect("sent earlier");
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
     worker.stop().await;
     assert_eq!(outcome, [JobStatus::Succeeded]);
@@ -499,7 +499,7 @@ async fn a_row_a_crash_left_sending_or_with_an_unknown_outcome_is_sent_once_and_
     .execute(&pool)
     .await
     .expect("unknown");
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
     worker.stop().await;
     assert_eq!(outcome, [JobStatus::Succeeded; 3]);
@@ -539,7 +539,7 @@ async fn a_grouped_claim_blocked_by_a_row_lock_falls_back_and_the_other_emails_g
         .await
         .expect("lock");
     let started = Instant::now();
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let others = wait_until_final(&pool, &ids[1..], Duration::from_secs(10)).await;
     let took = started.elapsed();
     assert_eq!(others, [JobStatus::Succeeded; 3]);
@@ -577,7 +577,7 @@ async fn a_database_error_in_a_job_backs_off_instead_of_spending_attempts_at_onc
     .execute(&pool)
     .await
     .expect("trigger");
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config));
+    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let (attempts, wait) = loop {
         let row: (i32, f64) = sqlx::query_as(
@@ -614,7 +614,7 @@ async fn a_sent_email_s_job_is_recorded_by_its_sent_write_and_acked_no_second_ti
     let config = worker_config(&pool, &[]);
     let ids = enqueue(&pool, 40, "recorded", Category::Transactional).await;
     let ctx = context(&pool, client, &config);
-    let worker = RunningWorker::start(config.clone(), &pool, ctx.clone());
+    let worker = RunningWorker::start(config.clone(), &pool, ctx.clone()).await;
     let outcome = wait_until_final(&pool, &ids, Duration::from_secs(30)).await;
     worker.stop().await;
     assert!(

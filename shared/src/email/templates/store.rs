@@ -188,17 +188,6 @@ pub async fn versions(
     .await
 }
 
-/// Emails still to be sent with template `name` (their ledger rows are `pending` or `sending`).
-pub async fn queued_uses(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM email_deliveries
-           WHERE template = $1 AND status IN ('pending', 'sending')"#,
-        name
-    )
-    .fetch_one(conn)
-    .await
-}
-
 /// Deletes every version of `name`; returns how many.
 pub async fn delete(conn: &mut PgConnection, name: &str) -> Result<u64, sqlx::Error> {
     Ok(
