@@ -16,11 +16,49 @@ pub fn is_invisible(c: char) -> bool {
         | '\u{E0000}'..='\u{E007F}')
 }
 
+/// An address that passed [`validate`]: checked once where it enters, then carried as this type
+/// (its text is the validated form). No `Display`, so that it is not logged by accident: log
+/// [`mask`] of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    /// The address as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::ops::Deref for EmailAddress {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for EmailAddress {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for EmailAddress {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Checks an address the way SES will accept it (a practical subset of RFC 5321) and returns it
 /// trimmed, its domain in ASCII (a Unicode domain becomes Punycode, as SES and DNS want it).
 /// Display names (`Name <a@b>`), invisible characters and non-ASCII local parts (which need
 /// SMTPUTF8, not supported) are refused. [`normalize`] then matches SQL's `lower(btrim(..))`.
-pub fn validate(raw: &str) -> Result<String, InvalidAddress> {
+pub fn validate(raw: &str) -> Result<EmailAddress, InvalidAddress> {
     let addr = raw.trim();
     if addr.is_empty() {
         return Err(InvalidAddress("empty"));
@@ -75,7 +113,7 @@ pub fn validate(raw: &str) -> Result<String, InvalidAddress> {
             return Err(InvalidAddress("bad domain"));
         }
     }
-    Ok(addr.to_owned())
+    Ok(EmailAddress(addr.to_owned()))
 }
 
 /// The form suppressions are stored and matched in: trimmed, lower case.

@@ -179,7 +179,7 @@ pub async fn rates(conn: &mut PgConnection, s: &Settings) -> Result<Vec<Rate>, s
             });
         };
         for category in [Category::Transactional, Category::Marketing] {
-            let row = rows.iter().find(|r| r.category == category.as_str());
+            let row = rows.iter().find(|r| r.category == category);
             let counts = row.map_or((0, 0, 0), |r| {
                 if long_window {
                     (r.long_sends, r.long_bounces, r.long_complaints)

@@ -198,10 +198,12 @@ pub fn production_secret(
 
 /// `EMAIL_FROM`: the sender address, validated. The one rule both binaries apply.
 pub fn email_from(env: &impl Env) -> Result<String, ConfigError> {
-    crate::address::validate(&required(env, "EMAIL_FROM")?).map_err(|e| ConfigError::Invalid {
-        var: "EMAIL_FROM",
-        reason: e.to_string(),
-    })
+    crate::address::validate(&required(env, "EMAIL_FROM")?)
+        .map(crate::address::EmailAddress::into_string)
+        .map_err(|e| ConfigError::Invalid {
+            var: "EMAIL_FROM",
+            reason: e.to_string(),
+        })
 }
 
 /// Database connection settings shared by every binary.

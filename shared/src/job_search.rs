@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use ulid::Ulid;
 
+use crate::email::Category;
 use crate::jobs::{JobError, JobStatus, Queue, enqueued_at};
 
 /// What [`search`] keeps; every field narrows, none given lists every job.
@@ -18,7 +19,7 @@ pub struct JobFilter {
     /// The email's template (the ledger's label: a template name, `raw`, …).
     pub template: Option<String>,
     /// `transactional` or `marketing`.
-    pub category: Option<String>,
+    pub category: Option<Category>,
     /// Enqueued at or after.
     pub from: Option<DateTime<Utc>>,
     /// Enqueued before.
@@ -55,7 +56,7 @@ pub struct JobListing {
     /// Template label.
     pub template: Option<String>,
     /// Category.
-    pub category: Option<String>,
+    pub category: Option<Category>,
     /// The ledger's status.
     pub email_status: Option<String>,
 }
@@ -80,7 +81,7 @@ pub async fn search<'e>(
     let rows = sqlx::query!(
         r#"SELECT j.id, j.job_type AS "queue!", j.status, j.attempts, j.max_attempts, j.run_at,
                   j.done_at, j.last_result -> 'Err' AS last_error, d.recipient AS "recipient?", d.template AS "template?",
-                  d.category AS "category?", d.status AS "email_status?"
+                  d.category AS "category?: Category", d.status AS "email_status?"
            FROM apalis.jobs j LEFT JOIN email_deliveries d ON d.job_id = j.id
            WHERE ($1::text IS NULL OR j.job_type = $1)
              AND ($2::text IS NULL OR CASE
@@ -98,7 +99,7 @@ pub async fn search<'e>(
         filter.queue.map(Queue::name),
         filter.state.map(JobStatus::as_str),
         filter.template,
-        filter.category,
+        filter.category.map(Category::as_str),
         lower,
         upper,
         filter.recipient,

@@ -216,8 +216,8 @@ pub const REASON_MAX: usize = 500;
 /// An operator's suppression, checked the same way wherever it is made (the API, the console).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorSuppression {
-    /// The address, validated and normalised.
-    pub email: String,
+    /// The address, validated.
+    pub email: crate::address::EmailAddress,
     /// `Manual` or `Unsubscribe`: the types an operator may set.
     pub kind: SuppressionType,
     /// Why, trimmed; `None` when empty.

@@ -285,10 +285,12 @@ impl Marketing {
         let mailto = env
             .get("UNSUBSCRIBE_MAILTO")
             .map(|m| {
-                crate::address::validate(&m).map_err(|e| ConfigError::Invalid {
-                    var: "UNSUBSCRIBE_MAILTO",
-                    reason: e.to_string(),
-                })
+                crate::address::validate(&m)
+                    .map(crate::address::EmailAddress::into_string)
+                    .map_err(|e| ConfigError::Invalid {
+                        var: "UNSUBSCRIBE_MAILTO",
+                        reason: e.to_string(),
+                    })
             })
             .transpose()?;
         Ok(Some(Self {

@@ -87,6 +87,25 @@ pub trait JobContext: Send + Sync + std::fmt::Debug + 'static {
     fn in_flight(&self) -> &Arc<InFlight>;
 }
 
+/// Implements [`JobContext`] for a context with `pool`, `metrics` and `in_flight` fields: every
+/// job type's context answers the adapter the same way.
+macro_rules! job_context {
+    ($context:ty) => {
+        impl $crate::job::JobContext for $context {
+            fn pool(&self) -> &sqlx::PgPool {
+                &self.pool
+            }
+            fn metrics(&self) -> &herald_shared::metrics::Metrics {
+                &self.metrics
+            }
+            fn in_flight(&self) -> &std::sync::Arc<$crate::job::InFlight> {
+                &self.in_flight
+            }
+        }
+    };
+}
+pub(crate) use job_context;
+
 /// A Herald job: a typed payload on one queue (its [`QueueJob::QUEUE`], which
 /// `herald_shared::jobs::enqueue` pushes onto), and how to run it once.
 pub trait HeraldJob: QueueJob + DeserializeOwned + Send + Sync + Unpin + 'static {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{HeraldJob, InFlight, JobContext, Outcome, Runs};
+use crate::job::{HeraldJob, InFlight, Outcome, Runs};
 
 /// What maintenance jobs need.
 #[derive(Debug)]
@@ -27,17 +27,7 @@ pub struct MaintenanceContext {
     pub in_flight: Arc<InFlight>,
 }
 
-impl JobContext for MaintenanceContext {
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-    fn metrics(&self) -> &herald_shared::metrics::Metrics {
-        &self.metrics
-    }
-    fn in_flight(&self) -> &Arc<InFlight> {
-        &self.in_flight
-    }
-}
+crate::job::job_context!(MaintenanceContext);
 
 /// A failed maintenance run is tried again this much later (up to the job's 3 runs).
 const RETRY_AFTER: Duration = Duration::from_secs(30);

@@ -11,7 +11,7 @@ use herald_shared::webhooks::{self, Attempt, DeliveryStatus, Outgoing, WebhookJo
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::job::{HeraldJob, InFlight, JobContext, Outcome, Runs};
+use crate::job::{HeraldJob, InFlight, Outcome, Runs};
 use crate::outbound::{Outbound, PostError};
 
 /// What delivery jobs need.
@@ -53,17 +53,7 @@ impl WebhookContext {
     }
 }
 
-impl JobContext for WebhookContext {
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-    fn metrics(&self) -> &herald_shared::metrics::Metrics {
-        &self.metrics
-    }
-    fn in_flight(&self) -> &Arc<InFlight> {
-        &self.in_flight
-    }
-}
+crate::job::job_context!(WebhookContext);
 
 /// What one POST came to.
 enum Answer {

@@ -131,7 +131,7 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
     };
     Ok((
         EmailJob {
-            to,
+            to: to.into_string(),
             category,
             content,
         },

@@ -103,6 +103,13 @@ impl ListQuery {
                 )
             })?),
         };
+        let category = match given(&self.category) {
+            None => None,
+            Some(name) => Some(
+                email::Category::parse(&name)
+                    .ok_or_else(|| "category must be transactional or marketing".to_owned())?,
+            ),
+        };
         let before = match given(&self.before) {
             None => None,
             Some(id) => Some(
@@ -116,7 +123,7 @@ impl ListQuery {
             queue,
             state,
             template: given(&self.template),
-            category: given(&self.category),
+            category,
             from: given(&self.from)
                 .map(|t| parse_time(&t, false))
                 .transpose()?,

@@ -182,9 +182,9 @@ pub struct Record {
     /// Template label.
     pub template: String,
     /// Category.
-    pub category: String,
+    pub category: Category,
     /// Ledger status.
-    pub status: String,
+    pub status: Status,
     /// SES's message id, once accepted.
     pub ses_message_id: Option<String>,
     /// SES calls made.
@@ -217,10 +217,11 @@ pub struct Record {
 pub async fn record(conn: &mut PgConnection, job_id: &str) -> Result<Option<Record>, sqlx::Error> {
     sqlx::query_as!(
         Record,
-        "SELECT recipient, template, category, status, ses_message_id, attempts, uncertain_resends,
+        r#"SELECT recipient, template, category AS "category: Category", status AS "status: Status",
+                ses_message_id, attempts, uncertain_resends,
                 last_error, attempt_log, sending_started_at, sent_at, delivered_at, bounced_at, bounce_type,
                 complained_at, created_at
-         FROM email_deliveries WHERE job_id = $1",
+         FROM email_deliveries WHERE job_id = $1"#,
         job_id
     )
     .fetch_optional(conn)
@@ -232,7 +233,7 @@ pub async fn record(conn: &mut PgConnection, job_id: &str) -> Result<Option<Reco
 #[derive(Debug, Clone)]
 pub struct Cohorts {
     /// Category.
-    pub category: String,
+    pub category: Category,
     /// Sent since the short window's start.
     pub short_sends: i64,
     /// Of those, hard bounces.
@@ -256,7 +257,7 @@ pub async fn sent_cohorts(
 ) -> Result<Vec<Cohorts>, sqlx::Error> {
     sqlx::query_as!(
         Cohorts,
-        r#"SELECT category AS "category!",
+        r#"SELECT category AS "category!: Category",
                   count(*) FILTER (WHERE sent_at >= $1) AS "short_sends!",
                   count(*) FILTER (WHERE sent_at >= $1 AND bounce_type = 'Permanent') AS "short_bounces!",
                   count(*) FILTER (WHERE sent_at >= $1 AND complained_at IS NOT NULL) AS "short_complaints!",

@@ -31,12 +31,20 @@ pub enum Category {
 }
 
 impl Category {
+    /// Both categories.
+    pub const ALL: [Self; 2] = [Self::Transactional, Self::Marketing];
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Transactional => "transactional",
             Self::Marketing => "marketing",
         }
+    }
+
+    /// The category named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
     }
 }
 

@@ -21,7 +21,7 @@ use herald_shared::tokens::{self, TokenKind};
 use herald_shared::{address, db};
 use sqlx::PgPool;
 
-use crate::job::{HeraldJob, JobContext, Outcome, Runs};
+use crate::job::{HeraldJob, Outcome, Runs};
 use crate::ses::{EmailSender, OutgoingEmail, SendError};
 use content::{build, outgoing, render_plain};
 pub use failure::{JobFailure, backoff};
@@ -62,17 +62,7 @@ pub struct EmailContext {
     pub in_flight: Arc<InFlight>,
 }
 
-impl JobContext for EmailContext {
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-    fn in_flight(&self) -> &Arc<InFlight> {
-        &self.in_flight
-    }
-}
+crate::job::job_context!(EmailContext);
 
 impl HeraldJob for EmailJob {
     type Context = EmailContext;

@@ -109,7 +109,7 @@ pub async fn add_suppression(
     match done {
         Ok(_) => {
             tracing::info!(to = %address::mask(&email), kind = kind.as_str(), "suppression added in the console");
-            let query = super::query_string(&[("email", email.clone())]);
+            let query = super::query_string(&[("email", email.as_str().to_owned())]);
             Redirect::to(&format!("/admin/suppressions?{query}")).into_response()
         }
         Err(error) => unavailable(&error),
