@@ -2,7 +2,7 @@
 //! machine (`Persisted`), with the two waits taken off the worker's loop. apalis-postgres's
 //! backend flushes acks inside `poll_ready`, during which the loop pulls nothing, and fetches the
 //! next batch only once the last one is handed out; each batch paid both in series
-//! (docs/performance.md). Here the acks go to a flusher task of their own (bounded: the loop waits
+//! (docs/performance-log.md). Here the acks go to a flusher task of their own (bounded: the loop waits
 //! only when the flusher is that far behind), and the next batch is fetched while the current one
 //! runs. A crash loses nothing either way: an unflushed ack leaves its job locked by a worker
 //! whose heartbeat stops, and apalis hands it out again (the ledger makes the rerun send nothing).

@@ -186,7 +186,7 @@ async fn run_once<J: HeraldJob>(
 /// Runs a future in the task that polls it, and, if that task drops it before it finishes (apalis
 /// dropping a handler when its worker restarts), lets it finish as a task of its own. A
 /// `tokio::spawn` per run gave the same guarantee at about 5 % of the email path's rate (measured,
-/// docs/performance.md); this costs one box and no scheduling until it is needed.
+/// docs/performance-log.md); this costs one box and no scheduling until it is needed.
 struct FinishOnDrop<T: Send + 'static> {
     run: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
 }
