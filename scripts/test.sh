@@ -67,7 +67,7 @@ leftovers() {
                 echo "$pid"
                 break
             fi
-        done <"$dir/environ" 2>/dev/null
+        done 2>/dev/null <"$dir/environ"
     done
 }
 
