@@ -12,8 +12,9 @@ use aws_sdk_sesv2::types::error::{
     MessageRejected, SendingPausedException, TooManyRequestsException,
 };
 use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
-use herald_shared::email::Category;
+use herald_shared::email::{Category, EmailJob};
 use herald_shared::jobs::JobStatus;
+use herald_worker::job::{Drained, drain};
 use sqlx::PgPool;
 
 use crate::helpers::{
@@ -110,11 +111,18 @@ async fn a_permanent_rejection_sends_once_and_fails_at_once(pool: PgPool) {
     });
     let config = worker_config(&pool, &[("EMAIL_BACKOFF_BASE_MS", "100")]);
     let ids = enqueue(&pool, 1, "rejected", Category::Transactional).await;
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
-    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
-    // Give a wrongly scheduled retry the time to happen.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    worker.stop().await;
+    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
+    // was scheduled, none is waiting).
+    let ctx = context(&pool, client, &config);
+    drain::<EmailJob>(ctx.clone()).await.expect("drain");
+    assert_eq!(
+        drain::<EmailJob>(ctx).await.expect("again"),
+        Drained::default()
+    );
+    let mut outcome = Vec::new();
+    for id in &ids {
+        outcome.push(status(&pool, id).await);
+    }
 
     assert_eq!(outcome, [JobStatus::Failed]);
     assert_eq!(
@@ -283,9 +291,9 @@ async fn marketing_mail_carries_one_click_unsubscribe_headers_and_the_job_tag(po
     let config = worker_config(&pool, &[("UNSUBSCRIBE_MAILTO", "unsubscribe@herald.test")]);
     let mut ids = enqueue(&pool, 1, "news", Category::Marketing).await;
     ids.extend(enqueue(&pool, 1, "receipt", Category::Transactional).await);
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
-    wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
-    worker.stop().await;
+    drain::<EmailJob>(context(&pool, client, &config))
+        .await
+        .expect("drain");
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), 2);
     let marketing = seen
@@ -342,10 +350,17 @@ async fn an_accepted_email_whose_message_id_cannot_be_stored_is_still_never_rese
     let client = accepting_ses(calls.clone(), Some("same-id"));
     let config = worker_config(&pool, &[("WORKER_CONCURRENCY", "1")]);
     let ids = enqueue(&pool, 2, "dup", Category::Transactional).await;
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
-    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    worker.stop().await;
+    let ctx = context(&pool, client, &config);
+    drain::<EmailJob>(ctx.clone()).await.expect("drain");
+    assert_eq!(
+        drain::<EmailJob>(ctx).await.expect("again"),
+        Drained::default(),
+        "nothing left to resend"
+    );
+    let mut outcome = Vec::new();
+    for id in &ids {
+        outcome.push(status(&pool, id).await);
+    }
     assert_eq!(outcome, [JobStatus::Succeeded, JobStatus::Succeeded]);
     assert_eq!(
         calls.lock().expect("lock").len(),
@@ -440,9 +455,18 @@ async fn a_2xx_without_a_message_id_counts_as_sent_and_is_not_resent(pool: PgPoo
     let client = accepting_ses(calls.clone(), None);
     let config = worker_config(&pool, &[]);
     let ids = enqueue(&pool, 1, "noid", Category::Transactional).await;
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
-    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
-    worker.stop().await;
+    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
+    // was scheduled, none is waiting).
+    let ctx = context(&pool, client, &config);
+    drain::<EmailJob>(ctx.clone()).await.expect("drain");
+    assert_eq!(
+        drain::<EmailJob>(ctx).await.expect("again"),
+        Drained::default()
+    );
+    let mut outcome = Vec::new();
+    for id in &ids {
+        outcome.push(status(&pool, id).await);
+    }
     assert_eq!(outcome, [JobStatus::Succeeded]);
     assert_eq!(calls.lock().expect("lock").len(), 1, "sent once");
     let d = delivery(&pool, &ids[0]).await;
@@ -465,9 +489,18 @@ async fn a_rescued_run_that_meets_a_sent_row_finishes_as_sent_without_calling_se
     .execute(&pool)
     .await
     .expect("sent earlier");
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
-    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
-    worker.stop().await;
+    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
+    // was scheduled, none is waiting).
+    let ctx = context(&pool, client, &config);
+    drain::<EmailJob>(ctx.clone()).await.expect("drain");
+    assert_eq!(
+        drain::<EmailJob>(ctx).await.expect("again"),
+        Drained::default()
+    );
+    let mut outcome = Vec::new();
+    for id in &ids {
+        outcome.push(status(&pool, id).await);
+    }
     assert_eq!(outcome, [JobStatus::Succeeded]);
     assert!(calls.lock().expect("lock").is_empty(), "SES was not called");
     let d = delivery(&pool, &ids[0]).await;
@@ -499,9 +532,18 @@ async fn a_row_a_crash_left_sending_or_with_an_unknown_outcome_is_sent_once_and_
     .execute(&pool)
     .await
     .expect("unknown");
-    let worker = RunningWorker::start(config.clone(), &pool, context(&pool, client, &config)).await;
-    let outcome = wait_until_final(&pool, &ids, Duration::from_secs(20)).await;
-    worker.stop().await;
+    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
+    // was scheduled, none is waiting).
+    let ctx = context(&pool, client, &config);
+    drain::<EmailJob>(ctx.clone()).await.expect("drain");
+    assert_eq!(
+        drain::<EmailJob>(ctx).await.expect("again"),
+        Drained::default()
+    );
+    let mut outcome = Vec::new();
+    for id in &ids {
+        outcome.push(status(&pool, id).await);
+    }
     assert_eq!(outcome, [JobStatus::Succeeded; 3]);
     assert_eq!(calls.lock().expect("lock").len(), 3, "one call each");
     let mut rows = Vec::new();
