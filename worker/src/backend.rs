@@ -285,7 +285,7 @@ impl Persistence for Pipelined {
 }
 
 /// Jobs whose successful run was recorded together with their email's `sent` write
-/// (`jobs::record_sent_emails`): their acks are left out of the flusher's writes. An id is taken
+/// (`ledger::mark_sent_and_record_runs`): their acks are left out of the flusher's writes. An id is taken
 /// out when its ack arrives; one whose ack never comes (its run was dropped) is forgotten when the
 /// set is full, which costs at most a redundant ack, never a lost one.
 #[derive(Debug, Default)]
