@@ -74,6 +74,7 @@ async fn the_console_needs_a_session_and_every_page_renders(pool: PgPool) {
         "/admin/suppressions",
         "/admin/schedules",
         "/admin/feedback",
+        "/admin/webhooks",
     ] {
         let res = client()
             .get(format!("{}{path}", app.url))
@@ -352,4 +353,109 @@ async fn suppressions_are_added_and_removed_with_reasons_in_the_audit_trail(pool
     let (_, html) = get(&app, "/admin/suppressions").await;
     assert!(html.contains("removed because wrong person"), "{html}");
     assert!(!html.contains("someone@example.com"), "masked in the trail");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_webhooks_page_shows_endpoints_and_deliveries_and_redelivers(pool: PgPool) {
+    use herald_shared::suppressions::{self, SuppressionType};
+    use herald_shared::webhooks::{self, DeliveryStatus, EventType, NewEndpoint};
+
+    let app = TestApp::spawn(pool, true).await;
+    let (_, empty) = get(&app, "/admin/webhooks").await;
+    assert!(empty.contains("No endpoint registered"), "{empty}");
+
+    let mut conn = app.pool.acquire().await.expect("conn");
+    let endpoint = webhooks::create(
+        &mut conn,
+        &NewEndpoint {
+            url: "https://hooks.example.com/herald",
+            description: Some("billing"),
+            events: &[EventType::SuppressionCreated],
+            include_addresses: false,
+            secret: "c2VjcmV0",
+        },
+    )
+    .await
+    .expect("endpoint");
+    suppressions::add_recorded(
+        &mut conn,
+        "ada@example.com",
+        SuppressionType::Manual,
+        Some("asked"),
+        "api",
+    )
+    .await
+    .expect("suppress");
+    assert_eq!(webhooks::fan_out(&mut conn, 10).await.expect("fan out"), 1);
+    let delivery = webhooks::deliveries(&mut conn, endpoint.id, None, 10)
+        .await
+        .expect("deliveries")
+        .pop()
+        .expect("one delivery");
+    assert_eq!(delivery.status, DeliveryStatus::Pending);
+
+    let (status, html) = get(&app, "/admin/webhooks").await;
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains("hooks.example.com&#x2f;herald"), "{html}");
+    assert!(html.contains("suppression.created"), "{html}");
+    assert!(
+        html.contains(&format!(
+            r#"data-delivery="{}" data-status="pending""#,
+            delivery.id
+        )),
+        "{html}"
+    );
+    assert!(!html.contains("ada@example.com"), "no address on the page");
+
+    // A delivered one is sent again: back to pending, with a job of its own.
+    let out = webhooks::outgoing(&mut conn, delivery.id)
+        .await
+        .expect("outgoing")
+        .expect("found");
+    let recorded = webhooks::record_attempt(
+        &mut conn,
+        &out,
+        &webhooks::Attempt {
+            status_code: Some(200),
+            latency_ms: 3,
+            error: None,
+            excerpt: Some("ok"),
+            status: DeliveryStatus::Delivered,
+        },
+    )
+    .await
+    .expect("attempt");
+    assert!(recorded.moved);
+    let path = format!(
+        "/admin/webhooks/{}/deliveries/{}/retry",
+        endpoint.id, delivery.id
+    );
+    let (status, location, _) = post(&app, &path, &[("confirm", "yes")]).await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        location,
+        format!("/admin/webhooks?endpoint={}", endpoint.id)
+    );
+    let again = webhooks::deliveries(&mut conn, endpoint.id, None, 10)
+        .await
+        .expect("deliveries");
+    assert_eq!(again[0].status, DeliveryStatus::Pending);
+    assert_eq!(again[0].attempts, 1, "the attempt made is kept");
+
+    // Another endpoint's delivery id is not found, and nothing changes.
+    let other = format!(
+        "/admin/webhooks/{}/deliveries/{}/retry",
+        uuid::Uuid::from_u128(42),
+        delivery.id
+    );
+    let (status, _, body) = post(&app, &other, &[("confirm", "yes")]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("No such delivery"), "{body}");
+    // Without a session or token the form is refused.
+    let res = client()
+        .post(format!("{}{path}", app.url))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 401);
 }

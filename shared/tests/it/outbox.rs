@@ -618,3 +618,84 @@ async fn the_trigger_functions_spell_only_known_event_types(pool: PgPool) {
         assert!(webhooks::EventType::parse(&format!("email.{status}")).is_some());
     }
 }
+
+/// Each delivery transition is guarded: an attempt moves only a pending delivery (a rescued run's
+/// late answer cannot undo what a newer run recorded, though the attempt is still logged), and
+/// redelivery moves only the endpoint's own delivery.
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn an_attempt_moves_only_a_pending_delivery_and_redelivery_only_the_endpoints_own(
+    pool: PgPool,
+) {
+    use webhooks::{Attempt, DeliveryStatus};
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
+    let mut conn = pool.acquire().await.expect("conn");
+    let id = endpoint(&mut conn, &["suppression.created"]).await;
+    suppressions::add_recorded(
+        &mut conn,
+        "dee@example.com",
+        SuppressionType::Manual,
+        None,
+        "test",
+    )
+    .await
+    .expect("add");
+    assert_eq!(webhooks::fan_out(&mut conn, 10).await.expect("fan out"), 1);
+    let delivery = webhooks::deliveries(&mut conn, id, None, 10)
+        .await
+        .expect("deliveries")
+        .pop()
+        .expect("one");
+    let out = webhooks::outgoing(&mut conn, delivery.id)
+        .await
+        .expect("outgoing")
+        .expect("found");
+    let attempt = |status| Attempt {
+        status_code: Some(if status == DeliveryStatus::Delivered {
+            200
+        } else {
+            500
+        }),
+        latency_ms: 1,
+        error: None,
+        excerpt: None,
+        status,
+    };
+    let first = webhooks::record_attempt(&mut conn, &out, &attempt(DeliveryStatus::Delivered))
+        .await
+        .expect("first");
+    assert!(first.moved && !first.disabled);
+    let late = webhooks::record_attempt(&mut conn, &out, &attempt(DeliveryStatus::Failed))
+        .await
+        .expect("late");
+    assert!(!late.moved, "a delivered delivery stays delivered");
+    let now = webhooks::deliveries(&mut conn, id, None, 10)
+        .await
+        .expect("deliveries")
+        .pop()
+        .expect("one");
+    assert_eq!((now.status, now.attempts), (DeliveryStatus::Delivered, 1));
+    assert_eq!(
+        now.attempt_log.as_array().map(Vec::len),
+        Some(2),
+        "both POSTs are logged"
+    );
+
+    let other = endpoint(&mut conn, &["suppression.created"]).await;
+    assert!(
+        !webhooks::redeliver(&mut conn, other, delivery.id)
+            .await
+            .expect("other")
+    );
+    assert!(
+        webhooks::redeliver(&mut conn, id, delivery.id)
+            .await
+            .expect("own")
+    );
+    let again = webhooks::outgoing(&mut conn, delivery.id)
+        .await
+        .expect("outgoing")
+        .expect("found");
+    assert_eq!(again.status, DeliveryStatus::Pending);
+}
