@@ -115,6 +115,24 @@ impl RunningWorker {
     }
 }
 
+/// Runs every due email job in this task (`job::drain`: deterministic, no worker, no polling),
+/// checks that a second drain finds nothing due (no retry was scheduled), and answers each job's
+/// status.
+pub async fn drain_to_end(ctx: Arc<EmailContext>, pool: &PgPool, ids: &[String]) -> Vec<JobStatus> {
+    use herald_worker::job::{Drained, drain};
+    drain::<EmailJob>(ctx.clone()).await.expect("drain");
+    assert_eq!(
+        drain::<EmailJob>(ctx).await.expect("again"),
+        Drained::default(),
+        "nothing is left due: no retry was scheduled"
+    );
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.push(status(pool, id).await);
+    }
+    out
+}
+
 /// Enqueues `n` raw emails to distinct recipients; returns their job ids.
 pub async fn enqueue(pool: &PgPool, n: usize, tag: &str, category: Category) -> Vec<String> {
     enqueue_with(pool, n, tag, category, 8).await

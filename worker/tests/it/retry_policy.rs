@@ -14,11 +14,12 @@ use aws_sdk_sesv2::types::error::{
 use aws_smithy_mocks::{MockResponse, RuleMode, mock, mock_client};
 use herald_shared::email::{Category, EmailJob};
 use herald_shared::jobs::JobStatus;
-use herald_worker::job::{Drained, drain};
+use herald_worker::job::drain;
 use sqlx::PgPool;
 
 use crate::helpers::{
-    RunningWorker, context, delivery, enqueue, setup_queue, status, wait_until_final, worker_config,
+    RunningWorker, context, delivery, drain_to_end, enqueue, setup_queue, status, wait_until_final,
+    worker_config,
 };
 
 type Calls = Arc<Mutex<Vec<Instant>>>;
@@ -111,18 +112,7 @@ async fn a_permanent_rejection_sends_once_and_fails_at_once(pool: PgPool) {
     });
     let config = worker_config(&pool, &[("EMAIL_BACKOFF_BASE_MS", "100")]);
     let ids = enqueue(&pool, 1, "rejected", Category::Transactional).await;
-    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
-    // was scheduled, none is waiting).
-    let ctx = context(&pool, client, &config);
-    drain::<EmailJob>(ctx.clone()).await.expect("drain");
-    assert_eq!(
-        drain::<EmailJob>(ctx).await.expect("again"),
-        Drained::default()
-    );
-    let mut outcome = Vec::new();
-    for id in &ids {
-        outcome.push(status(&pool, id).await);
-    }
+    let outcome = drain_to_end(context(&pool, client, &config), &pool, &ids).await;
 
     assert_eq!(outcome, [JobStatus::Failed]);
     assert_eq!(
@@ -350,17 +340,7 @@ async fn an_accepted_email_whose_message_id_cannot_be_stored_is_still_never_rese
     let client = accepting_ses(calls.clone(), Some("same-id"));
     let config = worker_config(&pool, &[("WORKER_CONCURRENCY", "1")]);
     let ids = enqueue(&pool, 2, "dup", Category::Transactional).await;
-    let ctx = context(&pool, client, &config);
-    drain::<EmailJob>(ctx.clone()).await.expect("drain");
-    assert_eq!(
-        drain::<EmailJob>(ctx).await.expect("again"),
-        Drained::default(),
-        "nothing left to resend"
-    );
-    let mut outcome = Vec::new();
-    for id in &ids {
-        outcome.push(status(&pool, id).await);
-    }
+    let outcome = drain_to_end(context(&pool, client, &config), &pool, &ids).await;
     assert_eq!(outcome, [JobStatus::Succeeded, JobStatus::Succeeded]);
     assert_eq!(
         calls.lock().expect("lock").len(),
@@ -455,18 +435,7 @@ async fn a_2xx_without_a_message_id_counts_as_sent_and_is_not_resent(pool: PgPoo
     let client = accepting_ses(calls.clone(), None);
     let config = worker_config(&pool, &[]);
     let ids = enqueue(&pool, 1, "noid", Category::Transactional).await;
-    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
-    // was scheduled, none is waiting).
-    let ctx = context(&pool, client, &config);
-    drain::<EmailJob>(ctx.clone()).await.expect("drain");
-    assert_eq!(
-        drain::<EmailJob>(ctx).await.expect("again"),
-        Drained::default()
-    );
-    let mut outcome = Vec::new();
-    for id in &ids {
-        outcome.push(status(&pool, id).await);
-    }
+    let outcome = drain_to_end(context(&pool, client, &config), &pool, &ids).await;
     assert_eq!(outcome, [JobStatus::Succeeded]);
     assert_eq!(calls.lock().expect("lock").len(), 1, "sent once");
     let d = delivery(&pool, &ids[0]).await;
@@ -489,18 +458,7 @@ async fn a_rescued_run_that_meets_a_sent_row_finishes_as_sent_without_calling_se
     .execute(&pool)
     .await
     .expect("sent earlier");
-    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
-    // was scheduled, none is waiting).
-    let ctx = context(&pool, client, &config);
-    drain::<EmailJob>(ctx.clone()).await.expect("drain");
-    assert_eq!(
-        drain::<EmailJob>(ctx).await.expect("again"),
-        Drained::default()
-    );
-    let mut outcome = Vec::new();
-    for id in &ids {
-        outcome.push(status(&pool, id).await);
-    }
+    let outcome = drain_to_end(context(&pool, client, &config), &pool, &ids).await;
     assert_eq!(outcome, [JobStatus::Succeeded]);
     assert!(calls.lock().expect("lock").is_empty(), "SES was not called");
     let d = delivery(&pool, &ids[0]).await;
@@ -532,18 +490,7 @@ async fn a_row_a_crash_left_sending_or_with_an_unknown_outcome_is_sent_once_and_
     .execute(&pool)
     .await
     .expect("unknown");
-    // Deterministic: the due jobs run in this task; a second drain finds nothing due (no retry
-    // was scheduled, none is waiting).
-    let ctx = context(&pool, client, &config);
-    drain::<EmailJob>(ctx.clone()).await.expect("drain");
-    assert_eq!(
-        drain::<EmailJob>(ctx).await.expect("again"),
-        Drained::default()
-    );
-    let mut outcome = Vec::new();
-    for id in &ids {
-        outcome.push(status(&pool, id).await);
-    }
+    let outcome = drain_to_end(context(&pool, client, &config), &pool, &ids).await;
     assert_eq!(outcome, [JobStatus::Succeeded; 3]);
     assert_eq!(calls.lock().expect("lock").len(), 3, "one call each");
     let mut rows = Vec::new();
