@@ -293,6 +293,34 @@ impl FeedbackConsumer {
         }
     }
 
+    /// Receives without waiting and handles what arrives until a receive answers empty; returns
+    /// how many messages were handled. For deterministic runs (tests, one-off catch-up): a message
+    /// left for redelivery stays invisible for the queue's visibility timeout, so it is not seen
+    /// twice in one drain.
+    pub async fn drain(&self) -> Result<usize, String> {
+        let mut handled = 0;
+        loop {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .send()
+                .await
+                .map_err(|e| herald_shared::telemetry::error_chain(&e))?;
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return Ok(handled);
+            }
+            for message in &messages {
+                self.handle(message).await;
+            }
+            handled += messages.len();
+        }
+    }
+
     /// Applies one message and deletes it only once its effects are committed.
     pub async fn handle(&self, message: &aws_sdk_sqs::types::Message) {
         let id = message.message_id().unwrap_or("?");
