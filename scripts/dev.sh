@@ -127,7 +127,7 @@ Send an email:
     -H "Authorization: Bearer $API_TOKEN" -H 'Content-Type: application/json' \\
     -d '{"to": "ada@example.com", "template": "welcome", "data": {"name": "Ada"}}'
 Follow its job:   curl -s -H "Authorization: Bearer $API_TOKEN" $api_url/v1/jobs/<job_id>
-Read what was sent: curl -s $EMULATOR_URL/moto-api/data.json   (ses.Message[])
+Read what was sent: curl -s $EMULATOR_URL/moto-api/data.json   (ses.RawMessage[]: the whole MIME message as SES got it)
 
 EOT
 wait -n "${pids[@]}" || true

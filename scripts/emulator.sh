@@ -11,7 +11,7 @@ Usage: scripts/emulator.sh start|stop|status|url
 
 Runs moto (PyPI: ${MOTO_PINS[*]}) in server mode on 127.0.0.1:$EMULATOR_PORT, in a virtualenv
 under .local/moto, and prepares what Herald uses (idempotent):
-  - the SES identity EMAIL_FROM (default noreply@herald.test), verified;
+  - the SES identities EMAIL_FROM (default noreply@herald.test) and its domain, verified;
   - the SQS queue herald-feedback with its dead-letter queue herald-feedback-dlq (maxReceiveCount 5);
   - the SNS topic herald-ses-feedback, subscribed by the queue.
 What was "sent" can be read back at $EMULATOR_URL/moto-api/data.json.
@@ -78,6 +78,8 @@ sqs = boto3.client("sqs", endpoint_url=url)
 sns = boto3.client("sns", endpoint_url=url)
 sender = os.environ["EMAIL_FROM"]
 ses.create_email_identity(EmailIdentity=sender)  # idempotent in moto
+# Its domain too, so that a request's "from" on that domain (EMAIL_FROM_ALLOWED=@domain) is sendable.
+ses.create_email_identity(EmailIdentity=sender.rsplit("@", 1)[1])
 dlq = sqs.create_queue(QueueName="herald-feedback-dlq")["QueueUrl"]
 dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 queue = sqs.create_queue(QueueName="herald-feedback", Attributes={

@@ -28,6 +28,9 @@ pub struct ApiConfig {
     pub frontend_url: String,
     /// `EMAIL_FROM`: the sender address (checked here so a typo fails at start-up).
     pub email_from: String,
+    /// `EMAIL_FROM_ALLOWED` (default: just `EMAIL_FROM`): the senders a request's `from` may name,
+    /// addresses and `@domain` entries (the identities verified in SES).
+    pub email_from_allowed: herald_shared::email::message::AllowedSenders,
     /// `EMAIL_MAX_ATTEMPTS` (default 8): SES attempts per email job before it fails.
     pub email_max_attempts: u32,
     /// Database settings.
@@ -102,6 +105,16 @@ impl ApiConfig {
         }
         let frontend_url = herald_shared::config::frontend_url(env)?;
         let email_from = herald_shared::config::email_from(env)?;
+        let email_from_allowed =
+            match env.get("EMAIL_FROM_ALLOWED") {
+                None => herald_shared::email::message::AllowedSenders::only(&email_from),
+                Some(list) => herald_shared::email::message::AllowedSenders::parse(&list).map_err(
+                    |reason| ConfigError::Invalid {
+                        var: "EMAIL_FROM_ALLOWED",
+                        reason,
+                    },
+                )?,
+            };
         let email_max_attempts: u32 = parse_or(env, "EMAIL_MAX_ATTEMPTS", 8)?;
         if email_max_attempts == 0 {
             return Err(ConfigError::Invalid {
@@ -204,6 +217,7 @@ impl ApiConfig {
             tokens,
             frontend_url,
             email_from,
+            email_from_allowed,
             email_max_attempts,
             db: DbConfig::from_source(env)?,
             compliance: herald_shared::compliance::Settings::from_source(env)?,

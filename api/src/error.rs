@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The recipient is suppressed for this category.
     #[error("the recipient is suppressed for {0} email")]
     RecipientSuppressed(&'static str),
+    /// Every recipient of the email is suppressed for its category (listed in `suppressed`).
+    #[error("every recipient is suppressed for {0} email")]
+    RecipientsSuppressed(&'static str, Vec<String>),
     /// The Idempotency-Key was used with another body.
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyConflict,
@@ -89,7 +92,9 @@ impl ApiError {
             Self::TemplateData(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template_data_invalid"),
             Self::TemplateInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "template_invalid"),
             Self::TemplateInUse(_) => (StatusCode::CONFLICT, "template_in_use"),
-            Self::RecipientSuppressed(_) => (StatusCode::CONFLICT, "recipient_suppressed"),
+            Self::RecipientSuppressed(_) | Self::RecipientsSuppressed(..) => {
+                (StatusCode::CONFLICT, "recipient_suppressed")
+            }
             Self::IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict"),
             Self::AlreadyVerified => (StatusCode::CONFLICT, "already_verified"),
             Self::InvalidJobState(_) => (StatusCode::CONFLICT, "invalid_job_state"),
@@ -122,6 +127,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// Explanation for people.
     pub message: String,
+    /// The suppressed recipients, when every recipient of an email is suppressed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<Vec<String>>,
 }
 
 impl IntoResponse for ApiError {
@@ -138,6 +146,10 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: code.to_owned(),
                 message: self.to_string(),
+                suppressed: match &self {
+                    Self::RecipientsSuppressed(_, list) => Some(list.clone()),
+                    _ => None,
+                },
             },
         };
         let mut response = (status, Json(body)).into_response();

@@ -7,8 +7,12 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// Largest body any route accepts.
+/// Largest body any route accepts but `POST /v1/emails`.
 pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// Largest body of `POST /v1/emails`: 10 MB of attachments as base64 (a third larger) and the
+/// rest of the email, with room for the attachment check to answer 422 naming the field.
+pub const EMAIL_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// A JSON body parsed into `T` (unknown fields are refused by `T`'s serde attributes).
 #[derive(Debug)]

@@ -112,7 +112,10 @@ impl utoipa::Modify for CommonResponses {
                 if op.request_body.is_some() {
                     for (code, text) in [
                         ("400", "Malformed JSON"),
-                        ("413", "Body over 256 KiB"),
+                        (
+                            "413",
+                            "Body over the limit (256 KiB; 16 MiB on POST /v1/emails)",
+                        ),
                         ("415", "Not JSON (Content-Type must be application/json)"),
                     ] {
                         responses
@@ -222,11 +225,15 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("route")
 }
 
-/// The router with every route, auth on `/v1`, and the 256 KiB body limit.
+/// The router with every route, auth on `/v1`, and the body limits (256 KiB; 16 MiB for
+/// `POST /v1/emails`, which carries attachments).
 pub fn router(state: AppState) -> Router {
     // Send scope: what an application server needs to send mail and follow it.
     let send = Router::new()
-        .route("/v1/emails", post(emails::send_email))
+        .route(
+            "/v1/emails",
+            post(emails::send_email).layer(DefaultBodyLimit::max(extract::EMAIL_BODY_LIMIT)),
+        )
         .route("/v1/emails/batch", post(routes::batch::send_batch))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route(

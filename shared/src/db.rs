@@ -336,6 +336,9 @@ pub const APP_ROLE_GRANTS: &[(&str, &str)] = &[
     ("admin_sessions", "SELECT, INSERT, UPDATE, DELETE"),
     ("api_idempotency_keys", "SELECT, INSERT, DELETE"),
     ("compliance_pauses", "SELECT, UPDATE"),
+    // Attachment bytes: stored by the API (marked used again on a repeat), read by the worker,
+    // pruned by retention.
+    ("email_attachment_blobs", "SELECT, INSERT, UPDATE, DELETE"),
     ("email_deliveries", "SELECT, INSERT, UPDATE, DELETE"),
     // The audit trail: pruned only through prune_email_feedback_events().
     ("email_feedback_events", "SELECT, INSERT"),

@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use ulid::Ulid;
 
 use crate::email::Category;
 use crate::jobs::{JobError, JobStatus, Queue, enqueued_at};
@@ -27,7 +26,7 @@ pub struct JobFilter {
     /// Recipient, normalised (exact match).
     pub recipient: Option<String>,
     /// Keyset cursor: only jobs older than this id.
-    pub before: Option<String>,
+    pub before: Option<crate::jobs::JobId>,
 }
 
 /// A job as lists show it, with its email's ledger columns when it is an email job.
@@ -61,10 +60,9 @@ pub struct JobListing {
     pub email_status: Option<String>,
 }
 
-/// The smallest ULID of time `at`: a bound on ids, so a time range reads the primary key.
-fn ulid_floor(at: DateTime<Utc>) -> String {
-    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    Ulid::from_parts(ms, 0).to_string()
+/// The smallest id of time `at`: a bound on ids, so a time range reads the primary key.
+fn ulid_floor(at: DateTime<Utc>) -> crate::jobs::JobId {
+    crate::jobs::JobId::floor(at)
 }
 
 /// Up to `limit` jobs matching `filter`, newest first (by id, so pages are stable keysets).
@@ -73,11 +71,12 @@ pub async fn search<'e>(
     filter: &JobFilter,
     limit: i64,
 ) -> Result<Vec<JobListing>, JobError> {
-    let lower = filter.from.map(ulid_floor);
-    let upper = match (filter.to.map(ulid_floor), filter.before.clone()) {
+    let lower = filter.from.map(ulid_floor).map(|id| id.to_string());
+    let upper = match (filter.to.map(ulid_floor), filter.before) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    };
+    }
+    .map(|id| id.to_string());
     let rows = sqlx::query!(
         r#"SELECT j.id, j.job_type AS "queue!", j.status, j.attempts, j.max_attempts, j.run_at,
                   j.done_at, j.last_result -> 'Err' AS last_error, d.recipient AS "recipient?", d.template AS "template?",

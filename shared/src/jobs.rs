@@ -13,6 +13,60 @@ use serde::Serialize;
 use sqlx::PgConnection;
 use ulid::Ulid;
 
+/// A job's id: a ULID (apalis-postgres needs them), parsed once where an id comes in (a path, a
+/// cursor, a stored row) and printed in its canonical 26-character form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(Ulid);
+
+/// A string that is not a job id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a job id (a ULID)")]
+pub struct NotAJobId;
+
+impl JobId {
+    /// A fresh id, ordered by time.
+    pub fn generate() -> Self {
+        Self(Ulid::generate())
+    }
+
+    /// The smallest id of the millisecond `at` (a bound for ranges by time).
+    pub fn floor(at: DateTime<Utc>) -> Self {
+        Self(Ulid::from_parts(
+            u64::try_from(at.timestamp_millis()).unwrap_or(0),
+            0,
+        ))
+    }
+
+    /// The ULID.
+    pub fn ulid(self) -> Ulid {
+        self.0
+    }
+
+    /// When the job was enqueued: the time in its ULID.
+    pub fn enqueued_at(self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(i64::try_from(self.0.timestamp_ms()).ok()?)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = NotAJobId;
+    fn from_str(s: &str) -> Result<Self, NotAJobId> {
+        s.parse::<Ulid>().map(Self).map_err(|_| NotAJobId)
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 /// Queue-layer failures.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -104,7 +158,7 @@ pub struct EnqueueOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     /// A new job with this id.
-    New(Ulid),
+    New(JobId),
     /// A job with the same idempotency key exists already; nothing was added.
     Duplicate,
 }
@@ -118,10 +172,10 @@ pub async fn enqueue<J: QueueJob>(
     job: &J,
     options: EnqueueOptions,
 ) -> Result<Enqueued, JobError> {
-    let id = Ulid::generate();
+    let id = JobId::generate();
     let bytes = serde_json::to_vec(job)?;
     let mut builder = TaskBuilder::new(bytes)
-        .task_id(TaskId::from_ulid(id))
+        .task_id(TaskId::from_ulid(id.ulid()))
         .max_attempts(options.max_attempts.max(1) as usize);
     if let Some(at) = options.run_at {
         builder = builder.run_at_timestamp(at.timestamp().max(0) as u64);
@@ -367,8 +421,7 @@ impl JobStatus {
 
 /// When a job was enqueued: the time in its ULID.
 pub fn enqueued_at(id: &str) -> Option<DateTime<Utc>> {
-    let ulid = id.parse::<Ulid>().ok()?;
-    DateTime::from_timestamp_millis(i64::try_from(ulid.timestamp_ms()).ok()?)
+    id.parse::<JobId>().ok()?.enqueued_at()
 }
 
 /// A job's payload as enqueued (JSON bytes); `None` for an unknown id.

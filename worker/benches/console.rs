@@ -19,6 +19,7 @@ async fn main() {
     let started = Instant::now();
     let payloads: Vec<EmailJob> = (0..jobs)
         .map(|n| EmailJob {
+            envelope: Default::default(),
             to: format!("user{n}@example.com"),
             category: if n % 10 == 0 {
                 Category::Marketing

@@ -237,6 +237,7 @@ async fn drain_noop(
 
 fn email(i: usize) -> EmailJob {
     EmailJob {
+        envelope: Default::default(),
         to: format!("bench-{i}@example.com"),
         category: Category::Transactional,
         content: EmailContent::Raw {

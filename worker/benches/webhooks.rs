@@ -94,6 +94,7 @@ async fn main() {
         .await;
         let payloads: Vec<EmailJob> = (0..jobs)
             .map(|n| EmailJob {
+                envelope: Default::default(),
                 to: format!("r{round}n{n}@example.com"),
                 category: Category::Transactional,
                 content: EmailContent::Raw {

@@ -9,10 +9,15 @@ use aws_sdk_sesv2::Client;
 use aws_sdk_sesv2::config::http::HttpResponse;
 use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::operation::send_email::SendEmailError;
-use aws_sdk_sesv2::types::{
-    Body, Content, Destination, EmailContent, Message, MessageHeader, MessageTag,
-};
+use aws_sdk_sesv2::primitives::Blob;
+use aws_sdk_sesv2::types::{Destination, EmailContent, MessageTag, RawMessage};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use herald_shared::email::message::{Envelope, Mailbox};
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::raw::Raw;
+use mail_builder::headers::text::Text;
+use mail_builder::mime::MimePart;
 
 /// A message ready for SES.
 #[derive(Debug, Clone)]
@@ -29,6 +34,117 @@ pub struct OutgoingEmail {
     pub headers: Vec<(String, String)>,
     /// The job id, sent as an SES message tag so feedback can be traced back.
     pub job_id: String,
+    /// Named and further recipients, the sender, reply-to, custom headers and tags (recipients
+    /// suppressed since the email was queued left out); empty for one plain recipient.
+    pub envelope: Envelope,
+    /// The bytes of each of the envelope's attachments, in order.
+    pub attachment_bytes: Vec<Vec<u8>>,
+}
+
+impl OutgoingEmail {
+    /// Recipients as (to, cc, bcc): the envelope's, or `to` alone.
+    pub fn recipients(&self) -> (Vec<Mailbox>, &[Mailbox], &[Mailbox]) {
+        if self.envelope.lists_recipients() {
+            (
+                self.envelope.to.clone(),
+                &self.envelope.cc,
+                &self.envelope.bcc,
+            )
+        } else {
+            (
+                vec![Mailbox {
+                    email: self.to.clone(),
+                    name: None,
+                }],
+                &[],
+                &[],
+            )
+        }
+    }
+
+    /// The sender: the envelope's, else `default_from` (`EMAIL_FROM`).
+    pub fn sender(&self, default_from: &str) -> Mailbox {
+        self.envelope.from.clone().unwrap_or_else(|| Mailbox {
+            email: default_from.to_owned(),
+            name: None,
+        })
+    }
+
+    /// The MIME message (RFC 5322) SES gets as Raw content: From, To, Cc (never Bcc: those are
+    /// in SES's envelope only), Reply-To, Subject, Date, a Message-ID made from the job id (the
+    /// same on every attempt, so a resend can be recognised), Herald's and the caller's headers,
+    /// and the text and HTML parts as alternatives.
+    pub fn mime(&self, default_from: &str) -> Vec<u8> {
+        fn address(m: &Mailbox) -> Address<'_> {
+            Address::new_address(m.name.as_deref(), m.email.as_str())
+        }
+        fn list(ms: &[Mailbox]) -> Address<'_> {
+            Address::new_list(ms.iter().map(address).collect())
+        }
+        let from = self.sender(default_from);
+        let (to, cc, _) = self.recipients();
+        let domain = from
+            .email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_else(|| "herald.invalid".into());
+        let mut builder = MessageBuilder::new()
+            .from(address(&from))
+            .subject(self.subject.as_str())
+            .message_id(format!("{}@{domain}", self.job_id));
+        if !to.is_empty() {
+            builder = builder.to(list(&to));
+        }
+        if !cc.is_empty() {
+            builder = builder.cc(list(cc));
+        }
+        if !self.envelope.reply_to.is_empty() {
+            builder = builder.reply_to(list(&self.envelope.reply_to));
+        }
+        let own = self.headers.iter().map(|(n, v)| (n, v));
+        for (name, value) in own.chain(&self.envelope.headers) {
+            // ASCII as given (List-Unsubscribe's URLs must stay readable); anything else RFC 2047.
+            builder = if value.is_ascii() {
+                builder.header(name.as_str(), Raw::new(value.as_str()))
+            } else {
+                builder.header(name.as_str(), Text::new(value.as_str()))
+            };
+        }
+        builder = builder.body(self.body_part());
+        // Writing into a Vec cannot fail.
+        builder.write_to_vec().unwrap_or_default()
+    }
+
+    /// The body: text and HTML as alternatives; inline parts beside the HTML in
+    /// multipart/related; attachments after them in multipart/mixed.
+    fn body_part(&self) -> MimePart<'_> {
+        let text = self.text.as_deref().map(|t| MimePart::new("text/plain", t));
+        let html = self.html.as_deref().map(|h| MimePart::new("text/html", h));
+        let (mut inline, mut attached) = (Vec::new(), Vec::new());
+        for (a, bytes) in self.envelope.attachments.iter().zip(&self.attachment_bytes) {
+            let part = MimePart::new(a.content_type.as_str(), bytes.as_slice());
+            match &a.content_id {
+                Some(id) => inline.push(part.inline().cid(id.as_str())),
+                None => attached.push(part.attachment(a.filename.as_str())),
+            }
+        }
+        let mut readable = match (text, html) {
+            (Some(t), Some(h)) => MimePart::new("multipart/alternative", vec![t, h]),
+            (Some(t), None) => t,
+            (None, Some(h)) => h,
+            (None, None) => MimePart::new("text/plain", "\n"),
+        };
+        if !inline.is_empty() {
+            inline.insert(0, readable);
+            readable = MimePart::new("multipart/related", inline);
+        }
+        if attached.is_empty() {
+            readable
+        } else {
+            attached.insert(0, readable);
+            MimePart::new("multipart/mixed", attached)
+        }
+    }
 }
 
 /// How a failed send should be handled.
@@ -149,38 +265,33 @@ impl SesSender {
         }
     }
 
-    /// Sends one message; returns SES's message id (`None`: a 2xx without one, accepted all the same).
+    /// Sends one message as Raw content; returns SES's message id (`None`: a 2xx without one,
+    /// accepted all the same). Every recipient, bcc included, is in the envelope (`Destination`).
     pub async fn send(&self, email: &OutgoingEmail) -> Result<Option<String>, SendError> {
-        let mut body = Body::builder();
-        if let Some(text) = &email.text {
-            body = body.text(content(text)?);
-        }
-        if let Some(html) = &email.html {
-            body = body.html(content(html)?);
-        }
-        let mut message = Message::builder()
-            .subject(content(&email.subject)?)
-            .body(body.build());
-        for (name, value) in &email.headers {
-            let header = MessageHeader::builder()
-                .name(name)
-                .value(value)
-                .build()
-                .map_err(|e| SendError::Permanent(e.to_string()))?;
-            message = message.headers(header);
-        }
-        let tag = MessageTag::builder()
-            .name("herald_job_id")
-            .value(&email.job_id)
+        let raw = RawMessage::builder()
+            .data(Blob::new(email.mime(&self.from)))
             .build()
             .map_err(|e| SendError::Permanent(e.to_string()))?;
+        let (to, cc, bcc) = email.recipients();
+        let addresses = |ms: &[Mailbox]| -> Option<Vec<String>> {
+            (!ms.is_empty()).then(|| ms.iter().map(|m| m.email.clone()).collect())
+        };
+        let destination = Destination::builder()
+            .set_to_addresses(addresses(&to))
+            .set_cc_addresses(addresses(cc))
+            .set_bcc_addresses(addresses(bcc))
+            .build();
+        let mut tags = vec![tag("herald_job_id", &email.job_id)?];
+        for (name, value) in &email.envelope.tags {
+            tags.push(tag(name, value)?);
+        }
         let result = self
             .client
             .send_email()
-            .from_email_address(&self.from)
-            .destination(Destination::builder().to_addresses(&email.to).build())
-            .content(EmailContent::builder().simple(message.build()).build())
-            .email_tags(tag)
+            .from_email_address(email.sender(&self.from).email)
+            .destination(destination)
+            .content(EmailContent::builder().raw(raw).build())
+            .set_email_tags(Some(tags))
             .set_configuration_set_name(self.configuration_set.clone())
             .send()
             .await;
@@ -192,10 +303,10 @@ impl SesSender {
     }
 }
 
-fn content(data: &str) -> Result<Content, SendError> {
-    Content::builder()
-        .data(data)
-        .charset("UTF-8")
+fn tag(name: &str, value: &str) -> Result<MessageTag, SendError> {
+    MessageTag::builder()
+        .name(name)
+        .value(value)
         .build()
         .map_err(|e| SendError::Permanent(e.to_string()))
 }

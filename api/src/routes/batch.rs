@@ -45,6 +45,9 @@ pub struct ItemResult {
     /// The error's message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Recipients left out as suppressed (202), or every recipient (409).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<String>,
 }
 
 /// Every item's answer, in request order.
@@ -61,6 +64,7 @@ impl ItemResult {
             job_id: Some(job_id),
             code: None,
             message: None,
+            suppressed: Vec::new(),
         }
     }
 
@@ -71,6 +75,10 @@ impl ItemResult {
             job_id: None,
             code: Some(code),
             message: Some(e.to_string()),
+            suppressed: match e {
+                ApiError::RecipientsSuppressed(_, list) => list.clone(),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -79,7 +87,7 @@ impl ItemResult {
 enum Item {
     Answered(ItemResult),
     Checked {
-        checked: Checked,
+        checked: Box<Checked>,
         key: Option<(String, String)>,
     },
     /// Repeats the key of item `first` in this batch, with the same item (`same`) or another.
@@ -150,7 +158,7 @@ pub async fn send_batch(
             Err(e) => Item::Answered(ItemResult::error(&e)),
             Ok(req) => match check(&state, &mut conn, req, &mut resolved).await {
                 Ok(checked) => Item::Checked {
-                    checked,
+                    checked: Box::new(checked),
                     key: key.map(|k| (k, hash)),
                 },
                 // The database itself failing ends the whole batch (nothing was queued).
@@ -179,7 +187,7 @@ pub async fn send_batch(
     for ((i, email), outcome) in to_queue.iter().zip(queued) {
         let answer = match outcome {
             Queued::New(id) => ItemResult::job(202, id.to_string()),
-            Queued::Replayed(job_id) => ItemResult::job(200, job_id),
+            Queued::Replayed(job_id) => ItemResult::job(200, job_id.to_string()),
             Queued::KeyConflict => ItemResult::error(&ApiError::IdempotencyConflict),
             Queued::Suppressed => {
                 ItemResult::error(&ApiError::RecipientSuppressed(email.job.category.as_str()))
@@ -191,9 +199,15 @@ pub async fn send_batch(
     for (i, item) in items.into_iter().enumerate() {
         let answer = match item {
             Item::Answered(answer) => answer,
-            Item::Checked { .. } => answers
-                .remove(&i)
-                .ok_or_else(|| ApiError::Internal("a batch item was not answered".into()))?,
+            Item::Checked { checked, .. } => {
+                let mut answer = answers
+                    .remove(&i)
+                    .ok_or_else(|| ApiError::Internal("a batch item was not answered".into()))?;
+                if answer.status == 202 {
+                    answer.suppressed = checked.suppressed;
+                }
+                answer
+            }
             Item::Repeat { first, same } => {
                 let first = results
                     .get(first)
@@ -205,6 +219,7 @@ pub async fn send_batch(
                         job_id: None,
                         code: first.code,
                         message: first.message.clone(),
+                        suppressed: first.suppressed.clone(),
                     },
                     (_, false) => ItemResult::error(&ApiError::IdempotencyConflict),
                 }

@@ -4,11 +4,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
+use herald_shared::email::attachments::{self, AttachmentInput, AttachmentRef};
 use herald_shared::email::group::GroupedEmail;
+use herald_shared::email::message::{self, AllowedSenders, MailboxInput, OneOrMany};
 use herald_shared::email::{Category, EmailContent, EmailJob, NewEmail, Queued, templates};
 use herald_shared::{address, tokens};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -19,9 +22,30 @@ use crate::extract::JsonBody;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendEmailRequest {
-    /// Recipient address.
-    #[schema(example = "ada@example.com")]
-    pub to: String,
+    /// Recipients: `"Ada Lovelace <ada@example.com>"`, `"ada@example.com"`,
+    /// `{"email", "name"}`, or an array of them; at most 50 with `cc` and `bcc`.
+    #[schema(example = "Ada Lovelace <ada@example.com>")]
+    pub to: OneOrMany,
+    /// Carbon-copy recipients.
+    pub cc: Option<Vec<MailboxInput>>,
+    /// Blind-copy recipients: in SES's envelope, never in a header.
+    pub bcc: Option<Vec<MailboxInput>>,
+    /// The sender, with a display name if wanted; it must match `EMAIL_FROM_ALLOWED` (default:
+    /// `EMAIL_FROM` alone, which is also the sender when this is absent).
+    pub from: Option<MailboxInput>,
+    /// `Reply-To`: one mailbox or several.
+    pub reply_to: Option<OneOrMany>,
+    /// Custom headers (at most 20): ASCII names, no line breaks; From, To, Cc, Bcc, Reply-To,
+    /// Subject, Date, Message-ID, MIME-Version, Content-*, List-Unsubscribe(-Post), Return-Path
+    /// and Sender are Herald's.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Tags (at most 10): names and values of ASCII letters, digits, `_` and `-`; sent to SES as
+    /// message tags.
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Attachments (at most 20, 10 MB decoded in all): `filename`, `content` (base64),
+    /// `content_type`, and `content_id` for an inline part the HTML refers to as `cid:…`. Types
+    /// SES refuses (.exe, .js, …) are refused here.
+    pub attachments: Option<Vec<AttachmentInput>>,
     /// Template name (`welcome`, `notification`, or any stored with `PUT /v1/templates/{name}`);
     /// or give `subject` and `text`/`html`.
     pub template: Option<String>,
@@ -50,6 +74,9 @@ pub struct Enqueued {
     pub job_id: String,
     /// Always `queued`.
     pub status: &'static str,
+    /// Recipients left out because they are suppressed for the email's category.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<String>,
 }
 
 impl Enqueued {
@@ -58,13 +85,31 @@ impl Enqueued {
         Self {
             job_id,
             status: "queued",
+            suppressed: Vec::new(),
         }
     }
 }
 
 /// Turns the request into a job, rendering templates now so that bad data fails here, not later.
-fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
-    let to = address::validate(&req.to).map_err(|e| ApiError::Validation(e.to_string()))?;
+fn build_job(req: SendEmailRequest, senders: &AllowedSenders) -> Result<Built, ApiError> {
+    let message::Checked {
+        to,
+        envelope,
+        blobs,
+    } = message::check(
+        message::EnvelopeInput {
+            to: Some(req.to),
+            cc: req.cc.unwrap_or_default(),
+            bcc: req.bcc.unwrap_or_default(),
+            from: req.from,
+            reply_to: req.reply_to,
+            headers: req.headers.unwrap_or_default(),
+            tags: req.tags.unwrap_or_default(),
+            attachments: req.attachments.unwrap_or_default(),
+        },
+        senders,
+    )
+    .map_err(|e| ApiError::Validation(e.to_string()))?;
     let category = req.category.unwrap_or_default();
     let content = match (req.template, req.subject) {
         (Some(_), Some(_)) => {
@@ -117,6 +162,10 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
             {
                 return Err(ApiError::Validation("give text, html or both".into()));
             }
+            if let Some(html) = &req.html {
+                attachments::check_cid_references(html, &envelope.attachments)
+                    .map_err(|e| ApiError::Validation(e.to_string()))?;
+            }
             EmailContent::Raw {
                 subject,
                 text: req.text,
@@ -129,14 +178,23 @@ fn build_job(req: SendEmailRequest) -> Result<(EmailJob, Option<DateTime<Utc>>),
             ));
         }
     };
-    Ok((
-        EmailJob {
-            to: to.into_string(),
+    Ok(Built {
+        job: EmailJob {
+            to,
             category,
             content,
+            envelope,
         },
-        req.send_at,
-    ))
+        send_at: req.send_at,
+        blobs,
+    })
+}
+
+/// A request turned into a job, with its attachments' bytes to store before it is queued.
+struct Built {
+    job: EmailJob,
+    send_at: Option<DateTime<Utc>>,
+    blobs: Vec<(AttachmentRef, Vec<u8>)>,
 }
 
 /// Templates already resolved in this request: (name, locale asked) → (locale found, newest version).
@@ -215,6 +273,18 @@ pub async fn send_email(
             Some(k.to_owned())
         }
     };
+    // The 16 MiB limit is for attachments: the rest of the email stays within the usual 256 KiB,
+    // so that no large text ends up in the queue's rows.
+    let attachment_chars: usize = body
+        .value
+        .attachments
+        .iter()
+        .flatten()
+        .map(|a| a.content.len())
+        .sum();
+    if body.raw.len().saturating_sub(attachment_chars) > crate::extract::BODY_LIMIT {
+        return Err(ApiError::PayloadTooLarge);
+    }
     let body_hash = tokens::sha256_hex(&String::from_utf8_lossy(&body.raw));
     // A connection only where this request reads the database itself (a key's replay, a
     // template's version): the enqueue shares a statement with concurrent requests.
@@ -225,13 +295,26 @@ pub async fn send_email(
             return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
         }
     }
-    let (mut job, send_at) = precheck(&state, body.value)?;
-    if matches!(job.content, EmailContent::Template { .. }) {
+    let Built {
+        mut job,
+        send_at,
+        blobs,
+    } = precheck(&state, body.value)?;
+    if matches!(job.content, EmailContent::Template { .. }) || !blobs.is_empty() {
         let conn = match &mut conn {
             Some(conn) => conn,
             None => conn.insert(state.db.acquire().await?),
         };
         pin_template(&state, conn, &mut job, &mut Resolved::new()).await?;
+        attachments::store(conn, &blobs).await?;
+    }
+    let mut suppressed = Vec::new();
+    if job.envelope.lists_recipients() {
+        let conn = match &mut conn {
+            Some(conn) => conn,
+            None => conn.insert(state.db.acquire().await?),
+        };
+        suppressed = drop_suppressed(conn, &mut job).await?;
     }
     drop(conn);
     let (to, category, label) = (
@@ -250,7 +333,7 @@ pub async fn send_email(
         .await?;
     let job_id = match queued {
         Queued::New(id) => id.to_string(),
-        Queued::Replayed(job_id) => job_id,
+        Queued::Replayed(job_id) => job_id.to_string(),
         Queued::Suppressed => {
             return Err(ApiError::RecipientSuppressed(category.as_str()));
         }
@@ -266,7 +349,32 @@ pub async fn send_email(
         },
     };
     tracing::info!(job_id, to = %to, template = label, "email queued");
-    Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))))
+    let mut answer = Enqueued::new(job_id);
+    answer.suppressed = suppressed;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Leaves out of an email with listed recipients those the send rule suppresses in its category
+/// (the statement that queues checks the first one again); returns them, normalised. Every
+/// recipient suppressed is a 409 listing them.
+pub(crate) async fn drop_suppressed(
+    conn: &mut sqlx::PgConnection,
+    job: &mut EmailJob,
+) -> Result<Vec<String>, ApiError> {
+    if !job.envelope.lists_recipients() {
+        return Ok(Vec::new());
+    }
+    let all: Vec<String> = job.envelope.addresses().map(str::to_owned).collect();
+    let gone = herald_shared::email::suppressed_among(conn, &all, job.category).await?;
+    if gone.is_empty() {
+        return Ok(gone);
+    }
+    job.envelope.without(&gone);
+    match job.envelope.primary() {
+        Some(first) => job.to = first.to_owned(),
+        None => return Err(ApiError::RecipientsSuppressed(job.category.as_str(), gone)),
+    }
+    Ok(gone)
 }
 
 /// An email that passed every check an enqueue route makes before the database's own.
@@ -275,6 +383,8 @@ pub(crate) struct Checked {
     pub job: EmailJob,
     /// Its earliest send.
     pub send_at: Option<DateTime<Utc>>,
+    /// Recipients left out as suppressed.
+    pub suppressed: Vec<String>,
 }
 
 impl Checked {
@@ -297,23 +407,31 @@ pub(crate) async fn check(
     req: SendEmailRequest,
     resolved: &mut Resolved,
 ) -> Result<Checked, ApiError> {
-    let (mut job, send_at) = precheck(state, req)?;
+    let Built {
+        mut job,
+        send_at,
+        blobs,
+    } = precheck(state, req)?;
     pin_template(state, conn, &mut job, resolved).await?;
-    Ok(Checked { job, send_at })
+    let suppressed = drop_suppressed(conn, &mut job).await?;
+    attachments::store(conn, &blobs).await?;
+    Ok(Checked {
+        job,
+        send_at,
+        suppressed,
+    })
 }
 
 /// The checks of [`check`] that need no database.
-fn precheck(
-    state: &AppState,
-    req: SendEmailRequest,
-) -> Result<(EmailJob, Option<DateTime<Utc>>), ApiError> {
-    let (job, send_at) = build_job(req)?;
+fn precheck(state: &AppState, req: SendEmailRequest) -> Result<Built, ApiError> {
+    let built = build_job(req, &state.config.email_from_allowed)?;
+    let job = &built.job;
     if job.category == Category::Marketing && state.config.marketing.is_none() {
         return Err(ApiError::Validation(
             "marketing email is disabled (MARKETING_EMAIL_ENABLED=false)".into(),
         ));
     }
-    Ok((job, send_at))
+    Ok(built)
 }
 
 /// Earlier requests' keys among `keys`: key → (request hash, job id).

@@ -113,9 +113,8 @@ impl ListQuery {
         let before = match given(&self.before) {
             None => None,
             Some(id) => Some(
-                id.parse::<ulid::Ulid>()
-                    .map_err(|_| "before must be a job id".to_owned())?
-                    .to_string(),
+                id.parse::<herald_shared::jobs::JobId>()
+                    .map_err(|_| "before must be a job id".to_owned())?,
             ),
         };
         let recipient = given(&self.recipient).map(|r| herald_shared::address::normalize(&r));
@@ -169,8 +168,8 @@ pub async fn list_jobs(
 }
 
 fn parse_id(id: &str) -> Result<String, ApiError> {
-    id.parse::<ulid::Ulid>()
-        .map(|u| u.to_string())
+    id.parse::<jobs::JobId>()
+        .map(|id| id.to_string())
         .map_err(|_| ApiError::NotFound("job"))
 }
 

@@ -41,6 +41,7 @@ pub async fn verification_email(
         return Err(ApiError::RecipientSuppressed("transactional"));
     }
     let job = EmailJob {
+        envelope: Default::default(),
         to: user.email,
         category: Category::Transactional,
         content: EmailContent::Verification { user_id },
@@ -90,6 +91,7 @@ pub async fn password_reset(
         // A suppressed address gets nothing, silently: answering differently would reveal the account.
         if !email::ledger::is_suppressed(&mut tx, &user_email, Category::Transactional).await? {
             let job = EmailJob {
+                envelope: Default::default(),
                 to: user_email,
                 category: Category::Transactional,
                 content: EmailContent::PasswordReset { user_id },

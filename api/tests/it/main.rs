@@ -5,4 +5,5 @@ mod api;
 mod browser;
 mod console;
 mod hardening;
+mod message;
 mod webhooks;

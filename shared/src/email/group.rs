@@ -207,6 +207,7 @@ mod tests {
     fn email(key: Option<&str>) -> GroupedEmail {
         GroupedEmail {
             job: EmailJob {
+                envelope: Default::default(),
                 to: "a@example.com".into(),
                 category: Category::Transactional,
                 content: EmailContent::Raw {

@@ -1,19 +1,20 @@
 //! The email job: its payload, enqueueing it with its ledger row, and the shared sending state.
 
+pub mod attachments;
 pub mod group;
 pub mod keys;
 pub mod ledger;
+pub mod message;
 pub mod templates;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
-use ulid::Ulid;
 use uuid::Uuid;
 
 use crate::address;
-use crate::jobs::{self, EnqueueOptions, JobError};
+use crate::jobs::{self, EnqueueOptions, JobError, JobId};
 
 /// The apalis queue (`job_type`) of email jobs. Never rename it: queued jobs would be orphaned.
 pub const EMAIL_QUEUE: &str = crate::jobs::Queue::Email.name();
@@ -113,6 +114,10 @@ pub struct EmailJob {
     pub category: Category,
     /// What to send.
     pub content: EmailContent,
+    /// Names, more recipients, the sender, reply-to, headers and tags; empty (and absent from
+    /// the payload) for one plain recipient.
+    #[serde(default, skip_serializing_if = "message::Envelope::is_plain")]
+    pub envelope: message::Envelope,
 }
 
 /// Enqueues an email job and its ledger row on the caller's connection (one statement, so no
@@ -123,7 +128,7 @@ pub async fn enqueue(
     conn: &mut PgConnection,
     job: &EmailJob,
     options: EnqueueOptions,
-) -> Result<Ulid, JobError> {
+) -> Result<JobId, JobError> {
     let item = NewEmail {
         job,
         run_at: options.run_at,
@@ -155,9 +160,9 @@ pub struct NewEmail<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Queued {
     /// Queued as this new job.
-    New(Ulid),
+    New(JobId),
     /// Its key was used before with the same request: that request's job.
-    Replayed(String),
+    Replayed(JobId),
     /// Its key was used before with another request, or by a transaction that committed meanwhile.
     KeyConflict,
     /// The send rule suppresses the recipient in its category; nothing was queued.
@@ -177,7 +182,7 @@ pub async fn enqueue_many(
     let mut rows = ledger::NewRows::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     for email in emails {
-        let id = Ulid::generate();
+        let id = JobId::generate();
         ids.push(id);
         rows.ids.push(id.to_string());
         rows.payloads.push(serde_json::to_vec(email.job)?);
@@ -208,7 +213,11 @@ pub async fn enqueue_many(
         .zip(ids)
         .map(|((outcome, job_id), id)| match outcome.as_str() {
             "queued" => Queued::New(id),
-            "replayed" => Queued::Replayed(job_id.unwrap_or_default()),
+            "replayed" => match job_id.as_deref().map(str::parse) {
+                Some(Ok(id)) => Queued::Replayed(id),
+                // A key whose job id is not one cannot be replayed: answer a conflict, not a lie.
+                _ => Queued::KeyConflict,
+            },
             "suppressed" => Queued::Suppressed,
             _ => Queued::KeyConflict,
         })
@@ -250,6 +259,24 @@ pub async fn send_gate(
             }),
         blocker,
     })
+}
+
+/// The addresses among `emails` (normalised) that the send rule suppresses in `category`: the
+/// same rule as [`send_gate`], for an email with several recipients.
+pub async fn suppressed_among(
+    conn: &mut PgConnection,
+    emails: &[String],
+    category: Category,
+) -> Result<Vec<String>, sqlx::Error> {
+    let normalised: Vec<String> = emails.iter().map(|e| address::normalize(e)).collect();
+    sqlx::query_scalar!(
+        r#"SELECT e AS "e!" FROM unnest($1::text[]) AS e
+           WHERE email_send_blocker(e, $2) = 'suppressed'"#,
+        &normalised,
+        category.as_str()
+    )
+    .fetch_all(conn)
+    .await
 }
 
 /// The pause every worker honours, if one is in force.

@@ -190,6 +190,8 @@ pub struct PruneReport {
     pub idempotency_keys: u64,
     /// Webhook events (with their deliveries and attempts) past `EVENT_RETENTION_DAYS`.
     pub webhook_events: u64,
+    /// Attachment bytes no email used for `EVENT_RETENTION_DAYS`.
+    pub attachments: u64,
     /// Batch size used.
     pub batch_size: i64,
     /// Timing.
@@ -234,6 +236,10 @@ pub async fn prune(pool: &PgPool, s: &Settings) -> Result<PruneReport, sqlx::Err
     .await?;
     r.webhook_events = in_batches(&mut r.timing, b, || {
         crate::webhooks::prune(pool, events_before, b)
+    })
+    .await?;
+    r.attachments = in_batches(&mut r.timing, b, || {
+        crate::email::attachments::prune(pool, events_before, b)
     })
     .await?;
     r.timing.total_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 fn email(to: &str, text: &str, key: Option<&str>) -> GroupedEmail {
     GroupedEmail {
         job: EmailJob {
+            envelope: Default::default(),
             to: to.into(),
             category: Category::Transactional,
             content: EmailContent::Raw {
@@ -73,7 +74,7 @@ async fn concurrent_enqueues_share_statements_and_each_gets_its_own_answer(pool:
         .iter()
         .map(|a| match a {
             Ok(Queued::New(id)) => id.to_string(),
-            Ok(Queued::Replayed(id)) => id.clone(),
+            Ok(Queued::Replayed(id)) => id.to_string(),
             other => panic!("a repeat of the same request: {other:?}"),
         })
         .collect();

@@ -4,6 +4,7 @@ use sqlx::PgPool;
 
 fn job() -> EmailJob {
     EmailJob {
+        envelope: Default::default(),
         to: "tx@example.com".into(),
         category: Category::Transactional,
         content: EmailContent::Raw {
@@ -63,7 +64,7 @@ async fn a_rolled_back_transaction_drops_the_job_and_its_ledger_row(pool: PgPool
     assert_eq!(row.max_attempts, 3);
     assert_eq!(row.status(), JobStatus::Queued);
     // The id is a ULID, which apalis-postgres requires.
-    assert_eq!(row.id.parse::<ulid::Ulid>().expect("ulid"), kept);
+    assert_eq!(row.id.parse::<jobs::JobId>().expect("ulid"), kept);
     let delivery = email::ledger::find(&mut conn, &kept.to_string())
         .await
         .expect("q")
@@ -148,7 +149,7 @@ async fn enqueue_many_answers_keys_and_suppressions_per_email_and_queues_the_res
     )
     .await
     .expect("again");
-    assert_eq!(again[0], email::Queued::Replayed(keyed.to_string()));
+    assert_eq!(again[0], email::Queued::Replayed(keyed));
     assert!(matches!(again[1], email::Queued::New(_)));
     let other_body = email::enqueue_many(&mut conn, &[item(&fine, Some(("k1", "h2")))], true)
         .await
@@ -158,10 +159,7 @@ async fn enqueue_many_answers_keys_and_suppressions_per_email_and_queues_the_res
     let one_replayed = email::enqueue_many(&mut conn, &[item(&fine, Some(("k1", "h1")))], true)
         .await
         .expect("replay one");
-    assert_eq!(
-        one_replayed,
-        vec![email::Queued::Replayed(keyed.to_string())]
-    );
+    assert_eq!(one_replayed, vec![email::Queued::Replayed(keyed)]);
     let one_suppressed = email::enqueue_many(&mut conn, &[item(&gone, Some(("k9", "h9")))], true)
         .await
         .expect("suppressed one");

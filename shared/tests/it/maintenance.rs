@@ -126,9 +126,10 @@ async fn prune_removes_old_finished_jobs_and_events_in_batches_and_keeps_the_res
     );
     assert_eq!(report.feedback_events, 3);
     // 4 finished rows in batches of 2 take 3 statements (2, 2, 0); 1 failed: 1; 3 events: 2; 0 ledger: 1; 0 keys: 1;
-    // 0 webhook events: 1.
-    assert_eq!(report.timing.statements, 9);
+    // 0 webhook events: 1; 0 attachments: 1.
+    assert_eq!(report.timing.statements, 10);
     assert_eq!(report.webhook_events, 0);
+    assert_eq!(report.attachments, 0);
     let left: Vec<String> = sqlx::query_scalar("SELECT id FROM apalis.jobs ORDER BY id")
         .fetch_all(&pool)
         .await

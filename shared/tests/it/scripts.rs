@@ -536,6 +536,7 @@ async fn the_app_role_has_exactly_the_rights_herald_needs_and_no_more() {
         "public.admin_sessions: SELECT, INSERT, UPDATE, DELETE",
         "public.api_idempotency_keys: SELECT, INSERT, DELETE",
         "public.compliance_pauses: SELECT, UPDATE",
+        "public.email_attachment_blobs: SELECT, INSERT, UPDATE, DELETE",
         "public.email_deliveries: SELECT, INSERT, UPDATE, DELETE",
         "public.email_feedback_events: SELECT, INSERT",
         "public.email_sending_control: SELECT, UPDATE",

@@ -177,6 +177,8 @@ pub(super) fn outgoing(
         html: Some(rendered.html).filter(|h| !h.is_empty()),
         headers,
         job_id: id.to_owned(),
+        envelope: job.envelope.clone(),
+        attachment_bytes: Vec::new(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald_shared::email::ledger::{self, Blocker, Status};
-use herald_shared::email::{self, EmailContent, EmailJob};
+use herald_shared::email::{self, EmailContent, EmailJob, attachments};
 use herald_shared::metrics::{Metrics, Outcome as EmailOutcome};
 use herald_shared::tokens::{self, TokenKind};
 use herald_shared::{address, db};
@@ -118,9 +118,13 @@ async fn run(
         tokio::time::sleep(wait).await;
     }
 
-    // Plain content with nothing holding it back: one grouped statement, not a transaction of four.
+    // Plain content to one recipient with nothing holding it back: one grouped statement, not a
+    // transaction of four. Several recipients take the long way, which checks each of them.
     let unsubscribe = content::unsubscribe_link(ctx, job)?;
-    if let Some(Ok(rendered)) = render_plain(ctx, job, unsubscribe.as_deref()).await {
+    if !job.envelope.lists_recipients()
+        && job.envelope.attachments.is_empty()
+        && let Some(Ok(rendered)) = render_plain(ctx, job, unsubscribe.as_deref()).await
+    {
         let request = (
             id.to_owned(),
             job.to.clone(),
@@ -211,7 +215,7 @@ async fn run(
     if let (Some(kind), Some(old)) = (kind, delivery.token_id) {
         tokens::revoke(&mut tx, kind, old).await?;
     }
-    let (outgoing, token_id) = match build(ctx, id, job, &mut tx).await {
+    let (mut outgoing, token_id) = match build(ctx, id, job, &mut tx).await {
         Ok(built) => built,
         Err(JobFailure::Content(reason)) => {
             ledger::fail(&mut tx, id, &reason, false).await?;
@@ -220,6 +224,35 @@ async fn run(
         }
         Err(other) => return Err(other),
     };
+    if outgoing.envelope.lists_recipients() {
+        // The gate checked the first recipient; the others may have been suppressed since.
+        let all: Vec<String> = outgoing.envelope.addresses().map(str::to_owned).collect();
+        let gone = email::suppressed_among(&mut tx, &all, job.category).await?;
+        if !gone.is_empty() {
+            outgoing.envelope.without(&gone);
+            tracing::info!(
+                job_id = id,
+                left_out = gone.len(),
+                "suppressed recipients left out"
+            );
+        }
+        if outgoing.envelope.primary().is_none() {
+            ledger::suppress(&mut tx, id).await?;
+            tx.commit().await?;
+            count(ctx, "suppressed");
+            return Ok(Outcome::Done(ledger::job_result(Status::Suppressed, None)));
+        }
+    }
+    if !outgoing.envelope.attachments.is_empty() {
+        match attachments::load(&mut tx, &outgoing.envelope.attachments).await? {
+            Ok(bytes) => outgoing.attachment_bytes = bytes,
+            Err(reason) => {
+                ledger::fail(&mut tx, id, &reason, false).await?;
+                tx.commit().await?;
+                return Ok(Outcome::Fatal(format!("cannot build the email: {reason}")));
+            }
+        }
+    }
     // Locked above, so the row is still pending or sending.
     ledger::claim(&mut tx, id, token_id).await?;
     tx.commit().await?;

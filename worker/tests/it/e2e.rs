@@ -377,10 +377,83 @@ pub async fn moto_messages() -> Vec<Value> {
         .json()
         .await
         .expect("json");
-    data["ses"]["Message"]
+    data["ses"]["RawMessage"]
         .as_array()
-        .cloned()
+        .map(|all| all.iter().map(read_raw).collect())
         .unwrap_or_default()
+}
+
+/// A raw message moto stored, read with a standard MIME parser: its id, SES's `source` and
+/// envelope (`destinations`), the parsed headers (`to`, `cc`, `from`… with names), the text and
+/// HTML parts, and the raw text itself. `body` is the HTML part, else the text part.
+pub fn read_raw(stored: &Value) -> Value {
+    use mail_parser::{MessageParser, PartType};
+    let raw = stored["raw_data"].as_str().unwrap_or_default();
+    let Some(parsed) = MessageParser::default().parse(raw.as_bytes()) else {
+        return json!({"id": stored["id"], "raw": raw, "unparsable": true});
+    };
+    let mailboxes = |a: Option<&mail_parser::Address>| -> Vec<Value> {
+        a.map(|a| {
+            a.iter()
+                .map(|m| json!({"email": m.address(), "name": m.name()}))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let addresses =
+        |list: &[Value]| -> Vec<Value> { list.iter().map(|m| m["email"].clone()).collect() };
+    let (mut text, mut html) = (None, None);
+    for part in &parsed.parts {
+        match &part.body {
+            PartType::Text(t) if text.is_none() => text = Some(t.to_string()),
+            PartType::Html(h) if html.is_none() => html = Some(h.to_string()),
+            _ => {}
+        }
+    }
+    let headers: serde_json::Map<String, Value> = parsed
+        .headers_raw()
+        .map(|(name, value)| (name.to_owned(), json!(value.trim())))
+        .collect();
+    let to = mailboxes(parsed.to());
+    let cc = mailboxes(parsed.cc());
+    let attachments: Vec<Value> = parsed
+        .attachments()
+        .map(|p| {
+            use mail_parser::MimeHeaders;
+            use sha2_10::Digest;
+            let hash: String = sha2_10::Sha256::digest(p.contents())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            json!({
+                "filename": p.attachment_name(),
+                "content_type": p.content_type().map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or_default())),
+                "content_id": p.content_id(),
+                "sha256": hash,
+                "size": p.contents().len(),
+            })
+        })
+        .collect();
+    json!({
+        "id": stored["id"],
+        "source": stored["source"],
+        "envelope": stored["destinations"],
+        "destinations": {"ToAddresses": addresses(&to), "CcAddresses": addresses(&cc)},
+        "subject": parsed.subject(),
+        "from": mailboxes(parsed.from()),
+        "to": to,
+        "cc": cc,
+        "reply_to": mailboxes(parsed.reply_to()),
+        "has_bcc_header": parsed.header_raw("Bcc").is_some(),
+        "message_id": parsed.message_id(),
+        "date": parsed.date().map(|d| d.to_rfc3339()),
+        "headers": headers,
+        "text": text,
+        "html": html,
+        "body": html.clone().or(text.clone()),
+        "attachments": attachments,
+        "raw": raw,
+    })
 }
 
 pub async fn moto_message(id: &str) -> Option<Value> {

@@ -152,6 +152,7 @@ pub async fn enqueue_with(
         let mut tx = pool.begin().await.expect("tx");
         for &i in chunk {
             let job = EmailJob {
+                envelope: Default::default(),
                 to: format!("{tag}-{i}@example.com"),
                 category,
                 content: EmailContent::Raw {

@@ -10,6 +10,7 @@ mod feedback;
 mod helpers;
 mod ledger;
 mod maintenance;
+mod message;
 mod retry_policy;
 mod ses_dispatch;
 mod ses_stub;

@@ -254,15 +254,20 @@ async fn marketing_mail_carries_one_click_unsubscribe_headers_and_the_job_tag(po
     let seen: Arc<Mutex<Vec<(Pairs, Pairs)>>> = Arc::default();
     let record = seen.clone();
     let rule = mock!(Client::send_email).then_compute_response(move |req| {
-        let simple = req.content().and_then(|c| c.simple());
-        let headers = simple
-            .map(|m| {
-                m.headers()
-                    .iter()
-                    .map(|h| (h.name().to_owned(), h.value().to_owned()))
-                    .collect()
-            })
+        // The raw message as SES gets it, read with a MIME parser: the List-* headers, unfolded.
+        let raw = req
+            .content()
+            .and_then(|c| c.raw())
+            .map(|r| r.data().as_ref().to_vec())
             .unwrap_or_default();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&raw)
+            .expect("a MIME message");
+        let headers = parsed
+            .headers_raw()
+            .filter(|(name, _)| name.starts_with("List-"))
+            .map(|(name, value)| (name.to_owned(), value.replace("\r\n", "").trim().to_owned()))
+            .collect();
         let tags = req
             .email_tags()
             .iter()

@@ -40,6 +40,8 @@ fn email() -> OutgoingEmail {
         html: None,
         headers: Vec::new(),
         job_id: "job-1".into(),
+        envelope: Default::default(),
+        attachment_bytes: Vec::new(),
     }
 }
 

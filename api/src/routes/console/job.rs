@@ -21,7 +21,7 @@ pub async fn job_page(
     Operator(csrf): Operator,
     Path(id): Path<String>,
 ) -> Response {
-    let Ok(id) = id.parse::<ulid::Ulid>().map(|u| u.to_string()) else {
+    let Ok(id) = id.parse::<jobs::JobId>().map(|id| id.to_string()) else {
         return not_found();
     };
     let built = async {
@@ -145,7 +145,7 @@ async fn job_action(
         Ok(form) => form,
         Err(refused) => return refused.into_response(),
     };
-    let Ok(id) = id.parse::<ulid::Ulid>().map(|u| u.to_string()) else {
+    let Ok(id) = id.parse::<jobs::JobId>().map(|id| id.to_string()) else {
         return not_found();
     };
     let verb = match action {

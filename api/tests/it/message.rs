@@ -1,0 +1,301 @@
+//! `POST /v1/emails` with the whole envelope: names, arrays, cc/bcc, sender, reply-to, headers and
+//! tags; bad inputs refused naming their field, nothing queued; suppressed recipients left out.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::api::TestApp;
+
+async fn jobs(pool: &PgPool) -> i64 {
+    herald_shared::jobs::count_by_state(pool)
+        .await
+        .expect("count")
+        .iter()
+        .map(|c| c.n)
+        .sum()
+}
+
+async fn payload(pool: &PgPool, id: &str) -> Value {
+    let mut conn = pool.acquire().await.expect("conn");
+    let bytes = herald_shared::jobs::payload(&mut conn, id)
+        .await
+        .expect("payload")
+        .expect("the job exists");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+fn base() -> Value {
+    json!({"to": "ada@example.com", "subject": "Hi", "text": "Hello"})
+}
+
+fn with(field: &str, value: Value) -> Value {
+    let mut body = base();
+    body[field] = value;
+    body
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn bad_envelopes_are_refused_naming_the_field_and_nothing_is_queued(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        true,
+        &[(
+            "EMAIL_FROM_ALLOWED",
+            "noreply@herald.test,@mail.herald.test",
+        )],
+    )
+    .await;
+    let many: Vec<String> = (0..51).map(|i| format!("r{i}@example.com")).collect();
+    let tags: serde_json::Map<String, Value> =
+        (0..11).map(|i| (format!("t{i}"), json!("v"))).collect();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("51 recipients", with("to", json!(many)), "to:"),
+        (
+            "51 with cc",
+            {
+                let mut b = with("to", json!(many[..30]));
+                b["cc"] = json!(many[30..]);
+                b
+            },
+            "to:",
+        ),
+        ("no recipient", with("to", json!([])), "to:"),
+        (
+            "bad address",
+            with("to", json!("Ada <not-an-address>")),
+            "to:",
+        ),
+        (
+            "CR/LF in a name",
+            with("cc", json!(["Eve\r\nBcc: x@evil.test <eve@example.com>"])),
+            "cc[0]:",
+        ),
+        (
+            "CR/LF in an object's name",
+            with(
+                "to",
+                json!([{"email": "a@example.com", "name": "A\nB"}, "b@example.com"]),
+            ),
+            "to[0]:",
+        ),
+        (
+            "CR/LF in a header",
+            with("headers", json!({"X-Ref": "a\r\nBcc: x@evil.test"})),
+            "headers.X-Ref:",
+        ),
+        (
+            "an owned header",
+            with("headers", json!({"List-Unsubscribe": "<https://x.test>"})),
+            "headers.List-Unsubscribe:",
+        ),
+        (
+            "a Content- header",
+            with("headers", json!({"content-type": "text/plain"})),
+            "headers.content-type:",
+        ),
+        (
+            "a bad header name",
+            with("headers", json!({"X Ref": "a"})),
+            "headers.X Ref:",
+        ),
+        (
+            "an unknown sender",
+            with("from", json!("Boss <boss@evil.test>")),
+            "from:",
+        ),
+        (
+            "a sender of the right name on another domain",
+            with("from", json!("noreply@herald.test.evil.test")),
+            "from:",
+        ),
+        ("11 tags", with("tags", json!(tags)), "tags:"),
+        (
+            "a tag with a space",
+            with("tags", json!({"plan": "pro plan"})),
+            "tags.plan:",
+        ),
+        (
+            "Herald's own tag",
+            with("tags", json!({"herald_job_id": "x"})),
+            "tags.herald_job_id:",
+        ),
+        (
+            "a bad reply-to",
+            with("reply_to", json!(["ok@example.com", "nope"])),
+            "reply_to[1]:",
+        ),
+        (
+            "a refused attachment type",
+            with(
+                "attachments",
+                json!([{"filename": "setup.exe", "content": "TVo="}]),
+            ),
+            "attachments[0].filename:",
+        ),
+        (
+            "bad base64",
+            with(
+                "attachments",
+                json!([{"filename": "a.pdf", "content": "%%%not base64"}]),
+            ),
+            "attachments[0].content:",
+        ),
+        (
+            "a content type with parameters",
+            with(
+                "attachments",
+                json!([{"filename": "a.txt", "content": "eA==", "content_type": "text/plain; x=y"}]),
+            ),
+            "attachments[0].content_type:",
+        ),
+        (
+            "a cid: without an inline part",
+            {
+                let mut b = with("html", json!("<img src=\"cid:logo\">"));
+                b["attachments"] = json!([{"filename": "logo.png", "content": "eA=="}]);
+                b
+            },
+            "html:",
+        ),
+    ];
+    for (what, body, field) in cases {
+        let (status, answer) = app.post("/v1/emails", body.clone()).await;
+        assert_eq!(status, 422, "{what}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "validation_failed",
+            "{what}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(field),
+            "{what}: {message:?} should name {field}"
+        );
+        // The batch endpoint applies the same rules per item.
+        let (status, batch) = app
+            .post("/v1/emails/batch", json!({"emails": [body]}))
+            .await;
+        assert_eq!(status, 200, "{what}: {batch}");
+        assert_eq!(batch["results"][0]["status"], 422, "{what}: {batch}");
+    }
+    // 11 MB decoded: over the 10 MB bound, answered 422 naming the field, not 413.
+    let big = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(vec![0u8; 11 * 1024 * 1024])
+    };
+    let (status, answer) = app
+        .post(
+            "/v1/emails",
+            with(
+                "attachments",
+                json!([{"filename": "big.pdf", "content": big}]),
+            ),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("attachments:"),
+        "{answer}"
+    );
+    // The room is for attachments only: a large text is still refused.
+    let (status, _) = app
+        .post("/v1/emails", with("text", json!("x".repeat(300 * 1024))))
+        .await;
+    assert_eq!(status, 413);
+    assert_eq!(jobs(&pool).await, 0, "nothing was queued");
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn the_whole_envelope_is_queued_and_a_plain_email_keeps_its_plain_payload(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        true,
+        &[(
+            "EMAIL_FROM_ALLOWED",
+            "noreply@herald.test,@mail.herald.test",
+        )],
+    )
+    .await;
+    let (status, plain) = app.post("/v1/emails", base()).await;
+    assert_eq!(status, 202, "{plain}");
+    let job = payload(&pool, plain["job_id"].as_str().expect("id")).await;
+    assert!(job.get("envelope").is_none(), "{job}");
+
+    let body = json!({
+        "from": "Billing <billing@mail.herald.test>",
+        "to": ["Ada Lovelace <ada@example.com>", {"email": "grace@example.com", "name": "Grace Hopper"}],
+        "cc": ["Zoë Ångström <zoe@example.com>", "ADA@example.com"],
+        "bcc": ["audit@example.com"],
+        "reply_to": "Support <support@mail.herald.test>",
+        "headers": {"X-Campaign": "spring", "X-Entity-Ref-ID": "inv-42"},
+        "tags": {"plan": "pro", "kind": "receipt"},
+        "subject": "Your receipt", "text": "Thanks", "html": "<p>Thanks</p>"
+    });
+    let (status, answer) = app.post("/v1/emails", body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer.get("suppressed").is_none(), "{answer}");
+    let job = payload(&pool, answer["job_id"].as_str().expect("id")).await;
+    let envelope = &job["envelope"];
+    assert_eq!(job["to"], "ada@example.com");
+    assert_eq!(
+        envelope["to"][1],
+        json!({"email": "grace@example.com", "name": "Grace Hopper"})
+    );
+    assert_eq!(
+        envelope["cc"],
+        json!([{"email": "zoe@example.com", "name": "Zoë Ångström"}]),
+        "an address given twice is kept once"
+    );
+    assert_eq!(envelope["bcc"][0]["email"], "audit@example.com");
+    assert_eq!(envelope["from"]["name"], "Billing");
+    assert_eq!(envelope["reply_to"][0]["email"], "support@mail.herald.test");
+    assert_eq!(envelope["headers"]["X-Entity-Ref-ID"], "inv-42");
+    assert_eq!(envelope["tags"], json!({"kind": "receipt", "plan": "pro"}));
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn suppressed_recipients_are_left_out_and_listed_and_all_suppressed_is_409(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone(), true).await;
+    for address in ["gone@example.com", "left@example.com"] {
+        let (status, body) = app
+            .post(
+                "/v1/suppressions",
+                json!({"email": address, "type": "manual", "reason": "test"}),
+            )
+            .await;
+        assert!(status == 201 || status == 200, "{body}");
+    }
+    let (status, answer) = app
+        .post(
+            "/v1/emails",
+            json!({"to": ["Gone <gone@example.com>", "stay@example.com"], "bcc": ["left@example.com"],
+                   "subject": "Hi", "text": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        answer["suppressed"],
+        json!(["gone@example.com", "left@example.com"])
+    );
+    let job = payload(&pool, answer["job_id"].as_str().expect("id")).await;
+    assert_eq!(job["to"], "stay@example.com", "the first recipient left");
+    assert!(job["envelope"].get("bcc").is_none(), "{job}");
+
+    let before = jobs(&pool).await;
+    let (status, answer) = app
+        .post(
+            "/v1/emails",
+            json!({"to": ["gone@example.com"], "cc": ["Left <left@example.com>"],
+                   "subject": "Hi", "text": "Hello"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "recipient_suppressed");
+    assert_eq!(
+        answer["error"]["suppressed"],
+        json!(["gone@example.com", "left@example.com"])
+    );
+    assert_eq!(jobs(&pool).await, before, "nothing queued");
+}

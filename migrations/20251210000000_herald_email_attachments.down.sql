@@ -1,0 +1,1 @@
+DROP TABLE email_attachment_blobs;
