@@ -13,8 +13,10 @@ use crate::error::ApiError;
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
-    /// Send mail and follow it: `POST /v1/emails`, the verification and reset flows,
-    /// `GET /v1/jobs/{id}`.
+    /// Read emails and jobs (`GET /v1/emails…`, `GET /v1/jobs…`), nothing else.
+    Read,
+    /// Send mail and follow it: `POST /v1/emails`, rescheduling and cancelling an email, the
+    /// verification and reset flows, and everything `Read` may.
     Send,
     /// Everything, the dashboard included.
     Admin,
@@ -62,12 +64,14 @@ pub enum TokenError {
     TooShort(usize),
 }
 
-/// The entries of an `API_TOKENS` list: `TOKEN`, `send:TOKEN` or `admin:TOKEN`, comma separated.
+/// The entries of an `API_TOKENS` list: `TOKEN`, `read:TOKEN`, `send:TOKEN` or `admin:TOKEN`,
+/// comma separated.
 pub fn list_entries(list: &str) -> impl Iterator<Item = (Scope, &str)> {
     list.split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .map(|raw| match raw.split_once(':') {
+            Some(("read", t)) => (Scope::Read, t),
             Some(("send", t)) => (Scope::Send, t),
             Some(("admin", t)) => (Scope::Admin, t),
             _ => (Scope::Admin, raw),
@@ -168,6 +172,15 @@ async fn require(
 }
 
 /// Rejects the request with 401 unless it carries a valid bearer token (any scope).
+pub async fn require_read(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    require(&state, Scope::Read, request, next).await
+}
+
+/// 401 without a valid token, 403 `forbidden` for a read-only token.
 pub async fn require_send(
     State(state): State<AppState>,
     request: Request,
@@ -198,6 +211,9 @@ mod tests {
         let mut t = Tokens::default();
         t.parse_list(&format!("{A}, send:{B} ,admin:{C}"))
             .expect("valid");
+        let mut r = Tokens::default();
+        r.parse_list(&format!("read:{A}")).expect("valid");
+        assert_eq!(r.scope_of(A), Some(Scope::Read));
         assert_eq!(t.scope_of(A), Some(Scope::Admin));
         assert_eq!(t.scope_of(B), Some(Scope::Send));
         assert_eq!(t.scope_of(C), Some(Scope::Admin));

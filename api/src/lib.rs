@@ -52,6 +52,8 @@ pub struct AppState {
     paths(
         health::health, health::ready,
         emails::send_email, routes::batch::send_batch,
+        routes::email_view::get_email, routes::email_view::list_emails,
+        routes::email_view::update_email, routes::email_view::cancel_email,
         jobs::get_job, jobs::list_jobs, jobs::retry_job, jobs::cancel_job,
         users::verification_email, users::password_reset,
         suppressions::list, suppressions::get, suppressions::add, suppressions::remove,
@@ -228,6 +230,16 @@ async fn not_found() -> ApiError {
 /// The router with every route, auth on `/v1`, and the body limits (256 KiB; 16 MiB for
 /// `POST /v1/emails`, which carries attachments).
 pub fn router(state: AppState) -> Router {
+    // Read scope: emails and jobs, read only.
+    let read = Router::new()
+        .route("/v1/emails", get(routes::email_view::list_emails))
+        .route("/v1/emails/{id}", get(routes::email_view::get_email))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_read,
+        ));
     // Send scope: what an application server needs to send mail and follow it.
     let send = Router::new()
         .route(
@@ -235,7 +247,14 @@ pub fn router(state: AppState) -> Router {
             post(emails::send_email).layer(DefaultBodyLimit::max(extract::EMAIL_BODY_LIMIT)),
         )
         .route("/v1/emails/batch", post(routes::batch::send_batch))
-        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route(
+            "/v1/emails/{id}",
+            axum::routing::patch(routes::email_view::update_email),
+        )
+        .route(
+            "/v1/emails/{id}/cancel",
+            post(routes::email_view::cancel_email),
+        )
         .route(
             "/v1/users/{user_id}/verification-email",
             post(users::verification_email),
@@ -246,7 +265,6 @@ pub fn router(state: AppState) -> Router {
             auth::require_send,
         ));
     let admin = Router::new()
-        .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/schedules", get(schedules::list))
@@ -294,7 +312,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_admin,
         ));
-    let v1 = send.merge(admin);
+    let v1 = read.merge(send).merge(admin);
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))

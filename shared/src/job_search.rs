@@ -27,6 +27,21 @@ pub struct JobFilter {
     pub recipient: Option<String>,
     /// Keyset cursor: only jobs older than this id.
     pub before: Option<crate::jobs::JobId>,
+    /// The ledger's status of the email.
+    pub email_status: Option<crate::email::ledger::Status>,
+    /// An email tag, name and value (read from the job's payload: narrow by other filters too
+    /// where the list is long).
+    pub tag: Option<(String, String)>,
+}
+
+/// Parses a `tag=name:value` filter; names and values in SES's tag alphabet.
+pub fn parse_tag_filter(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| "tag is name:value".to_owned())?;
+    let tag = std::collections::BTreeMap::from([(name.to_owned(), value.to_owned())]);
+    crate::email::message::check_tags(&tag).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// A job as lists show it, with its email's ledger columns when it is an email job.
@@ -58,6 +73,8 @@ pub struct JobListing {
     pub category: Option<Category>,
     /// The ledger's status.
     pub email_status: Option<String>,
+    /// The email's tags.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// The smallest id of time `at`: a bound on ids, so a time range reads the primary key.
@@ -80,7 +97,9 @@ pub async fn search<'e>(
     let rows = sqlx::query!(
         r#"SELECT j.id, j.job_type AS "queue!", j.status, j.attempts, j.max_attempts, j.run_at,
                   j.done_at, j.last_result -> 'Err' AS last_error, d.recipient AS "recipient?", d.template AS "template?",
-                  d.category AS "category?: Category", d.status AS "email_status?"
+                  d.category AS "category?: Category", d.status AS "email_status?",
+                  CASE WHEN d.job_id IS NOT NULL
+                       THEN convert_from(j.job, 'UTF8')::jsonb -> 'envelope' -> 'tags' END AS tags
            FROM apalis.jobs j LEFT JOIN email_deliveries d ON d.job_id = j.id
            WHERE ($1::text IS NULL OR j.job_type = $1)
              AND ($2::text IS NULL OR CASE
@@ -94,6 +113,9 @@ pub async fn search<'e>(
              AND ($5::text IS NULL OR j.id >= $5)
              AND ($6::text IS NULL OR j.id < $6)
              AND ($7::text IS NULL OR d.recipient = $7)
+             AND ($9::text IS NULL OR d.status = $9)
+             AND ($10::text IS NULL OR (d.job_id IS NOT NULL
+                  AND convert_from(j.job, 'UTF8')::jsonb -> 'envelope' -> 'tags' ->> $10 = $11))
            ORDER BY j.id DESC LIMIT $8"#,
         filter.queue.map(Queue::name),
         filter.state.map(JobStatus::as_str),
@@ -102,7 +124,10 @@ pub async fn search<'e>(
         lower,
         upper,
         filter.recipient,
-        limit
+        limit,
+        filter.email_status.map(crate::email::ledger::Status::as_str),
+        filter.tag.as_ref().map(|(n, _)| n.as_str()),
+        filter.tag.as_ref().map(|(_, v)| v.as_str()),
     )
     .fetch_all(db)
     .await?;
@@ -124,6 +149,10 @@ pub async fn search<'e>(
             template: r.template,
             category: r.category,
             email_status: r.email_status,
+            tags: r
+                .tags
+                .and_then(|t| serde_json::from_value(t).ok())
+                .unwrap_or_default(),
         })
         .collect())
 }

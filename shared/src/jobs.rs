@@ -308,6 +308,25 @@ pub async fn cancel(conn: &mut PgConnection, id: &str) -> Result<bool, JobError>
     Ok(done.rows_affected() == 1)
 }
 
+/// Moves the start of a job that has not started (waiting, or waiting for a retry) to `run_at`
+/// (whole seconds, as apalis keeps them). Returns false otherwise.
+pub async fn set_run_at(
+    conn: &mut PgConnection,
+    id: &str,
+    run_at: DateTime<Utc>,
+) -> Result<bool, JobError> {
+    let done = sqlx::query!(
+        "UPDATE apalis.jobs SET run_at = to_timestamp(floor(extract(epoch FROM $2::timestamptz)))
+         WHERE id = $1
+           AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))",
+        id,
+        run_at
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Schedules the next run of a job that is running now: apalis re-fetches failed jobs at once, so
 /// a backoff is a later `run_at`. The run itself is still recorded as failed by apalis.
 pub async fn reschedule_running(

@@ -58,6 +58,8 @@ pub struct ListQuery {
     pub recipient: Option<String>,
     /// The `next_cursor` of the previous page.
     pub before: Option<String>,
+    /// An email tag, `name:value`.
+    pub tag: Option<String>,
 }
 
 /// A form value, trimmed; `None` when absent or blank.
@@ -129,6 +131,10 @@ impl ListQuery {
             to: given(&self.to).map(|t| parse_time(&t, true)).transpose()?,
             recipient,
             before,
+            email_status: None,
+            tag: given(&self.tag)
+                .map(|t| herald_shared::job_search::parse_tag_filter(&t))
+                .transpose()?,
         })
     }
 }

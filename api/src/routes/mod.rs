@@ -5,6 +5,7 @@ pub mod admin_templates;
 pub mod batch;
 pub mod compliance;
 pub mod console;
+pub mod email_view;
 pub mod emails;
 pub mod health;
 pub mod jobs;

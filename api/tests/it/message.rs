@@ -299,3 +299,186 @@ async fn suppressed_recipients_are_left_out_and_listed_and_all_suppressed_is_409
     );
     assert_eq!(jobs(&pool).await, before, "nothing queued");
 }
+
+const READ_TOKEN: &str = "api-test-read-only-0123456789abcdef";
+
+async fn as_token(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .request(method.parse().expect("m"), format!("{}{path}", app.url))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_tokens_only_read(
+    pool: PgPool,
+) {
+    let tokens = format!("send:{},read:{READ_TOKEN}", crate::api::SEND_TOKEN);
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        true,
+        &[
+            ("API_TOKENS", tokens.as_str()),
+            ("EMAIL_FROM_ALLOWED", "@herald.test"),
+        ],
+    )
+    .await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, queued) = app
+        .post(
+            "/v1/emails",
+            json!({
+                "from": "Billing <billing@herald.test>",
+                "to": ["Ada Lovelace <ada@example.com>"], "cc": ["cc@example.com"],
+                "bcc": ["bcc@example.com"], "reply_to": "help@herald.test",
+                "tags": {"plan": "pro"}, "headers": {"X-Ref": "42"},
+                "attachments": [{"filename": "r.pdf", "content": "JVBERi0=", "content_type": "application/pdf"}],
+                "subject": "Receipt", "text": "Thanks", "send_at": later
+            }),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let id = queued["job_id"].as_str().expect("id").to_owned();
+    let path = format!("/v1/emails/{id}");
+    let (status, email) = as_token(&app, "GET", &path, READ_TOKEN, None).await;
+    assert_eq!(status, 200, "{email}");
+    assert_eq!(email["id"], id.as_str());
+    assert_eq!(
+        email["from"],
+        json!({"email": "billing@herald.test", "name": "Billing"})
+    );
+    assert_eq!(
+        email["to"],
+        json!([{"email": "ada@example.com", "name": "Ada Lovelace"}])
+    );
+    assert_eq!(email["cc"][0]["email"], "cc@example.com");
+    assert_eq!(email["bcc"][0]["email"], "bcc@example.com");
+    assert_eq!(email["reply_to"][0]["email"], "help@herald.test");
+    assert_eq!(email["subject"], "Receipt");
+    assert_eq!(email["category"], "transactional");
+    assert_eq!(email["tags"], json!({"plan": "pro"}));
+    assert_eq!(email["headers"], json!({"X-Ref": "42"}));
+    assert_eq!(
+        email["attachments"],
+        json!([{"filename": "r.pdf", "content_type": "application/pdf", "size": 5}])
+    );
+    assert_eq!(email["status"], "pending");
+    assert_eq!(
+        email["send_at"].as_str().map(|s| &s[..19]),
+        Some(&later[..19])
+    );
+    assert_eq!(email["timeline"][0]["event"], "queued");
+
+    // Listed by tag, status and recipient; not under another tag.
+    for (query, found) in [
+        ("tag=plan:pro", true),
+        ("tag=plan:free", false),
+        ("status=pending&to=ADA@example.com", true),
+        ("status=sent", false),
+        ("category=marketing", false),
+    ] {
+        let (status, page) = as_token(
+            &app,
+            "GET",
+            &format!("/v1/emails?{query}"),
+            READ_TOKEN,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{query}: {page}");
+        let ids: Vec<&str> = page["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["id"].as_str())
+            .collect();
+        assert_eq!(ids.contains(&id.as_str()), found, "{query}: {page}");
+        if found {
+            assert_eq!(page["items"][0]["tags"], json!({"plan": "pro"}));
+        }
+    }
+    for bad in ["tag=plan", "tag=plan:pro%20x", "status=lost", "before=nope"] {
+        let (status, _) =
+            as_token(&app, "GET", &format!("/v1/emails?{bad}"), READ_TOKEN, None).await;
+        assert_eq!(status, 422, "{bad}");
+    }
+    // GET /v1/jobs filters by tag too.
+    let (_, jobs) = app.send("GET", "/v1/jobs?tag=plan:pro", None, &[]).await;
+    assert_eq!(jobs["items"][0]["id"], id.as_str(), "{jobs}");
+
+    // A read token reads, and does nothing else.
+    for (method, p, body) in [
+        ("POST", "/v1/emails".to_owned(), Some(base())),
+        ("PATCH", path.clone(), Some(json!({"send_at": later}))),
+        ("POST", format!("{path}/cancel"), None),
+        ("GET", "/v1/suppressions".to_owned(), None),
+    ] {
+        let (status, answer) = as_token(&app, method, &p, READ_TOKEN, body).await;
+        assert_eq!(status, 403, "{method} {p}: {answer}");
+    }
+
+    // Rescheduled while waiting; cancelled; then neither again.
+    let even_later = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, moved) = as_token(
+        &app,
+        "PATCH",
+        &path,
+        crate::api::SEND_TOKEN,
+        Some(json!({"send_at": even_later})),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(
+        moved["send_at"].as_str().map(|s| &s[..19]),
+        Some(&even_later[..19])
+    );
+    let (status, cancelled) = as_token(
+        &app,
+        "POST",
+        &format!("{path}/cancel"),
+        crate::api::SEND_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(
+        app.post(&format!("{path}/cancel"), json!({})).await.0,
+        409,
+        "cancelled once"
+    );
+    let (status, answer) = as_token(
+        &app,
+        "PATCH",
+        &path,
+        crate::api::SEND_TOKEN,
+        Some(json!({"send_at": later})),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_job_state");
+    for missing in [
+        "/v1/emails/not-an-id",
+        "/v1/emails/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    ] {
+        assert_eq!(
+            app.send("GET", missing, None, &[]).await.0,
+            404,
+            "{missing}"
+        );
+    }
+}

@@ -77,6 +77,11 @@ impl Status {
         }
     }
 
+    /// The status named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// Statuses retention may delete: the email's story is over.
     pub const FINISHED: [Self; 4] = [Self::Sent, Self::Suppressed, Self::Failed, Self::Cancelled];
 }
@@ -873,14 +878,16 @@ pub enum Feedback {
 }
 
 /// Records feedback on the row of the message SES named (first time only; a permanent bounce type
-/// is never lowered). Status does not change: feedback comes after `sent`. Returns whether a row
-/// was found.
+/// is never lowered), and the recipient it is about (`feedback_recipient`: the webhook trigger
+/// names it in the event). Status does not change: feedback comes after `sent`. Returns whether a
+/// row was found.
 pub async fn record_feedback(
     conn: &mut PgConnection,
     ses_message_id: &str,
     kind: Feedback,
     at: DateTime<Utc>,
     bounce_type: Option<&str>,
+    recipient: &str,
 ) -> Result<bool, sqlx::Error> {
     let what = match kind {
         Feedback::Delivery => "delivery",
@@ -893,20 +900,36 @@ pub async fn record_feedback(
              bounced_at = CASE WHEN $2 = 'bounce' THEN coalesce(bounced_at, $3) ELSE bounced_at END,
              bounce_type = CASE WHEN $2 = 'bounce' AND coalesce(bounce_type, '') <> 'Permanent'
                                 THEN $4 ELSE bounce_type END,
-             complained_at = CASE WHEN $2 = 'complaint' THEN coalesce(complained_at, $3) ELSE complained_at END
+             complained_at = CASE WHEN $2 = 'complaint' THEN coalesce(complained_at, $3) ELSE complained_at END,
+             feedback_recipient = $5
          WHERE ses_message_id = $1",
         ses_message_id,
         what,
         at,
-        bounce_type
+        bounce_type,
+        recipient
     )
     .execute(conn)
     .await?;
     Ok(done.rows_affected() > 0)
 }
 
-/// Whether the email with this SES message id went to `recipient` (normalised): feedback naming
-/// it is about one of Herald's own sends.
+/// The job id of the email SES gave this message id.
+pub async fn job_of_message(
+    conn: &mut PgConnection,
+    ses_message_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT job_id FROM email_deliveries WHERE ses_message_id = $1",
+        ses_message_id
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// Whether the email with this SES message id went to `recipient` (normalised) as its first
+/// recipient: feedback naming it is about one of Herald's own sends. (The others are in the job's
+/// envelope: `feedback::apply` looks there next.)
 pub async fn sent_to(
     conn: &mut PgConnection,
     ses_message_id: &str,

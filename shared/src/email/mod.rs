@@ -6,6 +6,7 @@ pub mod keys;
 pub mod ledger;
 pub mod message;
 pub mod templates;
+pub mod view;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

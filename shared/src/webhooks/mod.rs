@@ -125,6 +125,7 @@ impl EventType {
             "category": "transactional",
             "ses_message_id": "0100019ae3b1a2c3-5f1e2d3c-0000-4a5b-9c8d-7e6f5a4b3c2d-000000",
             "recipient": "a***@example.com",
+            "tags": {},
         });
         let (extra, sequence) = match self {
             Self::EmailSent => (json!({"sent_at": "2026-12-02T05:40:20.400Z"}), 1),

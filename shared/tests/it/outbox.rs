@@ -75,9 +75,16 @@ async fn events_are_recorded_with_their_change_and_only_for_subscribed_kinds(poo
     let id = sent_email(&mut conn).await;
     let message = format!("ses-{id}");
     assert!(
-        ledger::record_feedback(&mut conn, &message, Feedback::Delivery, Utc::now(), None)
-            .await
-            .expect("delivery")
+        ledger::record_feedback(
+            &mut conn,
+            &message,
+            Feedback::Delivery,
+            Utc::now(),
+            None,
+            "a@example.com"
+        )
+        .await
+        .expect("delivery")
     );
     assert!(
         ledger::record_feedback(
@@ -85,7 +92,8 @@ async fn events_are_recorded_with_their_change_and_only_for_subscribed_kinds(poo
             &message,
             Feedback::Bounce,
             Utc::now(),
-            Some("Permanent")
+            Some("Permanent"),
+            "a@example.com"
         )
         .await
         .expect("bounce")
@@ -305,9 +313,16 @@ async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPo
         (Feedback::Complaint, None),
     ] {
         assert!(
-            ledger::record_feedback(&mut conn, &message, kind, Utc::now(), bounce)
-                .await
-                .expect("feedback")
+            ledger::record_feedback(
+                &mut conn,
+                &message,
+                kind,
+                Utc::now(),
+                bounce,
+                "a@example.com"
+            )
+            .await
+            .expect("feedback")
         );
     }
     for (n, suppressed) in [(0, false), (1, true)] {

@@ -106,12 +106,30 @@ pub async fn apply_value(
 /// The `event_type` of a bounce or complaint that names no send of Herald's to that recipient.
 pub const UNMATCHED: &str = "unmatched";
 
-/// Whether the event names a message Herald sent to its recipient.
+/// Whether the event names a message Herald sent to its recipient: the ledger's first recipient,
+/// else one of the others the job's envelope lists (while the job is kept: JOB_RETENTION_DAYS).
 async fn is_ours(conn: &mut PgConnection, e: &RecipientEvent) -> Result<bool, sqlx::Error> {
-    match &e.ses_message_id {
-        Some(id) => ledger::sent_to(conn, id, &e.recipient).await,
-        None => Ok(false),
+    let Some(id) = &e.ses_message_id else {
+        return Ok(false);
+    };
+    if ledger::sent_to(conn, id, &e.recipient).await? {
+        return Ok(true);
     }
+    let Some(job_id) = ledger::job_of_message(conn, id).await? else {
+        return Ok(false);
+    };
+    let payload = herald_shared::jobs::payload(conn, &job_id)
+        .await
+        .map_err(herald_shared::jobs::JobError::into_sqlx)?;
+    let Some(job) =
+        payload.and_then(|p| serde_json::from_slice::<herald_shared::email::EmailJob>(&p).ok())
+    else {
+        return Ok(false);
+    };
+    Ok(job
+        .envelope
+        .addresses()
+        .any(|a| herald_shared::address::normalize(a) == e.recipient))
 }
 
 /// Stores the event; false if the same event was stored before.
@@ -249,6 +267,7 @@ async fn update_ledger(
             kind,
             e.occurred_at,
             e.bounce_type.as_deref(),
+            &e.recipient,
         )
         .await?;
     }

@@ -2,11 +2,12 @@
 //! reply-to, custom headers and tags; the raw message the emulator stored is read with a MIME
 //! parser and every header and part checked.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::e2e::{Stack, moto_message, unique};
+use crate::e2e::{Stack, moto_message, moto_sqs, unique};
 
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
@@ -26,7 +27,25 @@ async fn an_email_with_the_whole_envelope_reaches_ses_as_one_raw_message_with_ev
     let mut stack =
         Stack::start_with_api_env(&[("EMAIL_FROM_ALLOWED", "noreply@herald.test,@herald.test")])
             .await;
-    stack.spawn_worker(&[]);
+    // A feedback queue of this test's own, and a webhook receiver for bounces.
+    let sqs = moto_sqs().await;
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique("msg-fb"))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    stack.spawn_worker(&[("SQS_FEEDBACK_QUEUE_URL", &queue_url)]);
+    let (hook_url, received) = receiver().await;
+    let (status, hook) = stack
+        .post(
+            "/v1/webhooks",
+            json!({"url": hook_url, "events": ["email.bounced"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
     let tag = unique("env");
     // Bytes that are not text, so any re-encoding would show in the hash.
     let pdf: Vec<u8> = b"%PDF-1.4\n"
@@ -40,7 +59,8 @@ async fn an_email_with_the_whole_envelope_reaches_ses_as_one_raw_message_with_ev
         .collect();
     let ada = format!("{tag}-ada@example.com");
     let grace = format!("{tag}-grace@example.com");
-    let zoe = format!("{tag}-zoe@example.com");
+    // Another domain, so that the masked address in the webhook event tells it from the others.
+    let zoe = format!("{tag}-zoe@cc.example.org");
     let audit = format!("{tag}-audit@example.com");
     let (status, queued) = stack
         .post(
@@ -151,5 +171,91 @@ async fn an_email_with_the_whole_envelope_reaches_ses_as_one_raw_message_with_ev
     let png_part = find("image/png");
     assert_eq!(png_part["content_id"], "logo");
     assert_eq!(png_part["sha256"], sha256_hex(&png));
+
+    // A hard bounce for the cc recipient only: it alone is suppressed, the email's timeline shows
+    // it, and the webhook event names it and carries the tags.
+    let message_id = m["id"].as_str().expect("ses id").to_owned();
+    let bounce = json!({"notificationType": "Bounce",
+        "bounce": {"bounceType": "Permanent", "bounceSubType": "NoEmail", "feedbackId": unique("fb"),
+                   "timestamp": chrono::Utc::now().to_rfc3339(), "bouncedRecipients": [{"emailAddress": zoe}]},
+        "mail": {"messageId": message_id, "timestamp": chrono::Utc::now().to_rfc3339(),
+                 "source": "billing@herald.test", "destination": [ada, grace, zoe, audit]}});
+    let envelope = json!({"Type": "Notification", "MessageId": unique("sns"),
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
+        "Message": bounce.to_string(), "Timestamp": chrono::Utc::now().to_rfc3339()});
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body(envelope.to_string())
+        .send()
+        .await
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let email = loop {
+        let (status, email) = stack.get(&format!("/v1/emails/{job_id}")).await;
+        assert_eq!(status, 200, "{email}");
+        let bounced = email["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .any(|e| e["event"] == "bounce" && e["recipient"] == zoe.as_str());
+        if bounced {
+            break email;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bounce in the timeline: {email}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(email["tags"], json!({"kind": "receipt", "plan": "pro"}));
+    assert_eq!(email["status"], "sent");
+    assert_eq!(stack.get(&format!("/v1/suppressions/{zoe}")).await.0, 200);
+    for other in [&ada, &grace, &audit] {
+        assert_eq!(
+            stack.get(&format!("/v1/suppressions/{other}")).await.0,
+            404,
+            "{other} is not suppressed"
+        );
+    }
+    let event = loop {
+        let bodies = received.lock().expect("log").clone();
+        if let Some(body) = bodies.first() {
+            break serde_json::from_str::<serde_json::Value>(body).expect("json");
+        }
+        assert!(Instant::now() < deadline, "no webhook event");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(event["type"], "email.bounced", "{event}");
+    assert_eq!(event["data"]["job_id"], job_id, "{event}");
+    assert_eq!(
+        event["data"]["tags"],
+        json!({"kind": "receipt", "plan": "pro"})
+    );
+    assert!(
+        event["data"]["recipient"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("@cc.example.org"),
+        "the event names the cc recipient: {event}"
+    );
     stack.finish().await;
+}
+
+/// A receiver on 127.0.0.1 that answers 200 and keeps every body.
+async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let shared = log.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let log = shared.clone();
+        async move {
+            log.lock().expect("log").push(body);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver") });
+    (url, log)
 }

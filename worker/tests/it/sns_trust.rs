@@ -563,6 +563,8 @@ async fn forged_feedback_ends_in_the_dlq_unapplied_while_signed_feedback_is_appl
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn only_herald_s_own_recipients_are_applied_and_forged_complaints_count_once(pool: PgPool) {
+    // The queue's tables: a recipient other than the first is looked up in the job's envelope.
+    crate::helpers::setup_queue(&pool).await;
     // 200 sends an hour ago; r1 got message m-1.
     sqlx::query(
         "INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id, sent_at)
