@@ -244,7 +244,9 @@ pub fn router(state: AppState) -> Router {
     let send = Router::new()
         .route(
             "/v1/emails",
-            post(emails::send_email).layer(DefaultBodyLimit::max(extract::EMAIL_BODY_LIMIT)),
+            post(emails::send_email)
+                .layer(DefaultBodyLimit::max(extract::EMAIL_BODY_LIMIT))
+                .layer(axum::middleware::from_fn(large_body_gate)),
         )
         .route("/v1/emails/batch", post(routes::batch::send_batch))
         .route(
@@ -356,6 +358,29 @@ pub fn router(state: AppState) -> Router {
             request_timeout,
         ))
         .with_state(state)
+}
+
+/// Requests whose bodies may pass the usual 256 KiB (attachments) read and handled at once: 8
+/// × 16 MiB, however many requests are served together. A body that declares a length within
+/// the usual limit passes without waiting.
+static LARGE_BODIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+async fn large_body_gate(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let small = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n <= extract::BODY_LIMIT);
+    let _permit = if small {
+        None
+    } else {
+        LARGE_BODIES.acquire().await.ok()
+    };
+    next.run(request).await
 }
 
 /// Answers `503 request_timeout` (JSON, like every error) when a request outlasts

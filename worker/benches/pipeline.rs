@@ -21,7 +21,9 @@
 //! BENCH_PARTS (all, or a comma list of enqueue, batch, drain, email, templates: enqueue includes
 //! an open loop at half its maximum for BENCH_OPEN_SECS (10); batch posts BENCH_BATCH_EMAILS
 //! (20000) in batches of 1,000 from BENCH_BATCH_CLIENTS (2); email includes pgbench and pick-up;
-//! templates sends a stored template vs raw content, alternating rounds);
+//! templates sends a stored template vs raw content, alternating rounds; attachments posts and
+//! sends BENCH_ATTACHMENT_EMAILS (400) emails with a distinct 100 KB attachment each vs plain ones,
+//! alternating rounds, and compares their job rows' sizes);
 //! BENCH_WORKER_BIN (another herald-worker binary to measure instead of this build's).
 //!
 //! Long on purpose: the baselines and Herald run in one process, alternating, so they share it.
@@ -942,6 +944,167 @@ async fn main() {
             format!("{s:.0}"),
             format!("{r:.0}"),
             s / r,
+        ));
+    }
+    if want("attachments") {
+        // 7. Emails with a 100 KB attachment (distinct bytes each) vs plain ones: posted over HTTP,
+        // then sent by the same worker in alternating rounds; and what their job rows weigh (the
+        // bytes live in email_attachment_blobs, not in the queue's rows).
+        let n = env_usize("BENCH_ATTACHMENT_EMAILS", 400);
+        let attachment = |i: usize| -> Vec<u8> {
+            let mut bytes = vec![0u8; 100 * 1024];
+            for (k, b) in bytes.iter_mut().enumerate() {
+                *b = ((k * 31 + i * 7) % 251) as u8;
+            }
+            bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            bytes
+        };
+        let api_url = start_api(&url, &pool).await;
+        let http = reqwest::Client::new();
+        let post_round = |with: bool, first: usize| {
+            let (http, api_url) = (http.clone(), api_url.clone());
+            async move {
+                let per = n / 8;
+                let start = Instant::now();
+                let mut handles = Vec::new();
+                for c in 0..8 {
+                    let (http, api_url) = (http.clone(), api_url.clone());
+                    handles.push(tokio::spawn(async move {
+                        for k in 0..per {
+                            let i = first + c * per + k;
+                            let mut body = serde_json::json!({"to": format!("att-{i}@example.com"), "subject": "Receipt", "text": "Attached."});
+                            if with {
+                                use base64::Engine;
+                                body["attachments"] = serde_json::json!([{"filename": "receipt.pdf",
+                                    "content": base64::engine::general_purpose::STANDARD.encode(attachment(i))}]);
+                            }
+                            let res = http
+                                .post(format!("{api_url}/v1/emails"))
+                                .bearer_auth(TOKEN)
+                                .json(&body)
+                                .send()
+                                .await
+                                .expect("post");
+                            assert_eq!(res.status(), 202);
+                        }
+                    }));
+                }
+                for h in handles {
+                    h.await.expect("client");
+                }
+                (per * 8) as f64 / start.elapsed().as_secs_f64()
+            }
+        };
+        let (mut posted_with, mut posted_without) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            for with in [round % 2 == 0, round % 2 != 0] {
+                let rate =
+                    post_round(with, 1_000_000 * (1 + round) + usize::from(with) * 100_000).await;
+                if with {
+                    &mut posted_with
+                } else {
+                    &mut posted_without
+                }
+                .push(rate);
+            }
+        }
+        let (row_with, row_without): (f64, f64) = sqlx::query_as(
+            "SELECT avg(pg_column_size(job)) FILTER (WHERE convert_from(job, 'UTF8') LIKE '%attachments%')::float8,
+                    avg(pg_column_size(job)) FILTER (WHERE convert_from(job, 'UTF8') NOT LIKE '%attachments%')::float8
+             FROM apalis.jobs WHERE job_type = $1",
+        )
+        .bind(email::EMAIL_QUEUE)
+        .fetch_one(&pool)
+        .await
+        .expect("row sizes");
+        let stub = SesStub::start().await;
+        let mut worker = spawn_worker(&url, &stub.url, batch, concurrency);
+        // What was posted goes out first, untimed.
+        wait_done(
+            &pool,
+            email::EMAIL_QUEUE,
+            count_done(&pool, email::EMAIL_QUEUE).await
+                + sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND status <> 'Done'",
+                )
+                .bind(email::EMAIL_QUEUE)
+                .fetch_one(&pool)
+                .await
+                .expect("waiting"),
+        )
+        .await;
+        let (mut sent_with, mut sent_without) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            for with in [round % 2 == 0, round % 2 != 0] {
+                let before = count_done(&pool, email::EMAIL_QUEUE).await;
+                let mut tx = pool.begin().await.expect("tx");
+                for k in 0..n {
+                    let i = 5_000_000 + round * 100_000 + k;
+                    let mut job = email(i);
+                    if with {
+                        let bytes = attachment(i);
+                        let checked =
+                            email::attachments::check(&[email::attachments::AttachmentInput {
+                                filename: "receipt.pdf".into(),
+                                content: {
+                                    use base64::Engine;
+                                    base64::engine::general_purpose::STANDARD.encode(&bytes)
+                                },
+                                content_type: None,
+                                content_id: None,
+                            }])
+                            .expect("attachment");
+                        email::attachments::store(&mut tx, &checked)
+                            .await
+                            .expect("store");
+                        job.envelope.attachments = checked.into_iter().map(|(r, _)| r).collect();
+                    }
+                    let options = EnqueueOptions {
+                        max_attempts: 3,
+                        run_at: None,
+                        idempotency_key: None,
+                    };
+                    email::enqueue(&mut tx, &job, options)
+                        .await
+                        .expect("enqueue");
+                }
+                tx.commit().await.expect("commit");
+                let start = Instant::now();
+                wait_done(&pool, email::EMAIL_QUEUE, before + n as i64).await;
+                let rate = n as f64 / start.elapsed().as_secs_f64();
+                println!(
+                    "round {round}: {} {rate:.0} emails/s",
+                    if with { "100 KB attachment" } else { "plain" }
+                );
+                if with {
+                    &mut sent_with
+                } else {
+                    &mut sent_without
+                }
+                .push(rate);
+            }
+        }
+        let _ = worker.kill();
+        let _ = worker.wait();
+        let (pw, pp) = (median(&posted_with), median(&posted_without));
+        rows.push(Row::new(
+            "POST /v1/emails with a 100 KB attachment vs plain, emails/s (medians, 8 clients)",
+            format!("{pw:.0}"),
+            format!("{pp:.0}"),
+            pw / pp,
+        ));
+        let (sw, sp) = (median(&sent_with), median(&sent_without));
+        rows.push(Row::new(
+            "email path with a 100 KB attachment vs plain, emails/s (medians)",
+            format!("{sw:.0}"),
+            format!("{sp:.0}"),
+            sw / sp,
+        ));
+        rows.push(Row::new(
+            "email job row with a 100 KB attachment vs plain, bytes (avg pg_column_size)",
+            format!("{row_with:.0}"),
+            format!("{row_without:.0}"),
+            row_with / row_without,
         ));
     }
     print_rows("baseline (raw apalis / pgbench / idle)", &rows);

@@ -382,6 +382,28 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
     );
     assert_eq!(email["timeline"][0]["event"], "queued");
 
+    // The console's job page shows the same facts, addresses masked, attachments by name.
+    let html = app
+        .http
+        .get(format!("{}/admin/jobs/{id}", app.url))
+        .bearer_auth(crate::api::TOKEN)
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("r.pdf (application&#x2f;pdf, 5 bytes)"), "{html}");
+    assert!(html.contains("plan:pro"), "{html}");
+    let cc = herald_shared::address::mask("cc@example.com");
+    assert!(
+        html.contains(&format!(r#"<dd id="cc">{cc}</dd>"#)),
+        "{html}"
+    );
+    for hidden in ["cc@example.com", "bcc@example.com", "ada@example.com"] {
+        assert!(!html.contains(hidden), "{hidden} is masked: {html}");
+    }
+
     // Listed by tag, status and recipient; not under another tag.
     for (query, found) in [
         ("tag=plan:pro", true),

@@ -137,6 +137,14 @@ async fn run(
         }
     }
 
+    // An email with attachments holds them in memory, twice (bytes and MIME), while it is built
+    // and sent: at most ATTACHMENT_SENDS at once per worker. Taken before any connection, so
+    // that the emails waiting for it hold none.
+    let _permit = if job.envelope.attachments.is_empty() {
+        None
+    } else {
+        ATTACHMENT_SENDS.acquire().await.ok()
+    };
     let mut tx = ctx.pool.begin().await?;
     let delivery = match ledger::lock(&mut tx, id).await? {
         Some(d) => d,
@@ -360,6 +368,10 @@ async fn retry_later(
 /// How long an accepted email's `sent` write keeps trying while the database is out of reach:
 /// giving up is what turns an outage into a resend.
 const SENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Emails with attachments one worker builds and sends at once: 4 × (10 MB of bytes and ~14 MB
+/// of MIME) bounds their memory to about 100 MB whatever `WORKER_CONCURRENCY` is.
+static ATTACHMENT_SENDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Records SES's acceptance, retrying through a database outage of up to [`SENT_PATIENCE`]:
 /// losing this write is what could cause a resend. A write the database refuses for good (not a

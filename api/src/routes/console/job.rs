@@ -60,6 +60,7 @@ pub async fn job_page(
             "can_cancel": status == JobStatus::Queued,
             "email": record.map(with_durations),
             "subject": subject.map(|s| s.unwrap_or_else(|e| e)),
+            "envelope": email_job.as_ref().map(|e| &e.envelope),
             "events": events,
         })))
     }
