@@ -393,7 +393,10 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
         .text()
         .await
         .expect("html");
-    assert!(html.contains("r.pdf (application&#x2f;pdf, 5 bytes)"), "{html}");
+    assert!(
+        html.contains("r.pdf (application&#x2f;pdf, 5 bytes)"),
+        "{html}"
+    );
     assert!(html.contains("plan:pro"), "{html}");
     let cc = herald_shared::address::mask("cc@example.com");
     assert!(

@@ -233,8 +233,9 @@ pub async fn record(conn: &mut PgConnection, job_id: &str) -> Result<Option<Reco
     .await
 }
 
-/// One category's sent emails in two windows (the compliance guard's cohorts): each message counts
-/// once as a bounce and once as a complaint, however often SES reports it.
+/// One category's sent emails in two windows (the compliance guard's cohorts), counted by
+/// recipient as SES counts them: each recipient counts once as a bounce and once as a complaint,
+/// however often SES reports it.
 #[derive(Debug, Clone)]
 pub struct Cohorts {
     /// Category.
@@ -263,14 +264,19 @@ pub async fn sent_cohorts(
     sqlx::query_as!(
         Cohorts,
         r#"SELECT category AS "category!: Category",
-                  count(*) FILTER (WHERE sent_at >= $1) AS "short_sends!",
-                  count(*) FILTER (WHERE sent_at >= $1 AND bounce_type = 'Permanent') AS "short_bounces!",
-                  count(*) FILTER (WHERE sent_at >= $1 AND complained_at IS NOT NULL) AS "short_complaints!",
-                  count(*) FILTER (WHERE sent_at >= $2) AS "long_sends!",
-                  count(*) FILTER (WHERE sent_at >= $2 AND bounce_type = 'Permanent') AS "long_bounces!",
-                  count(*) FILTER (WHERE sent_at >= $2 AND complained_at IS NOT NULL) AS "long_complaints!"
-           FROM email_deliveries
-           WHERE status = 'sent' AND sent_at >= least($1, $2)
+                  coalesce(sum(recipients) FILTER (WHERE sent_at >= $1), 0)::bigint AS "short_sends!",
+                  coalesce(sum(bounced) FILTER (WHERE sent_at >= $1), 0)::bigint AS "short_bounces!",
+                  coalesce(sum(complained) FILTER (WHERE sent_at >= $1), 0)::bigint AS "short_complaints!",
+                  coalesce(sum(recipients) FILTER (WHERE sent_at >= $2), 0)::bigint AS "long_sends!",
+                  coalesce(sum(bounced) FILTER (WHERE sent_at >= $2), 0)::bigint AS "long_bounces!",
+                  coalesce(sum(complained) FILTER (WHERE sent_at >= $2), 0)::bigint AS "long_complaints!"
+           FROM (SELECT category, sent_at, recipients,
+                        least(recipients, greatest(coalesce(cardinality(hard_bounced_recipients), 0),
+                                                   (bounce_type = 'Permanent')::int)) AS bounced,
+                        least(recipients, greatest(coalesce(cardinality(complained_recipients), 0),
+                                                   (complained_at IS NOT NULL)::int)) AS complained
+                 FROM email_deliveries
+                 WHERE status = 'sent' AND sent_at >= least($1::timestamptz, $2::timestamptz)) AS d
            GROUP BY category"#,
         short,
         long
@@ -901,6 +907,13 @@ pub async fn record_feedback(
              bounce_type = CASE WHEN $2 = 'bounce' AND coalesce(bounce_type, '') <> 'Permanent'
                                 THEN $4 ELSE bounce_type END,
              complained_at = CASE WHEN $2 = 'complaint' THEN coalesce(complained_at, $3) ELSE complained_at END,
+             hard_bounced_recipients = CASE
+                 WHEN $2 = 'bounce' AND $4 = 'Permanent'
+                      AND NOT ($5 = ANY (coalesce(hard_bounced_recipients, '{}')))
+                 THEN array_append(hard_bounced_recipients, $5) ELSE hard_bounced_recipients END,
+             complained_recipients = CASE
+                 WHEN $2 = 'complaint' AND NOT ($5 = ANY (coalesce(complained_recipients, '{}')))
+                 THEN array_append(complained_recipients, $5) ELSE complained_recipients END,
              feedback_recipient = $5
          WHERE ses_message_id = $1",
         ses_message_id,
@@ -912,6 +925,24 @@ pub async fn record_feedback(
     .execute(conn)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// Records how many recipients an email with several is sent to (the compliance rates count
+/// recipients); the caller holds the row's lock.
+pub async fn set_recipients(
+    conn: &mut PgConnection,
+    job_id: &str,
+    recipients: usize,
+) -> Result<(), sqlx::Error> {
+    let n = i16::try_from(recipients.clamp(1, 50)).unwrap_or(1);
+    sqlx::query!(
+        "UPDATE email_deliveries SET recipients = $2 WHERE job_id = $1 AND recipients <> $2",
+        job_id,
+        n
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The job id of the email SES gave this message id.

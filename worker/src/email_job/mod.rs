@@ -250,6 +250,7 @@ async fn run(
             count(ctx, "suppressed");
             return Ok(Outcome::Done(ledger::job_result(Status::Suppressed, None)));
         }
+        ledger::set_recipients(&mut tx, id, outgoing.envelope.addresses().count()).await?;
     }
     if !outgoing.envelope.attachments.is_empty() {
         match attachments::load(&mut tx, &outgoing.envelope.attachments).await? {

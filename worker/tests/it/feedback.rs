@@ -745,6 +745,88 @@ async fn a_duplicate_bounce_does_not_move_the_compliance_rate(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn rates_count_recipients_and_each_recipient_bounces_or_complains_once(pool: PgPool) {
+    sent_an_hour_ago(&pool, 200, "ses-").await;
+    // Email j7 (ses-7) went to four recipients: r7 and three more.
+    {
+        let mut conn = pool.acquire().await.expect("conn");
+        herald_shared::email::ledger::set_recipients(&mut conn, "j7", 4)
+            .await
+            .expect("recipients");
+    }
+    let rate = async |pool: &PgPool| {
+        let all = rate_24h(pool).await;
+        (all.bounces, all.complaints, all.sends)
+    };
+    assert_eq!(rate(&pool).await, (0, 0, 203), "sends count recipients");
+    let p = policy();
+    let hard = |id: &str, to: &[&str]| {
+        bounce("Permanent", id, "ses-7", to, "2026-11-26T10:00:00Z").to_string()
+    };
+    apply(
+        &pool,
+        &p,
+        &hard("fb-1", &["r7@example.com", "cc7@example.com"]),
+        None,
+    )
+    .await
+    .expect("two recipients bounce");
+    assert_eq!(rate(&pool).await, (2, 0, 203));
+    // The cc reported again under another feedback id, and a soft bounce: no more hard bounces.
+    apply(&pool, &p, &hard("fb-2", &["cc7@example.com"]), None)
+        .await
+        .expect("again");
+    apply(
+        &pool,
+        &p,
+        &bounce(
+            "Transient",
+            "fb-3",
+            "ses-7",
+            &["bcc7@example.com"],
+            "2026-11-26T10:00:00Z",
+        )
+        .to_string(),
+        None,
+    )
+    .await
+    .expect("soft");
+    assert_eq!(rate(&pool).await, (2, 0, 203), "each recipient once");
+    // A one-recipient email still counts one bounce however often it is reported.
+    apply(
+        &pool,
+        &p,
+        &bounce(
+            "Permanent",
+            "fb-4",
+            "ses-9",
+            &["r9@example.com"],
+            "2026-11-26T10:00:00Z",
+        )
+        .to_string(),
+        None,
+    )
+    .await
+    .expect("r9");
+    apply(
+        &pool,
+        &p,
+        &bounce(
+            "Permanent",
+            "fb-5",
+            "ses-9",
+            &["r9@example.com"],
+            "2026-11-26T10:01:00Z",
+        )
+        .to_string(),
+        None,
+    )
+    .await
+    .expect("r9 again");
+    assert_eq!(rate(&pool).await, (3, 0, 203));
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_not_spam_report_never_counts_toward_the_complaint_rate(pool: PgPool) {
     sent_an_hour_ago(&pool, 200, "m-c").await;
     let complaints = async |pool: &PgPool| rate_24h(pool).await.complaints;
