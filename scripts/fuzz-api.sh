@@ -4,13 +4,16 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 SCHEMATHESIS_VERSION="4.32.5"
+VALIDATOR_VERSION="0.9.0"
 
 usage() {
     cat <<EOT
 Usage: scripts/fuzz-api.sh [--max-examples N]
 
-Starts herald-api (debug build) on a fresh database and runs schemathesis $SCHEMATHESIS_VERSION (PyPI,
-installed into .local/fuzz) against /openapi.json, authenticated: examples, coverage, fuzzing and
+Starts herald-api (debug build) on a fresh database, checks /openapi.json with
+openapi-spec-validator $VALIDATOR_VERSION (the document must be valid OpenAPI 3.1), then runs
+schemathesis $SCHEMATHESIS_VERSION (PyPI, both installed into .local/fuzz) against it,
+authenticated: examples, coverage, fuzzing and
 stateful phases. Fails when any response is a 5xx, or its status code, content type, headers or
 body do not match the document. Without DATABASE_URL it uses the embedded PostgreSQL 17; the
 database herald_fuzz on that server is dropped and recreated.
@@ -42,6 +45,11 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
         die "could not install schemathesis"
 fi
+if ! "$venv/bin/pip" show openapi-spec-validator 2>/dev/null | grep -q "^Version: $VALIDATOR_VERSION$"; then
+    log "installing openapi-spec-validator $VALIDATOR_VERSION into ${venv#"$HERALD_ROOT"/} (once)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==$VALIDATOR_VERSION" ||
+        die "could not install openapi-spec-validator"
+fi
 
 use_database
 export SQLX_OFFLINE=true
@@ -70,6 +78,12 @@ read -r -t 30 first <&3 || die "herald-api did not start (see ${HERALD_LOCAL#"$H
 cat <&3 >/dev/null &
 api_url="${first#herald-api listening on }"
 log "fuzzing $api_url/openapi.json ($max_examples examples per operation and phase)"
+
+python3 -c 'import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())' \
+    "$api_url/openapi.json" >"$work/openapi.json" || die "could not read $api_url/openapi.json"
+"$venv/bin/openapi-spec-validator" "$work/openapi.json" ||
+    die "/openapi.json is not a valid OpenAPI document (openapi-spec-validator $VALIDATOR_VERSION)"
+log "openapi-spec-validator $VALIDATOR_VERSION: /openapi.json is valid"
 
 report="$HERALD_LOCAL/fuzz-report"
 status=0

@@ -98,7 +98,7 @@ enum Item {
 }
 
 /// Queues a batch of emails.
-#[utoipa::path(post, path = "/v1/emails/batch", tag = "emails", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/emails/batch", operation_id = "sendEmailBatch", tag = "emails", security(("bearer" = [])),
     request_body = BatchRequest,
     responses(
         (status = 200, description = "Each item answered in order (202, 200, 409 or 422 each)", body = BatchResponse),

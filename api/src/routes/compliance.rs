@@ -36,7 +36,7 @@ async fn view(state: &AppState) -> Result<ComplianceView, ApiError> {
 }
 
 /// The current rates, thresholds and pause state.
-#[utoipa::path(get, path = "/v1/compliance", tag = "compliance", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/compliance", operation_id = "getCompliance", tag = "compliance", security(("bearer" = [])),
     responses(
         (status = 200, description = "Rates and pauses", body = ComplianceView),
         (status = 401, description = "No valid token", body = ErrorBody)))]
@@ -53,7 +53,7 @@ pub struct ResumeRequest {
 }
 
 /// Resumes paused sending; the automatic check does not pause again during the grace period.
-#[utoipa::path(post, path = "/v1/compliance/resume", tag = "compliance", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/compliance/resume", operation_id = "resumeSending", tag = "compliance", security(("bearer" = [])),
     request_body = ResumeRequest,
     responses(
         (status = 200, description = "Resumed; the state now", body = ComplianceView),

@@ -246,11 +246,12 @@ async fn pin_template(
 }
 
 /// Queues an email.
-#[utoipa::path(post, path = "/v1/emails", tag = "emails", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/emails", operation_id = "sendEmail", tag = "emails", security(("bearer" = [])),
     request_body = SendEmailRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same job")),
     responses(
-        (status = 202, description = "Queued", body = Enqueued),
+        (status = 202, description = "Queued; a replay of an earlier request with the same Idempotency-Key and body answers the same, with `Idempotent-Replayed: true`", body = Enqueued,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer is an earlier request's"))),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 409, description = "Recipient suppressed, or Idempotency-Key reused with another body", body = ErrorBody),
         (status = 422, description = "Invalid address, unknown template, missing variable or unknown field", body = ErrorBody)))]
@@ -258,7 +259,7 @@ pub async fn send_email(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: JsonBody<SendEmailRequest>,
-) -> Result<(StatusCode, Json<Enqueued>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Enqueued>), ApiError> {
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -292,7 +293,11 @@ pub async fn send_email(
     if let Some(key) = &key {
         let conn = conn.insert(state.db.acquire().await?);
         if let Some(job_id) = replay(conn, key, &body_hash).await? {
-            return Ok((StatusCode::ACCEPTED, Json(Enqueued::new(job_id))));
+            return Ok((
+                StatusCode::ACCEPTED,
+                replayed(),
+                Json(Enqueued::new(job_id)),
+            ));
         }
     }
     let Built {
@@ -331,9 +336,13 @@ pub async fn send_email(
             idempotency: key.clone().map(|k| (k, body_hash.clone())),
         })
         .await?;
+    let mut was_replayed = HeaderMap::new();
     let job_id = match queued {
         Queued::New(id) => id.to_string(),
-        Queued::Replayed(job_id) => job_id.to_string(),
+        Queued::Replayed(job_id) => {
+            was_replayed = replayed();
+            job_id.to_string()
+        }
         Queued::Suppressed => {
             return Err(ApiError::RecipientSuppressed(category.as_str()));
         }
@@ -341,6 +350,7 @@ pub async fn send_email(
         Queued::KeyConflict => match &key {
             Some(key) => {
                 let mut conn = state.db.acquire().await?;
+                was_replayed = replayed();
                 replay(&mut conn, key, &body_hash)
                     .await?
                     .ok_or(ApiError::IdempotencyConflict)?
@@ -351,7 +361,17 @@ pub async fn send_email(
     tracing::info!(job_id, to = %to, template = label, "email queued");
     let mut answer = Enqueued::new(job_id);
     answer.suppressed = suppressed;
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    Ok((StatusCode::ACCEPTED, was_replayed, Json(answer)))
+}
+
+/// `Idempotent-Replayed: true`: the answer is the first request's, nothing new was queued.
+fn replayed() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
+    headers
 }
 
 /// Leaves out of an email with listed recipients those the send rule suppresses in its category

@@ -17,14 +17,14 @@ pub struct StatusBody {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/health", tag = "health",
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "health",
     responses((status = 200, description = "The process is alive", body = StatusBody)))]
 pub async fn health() -> Json<StatusBody> {
     Json(StatusBody { status: "ok" })
 }
 
 /// Readiness: the database answers and its migrations are current.
-#[utoipa::path(get, path = "/ready", tag = "health",
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "health",
     responses(
         (status = 200, description = "Ready to serve", body = StatusBody),
         (status = 503, description = "Database unreachable or schema not current", body = crate::error::ErrorBody)))]

@@ -41,6 +41,7 @@ pub struct JobView {
 /// The filters of a jobs list (all optional; empty values are ignored, as a form sends them).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Queue name.
     pub queue: Option<String>,
@@ -153,7 +154,7 @@ pub struct JobPage {
 }
 
 /// Lists jobs, newest first, filtered (the console's jobs page reads the same function).
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "listJobs", tag = "jobs", security(("bearer" = [])),
     params(ListQuery),
     responses(
         (status = 200, description = "A page of 50 at most", body = JobPage),
@@ -213,7 +214,7 @@ async fn load(state: &AppState, id: &str) -> Result<JobView, ApiError> {
 }
 
 /// A job's status.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "getJob", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id (ULID)")),
     responses(
         (status = 200, description = "The job", body = JobView),
@@ -227,7 +228,7 @@ pub async fn get_job(
 }
 
 /// Puts a failed job back in the queue with a fresh budget of attempts.
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", operation_id = "retryJob", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id (ULID)")),
     responses(
         (status = 200, description = "Queued again", body = JobView),
@@ -259,7 +260,7 @@ pub async fn retry_job(
 }
 
 /// Cancels a job that has not started.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", operation_id = "cancelJob", tag = "jobs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Job id (ULID)")),
     responses(
         (status = 200, description = "Cancelled", body = JobView),

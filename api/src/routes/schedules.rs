@@ -48,7 +48,7 @@ pub struct ScheduleList {
 }
 
 /// Every schedule with its next tick and last run.
-#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/schedules", operation_id = "listSchedules", tag = "schedules", security(("bearer" = [])),
     responses(
         (status = 200, description = "The schedules", body = ScheduleList),
         (status = 401, description = "No valid token", body = ErrorBody)))]

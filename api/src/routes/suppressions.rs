@@ -16,6 +16,7 @@ use crate::extract::JsonBody;
 /// Filters and paging.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this address (case-insensitive).
     pub email: Option<String>,
@@ -39,7 +40,7 @@ pub struct SuppressionPage {
 }
 
 /// Lists suppressions.
-#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/suppressions", operation_id = "listSuppressions", tag = "suppressions", security(("bearer" = [])),
     params(ListQuery),
     responses(
         (status = 200, description = "A page", body = SuppressionPage),
@@ -80,7 +81,7 @@ pub async fn list(
 }
 
 /// One address's suppression.
-#[utoipa::path(get, path = "/v1/suppressions/{email}", tag = "suppressions", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/suppressions/{email}", operation_id = "getSuppression", tag = "suppressions", security(("bearer" = [])),
     params(("email" = String, Path, description = "Address (case-insensitive)")),
     responses(
         (status = 200, description = "Suppressed", body = Suppression),
@@ -111,7 +112,7 @@ pub struct AddSuppression {
 }
 
 /// Adds (or strengthens) a suppression.
-#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/suppressions", operation_id = "addSuppression", tag = "suppressions", security(("bearer" = [])),
     request_body = AddSuppression,
     responses(
         (status = 201, description = "Suppressed (an existing, weaker suppression is raised)", body = Suppression),
@@ -144,7 +145,7 @@ pub async fn add(
 }
 
 /// Removes an address's suppression.
-#[utoipa::path(delete, path = "/v1/suppressions/{email}", tag = "suppressions", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/suppressions/{email}", operation_id = "removeSuppression", tag = "suppressions", security(("bearer" = [])),
     params(("email" = String, Path, description = "Address (case-insensitive)")),
     responses(
         (status = 204, description = "Removed"),

@@ -118,6 +118,7 @@ pub struct Preview {
 
 /// `?locale=` of a version read.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LocaleQuery {
     /// Locale; default `en`.
     pub locale: Option<String>,
@@ -125,6 +126,7 @@ pub struct LocaleQuery {
 
 /// `?force=true` to delete a template queued emails still use.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Delete even if queued emails use it (they will fail).
     pub force: Option<bool>,
@@ -154,7 +156,7 @@ fn check_locale(locale: Option<String>) -> Result<String, ApiError> {
 
 /// Stores a new version of a template after parsing it and rendering it with `sample_data`. The
 /// locale comes from the body or `?locale=` (they must agree when both are given).
-#[utoipa::path(put, path = "/v1/templates/{name}", tag = "templates", security(("bearer" = [])),
+#[utoipa::path(put, path = "/v1/templates/{name}", operation_id = "putTemplate", tag = "templates", security(("bearer" = [])),
     params(("name" = String, Path, description = "Template name (lower-case letters, digits, _)"), LocaleQuery),
     request_body = PutTemplate,
     responses(
@@ -270,7 +272,7 @@ fn view(v: store::VersionInfo) -> TemplateVersion {
 }
 
 /// The newest version of every template in every locale.
-#[utoipa::path(get, path = "/v1/templates", tag = "templates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/templates", operation_id = "listTemplates", tag = "templates", security(("bearer" = [])),
     responses((status = 200, description = "Newest version per name and locale", body = TemplateVersions)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<TemplateVersions>, ApiError> {
     let mut conn = state.db.acquire().await?;
@@ -283,7 +285,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<TemplateVersions
 }
 
 /// Every version of a template, by locale.
-#[utoipa::path(get, path = "/v1/templates/{name}", tag = "templates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/templates/{name}", operation_id = "getTemplate", tag = "templates", security(("bearer" = [])),
     params(("name" = String, Path, description = "Template name")),
     responses(
         (status = 200, description = "Its versions", body = TemplateVersions),
@@ -305,7 +307,7 @@ pub async fn get(
 }
 
 /// One version with its sources.
-#[utoipa::path(get, path = "/v1/templates/{name}/versions/{version}", tag = "templates", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/templates/{name}/versions/{version}", operation_id = "getTemplateVersion", tag = "templates", security(("bearer" = [])),
     params(("name" = String, Path, description = "Template name"), ("version" = i32, Path, description = "Version"), LocaleQuery),
     responses(
         (status = 200, description = "The version", body = TemplateSource),
@@ -338,7 +340,7 @@ pub async fn version(
 }
 
 /// Deletes every version of a template; refused while queued emails use it, unless forced.
-#[utoipa::path(delete, path = "/v1/templates/{name}", tag = "templates", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/templates/{name}", operation_id = "deleteTemplate", tag = "templates", security(("bearer" = [])),
     params(("name" = String, Path, description = "Template name"), DeleteQuery),
     responses(
         (status = 204, description = "Deleted"),
@@ -364,7 +366,7 @@ pub async fn delete(
 }
 
 /// Renders a version with `data`, as an email would be.
-#[utoipa::path(post, path = "/v1/templates/{name}/preview", tag = "templates", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/templates/{name}/preview", operation_id = "previewTemplate", tag = "templates", security(("bearer" = [])),
     params(("name" = String, Path, description = "Template name")),
     request_body = PreviewRequest,
     responses(

@@ -17,7 +17,7 @@ use crate::extract::JsonBody;
 use crate::routes::emails::Enqueued;
 
 /// Queues the email-verification message for a user.
-#[utoipa::path(post, path = "/v1/users/{user_id}/verification-email", tag = "users", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/users/{user_id}/verification-email", operation_id = "sendVerificationEmail", tag = "users", security(("bearer" = [])),
     params(("user_id" = String, Path, description = "User id (UUID)")),
     responses(
         (status = 202, description = "Queued", body = Enqueued),
@@ -72,7 +72,7 @@ pub struct Accepted {
 }
 
 /// Queues a password-reset email if an active account has this address; answers the same either way.
-#[utoipa::path(post, path = "/v1/password-resets", tag = "users", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/password-resets", operation_id = "requestPasswordReset", tag = "users", security(("bearer" = [])),
     request_body = PasswordResetRequest,
     responses(
         (status = 202, description = "Accepted (whether or not the account exists)", body = Accepted),

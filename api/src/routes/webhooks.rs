@@ -118,7 +118,7 @@ fn fresh_secret() -> Result<String, ApiError> {
 /// Registers an endpoint; the answer carries its signing secret, shown this once. Events of its
 /// types are POSTed to it signed (Standard Webhooks), retried for about three days
 /// (docs/webhooks.md).
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhooks", operation_id = "createWebhook", tag = "webhooks", security(("bearer" = [])),
     request_body = CreateWebhook,
     responses(
         (status = 201, description = "Registered, with its secret", body = WebhookView),
@@ -153,7 +153,7 @@ pub async fn create(
 }
 
 /// Every endpoint (secrets are never listed).
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "listWebhooks", tag = "webhooks", security(("bearer" = [])),
     responses(
         (status = 200, description = "The endpoints", body = Vec<WebhookView>),
         (status = 401, description = "No valid token", body = ErrorBody)))]
@@ -170,7 +170,7 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// One endpoint.
-#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 200, description = "The endpoint", body = WebhookView),
@@ -190,7 +190,7 @@ pub async fn get(
 
 /// Changes an endpoint: URL, events, note, addresses, enabled; `rotate_secret` issues a new secret
 /// (in this answer only) while the old one keeps signing for 24 hours.
-#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Endpoint id")),
     request_body = UpdateWebhook,
     responses(
@@ -238,7 +238,7 @@ pub async fn update(
 }
 
 /// Deletes an endpoint.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Endpoint id")),
     responses(
         (status = 204, description = "Deleted"),
@@ -260,6 +260,7 @@ pub async fn delete(
 /// Paging of an endpoint's deliveries.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// The last id of the previous page.
     pub before: Option<Uuid>,
@@ -269,7 +270,7 @@ pub struct DeliveriesQuery {
 
 /// An endpoint's deliveries, newest first, each with its attempts (status code, latency, error,
 /// the first bytes of the answer).
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Endpoint id"), DeliveriesQuery),
     responses(
         (status = 200, description = "Deliveries", body = Vec<Object>),
@@ -297,7 +298,7 @@ pub async fn deliveries(
 }
 
 /// Sends a delivery again, with the same `webhook-id`.
-#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/retry", tag = "webhooks", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery}/retry", operation_id = "redeliverWebhook", tag = "webhooks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Endpoint id"), ("delivery" = String, Path, description = "Delivery id")),
     responses(
         (status = 202, description = "Queued again"),

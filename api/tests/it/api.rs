@@ -246,12 +246,48 @@ async fn the_same_idempotency_key_and_body_give_the_same_job_and_another_body_co
         .await
         .expect("count");
     assert_eq!(jobs, 1, "a replay must not enqueue again");
+    // A replay says so in a header; a first request does not.
+    let post = |key: &'static str| {
+        app.http
+            .post(format!("{}/v1/emails", app.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .header("Idempotency-Key", key)
+            .body(body)
+            .send()
+    };
+    let replayed = |r: &reqwest::Response| {
+        r.headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let again = post("order-42").await.expect("replay");
+    assert_eq!(again.status(), 202);
+    assert_eq!(replayed(&again).as_deref(), Some("true"));
+    let fresh = post("order-43").await.expect("fresh");
+    assert_eq!(fresh.status(), 202);
+    assert_eq!(replayed(&fresh), None);
     let other = r#"{"to":"idem@example.com","subject":"Hello","text":"Twice"}"#;
     let (s3, conflict) = app.send("POST", "/v1/emails", Some(other), &key).await;
     assert_eq!((s3, code(&conflict)), (409, "idempotency_conflict"));
     // Without a key, the same body is a new job.
     let (_, third) = app.send("POST", "/v1/emails", Some(body), &[]).await;
     assert_ne!(third["job_id"], first["job_id"]);
+    assert_eq!(
+        jobs_now(&app).await,
+        3,
+        "order-42 once, order-43, and the keyless one"
+    );
+}
+
+async fn jobs_now(app: &TestApp) -> i64 {
+    herald_shared::jobs::count_by_state(&app.pool)
+        .await
+        .expect("counts")
+        .iter()
+        .map(|c| c.n)
+        .sum()
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
@@ -381,6 +417,31 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
     .map(str::to_owned)
     .collect();
     assert_eq!(documented, expected);
+    // Every operation has its own id, named for what it does; parameters are where they are read.
+    let mut ids = BTreeSet::new();
+    for item in doc["paths"].as_object().expect("paths").values() {
+        for op in item.as_object().expect("item").values() {
+            let id = op["operationId"].as_str().expect("an operationId");
+            assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "path" {
+                    assert_eq!(p["required"], true, "{id}: {p}");
+                }
+            }
+        }
+    }
+    for id in ["sendEmail", "getEmail", "listEmails", "listJobs", "getJob", "listSuppressions"] {
+        assert!(ids.contains(id), "{id} in {ids:?}");
+    }
+    let list_jobs = &doc["paths"]["/v1/jobs"]["get"]["parameters"];
+    assert!(
+        list_jobs
+            .as_array()
+            .expect("params")
+            .iter()
+            .all(|p| p["in"] == "query"),
+        "{list_jobs}"
+    );
     // The webhooks section: every event type Herald POSTs, with its signature headers and the
     // example a test in shared checks against real events.
     let hooks = doc["webhooks"].as_object().expect("webhooks");
