@@ -205,8 +205,10 @@ pub struct PauseState {
     /// Why, in words.
     pub reason: Option<String>,
     /// Since when.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub paused_at: Option<DateTime<Utc>>,
     /// Last resume.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub resumed_at: Option<DateTime<Utc>>,
 }
 

@@ -26,6 +26,7 @@ pub struct Event {
     /// Complaint type.
     pub complaint_type: Option<String>,
     /// When it happened.
+    #[serde(serialize_with = "crate::time::ms")]
     pub occurred_at: DateTime<Utc>,
     /// A suppression change's detail (type, reason, via); none for SES events.
     pub detail: Option<serde_json::Value>,
@@ -81,6 +82,7 @@ pub struct RejectionCount {
     /// How many (first receives only).
     pub count: i64,
     /// The latest.
+    #[serde(serialize_with = "crate::time::ms")]
     pub last_at: DateTime<Utc>,
 }
 
@@ -114,6 +116,7 @@ pub struct QueueDepth {
     /// Messages waiting (SQS's approximate count).
     pub messages: i64,
     /// When it was read.
+    #[serde(serialize_with = "crate::time::ms")]
     pub observed_at: DateTime<Utc>,
 }
 

@@ -58,10 +58,13 @@ pub struct JobListing {
     /// Runs allowed.
     pub max_attempts: i32,
     /// When it was enqueued (the time in its id).
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub enqueued_at: Option<DateTime<Utc>>,
     /// Next (or last) start.
+    #[serde(serialize_with = "crate::time::ms")]
     pub run_at: DateTime<Utc>,
     /// When its last run ended.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub done_at: Option<DateTime<Utc>>,
     /// The last run's error, if it failed.
     pub last_error: Option<String>,

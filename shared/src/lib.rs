@@ -16,6 +16,7 @@ pub mod phrases;
 pub mod secret;
 pub mod suppressions;
 pub mod telemetry;
+pub mod time;
 pub mod tokens;
 pub mod unsubscribe;
 pub mod users;

@@ -72,10 +72,13 @@ pub struct Suppression {
     /// Soft bounces counted for this address.
     pub bounce_count: i32,
     /// The last bounce.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub last_bounce_at: Option<DateTime<Utc>>,
     /// When first suppressed.
+    #[serde(serialize_with = "crate::time::ms")]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[serde(serialize_with = "crate::time::ms")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -83,8 +83,10 @@ pub struct EmailSummary {
     /// Tags.
     pub tags: BTreeMap<String, String>,
     /// When it was queued.
+    #[serde(serialize_with = "herald_shared::time::ms_opt")]
     pub created_at: Option<DateTime<Utc>>,
     /// When it is (or was) due.
+    #[serde(serialize_with = "herald_shared::time::ms")]
     pub send_at: DateTime<Utc>,
 }
 

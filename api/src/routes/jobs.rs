@@ -30,6 +30,7 @@ pub struct JobView {
     /// Runs allowed.
     pub max_attempts: i32,
     /// When it runs next (or ran last).
+    #[serde(serialize_with = "herald_shared::time::ms")]
     pub run_at: DateTime<Utc>,
     /// The last failure, if any.
     pub last_error: Option<String>,

@@ -16,8 +16,10 @@ pub struct LastRunView {
     /// The job of that tick.
     pub job_id: String,
     /// When the tick enqueued it.
+    #[serde(serialize_with = "herald_shared::time::ms")]
     pub enqueued_at: DateTime<Utc>,
     /// When it finished.
+    #[serde(serialize_with = "herald_shared::time::ms_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     #[schema(value_type = String)]
@@ -35,6 +37,7 @@ pub struct ScheduleItem {
     /// Cron expression, UTC, as the workers registered it.
     pub cron: String,
     /// The next tick.
+    #[serde(serialize_with = "herald_shared::time::ms_opt")]
     pub next_tick_at: Option<DateTime<Utc>>,
     /// The latest tick's job.
     pub last_run: Option<LastRunView>,

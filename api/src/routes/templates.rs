@@ -52,6 +52,7 @@ pub struct TemplateVersion {
     /// Who stored it (`token:<fingerprint>`, `migration`).
     pub created_by: Option<String>,
     /// When.
+    #[serde(serialize_with = "herald_shared::time::ms_opt")]
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -78,6 +79,7 @@ pub struct TemplateSource {
     /// Who stored it.
     pub created_by: Option<String>,
     /// When.
+    #[serde(serialize_with = "herald_shared::time::ms")]
     pub created_at: DateTime<Utc>,
 }
 

@@ -430,7 +430,14 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
             }
         }
     }
-    for id in ["sendEmail", "getEmail", "listEmails", "listJobs", "getJob", "listSuppressions"] {
+    for id in [
+        "sendEmail",
+        "getEmail",
+        "listEmails",
+        "listJobs",
+        "getJob",
+        "listSuppressions",
+    ] {
         assert!(ids.contains(id), "{id} in {ids:?}");
     }
     let list_jobs = &doc["paths"]["/v1/jobs"]["get"]["parameters"];

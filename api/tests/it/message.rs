@@ -507,3 +507,78 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
         );
     }
 }
+
+/// Every string in `v` that starts like a time is RFC 3339, UTC, `Z`, milliseconds.
+fn assert_one_time_format(where_: &str, v: &Value) {
+    match v {
+        Value::String(s) => {
+            let b = s.as_bytes();
+            let looks_like_time = b.len() >= 11
+                && b[..4].iter().all(u8::is_ascii_digit)
+                && b[4] == b'-'
+                && b[10] == b'T';
+            if looks_like_time {
+                let ok = s.len() == 24
+                    && s.ends_with('Z')
+                    && b[19] == b'.'
+                    && b[20..23].iter().all(u8::is_ascii_digit)
+                    && chrono::DateTime::parse_from_rfc3339(s).is_ok();
+                assert!(ok, "{where_}: {s:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| assert_one_time_format(where_, x)),
+        Value::Object(o) => o.values().for_each(|x| assert_one_time_format(where_, x)),
+        _ => {}
+    }
+}
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn every_answer_gives_times_in_one_format(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone(), true).await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (status, queued) = app
+        .post(
+            "/v1/emails",
+            json!({"to": "Ada <ada@example.com>", "tags": {"k": "v"}, "subject": "S", "text": "T", "send_at": later}),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let id = queued["job_id"].as_str().expect("id").to_owned();
+    let (status, _) = app
+        .post(
+            "/v1/suppressions",
+            json!({"email": "gone@example.com", "type": "manual", "reason": "asked"}),
+        )
+        .await;
+    assert!(status == 200 || status == 201);
+    let (status, hook) = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["email.sent"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let hook_id = hook["id"].as_str().expect("hook").to_owned();
+    assert_one_time_format("POST /v1/webhooks", &hook);
+    let mut seen = 0;
+    for path in [
+        format!("/v1/emails/{id}"),
+        "/v1/emails".to_owned(),
+        format!("/v1/jobs/{id}"),
+        "/v1/jobs".to_owned(),
+        "/v1/suppressions".to_owned(),
+        "/v1/suppressions/gone@example.com".to_owned(),
+        "/v1/compliance".to_owned(),
+        "/v1/schedules".to_owned(),
+        "/v1/templates".to_owned(),
+        "/v1/templates/welcome".to_owned(),
+        "/v1/webhooks".to_owned(),
+        format!("/v1/webhooks/{hook_id}"),
+    ] {
+        let (status, body) = app.send("GET", &path, None, &[]).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_one_time_format(&path, &body);
+        seen += body.to_string().matches("Z\"").count();
+    }
+    assert!(seen > 10, "the answers carry times ({seen})");
+}

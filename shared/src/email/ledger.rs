@@ -203,18 +203,24 @@ pub struct Record {
     /// `sent_at`, `ses_message_id`): the send path writes no log.
     pub attempt_log: serde_json::Value,
     /// When the latest SES call began.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub sending_started_at: Option<DateTime<Utc>>,
     /// When SES accepted it.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub sent_at: Option<DateTime<Utc>>,
     /// Delivery reported.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub delivered_at: Option<DateTime<Utc>>,
     /// Bounce reported.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub bounced_at: Option<DateTime<Utc>>,
     /// Bounce type.
     pub bounce_type: Option<String>,
     /// Complaint reported.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub complained_at: Option<DateTime<Utc>>,
     /// Row written (enqueued).
+    #[serde(serialize_with = "crate::time::ms")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -300,6 +306,7 @@ pub async fn queued_with_template(conn: &mut PgConnection, name: &str) -> Result
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HourCounts {
     /// The hour's start.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub hour: Option<DateTime<Utc>>,
     /// Accepted by SES.
     pub sent: i64,

@@ -44,6 +44,7 @@ pub struct AttachmentSummary {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimelineEntry {
     /// When (absent for an end state the ledger does not time).
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub at: Option<DateTime<Utc>>,
     /// `queued`, `attempt`, `sent`, `delivery`, `bounce`, `complaint`, …, `failed`,
     /// `cancelled`, `suppressed`.
@@ -89,10 +90,13 @@ pub struct EmailView {
     /// The ledger's status: `pending`, `sending`, `sent`, `suppressed`, `failed`, `cancelled`.
     pub status: String,
     /// When it was queued.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub created_at: Option<DateTime<Utc>>,
     /// When it is (or was) due.
+    #[serde(serialize_with = "crate::time::ms")]
     pub send_at: DateTime<Utc>,
     /// When SES accepted it.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub sent_at: Option<DateTime<Utc>>,
     /// SES's message id.
     pub ses_message_id: Option<String>,
@@ -168,14 +172,24 @@ pub async fn find(
         sent_at = r.sent_at;
         ses_message_id = r.ses_message_id.clone();
         for run in r.attempt_log.as_array().into_iter().flatten() {
-            timeline.push(TimelineEntry {
-                at: run["started_at"]
+            let time = |k: &str| {
+                run[k]
                     .as_str()
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&Utc)),
+                    .map(|t| t.with_timezone(&Utc))
+            };
+            // The log is written in SQL: its times are put in the one format here.
+            let mut detail = run.clone();
+            for k in ["started_at", "ended_at"] {
+                if let Some(t) = time(k) {
+                    detail[k] = serde_json::json!(crate::time::format(&t));
+                }
+            }
+            timeline.push(TimelineEntry {
+                at: time("started_at"),
                 event: "attempt".into(),
                 recipient: None,
-                detail: Some(run.clone()),
+                detail: Some(detail),
             });
         }
         if let Some(at) = r.sent_at {

@@ -269,6 +269,7 @@ pub struct ScheduleView {
     /// Cron expression (UTC).
     pub cron: String,
     /// The next tick.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub next_tick_at: Option<DateTime<Utc>>,
     /// The latest tick's job, if any ran.
     pub last_run: Option<LastRun>,
@@ -280,8 +281,10 @@ pub struct LastRun {
     /// Job id.
     pub job_id: String,
     /// When it was enqueued (the tick).
+    #[serde(serialize_with = "crate::time::ms")]
     pub enqueued_at: DateTime<Utc>,
     /// When it finished.
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Herald job status.
     pub status: crate::jobs::JobStatus,

@@ -222,6 +222,7 @@ pub struct DeliveryView {
     /// Attempts made.
     pub attempts: i32,
     /// Created (the event's commit).
+    #[serde(serialize_with = "crate::time::ms")]
     pub created_at: DateTime<Utc>,
     /// Every attempt, oldest first.
     pub attempt_log: serde_json::Value,

@@ -29,10 +29,13 @@ pub struct Endpoint {
     /// Why it was disabled (by an operator or after a day of failures).
     pub disabled_reason: Option<String>,
     /// Until when the previous secret still signs (after a rotation).
+    #[serde(serialize_with = "crate::time::ms_opt")]
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// Registered.
+    #[serde(serialize_with = "crate::time::ms")]
     pub created_at: DateTime<Utc>,
     /// Last changed.
+    #[serde(serialize_with = "crate::time::ms")]
     pub updated_at: DateTime<Utc>,
 }
 

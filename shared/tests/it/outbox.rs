@@ -372,6 +372,19 @@ async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPo
             out.event_type
         );
         assert_eq!(body["type"], example["type"]);
+        // Times in one format: RFC 3339, UTC, `Z`, milliseconds, as the API answers them.
+        for (k, v) in body["data"].as_object().expect("data") {
+            if k.ends_with("_at") {
+                let t = v.as_str().unwrap_or_default();
+                assert!(
+                    t.len() == 24
+                        && t.ends_with('Z')
+                        && chrono::DateTime::parse_from_rfc3339(t).is_ok(),
+                    "{}: data.{k} = {t:?}",
+                    out.event_type
+                );
+            }
+        }
         seen.push(out.event_type);
     }
     seen.sort_by_key(|t| t.as_str());
