@@ -2,6 +2,7 @@
 //! delete. Admin scope.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
@@ -167,11 +168,12 @@ fn check_locale(locale: Option<String>) -> Result<String, ApiError> {
 pub async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<LocaleQuery>,
+    query: Result<Query<LocaleQuery>, QueryRejection>,
     headers: HeaderMap,
     body: JsonBody<PutTemplate>,
 ) -> Result<(StatusCode, Json<TemplateVersion>), ApiError> {
     check_name(&name)?;
+    let Query(query) = query.map_err(|e| ApiError::Validation(e.body_text()))?;
     let req = body.value;
     let locale = match (req.locale, query.locale) {
         (Some(a), Some(b)) if a != b => {
@@ -313,12 +315,14 @@ pub async fn get(
     params(("name" = String, Path, description = "Template name"), ("version" = i32, Path, description = "Version"), LocaleQuery),
     responses(
         (status = 200, description = "The version", body = TemplateSource),
-        (status = 404, description = "No such version", body = ErrorBody)))]
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 422, description = "A bad locale or query", body = ErrorBody)))]
 pub async fn version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
-    Query(query): Query<LocaleQuery>,
+    query: Result<Query<LocaleQuery>, QueryRejection>,
 ) -> Result<Json<TemplateSource>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::Validation(e.body_text()))?;
     let version: i32 = version
         .parse()
         .map_err(|_| ApiError::NotFound("template version"))?;
@@ -347,12 +351,14 @@ pub async fn version(
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such template", body = ErrorBody),
-        (status = 409, description = "Queued emails use it (`template_in_use`)", body = ErrorBody)))]
+        (status = 409, description = "Queued emails use it (`template_in_use`)", body = ErrorBody),
+        (status = 422, description = "A bad query (`force` is true or false)", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<DeleteQuery>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::Validation(e.body_text()))?;
     let mut conn = state.db.acquire().await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let queued = herald_shared::email::ledger::queued_with_template(&mut tx, &name).await?;

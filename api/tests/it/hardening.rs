@@ -6,7 +6,8 @@ use sqlx::PgPool;
 
 use crate::api::{SEND_TOKEN, TOKEN, TestApp};
 
-async fn call(
+/// A request with `token`, the JSON body if any: status and JSON answer.
+pub(crate) async fn call(
     app: &TestApp,
     method: &str,
     path: &str,

@@ -302,25 +302,6 @@ async fn suppressed_recipients_are_left_out_and_listed_and_all_suppressed_is_409
 
 const READ_TOKEN: &str = "api-test-read-only-0123456789abcdef";
 
-async fn as_token(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = app
-        .http
-        .request(method.parse().expect("m"), format!("{}{path}", app.url))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_tokens_only_read(
     pool: PgPool,
@@ -353,7 +334,7 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
     assert_eq!(status, 202, "{queued}");
     let id = queued["job_id"].as_str().expect("id").to_owned();
     let path = format!("/v1/emails/{id}");
-    let (status, email) = as_token(&app, "GET", &path, READ_TOKEN, None).await;
+    let (status, email) = crate::hardening::call(&app, "GET", &path, READ_TOKEN, None).await;
     assert_eq!(status, 200, "{email}");
     assert_eq!(email["id"], id.as_str());
     assert_eq!(
@@ -415,7 +396,7 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
         ("status=sent", false),
         ("category=marketing", false),
     ] {
-        let (status, page) = as_token(
+        let (status, page) = crate::hardening::call(
             &app,
             "GET",
             &format!("/v1/emails?{query}"),
@@ -437,7 +418,8 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
     }
     for bad in ["tag=plan", "tag=plan:pro%20x", "status=lost", "before=nope"] {
         let (status, _) =
-            as_token(&app, "GET", &format!("/v1/emails?{bad}"), READ_TOKEN, None).await;
+            crate::hardening::call(&app, "GET", &format!("/v1/emails?{bad}"), READ_TOKEN, None)
+                .await;
         assert_eq!(status, 422, "{bad}");
     }
     // GET /v1/jobs filters by tag too.
@@ -451,14 +433,14 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
         ("POST", format!("{path}/cancel"), None),
         ("GET", "/v1/suppressions".to_owned(), None),
     ] {
-        let (status, answer) = as_token(&app, method, &p, READ_TOKEN, body).await;
+        let (status, answer) = crate::hardening::call(&app, method, &p, READ_TOKEN, body).await;
         assert_eq!(status, 403, "{method} {p}: {answer}");
     }
 
     // Rescheduled while waiting; cancelled; then neither again.
     let even_later = (chrono::Utc::now() + chrono::Duration::hours(2))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let (status, moved) = as_token(
+    let (status, moved) = crate::hardening::call(
         &app,
         "PATCH",
         &path,
@@ -471,7 +453,7 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
         moved["send_at"].as_str().map(|s| &s[..19]),
         Some(&even_later[..19])
     );
-    let (status, cancelled) = as_token(
+    let (status, cancelled) = crate::hardening::call(
         &app,
         "POST",
         &format!("{path}/cancel"),
@@ -486,7 +468,7 @@ async fn an_email_can_be_read_listed_by_tag_rescheduled_and_cancelled_and_read_t
         409,
         "cancelled once"
     );
-    let (status, answer) = as_token(
+    let (status, answer) = crate::hardening::call(
         &app,
         "PATCH",
         &path,

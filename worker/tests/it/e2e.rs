@@ -369,6 +369,20 @@ pub async fn moto_sqs() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&aws)
 }
 
+/// A feedback queue of a test's own on moto: the client and the queue's URL.
+pub async fn feedback_queue(prefix: &str) -> (aws_sdk_sqs::Client, String) {
+    let sqs = moto_sqs().await;
+    let url = sqs
+        .create_queue()
+        .queue_name(unique(prefix))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .expect("url");
+    (sqs, url)
+}
+
 /// Messages moto recorded, by SES message id.
 pub async fn moto_messages() -> Vec<Value> {
     let data: Value = reqwest::get(format!("{}/moto-api/data.json", emulator()))
@@ -854,16 +868,7 @@ async fn sigterm_lets_in_flight_jobs_finish_and_exits_zero() {
 #[tokio::test]
 async fn a_hard_bounce_for_a_sent_email_marks_the_ledger_and_blocks_the_next_send() {
     let mut stack = Stack::start().await;
-    // A feedback queue of this test's own on moto.
-    let sqs = moto_sqs().await;
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(unique("e2e-fb"))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url
-        .expect("url");
+    let (sqs, queue_url) = feedback_queue("e2e-fb").await;
     stack.spawn_worker(&[("SQS_FEEDBACK_QUEUE_URL", &queue_url)]);
 
     let to = format!("{}@example.com", unique("bouncy"));
@@ -1049,15 +1054,7 @@ fn value(metrics: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn metrics_expose_every_family_with_live_values_and_logs_hold_no_full_address() {
     let mut stack = Stack::start().await;
-    let sqs = moto_sqs().await;
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(unique("metrics-fb"))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url
-        .expect("url");
+    let (sqs, queue_url) = feedback_queue("metrics-fb").await;
     stack.spawn_worker(&[
         ("METRICS_ADDR", "127.0.0.1:0"),
         ("SQS_FEEDBACK_QUEUE_URL", &queue_url),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::e2e::{Stack, moto_message, moto_sqs, unique};
+use crate::e2e::{Stack, feedback_queue, moto_message, unique};
 
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
@@ -28,15 +28,7 @@ async fn an_email_with_the_whole_envelope_reaches_ses_as_one_raw_message_with_ev
         Stack::start_with_api_env(&[("EMAIL_FROM_ALLOWED", "noreply@herald.test,@herald.test")])
             .await;
     // A feedback queue of this test's own, and a webhook receiver for bounces.
-    let sqs = moto_sqs().await;
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(unique("msg-fb"))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url
-        .expect("url");
+    let (sqs, queue_url) = feedback_queue("msg-fb").await;
     stack.spawn_worker(&[("SQS_FEEDBACK_QUEUE_URL", &queue_url)]);
     let (hook_url, received) = receiver().await;
     let (status, hook) = stack
