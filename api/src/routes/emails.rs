@@ -1,4 +1,7 @@
 //! `POST /v1/emails`: validate, check suppressions, enqueue (idempotently).
+//!
+//! Longer than 450 lines on purpose: the request type, its checks and the handler are one path; the
+//! envelope's own rules live in `herald_shared::email::message`.
 
 use axum::Json;
 use axum::extract::State;

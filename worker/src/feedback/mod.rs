@@ -1,4 +1,7 @@
 //! SES feedback from SQS: bounces and complaints become suppressions, idempotently, losing nothing.
+//!
+//! Longer than 450 lines on purpose: the consumer's loops, the handling of one message and where
+//! a refused message goes are one state machine, read top to bottom.
 
 pub mod apply;
 pub mod parse;
