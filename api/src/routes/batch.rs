@@ -26,7 +26,7 @@ pub const MAX_BATCH: usize = 1000;
 pub struct BatchRequest {
     /// Each the body `POST /v1/emails` takes, plus an optional `idempotency_key` (1-255
     /// characters): the same key with the same item answers its first job again.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 1000)]
     pub emails: Vec<Value>,
 }
 

@@ -30,8 +30,10 @@ pub struct SendEmailRequest {
     #[schema(example = "Ada Lovelace <ada@example.com>")]
     pub to: OneOrMany,
     /// Carbon-copy recipients.
+    #[schema(max_items = 49)]
     pub cc: Option<Vec<MailboxInput>>,
     /// Blind-copy recipients: in SES's envelope, never in a header.
+    #[schema(max_items = 49)]
     pub bcc: Option<Vec<MailboxInput>>,
     /// The sender, with a display name if wanted; it must match `EMAIL_FROM_ALLOWED` (default:
     /// `EMAIL_FROM` alone, which is also the sender when this is absent).
@@ -48,6 +50,7 @@ pub struct SendEmailRequest {
     /// Attachments (at most 20, 10 MB decoded in all): `filename`, `content` (base64),
     /// `content_type`, and `content_id` for an inline part the HTML refers to as `cid:…`. Types
     /// SES refuses (.exe, .js, …) are refused here.
+    #[schema(max_items = 20)]
     pub attachments: Option<Vec<AttachmentInput>>,
     /// Template name (`welcome`, `notification`, or any stored with `PUT /v1/templates/{name}`);
     /// or give `subject` and `text`/`html`.
@@ -64,7 +67,7 @@ pub struct SendEmailRequest {
     /// HTML part, when no template is used.
     pub html: Option<String>,
     /// `transactional` (default) or `marketing`.
-    #[schema(value_type = Option<String>, example = "transactional")]
+    #[schema(example = "transactional")]
     pub category: Option<Category>,
     /// Send no earlier than this time (RFC 3339).
     pub send_at: Option<DateTime<Utc>>,

@@ -43,6 +43,7 @@ pub struct CreateWebhook {
     /// Event types, 1 to 20 of `email.sent`, `email.delivered`, `email.bounced`,
     /// `email.complained`, `email.failed`, `email.suppressed`, `suppression.created`,
     /// `suppression.removed`, `compliance.paused`, `compliance.resumed`.
+    #[schema(value_type = Vec<herald_shared::webhooks::EventType>, min_items = 1, max_items = 20)]
     pub events: Vec<String>,
     /// A note (at most 500 characters).
     pub description: Option<String>,
@@ -58,6 +59,7 @@ pub struct UpdateWebhook {
     /// A new URL (checked as on creation).
     pub url: Option<String>,
     /// New event types.
+    #[schema(value_type = Option<Vec<herald_shared::webhooks::EventType>>, min_items = 1, max_items = 20)]
     pub events: Option<Vec<String>>,
     /// A new note; an empty one clears it.
     pub description: Option<String>,

@@ -440,6 +440,28 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
     ] {
         assert!(ids.contains(id), "{id} in {ids:?}");
     }
+    // Request schemas say what the API enforces: the enums it accepts, the bounds it checks.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Category"]["enum"],
+        json!(["transactional", "marketing"])
+    );
+    assert_eq!(
+        schemas["CreateWebhook"]["properties"]["events"]["items"]["$ref"],
+        "#/components/schemas/EventType"
+    );
+    assert_eq!(
+        schemas["EventType"]["enum"].as_array().map(Vec::len),
+        Some(10)
+    );
+    assert_eq!(
+        schemas["AddSuppression"]["properties"]["type"]["pattern"],
+        "^(manual|unsubscribe)$"
+    );
+    assert_eq!(
+        schemas["BatchRequest"]["properties"]["emails"]["maxItems"],
+        1000
+    );
     let list_jobs = &doc["paths"]["/v1/jobs"]["get"]["parameters"];
     assert!(
         list_jobs

@@ -22,6 +22,7 @@ pub const EMAIL_QUEUE: &str = crate::jobs::Queue::Email.name();
 
 /// Transactional mail (accounts, receipts) or marketing mail (newsletters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, sqlx::Type)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[sqlx(type_name = "varchar", rename_all = "snake_case")]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
