@@ -890,9 +890,10 @@ pub enum Feedback {
     Complaint,
 }
 
-/// Records feedback on the row of the message SES named (first time only; a permanent bounce type
-/// is never lowered), and the recipient it is about (`feedback_recipient`: the webhook trigger
-/// names it in the event). Status does not change: feedback comes after `sent`. Returns whether a
+/// Records feedback on the row of the message SES named (the row's times are the first report's;
+/// a permanent bounce type is never lowered), and per recipient: each recipient's first delivery,
+/// bounce or complaint joins its list, which is what makes the webhook trigger record an event
+/// naming that recipient, with this report's time and bounce type. Status does not change: feedback comes after `sent`. Returns whether a
 /// row was found.
 pub async fn record_feedback(
     conn: &mut PgConnection,
@@ -914,6 +915,14 @@ pub async fn record_feedback(
              bounce_type = CASE WHEN $2 = 'bounce' AND coalesce(bounce_type, '') <> 'Permanent'
                                 THEN $4 ELSE bounce_type END,
              complained_at = CASE WHEN $2 = 'complaint' THEN coalesce(complained_at, $3) ELSE complained_at END,
+             delivered_recipients = CASE
+                 WHEN $2 = 'delivery' AND NOT ($5 = ANY (coalesce(delivered_recipients, '{}')))
+                 THEN array_append(delivered_recipients, $5) ELSE delivered_recipients END,
+             bounced_recipients = CASE
+                 WHEN $2 = 'bounce' AND NOT ($5 = ANY (coalesce(bounced_recipients, '{}')))
+                 THEN array_append(bounced_recipients, $5) ELSE bounced_recipients END,
+             feedback_at = $3,
+             feedback_bounce_type = CASE WHEN $2 = 'bounce' THEN $4 ELSE feedback_bounce_type END,
              hard_bounced_recipients = CASE
                  WHEN $2 = 'bounce' AND $4 = 'Permanent'
                       AND NOT ($5 = ANY (coalesce(hard_bounced_recipients, '{}')))

@@ -241,7 +241,7 @@ pub async fn deliveries(
                   e.event_type AS "event_type: EventType", d.status AS "status: DeliveryStatus",
                   d.attempts, d.created_at,
                   coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                'at', a.attempted_at, 'status_code', a.status_code,
+                                'at', api_time(a.attempted_at), 'status_code', a.status_code,
                                 'latency_ms', a.latency_ms, 'error', a.error,
                                 'response', a.response_excerpt) ORDER BY a.id)
                             FROM webhook_attempts a WHERE a.delivery_id = d.id), '[]') AS "attempt_log!"

@@ -727,3 +727,66 @@ async fn an_attempt_moves_only_a_pending_delivery_and_redelivery_only_the_endpoi
         .expect("found");
     assert_eq!(again.status, DeliveryStatus::Pending);
 }
+
+#[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
+async fn each_recipient_s_first_report_is_an_event_of_its_own(pool: PgPool) {
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .expect("apalis schema");
+    let mut conn = pool.acquire().await.expect("conn");
+    let hook = endpoint(&mut conn, &["email.bounced", "email.complained"]).await;
+    // Sent to ada@example.com (the ledger's first recipient) and, say, a cc.
+    let id = sent_email(&mut conn).await;
+    let message = format!("ses-{id}");
+    let cc = "cc@other.example";
+    for (who, kind, bounce) in [
+        (cc, Feedback::Bounce, Some("Transient")),
+        // The same recipient again: no new event.
+        (cc, Feedback::Bounce, Some("Permanent")),
+        ("ada@example.com", Feedback::Bounce, Some("Permanent")),
+        ("ada@example.com", Feedback::Complaint, None),
+    ] {
+        assert!(
+            ledger::record_feedback(&mut conn, &message, kind, Utc::now(), bounce, who)
+                .await
+                .expect("feedback")
+        );
+    }
+    assert_eq!(webhooks::fan_out(&mut conn, 100).await.expect("fan out"), 3);
+    let mut seen = Vec::new();
+    for d in webhooks::deliveries(&mut conn, hook, None, 10)
+        .await
+        .expect("deliveries")
+    {
+        let out = webhooks::outgoing(&mut conn, d.id)
+            .await
+            .expect("outgoing")
+            .expect("found");
+        let body: serde_json::Value = serde_json::from_slice(&out.body()).expect("json");
+        seen.push((
+            body["type"].as_str().unwrap_or_default().to_owned(),
+            body["data"]["recipient"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            body["data"]["bounce_type"].as_str().map(str::to_owned),
+        ));
+    }
+    seen.sort();
+    let (ada, cc) = (
+        herald_shared::address::mask("ada@example.com"),
+        herald_shared::address::mask(cc),
+    );
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "email.bounced".to_owned(),
+                ada.clone(),
+                Some("Permanent".to_owned())
+            ),
+            ("email.bounced".to_owned(), cc, Some("Transient".to_owned())),
+            ("email.complained".to_owned(), ada, None),
+        ]
+    );
+}
