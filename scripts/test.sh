@@ -12,7 +12,8 @@ Runs cargo fmt --check, cargo sqlx prepare --check (.sqlx/ matches the code) and
 server: the embedded PostgreSQL 17 (started here) and the PostgreSQL on 127.0.0.1:5432 when one
 answers (PostgreSQL 15 on our machines). Every #[sqlx::test] gets its own database on that server.
 Then the fault-injection tests at CI size (scripts/chaos.sh --ci, on a PostgreSQL of their own)
-and API fuzzing with schemathesis (scripts/fuzz-api.sh).
+API fuzzing with schemathesis (scripts/fuzz-api.sh), and a Python client generated from the
+OpenAPI document, used against the release binaries (scripts/client-check.sh).
 The SES/SQS emulator (moto, scripts/emulator.sh) is started for the end-to-end tests. The real
 clients some tests run are installed once into .local/tools, pinned: sqlx-cli (built with cargo,
 postgres + rustls only) and promtool (from Debian's prometheus package).
@@ -188,6 +189,14 @@ if "$HERALD_ROOT/scripts/fuzz-api.sh"; then
     tested+=("API fuzzing (schemathesis against /openapi.json): passed")
 else
     failed+=("API fuzzing: FAILED")
+fi
+
+# The document as a contract: a generated Python client against the release binaries.
+log "generated client (scripts/client-check.sh)"
+if "$HERALD_ROOT/scripts/client-check.sh"; then
+    tested+=("generated Python client (openapi-python-client, release binaries): passed")
+else
+    failed+=("generated Python client: FAILED")
 fi
 
 echo

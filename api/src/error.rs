@@ -107,6 +107,31 @@ impl ApiError {
         }
     }
 
+    /// Every stable code with its status: the `code` of an error body is one of these (the
+    /// OpenAPI document lists them as an enum; a test checks every variant's code is here).
+    pub const CODES: [(&'static str, u16); 20] = [
+        ("unauthorized", 401),
+        ("forbidden", 403),
+        ("not_found", 404),
+        ("malformed_json", 400),
+        ("validation_failed", 422),
+        ("unsupported_media_type", 415),
+        ("payload_too_large", 413),
+        ("unknown_template", 422),
+        ("template_data_invalid", 422),
+        ("template_invalid", 422),
+        ("template_in_use", 409),
+        ("recipient_suppressed", 409),
+        ("idempotency_conflict", 409),
+        ("already_verified", 409),
+        ("invalid_job_state", 409),
+        ("already_sent", 409),
+        ("not_ready", 503),
+        ("database_unavailable", 503),
+        ("request_timeout", 503),
+        ("internal", 500),
+    ];
+
     /// Wraps an internal failure; the text is logged, not shown.
     pub fn internal(err: impl std::error::Error + 'static) -> Self {
         Self::Internal(herald_shared::telemetry::error_chain(&err))
@@ -124,12 +149,29 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable code, e.g. `recipient_suppressed`.
+    #[schema(schema_with = code_schema)]
     pub code: String,
     /// Explanation for people.
     pub message: String,
     /// The suppressed recipients, when every recipient of an email is suppressed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppressed: Option<Vec<String>>,
+}
+
+/// The `code` schema: one of [`ApiError::CODES`], each listed with its status.
+fn code_schema() -> utoipa::openapi::Object {
+    let listed: Vec<String> = ApiError::CODES
+        .iter()
+        .map(|(code, status)| format!("`{code}` ({status})"))
+        .collect();
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ApiError::CODES.iter().map(|(code, _)| *code)))
+        .description(Some(format!(
+            "Stable, machine-readable code: {}.",
+            listed.join(", ")
+        )))
+        .build()
 }
 
 impl IntoResponse for ApiError {
@@ -206,6 +248,81 @@ impl From<herald_shared::jobs::JobError> for ApiError {
                 Self::DatabaseUnavailable(herald_shared::telemetry::error_chain(&err))
             }
             _ => Self::internal(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn every_error_s_code_and_status_are_documented_and_nothing_else_is() {
+        let all = [
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::NotFound("thing"),
+            ApiError::MalformedJson(String::new()),
+            ApiError::Validation(String::new()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge,
+            ApiError::UnknownTemplate(String::new()),
+            ApiError::TemplateData(String::new()),
+            ApiError::TemplateInvalid(String::new()),
+            ApiError::TemplateInUse(1),
+            ApiError::RecipientSuppressed("marketing"),
+            ApiError::RecipientsSuppressed("marketing", Vec::new()),
+            ApiError::IdempotencyConflict,
+            ApiError::AlreadyVerified,
+            ApiError::InvalidJobState(String::new()),
+            ApiError::AlreadySent,
+            ApiError::NotReady(String::new()),
+            ApiError::DatabaseUnavailable(String::new()),
+            ApiError::Timeout,
+            ApiError::Internal(String::new()),
+        ];
+        let mut seen: Vec<(&str, u16)> = all
+            .iter()
+            .map(|e| {
+                let (status, code) = e.parts();
+                (code, status.as_u16())
+            })
+            .collect();
+        for pair in &seen {
+            assert!(ApiError::CODES.contains(pair), "{pair:?} is not documented");
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            ApiError::CODES.len(),
+            "a documented code no error gives"
+        );
+        // No wildcard: a new variant does not compile until it is added to the list above.
+        for e in &all {
+            match e {
+                ApiError::Unauthorized
+                | ApiError::Forbidden
+                | ApiError::NotFound(_)
+                | ApiError::MalformedJson(_)
+                | ApiError::Validation(_)
+                | ApiError::UnsupportedMediaType
+                | ApiError::PayloadTooLarge
+                | ApiError::UnknownTemplate(_)
+                | ApiError::TemplateData(_)
+                | ApiError::TemplateInvalid(_)
+                | ApiError::TemplateInUse(_)
+                | ApiError::RecipientSuppressed(_)
+                | ApiError::RecipientsSuppressed(..)
+                | ApiError::IdempotencyConflict
+                | ApiError::AlreadyVerified
+                | ApiError::InvalidJobState(_)
+                | ApiError::AlreadySent
+                | ApiError::NotReady(_)
+                | ApiError::DatabaseUnavailable(_)
+                | ApiError::Timeout
+                | ApiError::Internal(_) => {}
+            }
         }
     }
 }

@@ -28,7 +28,8 @@ pub struct Event {
     /// When it happened.
     #[serde(serialize_with = "crate::time::ms")]
     pub occurred_at: DateTime<Utc>,
-    /// A suppression change's detail (type, reason, via); none for SES events.
+    /// A suppression change's detail (type, reason, via), or what an SES event-publishing record
+    /// adds (a click's link, a reject's reason); none for bounces, complaints and deliveries.
     pub detail: Option<serde_json::Value>,
 }
 
@@ -40,7 +41,7 @@ pub async fn for_message(
     sqlx::query_as!(
         Event,
         r#"SELECT id, event_type, recipient, ses_message_id, bounce_type, bounce_sub_type,
-                  complaint_type, occurred_at, NULL::jsonb AS detail
+                  complaint_type, occurred_at, detail
            FROM email_feedback_events WHERE ses_message_id = $1
            ORDER BY occurred_at, id LIMIT 100"#,
         ses_message_id
@@ -61,7 +62,7 @@ pub async fn recent(
         Event,
         r#"SELECT id, event_type, recipient, ses_message_id, bounce_type, bounce_sub_type,
                   complaint_type, occurred_at,
-                  CASE WHEN event_type LIKE 'suppression\_%' THEN raw END AS detail
+                  CASE WHEN event_type LIKE 'suppression\_%' THEN raw ELSE detail END AS detail
            FROM email_feedback_events
            WHERE (event_type LIKE 'suppression\_%') = $1
              AND ($2::text IS NULL OR recipient = lower(btrim($2)))
@@ -147,10 +148,11 @@ pub async fn queue_depths(conn: &mut PgConnection) -> Result<Vec<QueueDepth>, sq
     .await
 }
 
-/// A bounce, complaint or delivery as the feedback consumer stores it.
+/// A bounce, complaint, delivery or event-publishing record as the feedback consumer stores it.
 #[derive(Debug, Clone)]
 pub struct NewEvent<'a> {
-    /// `bounce`, `complaint`, `delivery` or `unmatched`.
+    /// `bounce`, `complaint`, `delivery`, `open`, `click`, `delivery_delay`, `reject`,
+    /// `rendering_failure`, `subscription`, … or `unmatched`.
     pub event_type: &'a str,
     /// The address, normalised.
     pub recipient: &'a str,
@@ -172,6 +174,8 @@ pub struct NewEvent<'a> {
     pub raw: &'a serde_json::Value,
     /// What makes a redelivered notification the same event.
     pub dedupe_key: &'a str,
+    /// What an event-publishing record adds, in Herald's names.
+    pub detail: Option<&'a serde_json::Value>,
 }
 
 /// Stores the event; false if the same event was stored before.
@@ -179,8 +183,8 @@ pub async fn record(conn: &mut PgConnection, e: &NewEvent<'_>) -> Result<bool, s
     let inserted = sqlx::query_scalar!(
         "INSERT INTO email_feedback_events
              (event_type, recipient, ses_message_id, feedback_id, bounce_type, bounce_sub_type,
-              complaint_type, sqs_message_id, occurred_at, raw, dedupe_key)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+              complaint_type, sqs_message_id, occurred_at, raw, dedupe_key, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (dedupe_key) DO NOTHING
          RETURNING id",
         e.event_type,
@@ -193,7 +197,8 @@ pub async fn record(conn: &mut PgConnection, e: &NewEvent<'_>) -> Result<bool, s
         e.sqs_message_id,
         e.occurred_at,
         e.raw,
-        e.dedupe_key
+        e.dedupe_key,
+        e.detail
     )
     .fetch_optional(conn)
     .await?;

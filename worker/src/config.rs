@@ -18,8 +18,9 @@ pub struct WorkerConfig {
     /// Marketing mail (`MARKETING_EMAIL_ENABLED`, default true): the unsubscribe links' secrets
     /// and base (`UNSUBSCRIBE_SECRETS`, `PUBLIC_URL`, `UNSUBSCRIBE_MAILTO`); `None` when disabled.
     pub marketing: Option<std::sync::Arc<herald_shared::unsubscribe::Marketing>>,
-    /// `SES_CONFIGURATION_SET` (optional): where SES publishes events.
-    pub ses_configuration_set: Option<String>,
+    /// `SES_CONFIGURATION_SET`, `SES_CONFIGURATION_SET_TRANSACTIONAL`,
+    /// `SES_CONFIGURATION_SET_MARKETING` (optional): where SES publishes each send's events.
+    pub ses_configuration_sets: crate::ses::ConfigurationSets,
     /// `SES_MAX_SEND_RATE` (emails/s, optional): overrides the account's quota.
     pub ses_max_send_rate: Option<f64>,
     /// `SES_DEFAULT_SEND_RATE` (default 1): used when the quota cannot be read (moto answers 404).
@@ -97,6 +98,19 @@ pub struct WorkerConfig {
     pub compliance: herald_shared::compliance::Settings,
     /// `COMPLIANCE_PAUSE_RECHECK_SECS` (default 60): how often a job held by a compliance pause looks again.
     pub compliance_recheck: Duration,
+}
+
+/// An optional configuration set name, checked as SES checks it.
+fn configuration_set(env: &impl Env, var: &'static str) -> Result<Option<String>, ConfigError> {
+    match env.get(var).map(|v| v.trim().to_owned()) {
+        Some(name) if !crate::ses::ConfigurationSets::valid_name(&name) => {
+            Err(ConfigError::Invalid {
+                var,
+                reason: "a configuration set name is 1 to 64 letters, digits, '_' or '-'".into(),
+            })
+        }
+        other => Ok(other),
+    }
 }
 
 fn positive<T: PartialOrd + Default + Copy>(var: &'static str, v: T) -> Result<T, ConfigError> {
@@ -193,7 +207,11 @@ impl WorkerConfig {
             db: DbConfig::from_source(env)?,
             email_from,
             frontend_url,
-            ses_configuration_set: env.get("SES_CONFIGURATION_SET"),
+            ses_configuration_sets: crate::ses::ConfigurationSets {
+                default: configuration_set(env, "SES_CONFIGURATION_SET")?,
+                transactional: configuration_set(env, "SES_CONFIGURATION_SET_TRANSACTIONAL")?,
+                marketing: configuration_set(env, "SES_CONFIGURATION_SET_MARKETING")?,
+            },
             ses_max_send_rate,
             ses_default_send_rate: positive(
                 "SES_DEFAULT_SEND_RATE",
@@ -322,6 +340,39 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_secs(5));
         assert_eq!(c.missed_heartbeats, 3);
         assert_eq!(c.backoff_base, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn configuration_sets_apply_per_category_and_bad_names_are_refused() {
+        let c = WorkerConfig::from_source(&BASE).expect("valid");
+        assert_eq!(
+            c.ses_configuration_sets,
+            crate::ses::ConfigurationSets::default()
+        );
+        let mut env: Vec<(&str, &str)> = BASE.to_vec();
+        env.push(("SES_CONFIGURATION_SET", "herald"));
+        env.push(("SES_CONFIGURATION_SET_MARKETING", "herald-marketing"));
+        let env: [(&str, &str); 6] = env.try_into().expect("6");
+        let sets = WorkerConfig::from_source(&env)
+            .expect("valid")
+            .ses_configuration_sets;
+        use herald_shared::email::Category;
+        assert_eq!(sets.for_category(Category::Transactional), Some("herald"));
+        assert_eq!(
+            sets.for_category(Category::Marketing),
+            Some("herald-marketing")
+        );
+        for bad in ["has space", "x/y", &"a".repeat(65)] {
+            let mut env: Vec<(&str, &str)> = BASE.to_vec();
+            env.push(("SES_CONFIGURATION_SET_TRANSACTIONAL", bad));
+            let env: [(&str, &str); 5] = env.try_into().expect("5");
+            let err = WorkerConfig::from_source(&env).expect_err("bad name");
+            assert!(
+                err.to_string()
+                    .starts_with("SES_CONFIGURATION_SET_TRANSACTIONAL"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

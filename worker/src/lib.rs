@@ -41,7 +41,7 @@ pub async fn email_context(
     let sender = SesSender::new(
         aws_sdk_sesv2::Client::new(&aws),
         config.email_from.clone(),
-        config.ses_configuration_set.clone(),
+        config.ses_configuration_sets.clone(),
     );
     let send_rate = match config.ses_max_send_rate {
         Some(rate) => rate,

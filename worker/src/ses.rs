@@ -12,6 +12,7 @@ use aws_sdk_sesv2::operation::send_email::SendEmailError;
 use aws_sdk_sesv2::primitives::Blob;
 use aws_sdk_sesv2::types::{Destination, EmailContent, MessageTag, RawMessage};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use herald_shared::email::Category;
 use herald_shared::email::message::{Envelope, Mailbox};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
@@ -39,6 +40,40 @@ pub struct OutgoingEmail {
     pub envelope: Envelope,
     /// The bytes of each of the envelope's attachments, in order.
     pub attachment_bytes: Vec<Vec<u8>>,
+    /// Its category: which configuration set the send names.
+    pub category: Category,
+}
+
+/// The configuration set each send names, so that SES publishes its events (deliveries, opens,
+/// clicks, delays, rejects) to the destinations the set has (docs/feedback.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigurationSets {
+    /// `SES_CONFIGURATION_SET`: every send's, unless its category has its own.
+    pub default: Option<String>,
+    /// `SES_CONFIGURATION_SET_TRANSACTIONAL`.
+    pub transactional: Option<String>,
+    /// `SES_CONFIGURATION_SET_MARKETING`.
+    pub marketing: Option<String>,
+}
+
+impl ConfigurationSets {
+    /// The set a send of `category` names, if any.
+    pub fn for_category(&self, category: Category) -> Option<&str> {
+        match category {
+            Category::Transactional => self.transactional.as_deref(),
+            Category::Marketing => self.marketing.as_deref(),
+        }
+        .or(self.default.as_deref())
+    }
+
+    /// Whether `name` is a name SES accepts for a configuration set: 1 to 64 letters, digits,
+    /// `_` and `-`.
+    pub fn valid_name(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
 }
 
 impl OutgoingEmail {
@@ -219,7 +254,7 @@ impl EmailSender for RecordingSender {
 pub struct SesSender {
     client: Client,
     from: String,
-    configuration_set: Option<String>,
+    configuration_sets: ConfigurationSets,
 }
 
 /// Builds the AWS configuration from the standard variables (`AWS_REGION`, `AWS_ENDPOINT_URL`,
@@ -243,11 +278,11 @@ pub async fn aws_config(timeout: Duration) -> aws_config::SdkConfig {
 
 impl SesSender {
     /// Wraps a client.
-    pub fn new(client: Client, from: String, configuration_set: Option<String>) -> Self {
+    pub fn new(client: Client, from: String, configuration_sets: ConfigurationSets) -> Self {
         Self {
             client,
             from,
-            configuration_set,
+            configuration_sets,
         }
     }
 
@@ -292,7 +327,11 @@ impl SesSender {
             .destination(destination)
             .content(EmailContent::builder().raw(raw).build())
             .set_email_tags(Some(tags))
-            .set_configuration_set_name(self.configuration_set.clone())
+            .set_configuration_set_name(
+                self.configuration_sets
+                    .for_category(email.category)
+                    .map(str::to_owned),
+            )
             .send()
             .await;
         match result {

@@ -41,7 +41,8 @@ pub struct CreateWebhook {
     /// `https://…` (http and internal hosts only outside production).
     pub url: String,
     /// Event types, 1 to 20 of `email.sent`, `email.delivered`, `email.bounced`,
-    /// `email.complained`, `email.failed`, `email.suppressed`, `suppression.created`,
+    /// `email.complained`, `email.opened`, `email.clicked`, `email.delivery_delayed`,
+    /// `email.rejected`, `email.failed`, `email.suppressed`, `suppression.created`,
     /// `suppression.removed`, `compliance.paused`, `compliance.resumed`.
     #[schema(value_type = Vec<herald_shared::webhooks::EventType>, min_items = 1, max_items = 20)]
     pub events: Vec<String>,

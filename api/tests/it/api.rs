@@ -452,8 +452,20 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
     );
     assert_eq!(
         schemas["EventType"]["enum"].as_array().map(Vec::len),
-        Some(10)
+        Some(herald_shared::webhooks::EventType::ALL.len())
     );
+    // An email is a template or a subject with a part, never both; every error code is listed.
+    let one_of: Vec<&str> = schemas["SendEmailRequest"]["oneOf"]
+        .as_array()
+        .expect("oneOf")
+        .iter()
+        .filter_map(|v| v["title"].as_str())
+        .collect();
+    assert_eq!(one_of, ["TemplateEmail", "RawEmail"]);
+    let codes = schemas["ErrorDetail"]["properties"]["code"]["enum"]
+        .as_array()
+        .expect("codes");
+    assert!(codes.contains(&json!("recipient_suppressed")) && codes.len() >= 20);
     assert_eq!(
         schemas["AddSuppression"]["properties"]["type"]["pattern"],
         "^(manual|unsubscribe)$"

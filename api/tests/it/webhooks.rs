@@ -41,7 +41,7 @@ async fn endpoints_are_registered_changed_rotated_and_deleted(pool: PgPool) {
 
     for (body, why) in [
         (
-            json!({"url": "http://127.0.0.1/x", "events": ["email.opened"]}),
+            json!({"url": "http://127.0.0.1/x", "events": ["email.viewed"]}),
             "unknown event",
         ),
         (
@@ -129,7 +129,7 @@ async fn endpoints_are_registered_changed_rotated_and_deleted(pool: PgPool) {
         .send(
             "PATCH",
             &format!("/v1/webhooks/{id}"),
-            Some(r#"{"events": ["email.opened"]}"#),
+            Some(r#"{"events": ["email.viewed"]}"#),
             &[],
         )
         .await;

@@ -22,7 +22,9 @@
 //!
 //! A trigger on this table, `webhook_email_events`, records the webhook events of these
 //! transitions (`email.sent`, `email.failed`, `email.suppressed`) and of feedback
-//! (`email.delivered`, `email.bounced`, `email.complained`): see [`crate::webhooks::outbox`].
+//! (`email.delivered`, `email.bounced`, `email.complained`) and of engagement
+//! ([`record_engagement`]: `email.opened`, `email.clicked`, `email.delivery_delayed`,
+//! `email.rejected`): see [`crate::webhooks::outbox`].
 //!
 //! Longer than 400 lines on purpose: every statement that writes `email_deliveries` is here, so
 //! that the guards can be read and changed together.
@@ -219,6 +221,11 @@ pub struct Record {
     /// Complaint reported.
     #[serde(serialize_with = "crate::time::ms_opt")]
     pub complained_at: Option<DateTime<Utc>>,
+    /// SES refused it after accepting it (Reject, Rendering Failure): final.
+    #[serde(serialize_with = "crate::time::ms_opt")]
+    pub rejected_at: Option<DateTime<Utc>>,
+    /// Opens, clicks, delays and rejects SES reported.
+    pub engagements: i32,
     /// Row written (enqueued).
     #[serde(serialize_with = "crate::time::ms")]
     pub created_at: DateTime<Utc>,
@@ -231,7 +238,7 @@ pub async fn record(conn: &mut PgConnection, job_id: &str) -> Result<Option<Reco
         r#"SELECT recipient, template, category AS "category: Category", status AS "status: Status",
                 ses_message_id, attempts, uncertain_resends,
                 last_error, attempt_log, sending_started_at, sent_at, delivered_at, bounced_at, bounce_type,
-                complained_at, created_at
+                complained_at, rejected_at, engagements, created_at
          FROM email_deliveries WHERE job_id = $1"#,
         job_id
     )
@@ -937,6 +944,71 @@ pub async fn record_feedback(
         at,
         bounce_type,
         recipient
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// What SES's event publishing told about a sent message besides delivery and feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engagement {
+    /// The open-tracking image was loaded.
+    Open,
+    /// A tracked link was followed.
+    Click,
+    /// The receiving server has not taken it yet.
+    DeliveryDelay,
+    /// SES refused it after accepting the call (a virus): final.
+    Reject,
+    /// SES could not render its template: final.
+    RenderingFailure,
+}
+
+impl Engagement {
+    /// The name stored in `last_engagement.type` (the feedback events' `event_type` too).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Click => "click",
+            Self::DeliveryDelay => "delivery_delay",
+            Self::Reject => "reject",
+            Self::RenderingFailure => "rendering_failure",
+        }
+    }
+
+    /// Whether it ends the email: SES will not deliver it. The row stays `sent`, so nothing
+    /// resends it (an operator's retry answers "already sent"), and `rejected_at` records it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Reject | Self::RenderingFailure)
+    }
+}
+
+/// Records an engagement on the row of the message SES named: counts it (`engagements`) and keeps
+/// it as the row's latest (`last_engagement`), which is what makes the webhook trigger record
+/// `email.opened`, `email.clicked`, `email.delivery_delayed` or `email.rejected` for it; a final one
+/// also sets `rejected_at` (the first's). Status does not change. Returns whether a row was found.
+pub async fn record_engagement(
+    conn: &mut PgConnection,
+    ses_message_id: &str,
+    kind: Engagement,
+    at: DateTime<Utc>,
+    recipient: &str,
+    detail: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE email_deliveries SET
+             engagements = engagements + 1,
+             last_engagement = jsonb_build_object('type', $2::text, 'at', api_time($3),
+                                                  'recipient', $4::text, 'data', $5::jsonb),
+             rejected_at = CASE WHEN $6 THEN coalesce(rejected_at, $3) ELSE rejected_at END
+         WHERE ses_message_id = $1",
+        ses_message_id,
+        kind.as_str(),
+        at,
+        recipient,
+        detail,
+        kind.is_final()
     )
     .execute(conn)
     .await?;

@@ -46,13 +46,14 @@ pub struct TimelineEntry {
     /// When (absent for an end state the ledger does not time).
     #[serde(serialize_with = "crate::time::ms_opt")]
     pub at: Option<DateTime<Utc>>,
-    /// `queued`, `attempt`, `sent`, `delivery`, `bounce`, `complaint`, …, `failed`,
-    /// `cancelled`, `suppressed`.
+    /// `queued`, `attempt`, `sent`, then SES's `delivery`, `bounce`, `complaint`,
+    /// `delivery_delay`, `open`, `click`, `reject`, `rendering_failure`, `subscription` (or
+    /// `unmatched`); or the end states `failed`, `cancelled`, `suppressed`.
     pub event: String,
     /// The recipient an SES event is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
-    /// More: an attempt's number and error, a bounce's type.
+    /// More: an attempt's number and error, a bounce's type, a click's link, a reject's reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub detail: Option<serde_json::Value>,
@@ -98,6 +99,10 @@ pub struct EmailView {
     /// When SES accepted it.
     #[serde(serialize_with = "crate::time::ms_opt")]
     pub sent_at: Option<DateTime<Utc>>,
+    /// When SES refused it after accepting it (a Reject or Rendering Failure): final, never
+    /// resent.
+    #[serde(serialize_with = "crate::time::ms_opt")]
+    pub rejected_at: Option<DateTime<Utc>>,
     /// SES's message id.
     pub ses_message_id: Option<String>,
     /// Queued, each run, sent, then per recipient delivered, bounced, complained; oldest first.
@@ -167,9 +172,11 @@ pub async fn find(
         detail: None,
     });
     let (mut status, mut sent_at, mut ses_message_id) = ("pending".to_owned(), None, None);
+    let mut rejected_at = None;
     if let Some(r) = &record {
         status = r.status.as_str().to_owned();
         sent_at = r.sent_at;
+        rejected_at = r.rejected_at;
         ses_message_id = r.ses_message_id.clone();
         for run in r.attempt_log.as_array().into_iter().flatten() {
             let time = |k: &str| {
@@ -210,7 +217,7 @@ pub async fn find(
                         "bounce_type": t, "bounce_sub_type": e.bounce_sub_type
                     })),
                     (None, Some(t)) => Some(serde_json::json!({"complaint_type": t})),
-                    _ => None,
+                    (None, None) => e.detail,
                 };
                 timeline.push(TimelineEntry {
                     at: Some(e.occurred_at),
@@ -260,6 +267,7 @@ pub async fn find(
         created_at,
         send_at: row.run_at,
         sent_at,
+        rejected_at,
         ses_message_id,
         timeline,
     }))

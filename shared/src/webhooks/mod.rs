@@ -48,6 +48,22 @@ pub enum EventType {
     #[serde(rename = "email.complained")]
     #[sqlx(rename = "email.complained")]
     EmailComplained,
+    /// SES event publishing: the recipient opened it (its open-tracking image loaded).
+    #[serde(rename = "email.opened")]
+    #[sqlx(rename = "email.opened")]
+    EmailOpened,
+    /// SES event publishing: the recipient followed a tracked link.
+    #[serde(rename = "email.clicked")]
+    #[sqlx(rename = "email.clicked")]
+    EmailClicked,
+    /// SES event publishing: the receiving server has not taken it yet; SES keeps trying.
+    #[serde(rename = "email.delivery_delayed")]
+    #[sqlx(rename = "email.delivery_delayed")]
+    EmailDeliveryDelayed,
+    /// SES event publishing: SES refused it after accepting it (Reject, Rendering Failure); final.
+    #[serde(rename = "email.rejected")]
+    #[sqlx(rename = "email.rejected")]
+    EmailRejected,
     /// The ledger's `failed`.
     #[serde(rename = "email.failed")]
     #[sqlx(rename = "email.failed")]
@@ -76,11 +92,15 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in the documented order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 14] = [
         Self::EmailSent,
         Self::EmailDelivered,
         Self::EmailBounced,
         Self::EmailComplained,
+        Self::EmailOpened,
+        Self::EmailClicked,
+        Self::EmailDeliveryDelayed,
+        Self::EmailRejected,
         Self::EmailFailed,
         Self::EmailSuppressed,
         Self::SuppressionCreated,
@@ -96,6 +116,10 @@ impl EventType {
             Self::EmailDelivered => "email.delivered",
             Self::EmailBounced => "email.bounced",
             Self::EmailComplained => "email.complained",
+            Self::EmailOpened => "email.opened",
+            Self::EmailClicked => "email.clicked",
+            Self::EmailDeliveryDelayed => "email.delivery_delayed",
+            Self::EmailRejected => "email.rejected",
             Self::EmailFailed => "email.failed",
             Self::EmailSuppressed => "email.suppressed",
             Self::SuppressionCreated => "suppression.created",
@@ -135,6 +159,29 @@ impl EventType {
                 2,
             ),
             Self::EmailComplained => (json!({"complained_at": "2026-12-02T07:12:03.000Z"}), 3),
+            Self::EmailOpened => (
+                json!({"opened_at": "2026-12-02T06:01:10.250Z",
+                       "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)"}),
+                3,
+            ),
+            Self::EmailClicked => (
+                json!({"clicked_at": "2026-12-02T06:01:42.800Z",
+                       "link": "https://app.example.com/welcome?step=1",
+                       "link_tags": {"campaign": ["welcome"]},
+                       "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)"}),
+                4,
+            ),
+            Self::EmailDeliveryDelayed => (
+                json!({"delayed_at": "2026-12-02T05:45:20.400Z",
+                       "delay_type": "TransientCommunicationFailure",
+                       "expiration_time": "2026-12-03T05:40:20.400Z"}),
+                2,
+            ),
+            Self::EmailRejected => (
+                json!({"rejected_at": "2026-12-02T05:40:20.900Z", "kind": "reject",
+                       "reason": "Bad content"}),
+                2,
+            ),
             Self::EmailFailed => (
                 json!({"reason": "SES: MessageRejected: Email address is not verified", "ses_message_id": null}),
                 1,
@@ -214,6 +261,6 @@ mod tests {
             );
             assert_eq!(t.example_body()["type"], t.as_str());
         }
-        assert_eq!(EventType::parse("email.opened"), None);
+        assert_eq!(EventType::parse("email.open"), None);
     }
 }

@@ -5,7 +5,9 @@
 //! checks that):
 //! - `webhook_email_events` on `email_deliveries` (owned by [`crate::email::ledger`]): `email.sent`,
 //!   `email.failed`, `email.suppressed` when the status becomes one of them; `email.delivered`,
-//!   `email.bounced`, `email.complained` when feedback first sets its time;
+//!   `email.bounced`, `email.complained` when feedback first names a recipient; `email.opened`,
+//!   `email.clicked`, `email.delivery_delayed`, `email.rejected` for each engagement SES publishes
+//!   (migration `20251215000000_herald_engagement_events`);
 //! - `webhook_suppression_events` on `email_suppressions` ([`crate::suppressions`]):
 //!   `suppression.created` and `suppression.removed`;
 //! - `webhook_compliance_events` on `compliance_pauses` ([`crate::compliance`]):

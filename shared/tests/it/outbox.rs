@@ -325,6 +325,39 @@ async fn every_event_type_has_the_fields_its_documented_example_shows(pool: PgPo
             .expect("feedback")
         );
     }
+    for (kind, detail) in [
+        (
+            ledger::Engagement::DeliveryDelay,
+            serde_json::json!({"delay_type": "TransientCommunicationFailure",
+                               "expiration_time": "2026-12-03T05:40:20.400Z"}),
+        ),
+        (
+            ledger::Engagement::Open,
+            serde_json::json!({"user_agent": "Mozilla/5.0"}),
+        ),
+        (
+            ledger::Engagement::Click,
+            serde_json::json!({"link": "https://app.example.com/welcome",
+                               "link_tags": {"campaign": ["welcome"]}, "user_agent": "Mozilla/5.0"}),
+        ),
+        (
+            ledger::Engagement::Reject,
+            serde_json::json!({"reason": "Bad content"}),
+        ),
+    ] {
+        assert!(
+            ledger::record_engagement(
+                &mut conn,
+                &message,
+                kind,
+                Utc::now(),
+                "a@example.com",
+                &detail
+            )
+            .await
+            .expect("engagement")
+        );
+    }
     for (n, suppressed) in [(0, false), (1, true)] {
         let job = format!("job-{n}-{}", ulid::Ulid::generate());
         ledger::insert(

@@ -179,6 +179,7 @@ pub(super) fn outgoing(
         job_id: id.to_owned(),
         envelope: job.envelope.clone(),
         attachment_bytes: Vec::new(),
+        category: job.category,
     }
 }
 

@@ -14,8 +14,9 @@ pub struct Policy {
     pub soft_bounce_threshold: i64,
     /// The window (default 30 days).
     pub soft_bounce_window: chrono::Duration,
-    /// `FEEDBACK_REQUIRE_KNOWN_MESSAGE`: apply a bounce or complaint only to a recipient of the
-    /// ledger row whose SES message id it names; others are recorded as `unmatched`.
+    /// `FEEDBACK_REQUIRE_KNOWN_MESSAGE`: apply a bounce, complaint or event-publishing record
+    /// (open, click, delay, reject, subscription) only to a recipient of the ledger row whose SES
+    /// message id it names; others are recorded as `unmatched`.
     pub require_known_message: bool,
 }
 
@@ -72,7 +73,7 @@ pub async fn apply_value(
     let (mut new, mut duplicates, mut kinds) = (0, 0, Vec::new());
     for event in &events {
         let unmatched = policy.require_known_message
-            && matches!(event.kind, Kind::Bounce | Kind::Complaint)
+            && !matches!(event.kind, Kind::Delivery | Kind::Other(_))
             && !is_ours(&mut tx, event).await?;
         let event_type = if unmatched {
             UNMATCHED
@@ -103,7 +104,7 @@ pub async fn apply_value(
     })
 }
 
-/// The `event_type` of a bounce or complaint that names no send of Herald's to that recipient.
+/// The `event_type` of feedback that names no send of Herald's to that recipient.
 pub const UNMATCHED: &str = "unmatched";
 
 /// Whether the event names a message Herald sent to its recipient: the ledger's first recipient,
@@ -154,6 +155,7 @@ async fn record(
             occurred_at: e.occurred_at,
             raw,
             dedupe_key: &e.dedupe_key,
+            detail: e.detail.as_ref(),
         },
     )
     .await
@@ -224,7 +226,34 @@ async fn apply_event(
             tracing::info!(to = %herald_shared::address::mask(&e.recipient), "complaint: address suppressed");
         }
         Kind::Delivery => update_ledger(conn, e, ledger::Feedback::Delivery).await?,
-        Kind::Other(_) => {}
+        Kind::Open => engage(conn, e, ledger::Engagement::Open).await?,
+        Kind::Click => engage(conn, e, ledger::Engagement::Click).await?,
+        Kind::DeliveryDelay => engage(conn, e, ledger::Engagement::DeliveryDelay).await?,
+        Kind::Reject => engage(conn, e, ledger::Engagement::Reject).await?,
+        Kind::RenderingFailure => engage(conn, e, ledger::Engagement::RenderingFailure).await?,
+        // Leaving every topic through SES's own list management is an unsubscribe: marketing
+        // mail stops, transactional mail still goes, as with Herald's own unsubscribe link.
+        Kind::Subscription
+            if e.detail
+                .as_ref()
+                .is_some_and(|d| d["unsubscribe_all"] == true) =>
+        {
+            suppressions::raise(
+                conn,
+                &Raise {
+                    email: &e.recipient,
+                    suppression_type: SuppressionType::Unsubscribe,
+                    reason: Some("unsubscribed through SES list management"),
+                    transactional: false,
+                    marketing: true,
+                    bounce_count: 0,
+                    bounce_at: None,
+                },
+            )
+            .await?;
+            tracing::info!(to = %herald_shared::address::mask(&e.recipient), "unsubscribed through SES: marketing suppressed");
+        }
+        Kind::Subscription | Kind::Other(_) => {}
     }
     Ok(())
 }
@@ -251,6 +280,34 @@ async fn suppress_both(
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Notes an engagement on the ledger row of the SES message (the webhook trigger makes its event).
+async fn engage(
+    conn: &mut PgConnection,
+    e: &RecipientEvent,
+    kind: ledger::Engagement,
+) -> Result<(), sqlx::Error> {
+    if let Some(message_id) = &e.ses_message_id {
+        let empty = serde_json::json!({});
+        ledger::record_engagement(
+            conn,
+            message_id,
+            kind,
+            e.occurred_at,
+            &e.recipient,
+            e.detail.as_ref().unwrap_or(&empty),
+        )
+        .await?;
+        if kind.is_final() {
+            tracing::warn!(
+                ses_message_id = %message_id,
+                kind = kind.as_str(),
+                "SES refused a message it had accepted: final, not resent"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -39,19 +39,78 @@ pub enum Kind {
     Complaint,
     /// A delivery.
     Delivery,
-    /// Any other SES event type (Send, Reject, Open, …), lower case; recorded, no policy.
+    /// SES event publishing: the recipient's client loaded the open-tracking image.
+    Open,
+    /// SES event publishing: the recipient followed a tracked link (`detail.link`).
+    Click,
+    /// SES event publishing: the receiving server has not taken it yet; SES keeps trying.
+    DeliveryDelay,
+    /// SES event publishing: SES accepted the call, then refused the message (a virus): final.
+    Reject,
+    /// SES event publishing: SES could not render a template: final.
+    RenderingFailure,
+    /// SES event publishing: the recipient changed their subscription through SES's own
+    /// list-management headers.
+    Subscription,
+    /// Any other SES event type (`Send`, …), lower case; recorded, no policy.
     Other(String),
 }
 
 impl Kind {
-    /// The stored `event_type`.
+    /// The stored `event_type` (and the timeline's event name).
     pub fn as_str(&self) -> &str {
         match self {
             Self::Bounce => "bounce",
             Self::Complaint => "complaint",
             Self::Delivery => "delivery",
+            Self::Open => "open",
+            Self::Click => "click",
+            Self::DeliveryDelay => "delivery_delay",
+            Self::Reject => "reject",
+            Self::RenderingFailure => "rendering_failure",
+            Self::Subscription => "subscription",
             Self::Other(t) => t,
         }
+    }
+
+    /// The kind SES names `name` (`notificationType` or `eventType`).
+    fn from_ses(name: &str) -> Self {
+        match name {
+            "Bounce" => Self::Bounce,
+            "Complaint" => Self::Complaint,
+            "Delivery" => Self::Delivery,
+            "Open" => Self::Open,
+            "Click" => Self::Click,
+            "DeliveryDelay" => Self::DeliveryDelay,
+            "Reject" => Self::Reject,
+            // SES writes it with a space; accept the spelling without one too.
+            "Rendering Failure" | "RenderingFailure" => Self::RenderingFailure,
+            "Subscription" => Self::Subscription,
+            other => Self::Other(other.replace(' ', "_").to_lowercase()),
+        }
+    }
+
+    /// The key of the object SES puts this kind's details under.
+    fn section(&self) -> &str {
+        match self {
+            Self::DeliveryDelay => "deliveryDelay",
+            Self::RenderingFailure => "failure",
+            other => other.as_str(),
+        }
+    }
+
+    /// Whether SES reports it once per message rather than per recipient: it is recorded once,
+    /// for the message's first recipient.
+    fn per_message(&self) -> bool {
+        matches!(
+            self,
+            Self::Open
+                | Self::Click
+                | Self::Reject
+                | Self::RenderingFailure
+                | Self::Subscription
+                | Self::Other(_)
+        )
     }
 }
 
@@ -76,6 +135,9 @@ pub struct RecipientEvent {
     pub occurred_at: DateTime<Utc>,
     /// Same SES event, same key: what makes a duplicate delivery harmless.
     pub dedupe_key: String,
+    /// What an event-publishing record adds (a click's link, a delay's type, a reject's reason),
+    /// in Herald's names; `None` for bounces, complaints and deliveries.
+    pub detail: Option<Value>,
 }
 
 /// Why a message cannot be used; it stays on the queue and ends in the dead-letter queue.
@@ -189,20 +251,15 @@ fn ses_feedback(ses: Value, topic_arn: Option<String>) -> Result<Body, ParseErro
         .ok_or_else(|| ParseError("neither notificationType nor eventType".into()))?;
     let mail = ses.get("mail").cloned().unwrap_or(Value::Null);
     let message_id = text(&mail, "messageId");
-    let kind = match kind_name.as_str() {
-        "Bounce" => Kind::Bounce,
-        "Complaint" => Kind::Complaint,
-        "Delivery" => Kind::Delivery,
-        other => Kind::Other(other.to_lowercase()),
-    };
+    let kind = Kind::from_ses(&kind_name);
     let section = ses
-        .get(kind.as_str().to_owned().as_str())
+        .get(kind.section())
         .cloned()
         .or_else(|| {
-            // Event types are camel case in the JSON ("deliveryDelay") and lower case in our table.
+            // Older or unusual spellings: match the key without regard to case.
             ses.as_object().and_then(|o| {
                 o.iter()
-                    .find(|(k, _)| k.to_lowercase() == kind.as_str())
+                    .find(|(k, _)| k.eq_ignore_ascii_case(kind.section()))
                     .map(|(_, v)| v.clone())
             })
         })
@@ -244,7 +301,19 @@ fn ses_feedback(ses: Value, topic_arn: Option<String>) -> Result<Body, ParseErro
                 None,
             )
         }
-        Kind::Other(_) => {
+        Kind::DeliveryDelay => {
+            let list = section
+                .get("delayedRecipients")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ParseError("delivery delay without delayedRecipients".into()))?;
+            (
+                list.iter()
+                    .filter_map(|r| text(r, "emailAddress"))
+                    .collect(),
+                None,
+            )
+        }
+        _ => {
             let list = mail
                 .get("destination")
                 .and_then(Value::as_array)
@@ -258,22 +327,32 @@ fn ses_feedback(ses: Value, topic_arn: Option<String>) -> Result<Body, ParseErro
             )
         }
     };
-    let recipients: Vec<String> = recipients
+    let mut recipients: Vec<String> = recipients
         .iter()
         .filter_map(|r| address::validate(strip_display_name(r)).ok())
         .map(|r| address::normalize(&r))
         .collect();
+    if kind.per_message() {
+        recipients.truncate(1);
+    }
     if recipients.is_empty() {
         return err(format!("{} names no valid recipient", kind.as_str()));
     }
     let occurred_at = timestamp(section.get("timestamp"))
         .or_else(|| timestamp(mail.get("timestamp")))
         .ok_or_else(|| ParseError("no readable timestamp".into()))?;
-    // Feedback id, else message id, else the content itself: the same event always gets the same key.
-    let identity = feedback_id
-        .clone()
-        .or_else(|| message_id.clone())
-        .unwrap_or_else(|| herald_shared::tokens::sha256_hex(&ses.to_string()));
+    // Feedback id, else message id, else the content itself: the same event always gets the same
+    // key. Opens, clicks and delays repeat for one message: their own section tells them apart.
+    let identity = match (&feedback_id, &message_id, &kind) {
+        (Some(f), _, _) => f.clone(),
+        (None, Some(m), Kind::Bounce | Kind::Complaint | Kind::Delivery) => m.clone(),
+        (None, Some(m), _) => format!(
+            "{m}:{}",
+            &herald_shared::tokens::sha256_hex(&section.to_string())[..16]
+        ),
+        (None, None, _) => herald_shared::tokens::sha256_hex(&ses.to_string()),
+    };
+    let detail = engagement_detail(&kind, &section);
     let events = recipients
         .into_iter()
         .map(|recipient| RecipientEvent {
@@ -286,6 +365,7 @@ fn ses_feedback(ses: Value, topic_arn: Option<String>) -> Result<Body, ParseErro
             bounce_sub_type: text(&section, "bounceSubType"),
             complaint_type: text(&section, "complaintFeedbackType"),
             occurred_at,
+            detail: detail.clone(),
         })
         .collect();
     Ok(Body::Feedback {
@@ -293,6 +373,55 @@ fn ses_feedback(ses: Value, topic_arn: Option<String>) -> Result<Body, ParseErro
         events,
         raw: ses,
     })
+}
+
+/// The fields of an event-publishing record that Herald keeps, in its own names (no IP address:
+/// the raw record keeps it for the audit trail, webhooks and the timeline do not carry it).
+fn engagement_detail(kind: &Kind, section: &Value) -> Option<Value> {
+    let pick = |pairs: &[(&str, &str)]| {
+        let map: serde_json::Map<String, Value> = pairs
+            .iter()
+            .filter_map(|(ours, theirs)| {
+                section
+                    .get(*theirs)
+                    .filter(|v| !v.is_null())
+                    .map(|v| ((*ours).to_owned(), v.clone()))
+            })
+            .collect();
+        Value::Object(map)
+    };
+    Some(match kind {
+        Kind::Bounce | Kind::Complaint | Kind::Delivery | Kind::Other(_) => return None,
+        Kind::Open => pick(&[("user_agent", "userAgent")]),
+        Kind::Click => pick(&[
+            ("link", "link"),
+            ("link_tags", "linkTags"),
+            ("user_agent", "userAgent"),
+        ]),
+        Kind::DeliveryDelay => pick(&[
+            ("delay_type", "delayType"),
+            ("expiration_time", "expirationTime"),
+            ("reporting_mta", "reportingMTA"),
+        ]),
+        Kind::Reject => pick(&[("reason", "reason")]),
+        Kind::RenderingFailure => pick(&[
+            ("reason", "errorMessage"),
+            ("template_name", "templateName"),
+        ]),
+        Kind::Subscription => {
+            let mut d = pick(&[("contact_list", "contactList"), ("source", "source")]);
+            d["unsubscribe_all"] = Value::Bool(unsubscribes_all(section));
+            d
+        }
+    })
+}
+
+/// Whether a Subscription record says the recipient left every topic of the list.
+pub fn unsubscribes_all(section: &Value) -> bool {
+    section
+        .pointer("/newTopicPreferences/unsubscribeAll")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// `"Name" <a@b>` → `a@b` (SES sometimes reports addresses with display names).
@@ -378,10 +507,126 @@ mod tests {
             (e[0].kind.clone(), e[0].dedupe_key.as_str()),
             (Kind::Delivery, "delivery:msg-3:d@e.fg")
         );
-        let open = json!({"eventType": "Open", "open": {"timestamp": "2026-11-26T10:00:00Z"}, "mail": {"messageId": "msg-4", "destination": ["o@p.qr"]}});
+        let send = json!({"eventType": "Send", "send": {}, "mail": {"messageId": "msg-4", "timestamp": "2026-11-26T10:00:00Z", "destination": ["o@p.qr"]}});
         assert_eq!(
-            events(parse(&open.to_string()).expect("open"))[0].kind,
-            Kind::Other("open".into())
+            events(parse(&send.to_string()).expect("send"))[0].kind,
+            Kind::Other("send".into())
+        );
+    }
+
+    /// The six event-publishing samples (worker/tests/fixtures), for `message` and `to`.
+    fn sample(kind: &str, message: &str, to: &str) -> Value {
+        let all: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/ses-event-publishing.json"
+        ))
+        .expect("fixtures");
+        let text = all[kind]
+            .to_string()
+            .replace("{message_id}", message)
+            .replace("{recipient}", to);
+        serde_json::from_str(&text).expect("sample")
+    }
+
+    #[test]
+    fn event_publishing_records_of_each_type_are_read_with_what_they_add() {
+        let cases = [
+            (
+                "Open",
+                Kind::Open,
+                "2026-12-07T10:05:19.652Z",
+                json!({"user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 10_3_3 like Mac OS X) AppleWebKit/603.3.8 (KHTML, like Gecko) Mobile/14G60"}),
+            ),
+            (
+                "Click",
+                Kind::Click,
+                "2026-12-07T10:06:25.570Z",
+                json!({"link": "https://app.example.com/welcome?step=1", "link_tags": {"campaign": ["welcome"]}, "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/60.0.3112.90 Safari/537.36"}),
+            ),
+            (
+                "DeliveryDelay",
+                Kind::DeliveryDelay,
+                "2026-12-07T10:15:40.641Z",
+                json!({"delay_type": "TransientCommunicationFailure", "expiration_time": "2026-12-08T10:00:00.000Z"}),
+            ),
+            (
+                "Reject",
+                Kind::Reject,
+                "2026-12-07T10:00:00.000Z",
+                json!({"reason": "Bad content"}),
+            ),
+            (
+                "Rendering Failure",
+                Kind::RenderingFailure,
+                "2026-12-07T10:00:00.000Z",
+                json!({"reason": "Attribute 'attributeName' is not present in the rendering data.", "template_name": "MyTemplate"}),
+            ),
+            (
+                "Subscription",
+                Kind::Subscription,
+                "2026-12-07T10:20:14.340Z",
+                json!({"contact_list": "Newsletter", "source": "UnsubscribeHeader", "unsubscribe_all": true}),
+            ),
+        ];
+        for (name, kind, at, detail) in cases {
+            let ses = sample(name, "msg-9", "Ann@Example.com");
+            let sns = json!({"Type": "Notification", "MessageId": "m", "TopicArn": "arn:aws:sns:us-east-1:1:t", "Message": ses.to_string()});
+            let e = events(parse(&sns.to_string()).expect(name));
+            assert_eq!(e.len(), 1, "{name}");
+            assert_eq!(e[0].kind, kind, "{name}");
+            assert_eq!(e[0].recipient, "ann@example.com", "{name}");
+            assert_eq!(e[0].ses_message_id.as_deref(), Some("msg-9"), "{name}");
+            assert_eq!(
+                e[0].occurred_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                at,
+                "{name}"
+            );
+            assert_eq!(e[0].detail.as_ref(), Some(&detail), "{name}");
+            assert!(
+                e[0].dedupe_key
+                    .starts_with(&format!("{}:msg-9:", kind.as_str())),
+                "{name}"
+            );
+            assert!(
+                !e[0]
+                    .detail
+                    .as_ref()
+                    .expect("detail")
+                    .to_string()
+                    .contains("192.0.2.1"),
+                "no IP address"
+            );
+        }
+    }
+
+    #[test]
+    fn each_open_of_a_message_is_its_own_event_and_a_redelivered_one_is_the_same() {
+        let first = sample("Open", "msg-9", "a@b.co");
+        let mut second = first.clone();
+        second["open"]["timestamp"] = json!("2026-12-07T11:00:00.000Z");
+        let key = |v: &Value| {
+            events(parse(&v.to_string()).expect("open"))[0]
+                .dedupe_key
+                .clone()
+        };
+        assert_eq!(key(&first), key(&first.clone()));
+        assert_ne!(key(&first), key(&second));
+        // A message to several recipients: SES cannot tell who opened it; one event, not one each.
+        let mut several = first.clone();
+        several["mail"]["destination"] = json!(["a@b.co", "c@d.co"]);
+        assert_eq!(events(parse(&several.to_string()).expect("open")).len(), 1);
+        // A delay names its delayed recipients, each an event.
+        let mut delay = sample("DeliveryDelay", "msg-9", "a@b.co");
+        delay["deliveryDelay"]["delayedRecipients"] =
+            json!([{"emailAddress": "a@b.co"}, {"emailAddress": "c@d.co"}]);
+        assert_eq!(events(parse(&delay.to_string()).expect("delay")).len(), 2);
+        delay["deliveryDelay"]
+            .as_object_mut()
+            .expect("object")
+            .remove("delayedRecipients");
+        assert!(
+            parse(&delay.to_string()).is_err(),
+            "a delay without recipients is unreadable"
         );
     }
 

@@ -67,7 +67,7 @@ pub fn context(
 ) -> Arc<EmailContext> {
     context_with_sender(
         pool,
-        Arc::new(SesSender::new(client, FROM.to_owned(), None)),
+        Arc::new(SesSender::new(client, FROM.to_owned(), Default::default())),
         config,
     )
 }

@@ -6,6 +6,7 @@ mod chaos;
 mod console;
 mod drain;
 mod e2e;
+mod engagement;
 mod feedback;
 mod helpers;
 mod ledger;

@@ -22,7 +22,7 @@ use crate::feedback::{Moto, bounce, eventually};
 use crate::helpers::setup_queue;
 
 /// RSA key generation is slow; two keys serve every test.
-static KEYS: LazyLock<[RsaPrivateKey; 2]> = LazyLock::new(|| {
+pub(crate) static KEYS: LazyLock<[RsaPrivateKey; 2]> = LazyLock::new(|| {
     let mut rng = rsa::rand_core::OsRng;
     [
         RsaPrivateKey::new(&mut rng, 2048).expect("key"),
@@ -61,7 +61,7 @@ fn certificate(key: &RsaPrivateKey, not_before: SystemTime, not_after: SystemTim
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// A local HTTP server with certificates and a subscription endpoint, counting requests.
-struct CertServer {
+pub(crate) struct CertServer {
     base: String,
     hits: Arc<Mutex<HashMap<String, usize>>>,
 }
@@ -70,7 +70,7 @@ impl CertServer {
     /// Serves `SimpleNotificationService-good.pem` (key 0), `-other.pem` (key 1),
     /// `-expired.pem` and `-future.pem` (key 0, outside their dates), `-junk.pem` (not PEM); anything
     /// else answers 404; `/confirm` answers 200.
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let now = SystemTime::now();
         let files: HashMap<String, String> = [
             ("good", certificate(&KEYS[0], now - DAY, now + DAY)),
@@ -108,7 +108,7 @@ impl CertServer {
         Self { base, hits }
     }
 
-    fn url(&self, name: &str) -> String {
+    pub(crate) fn url(&self, name: &str) -> String {
         format!("{}/SimpleNotificationService-{name}.pem", self.base)
     }
 
@@ -134,10 +134,10 @@ impl CertServer {
     }
 }
 
-const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:ses-feedback";
+pub(crate) const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:ses-feedback";
 
 /// An SNS notification carrying `ses`, signed with `key` (version 1 or 2), naming `cert_url`.
-fn signed(ses: &Value, version: u8, key: &RsaPrivateKey, cert_url: &str) -> Value {
+pub(crate) fn signed(ses: &Value, version: u8, key: &RsaPrivateKey, cert_url: &str) -> Value {
     let mut envelope = json!({
         "Type": "Notification",
         "MessageId": format!("sns-{}", ulid::Ulid::generate()),
@@ -387,7 +387,7 @@ async fn suppressed(pool: &PgPool, email: &str) -> bool {
         > 0
 }
 
-fn trusted(server: &CertServer) -> Trust {
+pub(crate) fn trusted(server: &CertServer) -> Trust {
     Trust {
         formats: [Format::Sns].into_iter().collect(),
         allowed_topics: vec![TOPIC.to_owned()],
@@ -396,7 +396,7 @@ fn trusted(server: &CertServer) -> Trust {
     }
 }
 
-fn known_only() -> Policy {
+pub(crate) fn known_only() -> Policy {
     Policy {
         soft_bounce_threshold: 3,
         soft_bounce_window: chrono::Duration::days(30),

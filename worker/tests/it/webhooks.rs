@@ -284,6 +284,81 @@ async fn events_arrive_signed_are_retried_with_backoff_and_survive_a_killed_work
     stack.finish().await;
 }
 
+/// SES's opens and clicks, through the feedback queue of the real worker: signed `email.opened`
+/// and `email.clicked` (with the link) at the receiver, and both on the email's timeline.
+#[tokio::test]
+async fn opens_and_clicks_from_ses_arrive_as_signed_webhooks_and_on_the_timeline() {
+    let mut stack = Stack::start().await;
+    let (base, log) = receiver().await;
+    let (_, secret) = register(
+        &stack,
+        &format!("{base}/engaged"),
+        &["email.opened", "email.clicked"],
+    )
+    .await;
+    let (sqs, feedback) = crate::e2e::feedback_queue("wh-eng").await;
+    stack.spawn_worker(&[("SQS_FEEDBACK_QUEUE_URL", feedback.as_str())]);
+    let to = format!("{}@example.com", unique("engaged"));
+    let (status, body) = stack
+        .post(
+            "/v1/emails",
+            json!({"to": to, "subject": "Hi", "html": "<p><a href=\"https://app.example.com/welcome?step=1\">Go</a></p>",
+                   "tags": {"campaign": "welcome"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["job_id"].as_str().expect("id").to_owned();
+    let job = stack.wait_final(&id, Duration::from_secs(30)).await;
+    let message = job["result"]["ses_message_id"]
+        .as_str()
+        .expect("sent")
+        .to_owned();
+    for kind in ["Open", "Click"] {
+        let record = crate::engagement::sample(kind, &message, &to);
+        let envelope = json!({"Type": "Notification", "MessageId": unique("sns"),
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
+            "Message": record.to_string(), "Timestamp": chrono::Utc::now().to_rfc3339()});
+        sqs.send_message()
+            .queue_url(&feedback)
+            .message_body(envelope.to_string())
+            .send()
+            .await
+            .expect("send");
+    }
+    let got = wait_for(&log, "/engaged", 2, "the open and the click").await;
+    let mut bodies: Vec<Value> = got
+        .iter()
+        .map(|r| {
+            assert!(verify_with_python(&secret, r), "signed: {}", r.body);
+            serde_json::from_str(&r.body).expect("json")
+        })
+        .collect();
+    bodies.sort_by_key(|b| b["type"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(bodies[0]["type"], "email.clicked", "{bodies:?}");
+    assert_eq!(
+        bodies[0]["data"]["link"],
+        "https://app.example.com/welcome?step=1"
+    );
+    assert_eq!(bodies[1]["type"], "email.opened", "{bodies:?}");
+    for b in &bodies {
+        assert_eq!(b["data"]["job_id"], id.as_str());
+        assert_eq!(b["data"]["tags"], json!({"campaign": "welcome"}));
+    }
+    let (status, email) = stack.get(&format!("/v1/emails/{id}")).await;
+    assert_eq!(status, 200, "{email}");
+    let events: Vec<&str> = email["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(
+        events.contains(&"open") && events.contains(&"click"),
+        "{email}"
+    );
+    stack.finish().await;
+}
+
 /// A receiver whose first answer is 200 and every later one a 500 with a 200 MB body, streamed
 /// for as long as the client reads; counts the body bytes it managed to write.
 async fn huge_receiver() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
