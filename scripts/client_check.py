@@ -29,7 +29,7 @@ from herald_api_client.models import (
     EmailView,
     Enqueued,
     EventType,
-    SendEmailRequest,
+    RawEmail,
     Suppression,
     SuppressionPage,
     WebhookView,
@@ -47,7 +47,7 @@ def main(api_url, token):
     client = AuthenticatedClient(base_url=api_url, token=token, raise_on_unexpected_status=True)
     to = f"client-{uuid.uuid4().hex[:12]}@example.com"
 
-    request = SendEmailRequest.from_dict(
+    request = RawEmail.from_dict(
         {
             "to": f"Client Check <{to}>",
             "cc": [{"email": "cc-" + to, "name": "Copy"}],

@@ -160,34 +160,64 @@ pub fn openapi_document() -> serde_json::Value {
 const ADDRESS_PATTERN: &str = r"^\s*([^\s@<>]+@[^\s@<>]+|[^<>]*<\s*[^\s@<>]+@[^\s@<>]+\s*>)\s*$";
 
 /// What the derives cannot say, said in the schemas: an email is a template (with data and a
-/// locale) or a subject with a text or HTML part, never both; addresses have an `@`; tags and
-/// headers are bounded. `scripts/client_check.py` checks, for a table of invalid bodies, that the
-/// schema refuses what the API refuses.
+/// locale) or a subject with a non-empty text or HTML part, never both (`SendEmailRequest` is
+/// `oneOf` two complete objects, `TemplateEmail` and `RawEmail`, which client generators turn into
+/// two types); addresses have an `@`; tags and headers are bounded. `scripts/client_check.py`
+/// checks, for a table of invalid bodies, that the schema refuses what the API refuses.
 fn tighten(schemas: &mut serde_json::Value) {
-    use serde_json::json;
-    let absent = json!({"type": "null"});
-    let request = &mut schemas["SendEmailRequest"];
-    request["oneOf"] = json!([
-        {"title": "TemplateEmail", "description": "A stored template, rendered with `data`.",
-         "required": ["template"],
-         "properties": {"template": {"type": "string", "minLength": 1},
-                        "subject": absent, "text": absent, "html": absent}},
-        {"title": "RawEmail", "description": "A subject with a text part, an HTML part or both.",
-         "required": ["subject"],
-         "properties": {"subject": {"type": "string", "minLength": 1},
-                        "template": absent, "data": absent, "locale": absent},
-         "anyOf": [
-             {"required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}},
-             {"required": ["html"], "properties": {"html": {"type": "string", "minLength": 1}}}]},
-    ]);
-    request["properties"]["tags"]["maxProperties"] = json!(10);
-    request["properties"]["headers"]["maxProperties"] = json!(20);
+    use serde_json::{Value, json};
     if let Some(variants) = schemas["MailboxInput"]["oneOf"].as_array_mut() {
         for v in variants.iter_mut().filter(|v| v["type"] == "string") {
             v["pattern"] = json!(ADDRESS_PATTERN);
         }
     }
     schemas["MailboxObject"]["properties"]["email"]["pattern"] = json!(ADDRESS_PATTERN);
+    let request = schemas["SendEmailRequest"].take();
+    let Some(mut props) = request["properties"].as_object().cloned() else {
+        schemas["SendEmailRequest"] = request;
+        return;
+    };
+    for (key, most) in [("tags", 10), ("headers", 20)] {
+        if let Some(p) = props.get_mut(key) {
+            p["maxProperties"] = json!(most);
+        }
+    }
+    let absent = json!({"type": "null", "description": "Not with this kind of email."});
+    let required_text = |key: &str| {
+        let description = props.get(key).map(|p| p["description"].clone());
+        json!({"type": "string", "minLength": 1, "description": description})
+    };
+    let variant = |own: &[(&str, Value)], others: &[&str], required: &str, description: &str| {
+        let mut p = props.clone();
+        for (k, v) in own {
+            p.insert((*k).to_owned(), v.clone());
+        }
+        for k in others {
+            p.insert((*k).to_owned(), absent.clone());
+        }
+        json!({"type": "object", "description": description, "required": ["to", required],
+               "properties": p, "additionalProperties": false})
+    };
+    schemas["TemplateEmail"] = variant(
+        &[("template", required_text("template"))],
+        &["subject", "text", "html"],
+        "template",
+        "An email from a stored template, rendered with `data` in `locale`.",
+    );
+    let mut raw = variant(
+        &[("subject", required_text("subject"))],
+        &["template", "data", "locale"],
+        "subject",
+        "An email with a subject and a text part, an HTML part or both (at least one not empty).",
+    );
+    let empty = json!({"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 0}]});
+    raw["not"] = json!({"properties": {"text": empty, "html": empty}});
+    schemas["RawEmail"] = raw;
+    schemas["SendEmailRequest"] = json!({
+        "description": request["description"],
+        "oneOf": [{"$ref": "#/components/schemas/TemplateEmail"},
+                  {"$ref": "#/components/schemas/RawEmail"}],
+    });
 }
 
 fn webhooks_section() -> serde_json::Value {

@@ -459,9 +459,17 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
         .as_array()
         .expect("oneOf")
         .iter()
-        .filter_map(|v| v["title"].as_str())
+        .filter_map(|v| v["$ref"].as_str())
         .collect();
-    assert_eq!(one_of, ["TemplateEmail", "RawEmail"]);
+    assert_eq!(
+        one_of,
+        [
+            "#/components/schemas/TemplateEmail",
+            "#/components/schemas/RawEmail"
+        ]
+    );
+    assert_eq!(schemas["RawEmail"]["properties"]["template"]["type"], "null");
+    assert_eq!(schemas["TemplateEmail"]["required"], json!(["to", "template"]));
     let codes = schemas["ErrorDetail"]["properties"]["code"]["enum"]
         .as_array()
         .expect("codes");
