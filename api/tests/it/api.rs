@@ -468,8 +468,14 @@ async fn the_openapi_document_lists_every_route_and_each_is_served(pool: PgPool)
             "#/components/schemas/RawEmail"
         ]
     );
-    assert_eq!(schemas["RawEmail"]["properties"]["template"]["type"], "null");
-    assert_eq!(schemas["TemplateEmail"]["required"], json!(["to", "template"]));
+    assert_eq!(
+        schemas["RawEmail"]["properties"]["template"]["type"],
+        "null"
+    );
+    assert_eq!(
+        schemas["TemplateEmail"]["required"],
+        json!(["to", "template"])
+    );
     let codes = schemas["ErrorDetail"]["properties"]["code"]["enum"]
         .as_array()
         .expect("codes");
