@@ -223,6 +223,25 @@ pub async fn pauses(conn: &mut PgConnection) -> Result<Vec<PauseState>, sqlx::Er
     .await
 }
 
+/// Pauses a category now with `reason`, as the guard does when a rate is over its threshold (but
+/// without its grace period after a resume); false if it was paused already. For operators and
+/// for tests that need a paused category.
+pub async fn pause(
+    conn: &mut PgConnection,
+    category: Category,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let paused = sqlx::query_scalar!(
+        "UPDATE compliance_pauses SET paused = true, reason = $2, paused_at = now()
+         WHERE category = $1 AND NOT paused RETURNING category",
+        category.as_str(),
+        reason
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(paused.is_some())
+}
+
 /// Resumes the given categories; returns those that were paused.
 pub async fn resume(
     conn: &mut PgConnection,

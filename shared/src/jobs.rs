@@ -452,6 +452,18 @@ pub async fn payload(conn: &mut PgConnection, id: &str) -> Result<Option<Vec<u8>
     )
 }
 
+/// Jobs of `queue` a worker holds now: fetched (locked by it) and not yet recorded. What a worker
+/// killed now would strand until its lock expires and another worker rescues them.
+pub async fn count_held<'e>(db: impl sqlx::PgExecutor<'e>, queue: &str) -> Result<i64, JobError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM apalis.jobs
+           WHERE job_type = $1 AND status IN ('Queued', 'Running') AND lock_by IS NOT NULL"#,
+        queue
+    )
+    .fetch_one(db)
+    .await?)
+}
+
 /// Per queue, the age in seconds of the oldest job that is due and waiting.
 pub async fn oldest_waiting<'e>(
     db: impl sqlx::PgExecutor<'e>,

@@ -241,10 +241,12 @@ async fn the_same_idempotency_key_and_body_give_the_same_job_and_another_body_co
     let (s2, second) = app.send("POST", "/v1/emails", Some(body), &key).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(first["job_id"], second["job_id"]);
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
-        .fetch_one(&app.pool)
+    let jobs: i64 = herald_shared::jobs::count_by_state(&app.pool)
         .await
-        .expect("count");
+        .expect("count")
+        .iter()
+        .map(|c| c.n)
+        .sum();
     assert_eq!(jobs, 1, "a replay must not enqueue again");
     // A replay says so in a header; a first request does not.
     let post = |key: &'static str| {
@@ -666,10 +668,15 @@ async fn suppressions_can_be_added_raised_read_paged_and_removed_with_events(poo
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn compliance_reports_rates_and_pauses_and_resume_lifts_them(pool: PgPool) {
     let app = TestApp::spawn(pool, true).await;
-    sqlx::query("UPDATE compliance_pauses SET paused = true, reason = 'bounce rate too high', paused_at = now()")
-        .execute(&app.pool)
+    for category in herald_shared::email::Category::ALL {
+        herald_shared::compliance::pause(
+            &mut app.pool.acquire().await.expect("conn"),
+            category,
+            "bounce rate too high",
+        )
         .await
         .expect("pause");
+    }
     let (status, body) = app.send("GET", "/v1/compliance", None, &[]).await;
     assert_eq!(status, 200, "{body}");
     let rates = body["rates"].as_array().expect("rates");
@@ -723,11 +730,13 @@ async fn compliance_reports_rates_and_pauses_and_resume_lifts_them(pool: PgPool)
 }
 
 async fn ledger_status(pool: &PgPool, id: &str) -> String {
-    sqlx::query_scalar("SELECT status::text FROM email_deliveries WHERE job_id = $1")
-        .bind(id)
-        .fetch_one(pool)
+    herald_shared::email::ledger::find(&mut pool.acquire().await.expect("conn"), id)
         .await
+        .expect("query")
         .expect("ledger row")
+        .status
+        .as_str()
+        .to_owned()
 }
 
 /// A job that failed for good whose ledger row says `status`, with `outcome_unknown`.
@@ -801,12 +810,11 @@ async fn retrying_after_an_unknown_outcome_counts_the_resend_as_uncertain(pool: 
                 .await
                 .expect("claim")
         );
-        let uncertain: i32 =
-            sqlx::query_scalar("SELECT uncertain_resends FROM email_deliveries WHERE job_id = $1")
-                .bind(&id)
-                .fetch_one(&app.pool)
-                .await
-                .expect("row");
+        let uncertain = herald_shared::email::ledger::find(&mut conn, &id)
+            .await
+            .expect("query")
+            .expect("row")
+            .uncertain_resends;
         assert_eq!(uncertain, 1, "{status}");
     }
     // A clean failure goes back to pending: the next send is a first try.
@@ -1085,10 +1093,20 @@ async fn declared_required_variables_and_a_data_schema_are_enforced_at_enqueue(p
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_batch_answers_each_item_in_order_and_queues_only_the_good_ones(pool: PgPool) {
     let app = TestApp::spawn(pool.clone(), true).await;
-    sqlx::query("INSERT INTO email_suppressions (email, suppression_type, suppress_transactional) VALUES ('gone@example.com', 'bounce', true)")
-        .execute(&pool)
-        .await
-        .expect("suppress");
+    herald_shared::suppressions::raise(
+        &mut pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: "gone@example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
+            reason: None,
+            transactional: true,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
+    )
+    .await
+    .expect("suppress");
     let batch = json!({"emails": [
         {"to": "a@example.com", "subject": "Hi", "text": "one", "idempotency_key": "k-1"},
         {"to": "not-an-address", "subject": "Hi", "text": "two"},
@@ -1182,11 +1200,18 @@ async fn concurrent_single_emails_share_statements_and_each_request_gets_its_own
 ) {
     // One statement at a time, so that requests arriving meanwhile are grouped.
     let app = TestApp::spawn_with(pool, true, &[("API_ENQUEUE_STATEMENTS", "1")]).await;
-    sqlx::query(
-        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
-         VALUES ('gone@example.com', 'bounce', true)",
+    herald_shared::suppressions::raise(
+        &mut app.pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: "gone@example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
+            reason: None,
+            transactional: true,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
     )
-    .execute(&app.pool)
     .await
     .expect("suppress");
     let mut asks: Vec<(String, Option<&str>)> = (0..40)
@@ -1219,12 +1244,14 @@ async fn concurrent_single_emails_share_statements_and_each_request_gets_its_own
     .await;
     for (i, (status, body)) in answers.iter().enumerate().take(40) {
         assert_eq!(*status, 202, "{body}");
-        let recipient: String =
-            sqlx::query_scalar("SELECT recipient FROM email_deliveries WHERE job_id = $1")
-                .bind(body["job_id"].as_str().expect("job id"))
-                .fetch_one(&app.pool)
-                .await
-                .expect("ledger row");
+        let recipient = herald_shared::email::ledger::record(
+            &mut app.pool.acquire().await.expect("conn"),
+            body["job_id"].as_str().expect("job id"),
+        )
+        .await
+        .expect("query")
+        .expect("ledger row")
+        .recipient;
         assert_eq!(
             recipient,
             format!("c{i}@example.com"),
@@ -1247,9 +1274,11 @@ async fn concurrent_single_emails_share_statements_and_each_request_gets_its_own
         })
         .collect();
     assert!(keyed.iter().all(|id| *id == keyed[0]), "{keyed:?}");
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs")
-        .fetch_one(&app.pool)
+    let jobs: i64 = herald_shared::jobs::count_by_state(&app.pool)
         .await
-        .expect("count");
+        .expect("count")
+        .iter()
+        .map(|c| c.n)
+        .sum();
     assert_eq!(jobs, 41, "40 emails and one for the key");
 }

@@ -95,11 +95,11 @@ async fn the_console_needs_a_session_and_every_page_renders(pool: PgPool) {
     );
     assert!(overview.contains("<svg id=\"hourly\""), "{overview}");
     assert!(!overview.contains("paused since"), "nothing is paused");
-    sqlx::query(
-        "UPDATE compliance_pauses SET paused = true, paused_at = now(), reason = 'bounce rate 5.1 % over 24h'
-         WHERE category = 'marketing'",
+    herald_shared::compliance::pause(
+        &mut app.pool.acquire().await.expect("conn"),
+        herald_shared::email::Category::Marketing,
+        "bounce rate 5.1 % over 24h",
     )
-    .execute(&app.pool)
     .await
     .expect("pause");
     let (_, overview) = get(&app, "/admin").await;

@@ -25,11 +25,11 @@ fn email(to: &str, text: &str, key: Option<&str>) -> GroupedEmail {
 }
 
 async fn recipient_of(pool: &PgPool, job_id: &str) -> String {
-    sqlx::query_scalar("SELECT recipient FROM email_deliveries WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_one(pool)
+    herald_shared::email::ledger::record(&mut pool.acquire().await.expect("conn"), job_id)
         .await
+        .expect("query")
         .expect("ledger row")
+        .recipient
 }
 
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]

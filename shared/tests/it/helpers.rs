@@ -160,11 +160,18 @@ pub async fn queue_with_suppressed_address(pool: &sqlx::PgPool) {
     apalis_postgres::PostgresStorage::setup(pool)
         .await
         .expect("apalis");
-    sqlx::query(
-        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
-         VALUES ('gone@example.com', 'bounce', true)",
+    herald_shared::suppressions::raise(
+        &mut pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: "gone@example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
+            reason: None,
+            transactional: true,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
     )
-    .execute(pool)
     .await
     .expect("suppress");
 }

@@ -207,18 +207,16 @@ fn a_misplaced_query_is_caught() {
 /// UUIDs) are exempt; the rest may only go down.
 const TEST_SQL_AT_MOST: &[(&str, usize)] = &[
     ("api/tests/it/admin.rs", 1),
-    ("api/tests/it/api.rs", 16),
-    ("api/tests/it/console.rs", 2),
-    ("api/tests/it/hardening.rs", 4),
+    ("api/tests/it/api.rs", 8),
+    ("api/tests/it/console.rs", 1),
+    ("api/tests/it/hardening.rs", 2),
     ("shared/tests/it/compliance.rs", 1),
-    ("shared/tests/it/enqueue_groups.rs", 3),
-    ("shared/tests/it/helpers.rs", 4),
-    ("shared/tests/it/jobs.rs", 13),
-    ("shared/tests/it/ledger.rs", 7),
+    ("shared/tests/it/enqueue_groups.rs", 2),
+    ("shared/tests/it/helpers.rs", 3),
+    ("shared/tests/it/jobs.rs", 8),
     ("shared/tests/it/maintenance.rs", 24),
-    ("shared/tests/it/outbox.rs", 19),
+    ("shared/tests/it/outbox.rs", 2),
     ("shared/tests/it/real_clients.rs", 2),
-    ("shared/tests/it/suppressions.rs", 6),
     ("worker/benches/console.rs", 6),
     ("worker/benches/expiry.rs", 7),
     ("worker/benches/feedback.rs", 2),
@@ -226,15 +224,41 @@ const TEST_SQL_AT_MOST: &[(&str, usize)] = &[
     ("worker/benches/soak.rs", 1),
     ("worker/benches/webhooks.rs", 15),
     ("worker/tests/it/backend.rs", 2),
-    ("worker/tests/it/chaos.rs", 7),
-    ("worker/tests/it/drain.rs", 4),
-    ("worker/tests/it/e2e.rs", 18),
-    ("worker/tests/it/feedback.rs", 12),
-    ("worker/tests/it/ledger.rs", 7),
+    ("worker/tests/it/chaos.rs", 5),
+    ("worker/tests/it/drain.rs", 1),
+    ("worker/tests/it/e2e.rs", 14),
+    ("worker/tests/it/feedback.rs", 7),
     ("worker/tests/it/maintenance.rs", 3),
-    ("worker/tests/it/retry_policy.rs", 12),
-    ("worker/tests/it/sns_trust.rs", 6),
+    ("worker/tests/it/retry_policy.rs", 9),
+    ("worker/tests/it/sns_trust.rs", 3),
     ("worker/tests/it/unsubscribe.rs", 1),
+];
+
+/// Test files that are an owner's own tests (as a module's unit tests would be): their SQL on the
+/// tables those owners write checks what the owner's statements left behind, so it is not counted.
+/// SQL there on anyone else's table still is.
+const OWNERS_OWN_TESTS: &[(&str, &[&str])] = &[
+    ("shared/tests/it/jobs.rs", &["shared/src/jobs.rs"]),
+    ("shared/tests/it/ledger.rs", &["shared/src/email/ledger.rs"]),
+    ("worker/tests/it/ledger.rs", &["shared/src/email/ledger.rs"]),
+    (
+        "shared/tests/it/suppressions.rs",
+        &["shared/src/suppressions.rs"],
+    ),
+    (
+        "shared/tests/it/compliance.rs",
+        &["shared/src/compliance.rs"],
+    ),
+    (
+        "shared/tests/it/outbox.rs",
+        &[
+            "shared/src/webhooks/endpoints.rs",
+            "shared/src/webhooks/outbox.rs",
+            "shared/src/webhooks/deliveries.rs",
+        ],
+    ),
+    ("worker/tests/it/feedback.rs", &["shared/src/feedback.rs"]),
+    ("worker/tests/it/sns_trust.rs", &["shared/src/feedback.rs"]),
 ];
 
 const ABOUT_THE_SQL: &[&str] = &[
@@ -261,13 +285,18 @@ fn tests_and_benches_use_raw_sql_less_and_less() {
         "shared/benches",
     ]);
     let limits: BTreeMap<&str, usize> = TEST_SQL_AT_MOST.iter().copied().collect();
+    let own: BTreeMap<&str, &[&str]> = OWNERS_OWN_TESTS.iter().copied().collect();
     let mut over = Vec::new();
     let mut counts = Vec::new();
     for (path, text) in &files {
         if ABOUT_THE_SQL.contains(&path.as_str()) {
             continue;
         }
-        let n = statements(text, &tables).len();
+        let tested = own.get(path.as_str()).copied().unwrap_or_default();
+        let n = statements(text, &tables)
+            .iter()
+            .filter(|(_, table)| !tested.contains(&owners[table].writer.as_str()))
+            .count();
         if n > 0 {
             counts.push(format!("(\"{path}\", {n}),"));
         }

@@ -244,11 +244,18 @@ async fn the_send_rule_names_what_blocks_an_email_suppression_first(pool: PgPool
         None
     );
 
-    sqlx::query(
-        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional, suppress_marketing)
-         VALUES ('unsub@example.com', 'unsubscribe', false, true)",
+    herald_shared::suppressions::raise(
+        &mut conn,
+        &herald_shared::suppressions::Raise {
+            email: "unsub@example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Unsubscribe,
+            reason: None,
+            transactional: false,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
     )
-    .execute(&mut *conn)
     .await
     .expect("suppress");
     assert_eq!(
@@ -260,8 +267,7 @@ async fn the_send_rule_names_what_blocks_an_email_suppression_first(pool: PgPool
         None
     );
 
-    sqlx::query("UPDATE compliance_pauses SET paused = true WHERE category = 'marketing'")
-        .execute(&mut *conn)
+    herald_shared::compliance::pause(&mut conn, herald_shared::email::Category::Marketing, "test")
         .await
         .expect("hold");
     assert_eq!(
@@ -273,10 +279,13 @@ async fn the_send_rule_names_what_blocks_an_email_suppression_first(pool: PgPool
         None
     );
 
-    sqlx::query("UPDATE email_sending_control SET paused_until = now() + interval '1 hour'")
-        .execute(&mut *conn)
-        .await
-        .expect("pause");
+    herald_shared::email::pause_sending(
+        &mut conn,
+        chrono::Utc::now() + chrono::Duration::hours(1),
+        "test",
+    )
+    .await
+    .expect("pause");
     assert_eq!(
         blocker(&mut conn, "a@example.com", Category::Transactional).await,
         Some(Blocker::Paused)
@@ -313,11 +322,18 @@ async fn the_send_rule_is_inlined_where_a_statement_joins_it(pool: PgPool) {
     );
     // The scalar form answers from the same rule.
     let mut conn = pool.acquire().await.expect("conn");
-    sqlx::query(
-        "INSERT INTO email_suppressions (email, suppression_type, suppress_marketing)
-         VALUES ('b@example.com', 'manual', true)",
+    herald_shared::suppressions::raise(
+        &mut conn,
+        &herald_shared::suppressions::Raise {
+            email: "b@example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Manual,
+            reason: None,
+            transactional: false,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
     )
-    .execute(&mut *conn)
     .await
     .expect("suppress");
     let answers: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(

@@ -636,10 +636,11 @@ async fn suppress_and_pause(conn: &mut PgConnection, address: &str) {
     suppressions::remove_recorded(conn, &address.to_lowercase(), Some("mistake"), "test")
         .await
         .expect("remove");
-    sqlx::query(
-        "UPDATE compliance_pauses SET paused = true, reason = 'bounce rate' WHERE category = 'marketing'",
+    herald_shared::compliance::pause(
+        &mut *conn,
+        herald_shared::email::Category::Marketing,
+        "bounce rate",
     )
-    .execute(&mut *conn)
     .await
     .expect("pause");
     herald_shared::compliance::resume(conn, &[Category::Marketing])

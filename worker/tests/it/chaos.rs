@@ -44,34 +44,28 @@ fn spawn(stack: &mut Stack, env: &[(&'static str, String)]) {
     stack.spawn_worker(&env);
 }
 
-/// Email jobs by apalis status; `None` while the database cannot be reached.
-async fn statuses(pool: &PgPool) -> Option<HashMap<String, i64>> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM apalis.jobs WHERE job_type = $1 GROUP BY 1")
-            .bind(EMAIL_QUEUE)
-            .fetch_all(pool)
-            .await
-            .ok()?;
-    Some(rows.into_iter().collect())
+/// Email jobs by Herald's status; `None` while the database cannot be reached.
+async fn statuses(pool: &PgPool) -> Option<HashMap<&'static str, i64>> {
+    let counts = herald_shared::jobs::count_by_state(pool).await.ok()?;
+    let mut out = HashMap::new();
+    for c in counts.iter().filter(|c| c.queue == EMAIL_QUEUE) {
+        *out.entry(c.state.as_str()).or_default() += c.n;
+    }
+    Some(out)
 }
 
-/// Email jobs a worker holds now: fetched (locked by it) and not yet recorded. What a SIGKILL
-/// strands until the lock expires and another worker rescues them.
+/// Email jobs a worker holds now (`jobs::count_held`): what a SIGKILL strands until the lock
+/// expires and another worker rescues them.
 async fn held(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs
-         WHERE job_type = $1 AND status IN ('Queued', 'Running') AND lock_by IS NOT NULL",
-    )
-    .bind(EMAIL_QUEUE)
-    .fetch_one(pool)
-    .await
-    .unwrap_or(0)
+    herald_shared::jobs::count_held(pool, EMAIL_QUEUE)
+        .await
+        .unwrap_or(0)
 }
 
 async fn done(pool: &PgPool) -> i64 {
     statuses(pool)
         .await
-        .and_then(|s| s.get("Done").copied())
+        .and_then(|s| s.get("succeeded").copied())
         .unwrap_or(0)
 }
 
@@ -161,7 +155,7 @@ async fn chaos_repeated_sigkill_of_the_worker_loses_no_email() {
         let pause = Duration::from_millis(rand::random_range(300..900));
         tokio::time::sleep(pause).await;
         let status = statuses(&stack.pool).await.unwrap_or_default();
-        if status.get("Done").copied().unwrap_or(0) == n as i64 {
+        if status.get("succeeded").copied().unwrap_or(0) == n as i64 {
             break;
         }
         // Counted just before the kill: the worker's locks are what it really holds (it no longer

@@ -41,18 +41,21 @@ async fn draining_sends_every_due_email_once_and_leaves_nothing_behind(pool: PgP
 async fn a_held_job_resumes_with_its_attempts_unchanged(pool: PgPool) {
     setup_queue(&pool).await;
     let ids = enqueue(&pool, 1, "held", Category::Marketing).await;
-    sqlx::query("UPDATE compliance_pauses SET paused = true WHERE category = 'marketing'")
-        .execute(&pool)
-        .await
-        .expect("hold marketing");
+    herald_shared::compliance::pause(
+        &mut pool.acquire().await.expect("conn"),
+        Category::Marketing,
+        "test",
+    )
+    .await
+    .expect("hold marketing");
     let sender = Arc::new(RecordingSender::default());
     let ctx = context_with_sender(&pool, sender.clone(), &worker_config(&pool, &[]));
     let budget = async |pool: &PgPool| -> (i32, i32, String) {
-        sqlx::query_as("SELECT attempts, max_attempts, status FROM apalis.jobs WHERE id = $1")
-            .bind(&ids[0])
-            .fetch_one(pool)
+        let job = herald_shared::jobs::find(&mut pool.acquire().await.expect("conn"), &ids[0])
             .await
-            .expect("job")
+            .expect("query")
+            .expect("job");
+        (job.attempts, job.max_attempts, job.raw_status)
     };
     let before = budget(&pool).await;
 
@@ -74,10 +77,12 @@ async fn a_held_job_resumes_with_its_attempts_unchanged(pool: PgPool) {
     assert_eq!(status(&pool, &ids[0]).await, JobStatus::Queued);
     assert_eq!(delivery(&pool, &ids[0]).await.status, "pending");
 
-    sqlx::query("UPDATE compliance_pauses SET paused = false WHERE category = 'marketing'")
-        .execute(&pool)
-        .await
-        .expect("resume");
+    herald_shared::compliance::resume(
+        &mut pool.acquire().await.expect("conn"),
+        &[Category::Marketing],
+    )
+    .await
+    .expect("resume");
     // The hold's recheck time, brought forward instead of waited for.
     sqlx::query("UPDATE apalis.jobs SET run_at = now() - interval '1 second' WHERE id = $1")
         .bind(&ids[0])

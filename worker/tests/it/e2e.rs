@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use herald_shared::jobs::JobStatus;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -533,11 +534,20 @@ async fn a_posted_email_reaches_the_emulator_rendered_and_its_job_shows_the_same
 async fn a_suppressed_recipient_is_refused_and_a_late_suppression_stops_the_send() {
     let mut stack = Stack::start().await;
     let gone = format!("{}@example.com", unique("gone"));
-    sqlx::query("INSERT INTO email_suppressions (email, suppression_type, suppress_transactional) VALUES ($1, 'bounce', true)")
-        .bind(&gone)
-        .execute(&stack.pool)
-        .await
-        .expect("suppress");
+    herald_shared::suppressions::raise(
+        &mut stack.pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: &gone,
+            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
+            reason: None,
+            transactional: true,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
+    )
+    .await
+    .expect("suppress");
     // Mixed case still matches.
     let (status, body) = stack
         .post(
@@ -557,11 +567,20 @@ async fn a_suppressed_recipient_is_refused_and_a_late_suppression_stops_the_send
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    sqlx::query("INSERT INTO email_suppressions (email, suppression_type, suppress_transactional) VALUES ($1, 'complaint', true)")
-        .bind(late.to_uppercase())
-        .execute(&stack.pool)
-        .await
-        .expect("suppress");
+    herald_shared::suppressions::raise(
+        &mut stack.pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: &late.to_uppercase(),
+            suppression_type: herald_shared::suppressions::SuppressionType::Complaint,
+            reason: None,
+            transactional: true,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
+    )
+    .await
+    .expect("suppress");
     stack.spawn_worker(&[]);
     let job = stack
         .wait_final(
@@ -762,12 +781,14 @@ async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emai
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stack.kill_worker();
-    let stranded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM apalis.jobs WHERE status IN ('Queued', 'Running')",
-    )
-    .fetch_one(&stack.pool)
-    .await
-    .expect("count");
+    let stranded: i64 = herald_shared::jobs::count_by_state(&stack.pool)
+        .await
+        .expect("count")
+        .iter()
+        // Herald's `running`: apalis's Queued (fetched) and Running.
+        .filter(|c| c.state == JobStatus::Running)
+        .map(|c| c.n)
+        .sum();
     assert!(
         stranded > 0,
         "the kill should land while the worker holds jobs"
@@ -841,11 +862,13 @@ async fn sigterm_lets_in_flight_jobs_finish_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status:?}");
-    let running: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE status = 'Running'")
-            .fetch_one(&stack.pool)
-            .await
-            .expect("count");
+    let running: i64 = herald_shared::jobs::count_by_state(&stack.pool)
+        .await
+        .expect("count")
+        .iter()
+        .filter(|c| c.state == JobStatus::Running)
+        .map(|c| c.n)
+        .sum();
     assert_eq!(running, 0, "in-flight jobs finish before the worker exits");
     // A new worker finishes the rest; nobody gets two emails.
     stack.spawn_worker(&[]);

@@ -545,10 +545,20 @@ async fn complaints_suppress_except_not_spam_and_suppressions_are_raised_never_l
         Some(("complaint".into(), true, true, 0))
     );
     // An unsubscribe (marketing only) becomes transactional too after a hard bounce.
-    sqlx::query("INSERT INTO email_suppressions (email, suppression_type) VALUES ('reader@example.com', 'unsubscribe')")
-        .execute(&pool)
-        .await
-        .expect("unsubscribe");
+    herald_shared::suppressions::raise(
+        &mut pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: "reader@example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Unsubscribe,
+            reason: None,
+            transactional: false,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
+    )
+    .await
+    .expect("unsubscribe");
     assert_eq!(
         suppression(&pool, "reader@example.com").await,
         Some(("unsubscribe".into(), false, true, 0))
@@ -623,10 +633,20 @@ async fn soft_bounces_complaints_and_eventbridge_events_through_the_queue_follow
 ) {
     setup_queue(&pool).await;
     let moto = Moto::new().await;
-    sqlx::query("INSERT INTO email_suppressions (email, suppression_type) VALUES ('reader@example.com', 'unsubscribe')")
-        .execute(&pool)
-        .await
-        .expect("unsubscribe");
+    herald_shared::suppressions::raise(
+        &mut pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: "reader@example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Unsubscribe,
+            reason: None,
+            transactional: false,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
+    )
+    .await
+    .expect("unsubscribe");
     let now = chrono::Utc::now().to_rfc3339();
     for i in 0..3 {
         moto.publish(&bounce(

@@ -52,17 +52,27 @@ async fn the_grouped_claim_takes_only_what_nothing_holds_back(pool: PgPool) {
         .execute(&pool)
         .await
         .expect("sent");
-    sqlx::query(
-        "INSERT INTO email_suppressions (email, suppression_type, suppress_transactional)
-         VALUES ('Claim-3@Example.com', 'bounce', true)",
+    herald_shared::suppressions::raise(
+        &mut pool.acquire().await.expect("conn"),
+        &herald_shared::suppressions::Raise {
+            email: "Claim-3@Example.com",
+            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
+            reason: None,
+            transactional: true,
+            marketing: true,
+            bounce_count: 0,
+            bounce_at: None,
+        },
     )
-    .execute(&pool)
     .await
     .expect("suppress");
-    sqlx::query("UPDATE compliance_pauses SET paused = true WHERE category = 'marketing'")
-        .execute(&pool)
-        .await
-        .expect("hold marketing");
+    herald_shared::compliance::pause(
+        &mut pool.acquire().await.expect("conn"),
+        herald_shared::email::Category::Marketing,
+        "test",
+    )
+    .await
+    .expect("hold marketing");
 
     let to = |i: usize| format!("claim-{i}@example.com");
     let t = Category::Transactional;
@@ -119,10 +129,13 @@ async fn the_grouped_claim_takes_only_what_nothing_holds_back(pool: PgPool) {
     }
 
     // A pause of every worker holds everything back.
-    sqlx::query("UPDATE email_sending_control SET paused_until = now() + interval '1 hour'")
-        .execute(&pool)
-        .await
-        .expect("pause");
+    herald_shared::email::pause_sending(
+        &mut pool.acquire().await.expect("conn"),
+        chrono::Utc::now() + chrono::Duration::hours(1),
+        "test",
+    )
+    .await
+    .expect("pause");
     sqlx::query("UPDATE email_deliveries SET status = 'pending' WHERE job_id = $1")
         .bind(clear)
         .execute(&pool)

@@ -161,11 +161,11 @@ async fn a_sending_pause_stops_every_worker_without_using_attempts(pool: PgPool)
     let second = RunningWorker::start(config.clone(), &pool, ctx).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let paused_until: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT paused_until FROM email_sending_control")
-            .fetch_one(&pool)
+    let paused_until =
+        herald_shared::email::sending_pause(&mut pool.acquire().await.expect("conn"))
             .await
-            .expect("control");
+            .expect("control")
+            .map(|p| p.until);
     assert!(
         paused_until.is_some_and(|t| t > chrono::Utc::now()),
         "the pause is recorded for every worker"
@@ -365,10 +365,13 @@ async fn an_accepted_email_whose_message_id_cannot_be_stored_is_still_never_rese
 #[sqlx::test(migrator = "herald_shared::db::MIGRATOR")]
 async fn a_compliance_pause_holds_marketing_on_every_worker_until_resume(pool: PgPool) {
     setup_queue(&pool).await;
-    sqlx::query("UPDATE compliance_pauses SET paused = true, reason = 'test', paused_at = now() WHERE category = 'marketing'")
-        .execute(&pool)
-        .await
-        .expect("pause marketing");
+    herald_shared::compliance::pause(
+        &mut pool.acquire().await.expect("conn"),
+        herald_shared::email::Category::Marketing,
+        "test",
+    )
+    .await
+    .expect("pause marketing");
     let calls: Calls = Arc::default();
     let client = mocked_ses(calls.clone(), |_, _| None);
     let config = worker_config(&pool, &[]);
@@ -590,11 +593,11 @@ async fn a_database_error_in_a_job_backs_off_instead_of_spending_attempts_at_onc
     // Half the base at least (equal jitter), not an immediate re-fetch.
     assert!(wait > 5.0, "next run in {wait} s");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let again: i32 = sqlx::query_scalar("SELECT attempts FROM apalis.jobs WHERE id = $1")
-        .bind(&ids[0])
-        .fetch_one(&pool)
+    let again = herald_shared::jobs::find(&mut pool.acquire().await.expect("conn"), &ids[0])
         .await
-        .expect("job");
+        .expect("query")
+        .expect("job")
+        .attempts;
     worker.stop().await;
     assert_eq!(again, 1, "no burst of attempts");
     assert!(calls.lock().expect("lock").is_empty());
