@@ -170,11 +170,10 @@ async fn main() {
     let lost_at_ses = (0..total)
         .filter(|i| !accepted.contains_key(&format!("soak-{i}@example.com")))
         .count();
-    let not_sent: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM email_deliveries WHERE status <> 'sent'")
-            .fetch_one(&pool)
-            .await
-            .expect("ledger");
+    let totals = herald_shared::email::ledger::totals(&pool)
+        .await
+        .expect("ledger");
+    let not_sent = totals.rows - totals.sent;
     let duplicates: u64 = accepted
         .values()
         .map(|n| u64::from(n.saturating_sub(1)))

@@ -1065,6 +1065,33 @@ pub async fn sent_to(
     Ok(found)
 }
 
+/// The whole ledger in three numbers: what a fault run or a benchmark counts at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Totals {
+    /// Rows.
+    pub rows: i64,
+    /// Rows SES accepted (`sent`).
+    pub sent: i64,
+    /// Resends after an unanswered SES call, summed.
+    pub uncertain_resends: i64,
+}
+
+/// Counts every row, the sent ones and the uncertain resends, in one scan.
+pub async fn totals<'e>(db: impl sqlx::PgExecutor<'e>) -> Result<Totals, sqlx::Error> {
+    let t = sqlx::query!(
+        r#"SELECT count(*) AS "rows!", count(*) FILTER (WHERE status = 'sent') AS "sent!",
+                  coalesce(sum(uncertain_resends), 0)::bigint AS "uncertain_resends!"
+           FROM email_deliveries"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(Totals {
+        rows: t.rows,
+        sent: t.sent,
+        uncertain_resends: t.uncertain_resends,
+    })
+}
+
 /// Deletes up to `limit` finished rows created before `before` (retention); returns how many.
 pub async fn prune(
     pool: &sqlx::PgPool,

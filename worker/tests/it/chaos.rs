@@ -110,12 +110,10 @@ async fn tally(pool: &PgPool, stub: &SesStub, tags: &[&str], jobs: usize) -> Tal
         .filter(|(addr, _)| mine(addr))
         .map(|(_, n)| n.saturating_sub(1))
         .sum();
-    let (sent_rows, uncertain): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'sent'), coalesce(sum(uncertain_resends), 0)::bigint FROM email_deliveries",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("ledger");
+    let totals = herald_shared::email::ledger::totals(pool)
+        .await
+        .expect("ledger");
+    let (sent_rows, uncertain) = (totals.sent, totals.uncertain_resends);
     Tally {
         jobs,
         sent_rows,
@@ -359,11 +357,9 @@ fn tail(text: &str, lines: usize) -> String {
 async fn wait_until(pool: &PgPool, what: &str, check: impl Fn(i64) -> bool) {
     let start = Instant::now();
     loop {
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM email_deliveries WHERE status = 'sent'")
-                .fetch_one(pool)
-                .await
-                .unwrap_or(0);
+        let sent = herald_shared::email::ledger::totals(pool)
+            .await
+            .map_or(0, |t| t.sent);
         if check(sent) {
             return;
         }

@@ -766,11 +766,10 @@ async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emai
     stack.spawn_worker(&slow);
     let start = Instant::now();
     loop {
-        let sent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM email_deliveries WHERE status = 'sent'")
-                .fetch_one(&stack.pool)
-                .await
-                .expect("count");
+        let sent = herald_shared::email::ledger::totals(&stack.pool)
+            .await
+            .expect("count")
+            .sent;
         if sent >= 5 {
             break;
         }
@@ -800,11 +799,10 @@ async fn a_worker_killed_mid_batch_leaves_its_jobs_to_the_next_and_accepted_emai
     }
     // Each recipient got exactly one email, except where the ledger records an uncertain resend
     // (killed between SES accepting and the ledger write): that window is documented and counted.
-    let uncertain: i64 =
-        sqlx::query_scalar("SELECT coalesce(sum(uncertain_resends), 0) FROM email_deliveries")
-            .fetch_one(&stack.pool)
-            .await
-            .expect("sum");
+    let uncertain = herald_shared::email::ledger::totals(&stack.pool)
+        .await
+        .expect("sum")
+        .uncertain_resends;
     let mut total = 0;
     for i in 0..30 {
         let n = moto_messages_to(&format!("{tag}-{i}@example.com")).await;

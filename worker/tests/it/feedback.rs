@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use herald_shared::email::Category;
 use herald_worker::feedback::{FeedbackConsumer, FeedbackStats, Outcome, Policy, Trust, apply};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -52,11 +53,42 @@ fn complaint(feedback_id: &str, recipient: &str, kind: Option<&str>) -> Value {
 }
 
 async fn suppression(pool: &PgPool, email: &str) -> Option<(String, bool, bool, i32)> {
-    sqlx::query_as("SELECT suppression_type::text, suppress_transactional, suppress_marketing, bounce_count FROM email_suppressions WHERE email = lower($1)")
-        .bind(email)
-        .fetch_optional(pool)
+    herald_shared::suppressions::find(&mut pool.acquire().await.expect("conn"), email)
         .await
         .expect("query")
+        .map(|s| {
+            (
+                s.suppression_type.as_str().to_owned(),
+                s.suppress_transactional,
+                s.suppress_marketing,
+                s.bounce_count,
+            )
+        })
+}
+
+/// A ledger row for `job` to `to` that SES accepted as `message`, as the send path leaves it.
+pub(crate) async fn sent_row(pool: &PgPool, job: &str, to: &str, message: &str) {
+    use herald_shared::email::ledger;
+    let mut conn = pool.acquire().await.expect("conn");
+    ledger::insert(&mut conn, job, to, "raw", Category::Transactional)
+        .await
+        .expect("insert");
+    assert!(ledger::claim(&mut conn, job, None).await.expect("claim"));
+    ledger::mark_sent_many(
+        &mut conn,
+        &ledger::Accepted::many(&[job.to_owned()], &[Some(message.to_owned())]),
+        ledger::LockWait::Session,
+    )
+    .await
+    .expect("sent");
+}
+
+/// The ledger row of `job`.
+async fn ledger_row(pool: &PgPool, job: &str) -> herald_shared::email::ledger::Record {
+    herald_shared::email::ledger::record(&mut pool.acquire().await.expect("conn"), job)
+        .await
+        .expect("query")
+        .expect("ledger row")
 }
 
 /// moto's SQS and SNS, with a fresh queue, DLQ and topic.
@@ -254,10 +286,7 @@ async fn sns_and_bare_feedback_suppress_every_recipient_once_even_when_delivered
 ) {
     setup_queue(&pool).await;
     let moto = Moto::new().await;
-    sqlx::query("INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id) VALUES ('j1', 'ann@example.com', 'raw', 'transactional', 'sent', 'ses-1')")
-        .execute(&pool)
-        .await
-        .expect("ledger");
+    sent_row(&pool, "j1", "ann@example.com", "ses-1").await;
     let hard = bounce(
         "Permanent",
         "fb-hard",
@@ -304,12 +333,8 @@ async fn sns_and_bare_feedback_suppress_every_recipient_once_even_when_delivered
         .await
         .expect("count");
     assert_eq!(events, 3);
-    let (bounced, kind): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) = sqlx::query_as(
-        "SELECT bounced_at, bounce_type::text FROM email_deliveries WHERE ses_message_id = 'ses-1'",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("ledger");
+    let row = ledger_row(&pool, "j1").await;
+    let (bounced, kind) = (row.bounced_at, row.bounce_type);
     assert!(bounced.is_some());
     assert_eq!(kind.as_deref(), Some("Permanent"));
     let left = moto
@@ -575,19 +600,12 @@ async fn complaints_suppress_except_not_spam_and_suppressions_are_raised_never_l
         Some(("bounce".into(), true, true, 0))
     );
     // Deliveries are noted on the ledger.
-    sqlx::query("INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id) VALUES ('j9', 'ok@example.com', 'raw', 'transactional', 'sent', 'ses-ok')")
-        .execute(&pool)
-        .await
-        .expect("ledger");
+    sent_row(&pool, "j9", "ok@example.com", "ses-ok").await;
     let delivery = json!({"notificationType": "Delivery", "delivery": {"recipients": ["ok@example.com"], "timestamp": "2026-11-26T10:00:01Z"}, "mail": {"messageId": "ses-ok"}});
     apply(&pool, &p, &delivery.to_string(), Some("sqs-1"))
         .await
         .expect("delivery");
-    let delivered: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT delivered_at FROM email_deliveries WHERE job_id = 'j9'")
-            .fetch_one(&pool)
-            .await
-            .expect("ledger");
+    let delivered = ledger_row(&pool, "j9").await.delivered_at;
     assert!(delivered.is_some());
 }
 
