@@ -138,8 +138,21 @@ VALID = [
 ]
 
 
+# (route, query parameter, value): the parameter's schema and the API must both refuse it.
+INVALID_QUERIES = [
+    ("/v1/jobs", "state", "nope"),
+    ("/v1/jobs", "queue", "herald.nope"),
+    ("/v1/jobs", "category", "promo"),
+    ("/v1/emails", "status", "delivered"),
+    ("/v1/suppressions", "type", "spam"),
+    ("/v1/suppressions", "limit", 501),
+    ("/v1/suppressions", "limit", 0),
+]
+
+
 def contract(api_url, token, document):
-    components = {"components": json.load(open(document))["components"]}
+    doc = json.load(open(document))
+    components = {"components": doc["components"]}
     http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     for route, schema, body, why in INVALID:
         validator = OAS31Validator({"$ref": f"#/components/schemas/{schema}", **components})
@@ -148,6 +161,14 @@ def contract(api_url, token, document):
         check(
             schema_refuses and answer.status_code == 422,
             f"{why}: the schema {'refuses' if schema_refuses else 'ACCEPTS'} it, the API answers {answer.status_code}",
+        )
+    for route, name, value in INVALID_QUERIES:
+        (param,) = [p for p in doc["paths"][route]["get"]["parameters"] if p["name"] == name]
+        schema_refuses = not OAS31Validator({**param["schema"], **components}).is_valid(value)
+        answer = http.get(route, params={name: value})
+        check(
+            schema_refuses and answer.status_code == 422,
+            f"{route}?{name}={value}: the schema {'refuses' if schema_refuses else 'ACCEPTS'} it, the API answers {answer.status_code}",
         )
     for route, schema, body in VALID:
         validator = OAS31Validator({"$ref": f"#/components/schemas/{schema}", **components})

@@ -152,7 +152,65 @@ pub fn openapi_document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     doc["webhooks"] = webhooks_section();
     tighten(&mut doc["components"]["schemas"]);
+    tighten_queries(&mut doc["paths"]);
     doc
+}
+
+/// The query parameters' values as the routes check them (each answers 422 otherwise): the
+/// names of statuses, states, queues, categories and suppression types as enums, page sizes
+/// with their bounds. The derives leave them plain strings and integers.
+fn tighten_queries(paths: &mut serde_json::Value) {
+    use herald_shared::email::{Category, ledger::Status};
+    use herald_shared::jobs::{JobStatus, Queue};
+    use herald_shared::suppressions::SuppressionType;
+    use serde_json::{Value, json};
+    let names = |list: Vec<&str>| json!({"type": "string", "enum": list});
+    let categories = names(Category::ALL.map(Category::as_str).to_vec());
+    let rules: [(&str, &str, Value); 8] = [
+        (
+            "/v1/emails",
+            "status",
+            names(Status::ALL.map(Status::as_str).to_vec()),
+        ),
+        ("/v1/emails", "category", categories.clone()),
+        (
+            "/v1/jobs",
+            "state",
+            names(JobStatus::ALL.map(JobStatus::as_str).to_vec()),
+        ),
+        (
+            "/v1/jobs",
+            "queue",
+            names(Queue::ALL.map(Queue::name).to_vec()),
+        ),
+        ("/v1/jobs", "category", categories),
+        (
+            "/v1/suppressions",
+            "type",
+            names(SuppressionType::ALL.map(SuppressionType::as_str).to_vec()),
+        ),
+        (
+            "/v1/suppressions",
+            "limit",
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 500}),
+        ),
+        (
+            "/v1/webhooks/{id}/deliveries",
+            "limit",
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 200}),
+        ),
+    ];
+    for (path, name, schema) in rules {
+        let Some(params) = paths[path]["get"]["parameters"].as_array_mut() else {
+            continue;
+        };
+        for p in params
+            .iter_mut()
+            .filter(|p| p["in"] == "query" && p["name"] == name)
+        {
+            p["schema"] = schema.clone();
+        }
+    }
 }
 
 /// An address as a pattern: `local@domain`, or `Name <local@domain>`. The API checks more (the
@@ -172,6 +230,11 @@ fn tighten(schemas: &mut serde_json::Value) {
         }
     }
     schemas["MailboxObject"]["properties"]["email"]["pattern"] = json!(ADDRESS_PATTERN);
+    // An operator adds one of two types (the route checks it); the others come from SES feedback.
+    let add_type = &mut schemas["AddSuppression"]["properties"]["type"];
+    if add_type.is_object() {
+        add_type["enum"] = json!(["manual", "unsubscribe"]);
+    }
     let request = schemas["SendEmailRequest"].take();
     let Some(mut props) = request["properties"].as_object().cloned() else {
         schemas["SendEmailRequest"] = request;

@@ -106,7 +106,6 @@ pub struct AddSuppression {
     pub email: String,
     /// `manual` (no email at all) or `unsubscribe` (no marketing email).
     #[serde(rename = "type")]
-    #[schema(pattern = "^(manual|unsubscribe)$")]
     pub suppression_type: String,
     /// Why.
     pub reason: Option<String>,
