@@ -362,29 +362,18 @@ async fn every_forgery_is_refused_with_its_reason() {
     }
 }
 
-/// `(recipient, SES message id)` sent an hour ago, one ledger row each.
+/// `(recipient, SES message id)` sent, one ledger row each.
 async fn sent(pool: &PgPool, rows: &[(&str, &str)]) {
     for (i, (to, id)) in rows.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO email_deliveries (job_id, recipient, template, category, status, ses_message_id, sent_at)
-             VALUES ($1, $2, 'welcome', 'transactional', 'sent', $3, now() - interval '1 hour')",
-        )
-        .bind(format!("job-{i}-{id}"))
-        .bind(to)
-        .bind(id)
-        .execute(pool)
-        .await
-        .expect("sent");
+        crate::feedback::sent_row(pool, &format!("job-{i}-{id}"), to, id).await;
     }
 }
 
 async fn suppressed(pool: &PgPool, email: &str) -> bool {
-    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM email_suppressions WHERE email = $1")
-        .bind(email)
-        .fetch_one(pool)
+    herald_shared::suppressions::find(&mut pool.acquire().await.expect("conn"), email)
         .await
-        .expect("count")
-        > 0
+        .expect("find")
+        .is_some()
 }
 
 pub(crate) fn trusted(server: &CertServer) -> Trust {
