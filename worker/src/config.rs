@@ -1,4 +1,7 @@
 //! The worker's configuration, from environment variables.
+//!
+//! Longer than 450 lines on purpose: one typed struct for every variable the worker reads, each
+//! checked where it is read, with the tests of those checks beside them.
 
 use std::time::Duration;
 

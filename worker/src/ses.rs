@@ -1,4 +1,7 @@
 //! Sending through SES v2: one client per process, errors sorted into retry, give up or pause.
+//!
+//! Longer than 450 lines because the message as SES gets it (MIME, envelope, tags, configuration
+//! set) and the sorting of SES's answers are one path, read and changed together.
 
 use std::time::Duration;
 
