@@ -101,6 +101,35 @@ pub struct Raise<'a> {
     pub bounce_at: Option<DateTime<Utc>>,
 }
 
+impl<'a> Raise<'a> {
+    /// A suppression of `suppression_type` for the given categories, without a reason or a bounce
+    /// history.
+    pub fn new(
+        email: &'a str,
+        suppression_type: SuppressionType,
+        transactional: bool,
+        marketing: bool,
+    ) -> Self {
+        Self {
+            email,
+            suppression_type,
+            reason: None,
+            transactional,
+            marketing,
+            bounce_count: 0,
+            bounce_at: None,
+        }
+    }
+
+    /// An unsubscribe: marketing mail stops, transactional mail still goes.
+    pub fn unsubscribe(email: &'a str, reason: &'a str) -> Self {
+        Self {
+            reason: Some(reason),
+            ..Self::new(email, SuppressionType::Unsubscribe, false, true)
+        }
+    }
+}
+
 /// Adds a suppression or strengthens the existing one: categories are only ever added, and the
 /// type (and its reason) changes only to a stronger one (`suppression_rank`: unsubscribe < bounce <
 /// complaint < manual). Returns the row as it now is.
@@ -277,13 +306,8 @@ pub async fn add_recorded(
     let row = raise(
         &mut tx,
         &Raise {
-            email,
-            suppression_type: kind,
             reason,
-            transactional,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
+            ..Raise::new(email, kind, transactional, true)
         },
     )
     .await?;

@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use herald_shared::address;
 use herald_shared::email::Category;
-use herald_shared::suppressions::{self, Raise, SuppressionType};
+use herald_shared::suppressions::{self, Raise};
 use herald_shared::unsubscribe::Claim;
 use serde_json::json;
 use sqlx::Connection;
@@ -149,15 +149,7 @@ async fn unsubscribe(
         if !already {
             suppressions::raise(
                 &mut tx,
-                &Raise {
-                    email: &claim.email,
-                    suppression_type: SuppressionType::Unsubscribe,
-                    reason: Some("one-click unsubscribe"),
-                    transactional: false,
-                    marketing: true,
-                    bounce_count: 0,
-                    bounce_at: None,
-                },
+                &Raise::unsubscribe(&claim.email, "one-click unsubscribe"),
             )
             .await?;
             let detail = json!({

@@ -241,12 +241,7 @@ async fn the_same_idempotency_key_and_body_give_the_same_job_and_another_body_co
     let (s2, second) = app.send("POST", "/v1/emails", Some(body), &key).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(first["job_id"], second["job_id"]);
-    let jobs: i64 = herald_shared::jobs::count_by_state(&app.pool)
-        .await
-        .expect("count")
-        .iter()
-        .map(|c| c.n)
-        .sum();
+    let jobs: i64 = job_count(&app.pool).await;
     assert_eq!(jobs, 1, "a replay must not enqueue again");
     // A replay says so in a header; a first request does not.
     let post = |key: &'static str| {
@@ -277,14 +272,15 @@ async fn the_same_idempotency_key_and_body_give_the_same_job_and_another_body_co
     let (_, third) = app.send("POST", "/v1/emails", Some(body), &[]).await;
     assert_ne!(third["job_id"], first["job_id"]);
     assert_eq!(
-        jobs_now(&app).await,
+        job_count(&app.pool).await,
         3,
         "order-42 once, order-43, and the keyless one"
     );
 }
 
-async fn jobs_now(app: &TestApp) -> i64 {
-    herald_shared::jobs::count_by_state(&app.pool)
+/// Jobs in the queue, every state.
+pub(crate) async fn job_count(pool: &PgPool) -> i64 {
+    herald_shared::jobs::count_by_state(pool)
         .await
         .expect("counts")
         .iter()
@@ -1117,15 +1113,12 @@ async fn a_batch_answers_each_item_in_order_and_queues_only_the_good_ones(pool: 
     let app = TestApp::spawn(pool.clone(), true).await;
     herald_shared::suppressions::raise(
         &mut pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: "gone@example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
-            reason: None,
-            transactional: true,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "gone@example.com",
+            herald_shared::suppressions::SuppressionType::Bounce,
+            true,
+            true,
+        ),
     )
     .await
     .expect("suppress");
@@ -1156,12 +1149,7 @@ async fn a_batch_answers_each_item_in_order_and_queues_only_the_good_ones(pool: 
         .send("GET", &format!("/v1/jobs/{first}"), None, &[])
         .await;
     assert_eq!(status, 200, "{job}");
-    let ledger: i64 = herald_shared::jobs::count_by_state(&pool)
-        .await
-        .expect("count")
-        .iter()
-        .map(|c| c.n)
-        .sum();
+    let ledger: i64 = job_count(&pool).await;
     assert_eq!(ledger, 2, "only the two good items were queued");
 
     // The same key and item: replayed (200, same job); the same key with another item: 409.
@@ -1226,15 +1214,12 @@ async fn concurrent_single_emails_share_statements_and_each_request_gets_its_own
     let app = TestApp::spawn_with(pool, true, &[("API_ENQUEUE_STATEMENTS", "1")]).await;
     herald_shared::suppressions::raise(
         &mut app.pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: "gone@example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
-            reason: None,
-            transactional: true,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "gone@example.com",
+            herald_shared::suppressions::SuppressionType::Bounce,
+            true,
+            true,
+        ),
     )
     .await
     .expect("suppress");
@@ -1298,11 +1283,6 @@ async fn concurrent_single_emails_share_statements_and_each_request_gets_its_own
         })
         .collect();
     assert!(keyed.iter().all(|id| *id == keyed[0]), "{keyed:?}");
-    let jobs: i64 = herald_shared::jobs::count_by_state(&app.pool)
-        .await
-        .expect("count")
-        .iter()
-        .map(|c| c.n)
-        .sum();
+    let jobs: i64 = job_count(&app.pool).await;
     assert_eq!(jobs, 41, "40 emails and one for the key");
 }

@@ -4,16 +4,7 @@
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::api::TestApp;
-
-async fn jobs(pool: &PgPool) -> i64 {
-    herald_shared::jobs::count_by_state(pool)
-        .await
-        .expect("count")
-        .iter()
-        .map(|c| c.n)
-        .sum()
-}
+use crate::api::{TestApp, job_count as jobs};
 
 async fn payload(pool: &PgPool, id: &str) -> Value {
     let mut conn = pool.acquire().await.expect("conn");

@@ -162,15 +162,12 @@ pub async fn queue_with_suppressed_address(pool: &sqlx::PgPool) {
         .expect("apalis");
     herald_shared::suppressions::raise(
         &mut pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: "gone@example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
-            reason: None,
-            transactional: true,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "gone@example.com",
+            herald_shared::suppressions::SuppressionType::Bounce,
+            true,
+            true,
+        ),
     )
     .await
     .expect("suppress");

@@ -246,15 +246,12 @@ async fn the_send_rule_names_what_blocks_an_email_suppression_first(pool: PgPool
 
     herald_shared::suppressions::raise(
         &mut conn,
-        &herald_shared::suppressions::Raise {
-            email: "unsub@example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Unsubscribe,
-            reason: None,
-            transactional: false,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "unsub@example.com",
+            herald_shared::suppressions::SuppressionType::Unsubscribe,
+            false,
+            true,
+        ),
     )
     .await
     .expect("suppress");
@@ -324,15 +321,12 @@ async fn the_send_rule_is_inlined_where_a_statement_joins_it(pool: PgPool) {
     let mut conn = pool.acquire().await.expect("conn");
     herald_shared::suppressions::raise(
         &mut conn,
-        &herald_shared::suppressions::Raise {
-            email: "b@example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Manual,
-            reason: None,
-            transactional: false,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "b@example.com",
+            herald_shared::suppressions::SuppressionType::Manual,
+            false,
+            true,
+        ),
     )
     .await
     .expect("suppress");

@@ -240,15 +240,7 @@ async fn apply_event(
         {
             suppressions::raise(
                 conn,
-                &Raise {
-                    email: &e.recipient,
-                    suppression_type: SuppressionType::Unsubscribe,
-                    reason: Some("unsubscribed through SES list management"),
-                    transactional: false,
-                    marketing: true,
-                    bounce_count: 0,
-                    bounce_at: None,
-                },
+                &Raise::unsubscribe(&e.recipient, "unsubscribed through SES list management"),
             )
             .await?;
             tracing::info!(to = %herald_shared::address::mask(&e.recipient), "unsubscribed through SES: marketing suppressed");

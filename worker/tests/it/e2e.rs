@@ -536,15 +536,12 @@ async fn a_suppressed_recipient_is_refused_and_a_late_suppression_stops_the_send
     let gone = format!("{}@example.com", unique("gone"));
     herald_shared::suppressions::raise(
         &mut stack.pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: &gone,
-            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
-            reason: None,
-            transactional: true,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            &gone,
+            herald_shared::suppressions::SuppressionType::Bounce,
+            true,
+            true,
+        ),
     )
     .await
     .expect("suppress");
@@ -569,15 +566,12 @@ async fn a_suppressed_recipient_is_refused_and_a_late_suppression_stops_the_send
     assert_eq!(status, 202, "{body}");
     herald_shared::suppressions::raise(
         &mut stack.pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: &late.to_uppercase(),
-            suppression_type: herald_shared::suppressions::SuppressionType::Complaint,
-            reason: None,
-            transactional: true,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            &late.to_uppercase(),
+            herald_shared::suppressions::SuppressionType::Complaint,
+            true,
+            true,
+        ),
     )
     .await
     .expect("suppress");

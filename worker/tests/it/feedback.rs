@@ -572,15 +572,12 @@ async fn complaints_suppress_except_not_spam_and_suppressions_are_raised_never_l
     // An unsubscribe (marketing only) becomes transactional too after a hard bounce.
     herald_shared::suppressions::raise(
         &mut pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: "reader@example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Unsubscribe,
-            reason: None,
-            transactional: false,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "reader@example.com",
+            herald_shared::suppressions::SuppressionType::Unsubscribe,
+            false,
+            true,
+        ),
     )
     .await
     .expect("unsubscribe");
@@ -653,15 +650,12 @@ async fn soft_bounces_complaints_and_eventbridge_events_through_the_queue_follow
     let moto = Moto::new().await;
     herald_shared::suppressions::raise(
         &mut pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: "reader@example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Unsubscribe,
-            reason: None,
-            transactional: false,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "reader@example.com",
+            herald_shared::suppressions::SuppressionType::Unsubscribe,
+            false,
+            true,
+        ),
     )
     .await
     .expect("unsubscribe");

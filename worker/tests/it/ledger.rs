@@ -54,15 +54,12 @@ async fn the_grouped_claim_takes_only_what_nothing_holds_back(pool: PgPool) {
         .expect("sent");
     herald_shared::suppressions::raise(
         &mut pool.acquire().await.expect("conn"),
-        &herald_shared::suppressions::Raise {
-            email: "Claim-3@Example.com",
-            suppression_type: herald_shared::suppressions::SuppressionType::Bounce,
-            reason: None,
-            transactional: true,
-            marketing: true,
-            bounce_count: 0,
-            bounce_at: None,
-        },
+        &herald_shared::suppressions::Raise::new(
+            "Claim-3@Example.com",
+            herald_shared::suppressions::SuppressionType::Bounce,
+            true,
+            true,
+        ),
     )
     .await
     .expect("suppress");

@@ -145,6 +145,20 @@ async fn wait_deliveries(stack: &Stack, hook: &str, done: impl Fn(&Value) -> boo
     }
 }
 
+/// Puts SES's JSON on the feedback queue in an SNS envelope (unsigned: the stack's worker runs with
+/// `SNS_VERIFY_SIGNATURES=false`, as moto's SNS signs nothing).
+async fn feed(sqs: &aws_sdk_sqs::Client, queue: &str, ses: &Value) {
+    let envelope = json!({"Type": "Notification", "MessageId": unique("sns"),
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
+        "Message": ses.to_string(), "Timestamp": chrono::Utc::now().to_rfc3339()});
+    sqs.send_message()
+        .queue_url(queue)
+        .message_body(envelope.to_string())
+        .send()
+        .await
+        .expect("send");
+}
+
 async fn register(stack: &Stack, url: &str, events: &[&str]) -> (String, String) {
     let (status, body) = stack
         .post("/v1/webhooks", json!({"url": url, "events": events}))
@@ -251,14 +265,7 @@ async fn events_arrive_signed_are_retried_with_backoff_and_survive_a_killed_work
         "bounce": {"bounceType": "Permanent", "bounceSubType": "NoEmail", "feedbackId": unique("fb"),
                    "timestamp": chrono::Utc::now().to_rfc3339(), "bouncedRecipients": [{"emailAddress": to}]},
         "mail": {"messageId": message_id, "timestamp": chrono::Utc::now().to_rfc3339(), "source": "noreply@herald.test", "destination": [to]}});
-    let envelope = json!({"Type": "Notification", "MessageId": unique("sns"), "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
-        "Message": bounce.to_string(), "Timestamp": chrono::Utc::now().to_rfc3339()});
-    sqs.send_message()
-        .queue_url(&feedback)
-        .message_body(envelope.to_string())
-        .send()
-        .await
-        .expect("send");
+    feed(&sqs, &feedback, &bounce).await;
     let tries = wait_for(&log, "/flaky", 4, "the bounce").await;
     let bounced: Value = serde_json::from_str(&tries[3].body).expect("json");
     assert_eq!(bounced["type"], "email.bounced", "{bounced}");
@@ -315,15 +322,7 @@ async fn opens_and_clicks_from_ses_arrive_as_signed_webhooks_and_on_the_timeline
         .to_owned();
     for kind in ["Open", "Click"] {
         let record = crate::engagement::sample(kind, &message, &to);
-        let envelope = json!({"Type": "Notification", "MessageId": unique("sns"),
-            "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-ses-feedback",
-            "Message": record.to_string(), "Timestamp": chrono::Utc::now().to_rfc3339()});
-        sqs.send_message()
-            .queue_url(&feedback)
-            .message_body(envelope.to_string())
-            .send()
-            .await
-            .expect("send");
+        feed(&sqs, &feedback, &record).await;
     }
     let got = wait_for(&log, "/engaged", 2, "the open and the click").await;
     let mut bodies: Vec<Value> = got
